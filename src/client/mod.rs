@@ -1,0 +1,102 @@
+//! The replica-client trait: the one interface between the engine (replica thread, restore,
+//! listing commands) and a store (a directory, an S3 bucket).
+//!
+//! A client knows the replica tree of `layout` and nothing of SQLite, WAL or positions beyond
+//! names. It moves already-compressed bytes; compression is chosen by the caller and recorded
+//! in the object name. Missing objects are reported as [`NotFound`] so callers can tell "absent"
+//! from "broken".
+
+pub mod file;
+
+use std::io::Read;
+use std::time::SystemTime;
+
+use crate::codec::Compression;
+
+pub type Result<T> = anyhow::Result<T>;
+
+/// A snapshot object as listed by a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub generation: String,
+    pub index: u32,
+    /// Compressed size in bytes, as stored.
+    pub size: u64,
+    /// From the store: file mtime, S3 LastModified.
+    pub created: SystemTime,
+    pub compression: Compression,
+}
+
+/// A WAL segment object as listed by a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalSegmentInfo {
+    pub generation: String,
+    pub index: u32,
+    pub offset: u64,
+    /// Compressed size in bytes, as stored.
+    pub size: u64,
+    pub created: SystemTime,
+    pub compression: Compression,
+}
+
+/// The error for an object or generation that is not in the store.
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "not found: {}", self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
+
+/// True when `err` (or anything in its chain) is a [`NotFound`].
+pub fn is_not_found(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.downcast_ref::<NotFound>().is_some())
+}
+
+/// A replica store. Implementations must be usable from several threads at once (restore
+/// downloads in parallel). Listings are sorted: generations by id, snapshots by index, WAL
+/// segments by (index, offset). Names that do not parse are skipped, never an error.
+pub trait ReplicaClient: Send + Sync {
+    /// `file` or `s3`.
+    fn kind(&self) -> &'static str;
+    /// Where the replica points (a path, `s3://bucket/prefix`), for logs. Never a secret.
+    fn describe(&self) -> String;
+
+    fn generations(&self) -> Result<Vec<String>>;
+    /// Snapshots of one generation; an unknown generation lists as empty.
+    fn snapshots(&self, generation: &str) -> Result<Vec<SnapshotInfo>>;
+    /// WAL segments of one generation; an unknown generation lists as empty.
+    fn wal_segments(&self, generation: &str) -> Result<Vec<WalSegmentInfo>>;
+
+    /// Stores a snapshot atomically: readers see the whole object or none of it.
+    /// `data` yields the compressed bytes.
+    fn write_snapshot(
+        &self,
+        generation: &str,
+        index: u32,
+        compression: Compression,
+        data: &mut dyn Read,
+    ) -> Result<SnapshotInfo>;
+
+    /// Stores a WAL segment atomically. `data` yields the compressed bytes.
+    fn write_wal_segment(
+        &self,
+        generation: &str,
+        index: u32,
+        offset: u64,
+        compression: Compression,
+        data: &mut dyn Read,
+    ) -> Result<WalSegmentInfo>;
+
+    /// The compressed bytes of a snapshot; [`NotFound`] when it is gone.
+    fn open_snapshot(&self, info: &SnapshotInfo) -> Result<Box<dyn Read + Send>>;
+    /// The compressed bytes of a WAL segment; [`NotFound`] when it is gone.
+    fn open_wal_segment(&self, info: &WalSegmentInfo) -> Result<Box<dyn Read + Send>>;
+
+    fn delete_generation(&self, generation: &str) -> Result<()>;
+    fn delete_snapshots(&self, snapshots: &[SnapshotInfo]) -> Result<()>;
+    fn delete_wal_segments(&self, segments: &[WalSegmentInfo]) -> Result<()>;
+}

@@ -1,0 +1,132 @@
+//! The replica tree: where generations, snapshots and WAL segments live and how they are named.
+//!
+//! `<root>/generations/<GEN>/snapshots/<IDX>.snapshot.<ext>` and
+//! `<root>/generations/<GEN>/wal/<IDX>_<OFF>.wal.<ext>`, with `IDX`/`OFF` as `%08x` (any width
+//! of at least 8 lowercase hex digits is accepted when parsing). Paths here are relative,
+//! `/`-joined keys; each client maps them onto its store. Pure: no I/O.
+
+use crate::codec::Compression;
+
+/// Key of the directory holding every generation.
+pub const GENERATIONS_DIR: &str = "generations";
+
+pub fn generation_dir(generation: &str) -> String {
+    format!("{GENERATIONS_DIR}/{generation}")
+}
+
+pub fn snapshots_dir(generation: &str) -> String {
+    format!("{GENERATIONS_DIR}/{generation}/snapshots")
+}
+
+pub fn wal_dir(generation: &str) -> String {
+    format!("{GENERATIONS_DIR}/{generation}/wal")
+}
+
+/// File name of a snapshot, e.g. `00000003.snapshot.gz`.
+pub fn snapshot_name(index: u32, compression: Compression) -> String {
+    format!("{index:08x}.snapshot.{}", compression.extension())
+}
+
+/// File name of a WAL segment, e.g. `00000003_00002060.wal.gz`.
+pub fn wal_segment_name(index: u32, offset: u64, compression: Compression) -> String {
+    format!("{index:08x}_{offset:08x}.wal.{}", compression.extension())
+}
+
+pub fn snapshot_key(generation: &str, index: u32, compression: Compression) -> String {
+    format!("{}/{}", snapshots_dir(generation), snapshot_name(index, compression))
+}
+
+pub fn wal_segment_key(generation: &str, index: u32, offset: u64, compression: Compression) -> String {
+    format!("{}/{}", wal_dir(generation), wal_segment_name(index, offset, compression))
+}
+
+/// Parses a hex field of at least 8 lowercase hex digits.
+fn parse_hex(s: &str, max_len: usize) -> Option<u64> {
+    if s.len() < 8 || s.len() > max_len {
+        return None;
+    }
+    if !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+fn split_extension(name: &str) -> Option<(&str, Compression)> {
+    let (stem, ext) = name.rsplit_once('.')?;
+    Some((stem, Compression::from_extension(ext)?))
+}
+
+/// Parses a snapshot file name into (index, compression). Names that do not match are `None`
+/// (callers ignore them: foreign files in a replica are never an error).
+pub fn parse_snapshot_name(name: &str) -> Option<(u32, Compression)> {
+    let (stem, compression) = split_extension(name)?;
+    let idx = stem.strip_suffix(".snapshot")?;
+    let index = u32::try_from(parse_hex(idx, 8)?).ok()?;
+    Some((index, compression))
+}
+
+/// Parses a WAL segment file name into (index, offset, compression).
+pub fn parse_wal_segment_name(name: &str) -> Option<(u32, u64, Compression)> {
+    let (stem, compression) = split_extension(name)?;
+    let stem = stem.strip_suffix(".wal")?;
+    let (idx, off) = stem.split_once('_')?;
+    let index = u32::try_from(parse_hex(idx, 8)?).ok()?;
+    let offset = parse_hex(off, 16)?;
+    Some((index, offset, compression))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(snapshot_name(3, Compression::Gzip), "00000003.snapshot.gz");
+        assert_eq!(wal_segment_name(0x1a, 4152, Compression::Gzip), "0000001a_00001038.wal.gz");
+        assert_eq!(wal_segment_name(1, 0, Compression::Lz4), "00000001_00000000.wal.lz4");
+        assert_eq!(parse_snapshot_name("00000003.snapshot.gz"), Some((3, Compression::Gzip)));
+        assert_eq!(parse_snapshot_name("00000001.snapshot.lz4"), Some((1, Compression::Lz4)));
+        assert_eq!(
+            parse_wal_segment_name("0000001a_00001038.wal.gz"),
+            Some((0x1a, 4152, Compression::Gzip))
+        );
+        assert_eq!(
+            parse_wal_segment_name("00000001_100000000.wal.gz"),
+            Some((1, 0x1_0000_0000, Compression::Gzip))
+        );
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(
+            snapshot_key("9b0ed7758f1927b6", 0, Compression::Gzip),
+            "generations/9b0ed7758f1927b6/snapshots/00000000.snapshot.gz"
+        );
+        assert_eq!(
+            wal_segment_key("9b0ed7758f1927b6", 2, 32, Compression::Gzip),
+            "generations/9b0ed7758f1927b6/wal/00000002_00000020.wal.gz"
+        );
+    }
+
+    #[test]
+    fn foreign_names_are_ignored() {
+        for bad in [
+            "3.snapshot.gz",
+            "0000003.snapshot.gz",
+            "00000003.snapshot.zip",
+            "0000000G.snapshot.gz",
+            "00000003.snapshot.gz.tmp",
+            "000000AB.snapshot.gz",
+            "100000000.snapshot.gz",
+            "00000001.wal.gz",
+            "00000001_0000000.wal.gz",
+            "00000001-00000000.wal.gz",
+            "../00000001_00000000.wal.gz",
+            "00000001_00000000.wal",
+            "",
+        ] {
+            assert_eq!(parse_snapshot_name(bad), None, "{bad}");
+            assert_eq!(parse_wal_segment_name(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! litestream: streaming replication for SQLite, as a library behind the `litestream` binary.
+//!
+//! Pure modules (`wal`, `layout`, `position`, `codec`, `config`) hold the formats and rules;
+//! thin edges (`client::*`, `sqlite`) touch files, stores and SQLite; `db` and `replica` are
+//! the two kinds of threads; `daemon` wires them; `cli` holds one file per command.
+//! See ARCHITECTURE.md for the code map.
+
+pub mod cli;
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod daemon;
+pub mod db;
+pub mod layout;
+pub mod logging;
+pub mod position;
+pub mod replica;
+pub mod restore;
+pub mod wal;
