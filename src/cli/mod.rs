@@ -1,1 +1,92 @@
-//! (in progress)
+//! The command line: dispatch to one file per command, Go-style flags, usage text.
+//!
+//! Flags are `-flag value`, `-flag=value` or `--flag`; each command parses its own with the
+//! helpers here and returns an exit code. Errors bubble up to `main`, which prints them once.
+
+pub mod replicate;
+pub mod restore;
+
+use std::ffi::OsString;
+
+use anyhow::{bail, Result};
+use pico_args::Arguments;
+
+pub const USAGE: &str = "litestream is a tool for replicating SQLite databases.
+
+Usage:
+
+	litestream <command> [arguments]
+
+The commands are:
+
+	databases    list databases specified in config file
+	generations  list available generations for a database
+	replicate    runs a server to replicate databases
+	restore      recovers database backup from a replica
+	snapshots    list available snapshots for a database
+	version      prints the binary version
+	wal          list available WAL files for a database
+";
+
+/// Runs the command line; returns the process exit code.
+pub fn run(argv: Vec<OsString>) -> Result<i32> {
+    let mut argv = argv.into_iter();
+    let cmd = argv.next().and_then(|s| s.into_string().ok());
+    let args = Arguments::from_vec(argv.collect());
+    match cmd.as_deref() {
+        None | Some("help") | Some("-h") | Some("--help") => {
+            eprint!("{USAGE}");
+            Ok(1)
+        }
+        Some("version") | Some("-version") | Some("--version") | Some("-v") => {
+            println!("v{}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        Some("replicate") => replicate::run(args),
+        Some("restore") => restore::run(args),
+        Some(other) => bail!("litestream {other}: unknown command"),
+    }
+}
+
+/// The value of `-name`/`--name`, if given.
+pub fn opt_value(args: &mut Arguments, keys: [&'static str; 2]) -> Result<Option<String>> {
+    match args.opt_value_from_str::<_, String>(keys) {
+        Ok(v) => Ok(v),
+        Err(e) => bail!("{}: {}", keys[0], e),
+    }
+}
+
+/// Every value of a repeatable flag.
+pub fn values(args: &mut Arguments, keys: [&'static str; 2]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    while let Some(v) = opt_value(args, keys)? {
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// True when the boolean flag `-name`/`--name` is present.
+pub fn flag(args: &mut Arguments, keys: [&'static str; 2]) -> bool {
+    args.contains(keys)
+}
+
+/// True when `-h`/`--help` is present: the command prints its usage and exits 0.
+pub fn wants_help(args: &mut Arguments) -> bool {
+    args.contains(["-h", "--help"])
+}
+
+/// The positional arguments left once every flag was taken. Anything that still looks like a
+/// flag is an error naming it, so typos never pass silently.
+pub fn positionals(args: Arguments, command: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for a in args.finish() {
+        let a = a
+            .into_string()
+            .map_err(|a| anyhow::anyhow!("{command}: argument is not valid UTF-8: {a:?}"))?;
+        if a.starts_with('-') && a.len() > 1 {
+            bail!("{command}: flag provided but not defined: {a} (see `litestream {command} -h`)");
+        }
+        out.push(a);
+    }
+    Ok(out)
+}
