@@ -1,1 +1,1070 @@
-//! (in progress)
+//! The db thread: one per database. It holds SQLite's read lock so nobody restarts the WAL
+//! behind our back, copies committed frames from the `-wal` into the shadow WAL under
+//! `.<db>-litestream/`, decides checkpoints, starts generations, and publishes the shadow
+//! position to the replica threads.
+//!
+//! It owns the SQLite connection and the shadow WAL files (the only writer of both). It never
+//! talks to a store and never blocks on a replica: replicas are told about new data with a
+//! non-blocking send and read the bytes from the shadow WAL themselves.
+//!
+//! Why the read transaction matters: SQLite restarts a WAL (overwriting it from the start) only
+//! when no reader uses it. Our open read transaction either pins WAL frames (so no restart can
+//! happen) or, when the WAL was fully checkpointed as it began, blocks every checkpoint (so no
+//! frame appended after it can be checkpointed, and no restart can drop an uncopied frame).
+//! The only windows left are around our own checkpoints, which compare the checkpoint's frame
+//! count with what the shadow holds and start a new generation on any shortfall.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::config::DbConfig;
+use crate::logging;
+use crate::position::{self, Position, MAX_INDEX};
+use crate::wal::{self, FrameVerifier, WalHeader, WAL_HEADER_SIZE};
+
+/// Buffer size for streaming WAL bytes; bounds memory whatever the transaction size.
+const COPY_BUFFER: usize = 256 * 1024;
+
+/// What the db thread shares with its replica threads.
+pub struct DbShared {
+    pub path: PathBuf,
+    pub meta_dir: PathBuf,
+    /// The shadow WAL's committed end: everything before it is durable in the shadow.
+    position: Mutex<Option<Position>>,
+    /// Snapshots hold it for reading; our checkpoints need it for writing (and skip a tick
+    /// rather than wait), so a snapshot never races a checkpoint of ours.
+    pub checkpoint_lock: RwLock<()>,
+    /// Each replica's uploaded position, so shadow files it still needs are kept.
+    replica_positions: Mutex<Vec<Option<Position>>>,
+    /// Set by a replica that found its store ahead of the shadow WAL (an inconsistency only a
+    /// fresh generation resolves).
+    new_generation_requested: AtomicBool,
+    /// Mode of the db file, given to every file we create next to it.
+    pub file_mode: Mutex<u32>,
+}
+
+impl DbShared {
+    pub fn new(path: PathBuf, meta_dir: PathBuf, replicas: usize) -> Self {
+        DbShared {
+            path,
+            meta_dir,
+            position: Mutex::new(None),
+            checkpoint_lock: RwLock::new(()),
+            replica_positions: Mutex::new(vec![None; replicas]),
+            new_generation_requested: AtomicBool::new(false),
+            file_mode: Mutex::new(0o600),
+        }
+    }
+
+    /// The shadow WAL's committed end, once the db is initialised.
+    pub fn position(&self) -> Option<Position> {
+        lock(&self.position).clone()
+    }
+
+    fn set_position(&self, pos: Option<Position>) {
+        *lock(&self.position) = pos;
+    }
+
+    pub fn set_replica_position(&self, replica: usize, pos: Option<Position>) {
+        if let Some(slot) = lock(&self.replica_positions).get_mut(replica) {
+            *slot = pos;
+        }
+    }
+
+    pub fn request_new_generation(&self) {
+        self.new_generation_requested.store(true, Ordering::SeqCst);
+    }
+
+    pub fn shadow_wal_path(&self, generation: &str, index: u32) -> PathBuf {
+        shadow_wal_path(&self.meta_dir, generation, index)
+    }
+
+    pub fn file_mode(&self) -> u32 {
+        *lock(&self.file_mode)
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: the data behind our mutexes stays valid even if a
+/// thread panicked while holding one.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Default metadata directory: `<dir>/.<file>-litestream`.
+pub fn default_meta_dir(db_path: &Path) -> PathBuf {
+    let dir = db_path.parent().unwrap_or_else(|| Path::new("/"));
+    let file = db_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.join(format!(".{file}-litestream"))
+}
+
+pub fn wal_path(db_path: &Path) -> PathBuf {
+    let mut s = db_path.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+pub fn shadow_wal_dir(meta_dir: &Path, generation: &str) -> PathBuf {
+    meta_dir.join("generations").join(generation).join("wal")
+}
+
+pub fn shadow_wal_path(meta_dir: &Path, generation: &str, index: u32) -> PathBuf {
+    shadow_wal_dir(meta_dir, generation).join(format!("{index:08x}.wal"))
+}
+
+/// A message from the db thread to a replica thread.
+#[derive(Clone, Debug)]
+pub enum Notice {
+    /// The shadow WAL now ends at this position.
+    Synced(Position),
+}
+
+/// Checkpoint modes we run, in increasing strength.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointMode {
+    Passive,
+    Restart,
+    Truncate,
+}
+
+impl CheckpointMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckpointMode::Passive => "PASSIVE",
+            CheckpointMode::Restart => "RESTART",
+            CheckpointMode::Truncate => "TRUNCATE",
+        }
+    }
+}
+
+/// The checkpoint policy of SPEC §4.2 step 5 (first match wins). Pure.
+pub fn checkpoint_decision(
+    cfg: &DbConfig,
+    wal_frames: u64,
+    shadow_frames: u64,
+    since_last_checkpoint: Duration,
+) -> Option<CheckpointMode> {
+    if cfg.truncate_page_count > 0 && wal_frames >= u64::from(cfg.truncate_page_count) {
+        return Some(CheckpointMode::Truncate);
+    }
+    if cfg.max_checkpoint_page_count > 0 && shadow_frames >= u64::from(cfg.max_checkpoint_page_count) {
+        return Some(CheckpointMode::Restart);
+    }
+    if shadow_frames >= u64::from(cfg.min_checkpoint_page_count) {
+        return Some(CheckpointMode::Passive);
+    }
+    // Counted in the shadow's life, not the file: a restarted WAL keeps its old length, and an
+    // idle db must not checkpoint (and upload) again every interval.
+    if !cfg.checkpoint_interval.is_zero() && since_last_checkpoint >= cfg.checkpoint_interval && shadow_frames > 1 {
+        return Some(CheckpointMode::Passive);
+    }
+    None
+}
+
+/// The shadow WAL life being appended to.
+struct Shadow {
+    generation: String,
+    index: u32,
+    header: WalHeader,
+    header_bytes: [u8; WAL_HEADER_SIZE],
+    /// Committed, frame-aligned length of the shadow file.
+    size: u64,
+    /// Checksum chain at `size`, to verify the next frames.
+    chain: (u32, u32),
+    /// How far the real WAL was verified beyond `size` (frames of a transaction not committed
+    /// yet), with the chain there, so a long transaction is not re-read on every tick.
+    scan: Option<(u64, (u32, u32))>,
+}
+
+impl Shadow {
+    fn frames(&self) -> u64 {
+        (self.size - WAL_HEADER_SIZE as u64) / self.header.frame_size() as u64
+    }
+
+    fn position(&self) -> Position {
+        Position::new(self.generation.clone(), self.index, self.size)
+    }
+}
+
+/// The db thread's state.
+pub struct Db {
+    cfg: DbConfig,
+    shared: Arc<DbShared>,
+    replicas: Vec<Sender<Notice>>,
+    conn: Option<Connection>,
+    in_read_tx: bool,
+    /// True when, since the current read transaction began, the first copy saw the shadow's
+    /// WAL header: a later restart by another writer cannot then have dropped uncopied frames.
+    clean_read_tx: bool,
+    shadow: Option<Shadow>,
+    last_checkpoint: Instant,
+    waiting_logged: bool,
+    /// After a RESTART checkpoint came back busy, use PASSIVE until this instant.
+    restart_backoff_until: Option<Instant>,
+    restart_backoff: Duration,
+}
+
+impl Db {
+    pub fn new(cfg: DbConfig, shared: Arc<DbShared>, replicas: Vec<Sender<Notice>>) -> Self {
+        Db {
+            cfg,
+            shared,
+            replicas,
+            conn: None,
+            in_read_tx: false,
+            clean_read_tx: false,
+            shadow: None,
+            last_checkpoint: Instant::now(),
+            waiting_logged: false,
+            restart_backoff_until: None,
+            restart_backoff: Duration::from_secs(1),
+        }
+    }
+
+    fn db_label(&self) -> String {
+        self.shared.path.display().to_string()
+    }
+
+    /// The thread body: initialise (retrying), then tick until `stop` says so; a final tick
+    /// and a clean close on the way out.
+    pub fn run(mut self, stop: Receiver<()>, wake: Receiver<()>) {
+        let interval = self.cfg.monitor_interval;
+        loop {
+            crossbeam_channel::select! {
+                recv(stop) -> _ => break,
+                recv(wake) -> _ => {},
+                default(interval) => {},
+            }
+            self.tick_logged();
+        }
+        self.tick_logged();
+        self.close();
+    }
+
+    /// One tick; errors are logged, never fatal: the next tick retries.
+    pub fn tick_logged(&mut self) {
+        if let Err(err) = self.tick() {
+            logging::error("sync error", &[("db", &self.db_label()), ("error", &format!("{err:#}"))]);
+            // A broken connection is rebuilt from scratch on the next tick.
+            if err.chain().any(|e| e.downcast_ref::<rusqlite::Error>().is_some()) && !self.read_tx_alive() {
+                self.close();
+            }
+        }
+    }
+
+    fn read_tx_alive(&self) -> bool {
+        match &self.conn {
+            Some(conn) => self.in_read_tx && !conn.is_autocommit(),
+            None => false,
+        }
+    }
+
+    /// Initialises if needed, then copies new frames, notifies replicas and checkpoints.
+    pub fn tick(&mut self) -> Result<()> {
+        if self.conn.is_none() && !self.init()? {
+            return Ok(());
+        }
+        if self.shared.new_generation_requested.swap(false, Ordering::SeqCst) {
+            self.new_generation("a replica is ahead of the shadow wal")?;
+        }
+        self.sync()?;
+        let shadow = self.shadow.as_ref().ok_or_else(|| anyhow!("no shadow wal after sync"))?;
+        let wal_frames = wal_frames(&wal_path(&self.shared.path), shadow.header.frame_size());
+        let mut mode = checkpoint_decision(&self.cfg, wal_frames, shadow.frames(), self.last_checkpoint.elapsed());
+        if mode == Some(CheckpointMode::Restart) {
+            if let Some(until) = self.restart_backoff_until {
+                if Instant::now() < until {
+                    mode = Some(CheckpointMode::Passive);
+                }
+            }
+        }
+        if let Some(mode) = mode {
+            self.checkpoint(mode)?;
+        }
+        self.clean_up_shadow()?;
+        Ok(())
+    }
+
+    /// Opens the connection and resumes or starts a generation. `Ok(false)` while the db file
+    /// does not exist yet.
+    fn init(&mut self) -> Result<bool> {
+        let path = self.shared.path.clone();
+        if !path.exists() {
+            if !self.waiting_logged {
+                logging::info("waiting for database file to be created", &[("db", &self.db_label())]);
+                self.waiting_logged = true;
+            }
+            return Ok(false);
+        }
+        let meta = fs::metadata(&path).with_context(|| format!("{}: cannot stat database", path.display()))?;
+        *lock(&self.shared.file_mode) = meta.permissions().mode() & 0o7777;
+
+        let conn = open_connection(&path, self.cfg.busy_timeout)?;
+        self.conn = Some(conn);
+        self.in_read_tx = false;
+        self.begin_read_tx()?;
+
+        let meta_dir = self.shared.meta_dir.clone();
+        create_dir_like(&meta_dir, &path)?;
+        remove_tmp_files(&meta_dir);
+
+        match self.resume()? {
+            Ok(shadow) => {
+                logging::info(
+                    "resuming generation",
+                    &[("db", &self.db_label()), ("position", &shadow.position())],
+                );
+                self.shadow = Some(shadow);
+                self.after_read_tx_begun()?;
+            }
+            Err(reason) => {
+                self.shadow = None;
+                self.new_generation(&reason)?;
+            }
+        }
+        self.publish();
+        logging::info("initialized db", &[("path", &self.db_label())]);
+        Ok(true)
+    }
+
+    /// The position recorded on disk, if it still matches the real WAL (SPEC §4.1 step 4).
+    /// `Ok(Err(reason))` when a new generation is needed.
+    fn resume(&mut self) -> Result<std::result::Result<Shadow, String>> {
+        let meta_dir = &self.shared.meta_dir;
+        let generation = match fs::read_to_string(meta_dir.join("generation")) {
+            Ok(s) if position::is_generation(s.trim()) => s.trim().to_string(),
+            Ok(_) => return Ok(Err("invalid generation file".into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err("no generation".into())),
+            Err(e) => return Err(e).context("cannot read generation file"),
+        };
+        let Some(index) = highest_shadow_index(&shadow_wal_dir(meta_dir, &generation))? else {
+            return Ok(Err("no shadow wal".into()));
+        };
+        let shadow_path = shadow_wal_path(meta_dir, &generation, index);
+        let shadow = match load_shadow(&shadow_path, generation, index)? {
+            Ok(s) => s,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let wal = wal_path(&self.shared.path);
+        let wal_len = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if wal_len < WAL_HEADER_SIZE as u64 {
+            return Ok(Err("wal missing or empty".into()));
+        }
+        let mut wal_hdr = [0u8; WAL_HEADER_SIZE];
+        read_at(&wal, 0, &mut wal_hdr)?;
+        if wal_hdr != shadow.header_bytes {
+            return Ok(Err("wal header mismatch".into()));
+        }
+        if shadow.size > wal_len {
+            return Ok(Err("wal truncated by another process".into()));
+        }
+        if !last_frame_matches(&shadow_path, &wal, &shadow)? {
+            return Ok(Err("wal overwritten by another process".into()));
+        }
+        Ok(Ok(shadow))
+    }
+
+    /// Copies newly committed frames into the shadow WAL after checking that the WAL is still
+    /// the one the shadow follows (SPEC §4.2 steps 1–4).
+    fn sync(&mut self) -> Result<()> {
+        let wal = wal_path(&self.shared.path);
+        let wal_len = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if wal_len < WAL_HEADER_SIZE as u64 {
+            // An empty WAL has no header to follow: one tiny write gives it one.
+            self.write_seq()?;
+        }
+        if let Some(reason) = self.verify()? {
+            if reason == RESTART {
+                self.finish_and_restart()?;
+            } else {
+                self.new_generation(&reason)?;
+            }
+        }
+        if self.copy_to_shadow()? {
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// `Some(reason)` when the shadow no longer follows the WAL; `Some(RESTART)` for a WAL
+    /// restart whose old life we can finish.
+    fn verify(&mut self) -> Result<Option<String>> {
+        let Some(shadow) = &self.shadow else { return Ok(Some("no generation".into())) };
+        if shadow.index >= MAX_INDEX {
+            return Ok(Some("max index exceeded".into()));
+        }
+        let path = self.shared.shadow_wal_path(&shadow.generation, shadow.index);
+        let shadow_len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(_) => return Ok(Some("no shadow wal".into())),
+        };
+        if shadow_len < WAL_HEADER_SIZE as u64 {
+            return Ok(Some("short shadow wal".into()));
+        }
+        let wal = wal_path(&self.shared.path);
+        let wal_len = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if shadow.size > wal_len {
+            return Ok(Some("wal truncated by another process".into()));
+        }
+        let mut hdr = [0u8; WAL_HEADER_SIZE];
+        read_at(&wal, 0, &mut hdr)?;
+        let restarted = hdr != shadow.header_bytes;
+        if restarted && shadow.size == WAL_HEADER_SIZE as u64 {
+            return Ok(Some("wal header only, mismatched".into()));
+        }
+        if !last_frame_matches(&path, &wal, shadow)? {
+            return Ok(Some("wal overwritten by another process".into()));
+        }
+        if restarted {
+            if !self.clean_read_tx {
+                return Ok(Some("wal restarted by another process before it was copied".into()));
+            }
+            return Ok(Some(RESTART.into()));
+        }
+        Ok(None)
+    }
+
+    /// The WAL was restarted while our read transaction made that safe: copy what is left of
+    /// the old life (frames the new life did not overwrite), then follow the new life as the
+    /// next index.
+    fn finish_and_restart(&mut self) -> Result<()> {
+        self.copy_to_shadow()?;
+        self.start_next_index()
+    }
+
+    /// Starts shadow index + 1 from the real WAL's current header.
+    fn start_next_index(&mut self) -> Result<()> {
+        let (generation, index) = {
+            let s = self.shadow.as_ref().ok_or_else(|| anyhow!("no shadow wal"))?;
+            (s.generation.clone(), s.index)
+        };
+        if index + 1 >= MAX_INDEX {
+            return self.new_generation("max index exceeded");
+        }
+        let shadow = self.create_shadow(&generation, index + 1)?;
+        self.shadow = Some(shadow);
+        // The old index is complete: replicas may now upload its tail and move on.
+        self.publish();
+        Ok(())
+    }
+
+    /// Creates shadow file `index` holding the real WAL's header.
+    fn create_shadow(&self, generation: &str, index: u32) -> Result<Shadow> {
+        let wal = wal_path(&self.shared.path);
+        let mut hdr_bytes = [0u8; WAL_HEADER_SIZE];
+        read_at(&wal, 0, &mut hdr_bytes)?;
+        let header = WalHeader::parse(&hdr_bytes).map_err(|e| anyhow!("{}: {e}", wal.display()))?;
+        let dir = shadow_wal_dir(&self.shared.meta_dir, generation);
+        create_dir_all_like(&dir, &self.shared.meta_dir)?;
+        let path = shadow_wal_path(&self.shared.meta_dir, generation, index);
+        let mut f = create_file(&path, self.shared.file_mode())?;
+        f.write_all(&hdr_bytes).with_context(|| format!("{}: cannot write shadow wal", path.display()))?;
+        f.sync_all().with_context(|| format!("{}: cannot fsync shadow wal", path.display()))?;
+        fsync_dir(&dir)?;
+        Ok(Shadow {
+            generation: generation.to_string(),
+            index,
+            header,
+            header_bytes: hdr_bytes,
+            size: WAL_HEADER_SIZE as u64,
+            chain: header.checksum(),
+            scan: None,
+        })
+    }
+
+    /// SPEC §4.4: a fresh generation, shadow index 0 from the current WAL.
+    fn new_generation(&mut self, reason: &str) -> Result<()> {
+        let wal = wal_path(&self.shared.path);
+        if fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) < WAL_HEADER_SIZE as u64 {
+            self.write_seq()?;
+        }
+        let generation = position::new_generation().context("cannot draw a generation id")?;
+        let shadow = self.create_shadow(&generation, 0)?;
+        self.shadow = Some(shadow);
+        // Whatever the WAL holds now belongs to the new generation's index 0: the snapshot
+        // the replicas take will be replayed with it.
+        self.clean_read_tx = true;
+        self.copy_to_shadow()?;
+        write_atomic(&self.shared.meta_dir.join("generation"), format!("{generation}\n").as_bytes(), self.shared.file_mode())?;
+        remove_other_generations(&self.shared.meta_dir, &generation);
+        logging::info(
+            "new generation",
+            &[("db", &self.db_label()), ("generation", &generation), ("reason", &reason)],
+        );
+        self.publish();
+        Ok(())
+    }
+
+    /// Appends the WAL's newly committed frames to the shadow. Two passes over new bytes:
+    /// the first finds the last commit frame (remembering how far it got, so an open
+    /// transaction is scanned once), the second copies up to it, re-verifying every frame so
+    /// nothing that changed between the passes reaches the shadow. `Ok(true)` if it grew.
+    fn copy_to_shadow(&mut self) -> Result<bool> {
+        let wal = wal_path(&self.shared.path);
+        let shadow_path = {
+            let s = self.shadow.as_ref().ok_or_else(|| anyhow!("no shadow wal"))?;
+            self.shared.shadow_wal_path(&s.generation, s.index)
+        };
+        let shadow = self.shadow.as_mut().ok_or_else(|| anyhow!("no shadow wal"))?;
+        let frame_size = shadow.header.frame_size();
+        let mut frame = vec![0u8; frame_size];
+
+        // Pass 1: find the committed end.
+        let (mut scan_off, mut scan_chain) = match shadow.scan {
+            Some((off, chain)) if off > shadow.size => (off, chain),
+            _ => (shadow.size, shadow.chain),
+        };
+        let mut committed: Option<(u64, (u32, u32))> = None;
+        let mut wal_file = File::open(&wal).with_context(|| format!("{}: cannot open wal", wal.display()))?;
+        for attempt in 0..2 {
+            wal_file.seek(SeekFrom::Start(scan_off))?;
+            let mut r = BufReader::with_capacity(COPY_BUFFER, &mut wal_file);
+            let mut verifier = FrameVerifier::resume(&shadow.header, scan_chain);
+            let mut off = scan_off;
+            let mut progressed = false;
+            while read_full(&mut r, &mut frame)? {
+                let Some(fh) = verifier.check(&frame) else { break };
+                off += frame_size as u64;
+                progressed = true;
+                if fh.is_commit() {
+                    committed = Some((off, verifier.chain()));
+                }
+            }
+            if !progressed && attempt == 0 && scan_off > shadow.size {
+                // The remembered scan point no longer continues the chain (an open
+                // transaction was rolled back and overwritten): rescan from the shadow's end.
+                scan_off = shadow.size;
+                scan_chain = shadow.chain;
+                continue;
+            }
+            shadow.scan = Some((off, verifier.chain()));
+            break;
+        }
+        let Some((end, _)) = committed else { return Ok(false) };
+        if end <= shadow.size {
+            return Ok(false);
+        }
+
+        // Pass 2: copy [size, end), verifying again.
+        wal_file.seek(SeekFrom::Start(shadow.size))?;
+        let mut r = BufReader::with_capacity(COPY_BUFFER, &mut wal_file);
+        let mut out = OpenOptions::new()
+            .write(true)
+            .open(&shadow_path)
+            .with_context(|| format!("{}: cannot open shadow wal", shadow_path.display()))?;
+        out.seek(SeekFrom::Start(shadow.size))?;
+        let mut w = BufWriter::with_capacity(COPY_BUFFER, out);
+        let mut verifier = FrameVerifier::resume(&shadow.header, shadow.chain);
+        let mut off = shadow.size;
+        let mut last_commit = shadow.size;
+        let mut last_chain = shadow.chain;
+        while off < end {
+            if !read_full(&mut r, &mut frame)? {
+                break;
+            }
+            let Some(fh) = verifier.check(&frame) else { break };
+            w.write_all(&frame).with_context(|| format!("{}: cannot write shadow wal", shadow_path.display()))?;
+            off += frame_size as u64;
+            if fh.is_commit() {
+                last_commit = off;
+                last_chain = verifier.chain();
+            }
+        }
+        let out = w.into_inner().map_err(|e| anyhow!("{}: cannot write shadow wal: {}", shadow_path.display(), e.error()))?;
+        if off > last_commit {
+            out.set_len(last_commit)?;
+        }
+        out.sync_data().with_context(|| format!("{}: cannot fsync shadow wal", shadow_path.display()))?;
+        let grew = last_commit > shadow.size;
+        shadow.size = last_commit;
+        shadow.chain = last_chain;
+        if let Some((scan, _)) = shadow.scan {
+            if scan < last_commit {
+                shadow.scan = None;
+            }
+        }
+        Ok(grew)
+    }
+
+    /// Publishes the shadow position and wakes every replica without ever blocking.
+    fn publish(&self) {
+        let pos = self.shadow.as_ref().map(Shadow::position);
+        self.shared.set_position(pos.clone());
+        if let Some(pos) = pos {
+            for tx in &self.replicas {
+                // A full channel already holds a wake-up; the replica reads the latest
+                // position from the shared state, so dropping this one loses nothing.
+                let _ = tx.try_send(Notice::Synced(pos.clone()));
+            }
+        }
+    }
+
+    /// SPEC §4.2 step 5: checkpoint with our read lock released, then check whether the WAL
+    /// restarted and, if so, finish the old index under the write lock and begin the next.
+    fn checkpoint(&mut self, mode: CheckpointMode) -> Result<()> {
+        // A snapshot in progress reads the db file; it must not see our checkpoint.
+        let Ok(_guard) = self.shared.checkpoint_lock.try_write() else {
+            return Ok(());
+        };
+        self.copy_to_shadow()?;
+        self.publish();
+        let before = read_header(&wal_path(&self.shared.path))?;
+        let started = Instant::now();
+
+        self.end_read_tx()?;
+        let result = self.exec_checkpoint(mode);
+        // Whatever happened, hold the read lock again before anything else.
+        let relock = self.begin_read_tx();
+        let (busy, log_frames) = result?;
+        relock?;
+        self.last_checkpoint = Instant::now();
+        if mode == CheckpointMode::Restart {
+            if busy {
+                self.restart_backoff_until = Some(Instant::now() + self.restart_backoff);
+                self.restart_backoff = (self.restart_backoff * 2).min(Duration::from_secs(60));
+            } else {
+                self.restart_backoff_until = None;
+                self.restart_backoff = Duration::from_secs(1);
+            }
+        }
+        logging::info(
+            "checkpoint",
+            &[
+                ("db", &self.db_label()),
+                ("mode", &mode.name()),
+                ("busy", &busy),
+                ("wal_frames", &log_frames),
+                ("elapsed", &format!("{:?}", started.elapsed())),
+            ],
+        );
+
+        // Make the next writer (us) restart the WAL now if the checkpoint emptied it.
+        self.write_seq()?;
+        let after = read_header(&wal_path(&self.shared.path))?;
+        if before.is_some() && after == before {
+            self.after_read_tx_begun()?;
+            return Ok(());
+        }
+
+        // The WAL restarted. Freeze it with the write lock, copy the old life's tail, check
+        // nothing was lost, then follow the new life.
+        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
+        conn.execute_batch("ROLLBACK; BEGIN; INSERT INTO _litestream_lock (id) VALUES (1);")
+            .context("cannot take the write lock")?;
+        self.in_read_tx = true;
+        let outcome = (|| -> Result<()> {
+            self.copy_to_shadow()?;
+            let frames = self.shadow.as_ref().map(Shadow::frames).unwrap_or(0);
+            if log_frames >= 0 && frames < log_frames as u64 {
+                return self.new_generation(&format!(
+                    "wal restarted before its last {} frames were copied",
+                    log_frames as u64 - frames
+                ));
+            }
+            self.start_next_index()?;
+            self.copy_to_shadow()?;
+            Ok(())
+        })();
+        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
+        conn.execute_batch("ROLLBACK").context("cannot release the write lock")?;
+        self.in_read_tx = false;
+        self.begin_read_tx()?;
+        outcome?;
+        self.after_read_tx_begun()?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Runs the checkpoint pragma; returns (busy, frames in the WAL at checkpoint time).
+    fn exec_checkpoint(&mut self, mode: CheckpointMode) -> Result<(bool, i64)> {
+        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
+        let pragma_mode = match mode {
+            CheckpointMode::Passive => "PASSIVE",
+            // TRUNCATE would zero the frame count we need to prove nothing was lost; RESTART
+            // plus journal_size_limit (set at open) shrinks the file when we restart it.
+            CheckpointMode::Restart | CheckpointMode::Truncate => "RESTART",
+        };
+        if mode == CheckpointMode::Restart {
+            // RESTART waits for readers; keep application writers from starving behind it.
+            conn.busy_timeout(Duration::from_millis(100))?;
+        }
+        let result = conn.query_row(&format!("PRAGMA wal_checkpoint({pragma_mode})"), [], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        });
+        if mode == CheckpointMode::Restart {
+            conn.busy_timeout(self.cfg.busy_timeout)?;
+        }
+        let (busy, log) = result.with_context(|| format!("checkpoint {} failed", mode.name()))?;
+        Ok((busy != 0, log))
+    }
+
+    /// Bookkeeping after a read transaction began: copy at once and remember whether the WAL
+    /// was still the shadow's (see `clean_read_tx`).
+    fn after_read_tx_begun(&mut self) -> Result<()> {
+        let hdr = read_header(&wal_path(&self.shared.path))?;
+        let same = match (&self.shadow, hdr) {
+            (Some(s), Some(h)) => s.header_bytes == h,
+            _ => false,
+        };
+        if same {
+            self.copy_to_shadow()?;
+        }
+        self.clean_read_tx = same;
+        Ok(())
+    }
+
+    /// Writes one row so the WAL gets a header and a frame (SPEC §4.2 step 1). Done outside our
+    /// read transaction: a deferred read transaction cannot always be promoted.
+    fn write_seq(&mut self) -> Result<()> {
+        let was_in_tx = self.in_read_tx;
+        if was_in_tx {
+            self.end_read_tx()?;
+        }
+        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
+        let r = conn.execute(
+            "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1",
+            [],
+        );
+        if was_in_tx {
+            self.begin_read_tx()?;
+        }
+        r.context("cannot write to _litestream_seq")?;
+        Ok(())
+    }
+
+    fn begin_read_tx(&mut self) -> Result<()> {
+        if self.in_read_tx {
+            return Ok(());
+        }
+        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
+        conn.execute_batch("BEGIN").context("cannot begin read transaction")?;
+        if let Err(e) = conn.query_row("SELECT COUNT(1) FROM _litestream_seq", [], |_| Ok(())) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e).context("cannot acquire read lock");
+        }
+        self.in_read_tx = true;
+        self.clean_read_tx = false;
+        Ok(())
+    }
+
+    fn end_read_tx(&mut self) -> Result<()> {
+        if !self.in_read_tx {
+            return Ok(());
+        }
+        self.in_read_tx = false;
+        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK").context("cannot release read lock")?;
+        }
+        Ok(())
+    }
+
+    /// Deletes shadow files every replica has uploaded (keeping one extra index).
+    fn clean_up_shadow(&mut self) -> Result<()> {
+        let Some(shadow) = &self.shadow else { return Ok(()) };
+        let positions = lock(&self.shared.replica_positions).clone();
+        let mut min = shadow.index;
+        for p in &positions {
+            match p {
+                Some(p) if p.generation == shadow.generation => min = min.min(p.index),
+                // A replica that has not reported for this generation may still need it all.
+                _ => return Ok(()),
+            }
+        }
+        let keep_from = min.saturating_sub(1);
+        let dir = shadow_wal_dir(&self.shared.meta_dir, &shadow.generation);
+        let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Some(idx) = name.strip_suffix(".wal").and_then(|s| u32::from_str_radix(s, 16).ok()) else { continue };
+            if idx < keep_from {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases the read lock and closes the connection.
+    pub fn close(&mut self) {
+        let _ = self.end_read_tx();
+        self.conn = None;
+        self.in_read_tx = false;
+    }
+}
+
+/// Marker reason for a WAL restart that is safe to follow with the next index.
+const RESTART: &str = "restart";
+
+fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .with_context(|| format!("{}: cannot open database", path.display()))?;
+    conn.busy_timeout(busy_timeout)?;
+    // The -wal must outlive our connection so a restart can resume from it.
+    let mut persist: std::ffi::c_int = 1;
+    conn.file_control(rusqlite::MAIN_DB, rusqlite::FileControl::PersistWal(&mut persist))
+        .context("cannot set SQLITE_FCNTL_PERSIST_WAL")?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))
+        .with_context(|| format!("{}: cannot enable WAL mode", path.display()))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        bail!("{}: journal_mode is {mode}, not wal (is another process holding it in rollback mode?)", path.display());
+    }
+    conn.execute_batch(
+        "PRAGMA wal_autocheckpoint = 0;
+         PRAGMA cache_size = -256;
+         PRAGMA journal_size_limit = 4194304;
+         CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER);
+         CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER);",
+    )
+    .with_context(|| format!("{}: cannot prepare database", path.display()))?;
+    Ok(conn)
+}
+
+/// Reads exactly `buf.len()` bytes; `Ok(false)` at end of file (a partial frame counts as end:
+/// it is a write in progress or a torn tail).
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => return Ok(false),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    f.read_exact_at(buf, offset).with_context(|| format!("{}: cannot read {} bytes at {offset}", path.display(), buf.len()))
+}
+
+fn read_header(wal: &Path) -> Result<Option<[u8; WAL_HEADER_SIZE]>> {
+    let len = fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+    if len < WAL_HEADER_SIZE as u64 {
+        return Ok(None);
+    }
+    let mut hdr = [0u8; WAL_HEADER_SIZE];
+    read_at(wal, 0, &mut hdr)?;
+    Ok(Some(hdr))
+}
+
+/// Number of whole frames in the real WAL file (committed or not).
+fn wal_frames(wal: &Path, frame_size: usize) -> u64 {
+    let len = fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+    len.saturating_sub(WAL_HEADER_SIZE as u64) / frame_size as u64
+}
+
+/// True when the shadow's last frame equals the real WAL's bytes at the same offset (or the
+/// shadow holds no frame).
+fn last_frame_matches(shadow_path: &Path, wal: &Path, shadow: &Shadow) -> Result<bool> {
+    if shadow.size <= WAL_HEADER_SIZE as u64 {
+        return Ok(true);
+    }
+    let fs_ = shadow.header.frame_size() as u64;
+    let off = shadow.size - fs_;
+    let mut a = vec![0u8; fs_ as usize];
+    let mut b = vec![0u8; fs_ as usize];
+    read_at(shadow_path, off, &mut a)?;
+    if read_at(wal, off, &mut b).is_err() {
+        return Ok(false);
+    }
+    Ok(a == b)
+}
+
+/// Loads a shadow file: its header, its committed frame-aligned length (a torn or
+/// uncommitted tail from a crash is cut off) and the checksum chain there.
+fn load_shadow(path: &Path, generation: String, index: u32) -> Result<std::result::Result<Shadow, String>> {
+    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err("no shadow wal".into())),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot open shadow wal", path.display())),
+    };
+    let mut hdr_bytes = [0u8; WAL_HEADER_SIZE];
+    if !read_full(&mut f, &mut hdr_bytes)? {
+        return Ok(Err("short shadow wal".into()));
+    }
+    let header = match WalHeader::parse(&hdr_bytes) {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(format!("invalid shadow wal header: {e}"))),
+    };
+    let frame_size = header.frame_size();
+    let mut verifier = FrameVerifier::new(&header);
+    let mut r = BufReader::with_capacity(COPY_BUFFER, &mut f);
+    let mut frame = vec![0u8; frame_size];
+    let mut off = WAL_HEADER_SIZE as u64;
+    let mut committed = (off, verifier.chain());
+    while read_full(&mut r, &mut frame)? {
+        let Some(fh) = verifier.check(&frame) else { break };
+        off += frame_size as u64;
+        if fh.is_commit() {
+            committed = (off, verifier.chain());
+        }
+    }
+    drop(r);
+    let len = f.metadata()?.len();
+    if len > committed.0 {
+        f.set_len(committed.0)?;
+        f.sync_all()?;
+    }
+    Ok(Ok(Shadow {
+        generation,
+        index,
+        header,
+        header_bytes: hdr_bytes,
+        size: committed.0,
+        chain: committed.1,
+        scan: None,
+    }))
+}
+
+fn highest_shadow_index(dir: &Path) -> Result<Option<u32>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot list", dir.display())),
+    };
+    let mut max = None;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(idx) = name.strip_suffix(".wal").filter(|s| s.len() == 8).and_then(|s| u32::from_str_radix(s, 16).ok()) {
+            max = max.max(Some(idx));
+        }
+    }
+    Ok(max)
+}
+
+fn remove_other_generations(meta_dir: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(meta_dir.join("generations")) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy() != keep {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Removes `*.tmp` files left by a crash (SPEC §3).
+fn remove_tmp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => remove_tmp_files(&path),
+            Ok(_) if path.extension().is_some_and(|e| e == "tmp") => {
+                let _ = fs::remove_file(&path);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Creates a file with `mode` (not widened by the umask's absence, narrowed by nothing).
+pub fn create_file(path: &Path, mode: u32) -> Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("{}: cannot create", path.display()))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .with_context(|| format!("{}: cannot set mode", path.display()))?;
+    Ok(f)
+}
+
+/// Writes a small file atomically: temp name, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = create_file(&tmp, mode)?;
+    f.write_all(data).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    f.sync_all().with_context(|| format!("{}: cannot fsync", tmp.display()))?;
+    drop(f);
+    fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    if let Some(dir) = path.parent() {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("{}: cannot fsync directory", dir.display()))
+}
+
+/// Creates `dir` with the mode (and, as root, the owner) of `like`'s directory.
+fn create_dir_like(dir: &Path, db_path: &Path) -> Result<()> {
+    let parent = db_path.parent().unwrap_or_else(|| Path::new("/"));
+    create_dir_all_like(dir, parent)
+}
+
+fn create_dir_all_like(dir: &Path, template: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let meta = fs::metadata(template).with_context(|| format!("{}: cannot stat", template.display()))?;
+    if let Some(parent) = dir.parent() {
+        create_dir_all_like(parent, template)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot create directory", dir.display())),
+    }
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(meta.mode() & 0o7777));
+    if unsafe { libc::geteuid() } == 0 {
+        let _ = std::os::unix::fs::chown(dir, Some(meta.uid()), Some(meta.gid()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DbConfig;
+
+    fn cfg() -> DbConfig {
+        DbConfig::with_defaults(PathBuf::from("/tmp/x.db"))
+    }
+
+    #[test]
+    fn checkpoint_policy_first_match_wins() {
+        let c = cfg();
+        let minute = Duration::from_secs(60);
+        assert_eq!(checkpoint_decision(&c, 121_359, 10, Duration::ZERO), Some(CheckpointMode::Truncate));
+        assert_eq!(checkpoint_decision(&c, 10_000, 10_000, Duration::ZERO), Some(CheckpointMode::Restart));
+        assert_eq!(checkpoint_decision(&c, 1000, 1000, Duration::ZERO), Some(CheckpointMode::Passive));
+        assert_eq!(checkpoint_decision(&c, 5, 5, Duration::ZERO), None);
+        assert_eq!(checkpoint_decision(&c, 5, 5, minute), Some(CheckpointMode::Passive));
+        assert_eq!(checkpoint_decision(&c, 1, 1, minute), None);
+        assert_eq!(checkpoint_decision(&c, 500, 1, minute), None);
+        let mut never = cfg();
+        never.max_checkpoint_page_count = 0;
+        assert_eq!(checkpoint_decision(&never, 20_000, 20_000, Duration::ZERO), Some(CheckpointMode::Passive));
+    }
+
+    #[test]
+    fn meta_paths() {
+        assert_eq!(default_meta_dir(Path::new("/var/lib/app.db")), PathBuf::from("/var/lib/.app.db-litestream"));
+        assert_eq!(wal_path(Path::new("/var/lib/app.db")), PathBuf::from("/var/lib/app.db-wal"));
+        assert_eq!(
+            shadow_wal_path(Path::new("/m"), "0123456789abcdef", 10),
+            PathBuf::from("/m/generations/0123456789abcdef/wal/0000000a.wal")
+        );
+    }
+}

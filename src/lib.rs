@@ -17,3 +17,4 @@ pub mod position;
 pub mod replica;
 pub mod restore;
 pub mod wal;
+pub mod watch;

@@ -1,1 +1,381 @@
-//! (in progress)
+//! The replica thread: one per replica. It uploads WAL segments and snapshots from the shadow
+//! WAL and the db file to a store, through a `ReplicaClient`.
+//!
+//! It owns the replica's position (what the store holds), kept in memory and rediscovered by
+//! listing only at start and at a generation change. It reads shadow files but never writes
+//! them, and never touches the SQLite connection: the db thread's shared position tells it how
+//! far the shadow is durable. A slow or failing store only delays this thread; the db thread
+//! never waits for it.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::client::ReplicaClient;
+use crate::codec::{self, Compression};
+use crate::config::ReplicaConfig;
+use crate::db::{lock, DbShared, Notice};
+use crate::logging;
+use crate::position::Position;
+
+/// Longest wait between retries of a failing store.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Caps how many snapshots run at once in the process (`snapshot-concurrency`): a snapshot
+/// streams a whole db file and many at once would compete for memory and disk.
+pub struct Semaphore {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Semaphore {
+    pub fn new(n: usize) -> Self {
+        Semaphore { free: Mutex::new(n.max(1)), cv: Condvar::new() }
+    }
+
+    pub fn acquire(&self) -> Permit<'_> {
+        let mut free = lock(&self.free);
+        while *free == 0 {
+            free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+pub struct Permit<'a>(&'a Semaphore);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.free) += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+pub struct Replica {
+    /// Position of this replica in its db's replica list.
+    slot: usize,
+    cfg: ReplicaConfig,
+    client: Arc<dyn ReplicaClient>,
+    db: Arc<DbShared>,
+    snapshots: Arc<Semaphore>,
+    /// What the store holds of the current generation (None until known).
+    pos: Option<Position>,
+    /// Whether the store has a snapshot of `pos.generation`.
+    has_snapshot: bool,
+    last_upload: Option<Instant>,
+}
+
+impl Replica {
+    pub fn new(
+        slot: usize,
+        cfg: ReplicaConfig,
+        client: Arc<dyn ReplicaClient>,
+        db: Arc<DbShared>,
+        snapshots: Arc<Semaphore>,
+    ) -> Self {
+        Replica { slot, cfg, client, db, snapshots, pos: None, has_snapshot: false, last_upload: None }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn db_label(&self) -> String {
+        self.db.path.display().to_string()
+    }
+
+    /// The thread body. Uploads at most once per sync-interval and only when something
+    /// changed; on `stop` (carrying the shutdown deadline) it uploads what is left, then exits.
+    pub fn run(mut self, notices: Receiver<Notice>, stop: Receiver<Instant>) {
+        // Start-up counts as a change: the store may lag the shadow from before a restart.
+        let mut dirty = true;
+        let mut backoff = Duration::ZERO;
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            while notices.try_recv().is_ok() {
+                dirty = true;
+            }
+            let now = Instant::now();
+            let due = match (retry_at, self.last_upload) {
+                (Some(t), _) => t,
+                (None, Some(last)) => last + self.cfg.sync_interval,
+                (None, None) => now,
+            };
+            if dirty && now >= due {
+                match self.sync() {
+                    Ok(()) => {
+                        dirty = false;
+                        backoff = Duration::ZERO;
+                        retry_at = None;
+                    }
+                    Err(err) => {
+                        backoff = next_backoff(backoff);
+                        retry_at = Some(Instant::now() + backoff);
+                        logging::error(
+                            "replica sync error",
+                            &[
+                                ("db", &self.db_label()),
+                                ("replica", &self.cfg.name),
+                                ("error", &format!("{err:#}")),
+                                ("retry_in", &format!("{backoff:?}")),
+                            ],
+                        );
+                    }
+                }
+                continue;
+            }
+            let wait = if dirty { due.saturating_duration_since(now) } else { Duration::from_secs(3600) };
+            crossbeam_channel::select! {
+                recv(notices) -> msg => match msg {
+                    Ok(_) => dirty = true,
+                    // The db thread is gone; only a stop can follow.
+                    Err(_) => {
+                        if let Ok(deadline) = stop.recv() {
+                            self.final_sync(deadline);
+                        }
+                        return;
+                    }
+                },
+                recv(stop) -> deadline => {
+                    self.final_sync(deadline.unwrap_or_else(|_| Instant::now()));
+                    return;
+                }
+                default(wait) => {}
+            }
+        }
+    }
+
+    /// Uploads everything the shadow holds, retrying until `deadline`.
+    fn final_sync(&mut self, deadline: Instant) {
+        let mut backoff = Duration::ZERO;
+        loop {
+            match self.sync() {
+                Ok(()) => return,
+                Err(err) => {
+                    backoff = next_backoff(backoff);
+                    let give_up = Instant::now() + backoff >= deadline;
+                    logging::error(
+                        if give_up { "replica not fully synced at shutdown" } else { "replica sync error" },
+                        &[("db", &self.db_label()), ("replica", &self.cfg.name), ("error", &format!("{err:#}"))],
+                    );
+                    if give_up {
+                        return;
+                    }
+                    std::thread::sleep(backoff);
+                }
+            }
+        }
+    }
+
+    /// Brings the store up to the shadow's current position.
+    pub fn sync(&mut self) -> Result<()> {
+        let Some(target) = self.db.position() else { return Ok(()) };
+        if self.pos.as_ref().map(|p| &p.generation) != Some(&target.generation) {
+            self.discover(&target)?;
+        }
+        if !self.has_snapshot {
+            return self.snapshot();
+        }
+        self.upload_until(&target)
+    }
+
+    /// Finds what the store holds of `target`'s generation (SPEC §5.2: after a restart, resume
+    /// from the replica's own listing).
+    fn discover(&mut self, target: &Position) -> Result<()> {
+        let generation = &target.generation;
+        self.pos = None;
+        self.has_snapshot = false;
+        self.db.set_replica_position(self.slot, None);
+        let snapshots = self.client.snapshots(generation)?;
+        let segments = self.client.wal_segments(generation)?;
+        self.has_snapshot = !snapshots.is_empty();
+        let last_snapshot = snapshots.iter().map(|s| s.index).max();
+        let pos = match (segments.last(), last_snapshot) {
+            (Some(seg), snap) if snap.is_none_or(|s| s <= seg.index) => {
+                let mut r = codec::decoder(seg.compression, self.client.open_wal_segment(seg)?)?;
+                let len = io::copy(&mut r, &mut io::sink())
+                    .with_context(|| format!("cannot read wal segment {:08x}_{:08x}", seg.index, seg.offset))?;
+                Some(Position::new(generation.clone(), seg.index, seg.offset + len))
+            }
+            (_, Some(s)) => Some(Position::new(generation.clone(), s, 0)),
+            (None, None) => None,
+        };
+        if let Some(p) = &pos {
+            if p.index > target.index || (p.index == target.index && p.offset > target.offset) {
+                // The store holds data the shadow does not: continuing would interleave two
+                // histories. Only a new generation is safe.
+                self.db.request_new_generation();
+                bail!("replica {} is ahead of the local shadow wal ({p} > {target})", self.cfg.name);
+            }
+            if !self.db.shadow_wal_path(generation, p.index).exists() {
+                // The shadow that would continue this position is gone: a new snapshot covers it.
+                self.has_snapshot = false;
+                self.pos = None;
+                return Ok(());
+            }
+            logging::info(
+                "replica resumed",
+                &[("db", &self.db_label()), ("replica", &self.cfg.name), ("position", p)],
+            );
+        }
+        self.pos = pos;
+        if self.has_snapshot {
+            self.db.set_replica_position(self.slot, self.pos.clone());
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot of the db at the shadow's current index. The WAL of that index up to
+    /// the shadow's end is uploaded first: the db file may already hold pages of those frames
+    /// (checkpointed by the application), so a restore must never use this snapshot without
+    /// them, and a segment uploaded before the snapshot is always included.
+    fn snapshot(&mut self) -> Result<()> {
+        let _permit = self.snapshots.acquire();
+        // Our own checkpoints would change the db file under the read below.
+        let _guard = self.db.checkpoint_lock.read().unwrap_or_else(|e| e.into_inner());
+        let target = self.db.position().ok_or_else(|| anyhow!("database not initialised"))?;
+        let generation = target.generation.clone();
+        match &self.pos {
+            Some(p) if p.generation == generation && p.index == target.index => {}
+            _ => self.pos = Some(Position::new(generation.clone(), target.index, 0)),
+        }
+        self.upload_until(&target)?;
+
+        let started = Instant::now();
+        let path = self.db.path.clone();
+        let file = File::open(&path).with_context(|| format!("{}: cannot open database for snapshot", path.display()))?;
+        let mut data = codec::encoder(self.cfg.compression, file)?;
+        let info = self
+            .client
+            .write_snapshot(&generation, target.index, self.cfg.compression, &mut data)
+            .with_context(|| format!("replica {}: cannot write snapshot {generation}/{:08x}", self.cfg.name, target.index))?;
+        self.has_snapshot = true;
+        self.db.set_replica_position(self.slot, self.pos.clone());
+        logging::info(
+            "snapshot written",
+            &[
+                ("db", &self.db_label()),
+                ("replica", &self.cfg.name),
+                ("position", &target),
+                ("size", &info.size),
+                ("elapsed", &format!("{:?}", started.elapsed())),
+            ],
+        );
+        self.last_upload = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Uploads one segment per index from the replica's position up to `target`.
+    fn upload_until(&mut self, target: &Position) -> Result<()> {
+        loop {
+            let pos = self.pos.clone().ok_or_else(|| anyhow!("replica position unknown"))?;
+            if pos.generation != target.generation {
+                bail!("generation changed");
+            }
+            if pos.index > target.index || (pos.index == target.index && pos.offset >= target.offset) {
+                return Ok(());
+            }
+            let path = self.db.shadow_wal_path(&pos.generation, pos.index);
+            let end = if pos.index < target.index {
+                match std::fs::metadata(&path) {
+                    Ok(m) => m.len(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        // The index was cleaned up locally before we uploaded it: the chain in
+                        // the store cannot continue, so start again from a new snapshot.
+                        self.has_snapshot = false;
+                        bail!("shadow wal {} is gone; a new snapshot will be taken", path.display());
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("{}: cannot stat", path.display())),
+                }
+            } else {
+                target.offset
+            };
+            if end > pos.offset {
+                self.upload_segment(&pos, end)?;
+            }
+            let next = if pos.index < target.index {
+                Position::new(pos.generation.clone(), pos.index + 1, 0)
+            } else {
+                Position::new(pos.generation.clone(), pos.index, end)
+            };
+            self.pos = Some(next.clone());
+            if self.has_snapshot {
+                self.db.set_replica_position(self.slot, Some(next));
+            }
+        }
+    }
+
+    fn upload_segment(&mut self, pos: &Position, end: u64) -> Result<()> {
+        let started = Instant::now();
+        let path = self.db.shadow_wal_path(&pos.generation, pos.index);
+        let mut f = File::open(&path).with_context(|| format!("{}: cannot open shadow wal", path.display()))?;
+        f.seek(SeekFrom::Start(pos.offset))?;
+        let raw = f.take(end - pos.offset);
+        let mut data = codec::encoder(self.cfg.compression, raw)?;
+        let info = self
+            .client
+            .write_wal_segment(&pos.generation, pos.index, pos.offset, self.cfg.compression, &mut data)
+            .with_context(|| {
+                format!("replica {}: cannot write wal segment {:08x}_{:08x}", self.cfg.name, pos.index, pos.offset)
+            })?;
+        self.last_upload = Some(Instant::now());
+        if logging::enabled(crate::config::LogLevel::Debug) {
+            logging::debug(
+                "wal segment written",
+                &[
+                    ("db", &self.db_label()),
+                    ("replica", &self.cfg.name),
+                    ("position", pos),
+                    ("bytes", &(end - pos.offset)),
+                    ("size", &info.size),
+                    ("elapsed", &format!("{:?}", started.elapsed())),
+                ],
+            );
+        }
+        Ok(())
+    }
+
+    pub fn compression(&self) -> Compression {
+        self.cfg.compression
+    }
+}
+
+/// Exponential backoff with jitter, capped: 1s, 2s, 4s … 30s, each ±25 %.
+fn next_backoff(prev: Duration) -> Duration {
+    let base = if prev.is_zero() { Duration::from_secs(1) } else { (prev * 2).min(MAX_BACKOFF) };
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let jitter = f64::from(nanos % 1000) / 1000.0 * 0.5 - 0.25;
+    base.mul_f64(1.0 + jitter).min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let mut b = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            b = next_backoff(b);
+            seen.push(b);
+        }
+        assert!(seen[0] >= Duration::from_millis(750) && seen[0] <= Duration::from_millis(1250));
+        assert!(seen.iter().all(|d| *d <= MAX_BACKOFF));
+        assert!(seen[9] >= Duration::from_secs(20));
+    }
+
+    #[test]
+    fn semaphore_limits() {
+        let s = Semaphore::new(1);
+        let p = s.acquire();
+        assert_eq!(*lock(&s.free), 0);
+        drop(p);
+        assert_eq!(*lock(&s.free), 1);
+    }
+}
