@@ -611,7 +611,8 @@ impl Db {
     /// restarted and, if so, finish the old index under the write lock and begin the next.
     fn checkpoint(&mut self, mode: CheckpointMode) -> Result<()> {
         // A snapshot in progress reads the db file; it must not see our checkpoint.
-        let Ok(_guard) = self.shared.checkpoint_lock.try_write() else {
+        let shared = self.shared.clone();
+        let Ok(_guard) = shared.checkpoint_lock.try_write() else {
             return Ok(());
         };
         self.copy_to_shadow()?;
@@ -623,7 +624,7 @@ impl Db {
         let result = self.exec_checkpoint(mode);
         // Whatever happened, hold the read lock again before anything else.
         let relock = self.begin_read_tx();
-        let (busy, log_frames) = result?;
+        let (busy, log_frames, checkpointed) = result?;
         relock?;
         self.last_checkpoint = Instant::now();
         if mode == CheckpointMode::Restart {
@@ -646,8 +647,12 @@ impl Db {
             ],
         );
 
-        // Make the next writer (us) restart the WAL now if the checkpoint emptied it.
-        self.write_seq()?;
+        // If the checkpoint emptied the WAL, be its next writer so the restart happens now,
+        // under our eyes. Otherwise nothing can restart it and no write is needed (an app
+        // holding a long read transaction must not make an idle db upload every tick).
+        if !busy && log_frames > 0 && checkpointed == log_frames {
+            self.write_seq()?;
+        }
         let after = read_header(&wal_path(&self.shared.path))?;
         if before.is_some() && after == before {
             self.after_read_tx_begun()?;
@@ -683,8 +688,9 @@ impl Db {
         Ok(())
     }
 
-    /// Runs the checkpoint pragma; returns (busy, frames in the WAL at checkpoint time).
-    fn exec_checkpoint(&mut self, mode: CheckpointMode) -> Result<(bool, i64)> {
+    /// Runs the checkpoint pragma; returns (busy, frames in the WAL at checkpoint time, frames
+    /// checkpointed).
+    fn exec_checkpoint(&mut self, mode: CheckpointMode) -> Result<(bool, i64, i64)> {
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
         let pragma_mode = match mode {
             CheckpointMode::Passive => "PASSIVE",
@@ -697,13 +703,13 @@ impl Db {
             conn.busy_timeout(Duration::from_millis(100))?;
         }
         let result = conn.query_row(&format!("PRAGMA wal_checkpoint({pragma_mode})"), [], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
         });
         if mode == CheckpointMode::Restart {
             conn.busy_timeout(self.cfg.busy_timeout)?;
         }
-        let (busy, log) = result.with_context(|| format!("checkpoint {} failed", mode.name()))?;
-        Ok((busy != 0, log))
+        let (busy, log, checkpointed) = result.with_context(|| format!("checkpoint {} failed", mode.name()))?;
+        Ok((busy != 0, log, checkpointed))
     }
 
     /// Bookkeeping after a read transaction began: copy at once and remember whether the WAL

@@ -16,11 +16,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::client::ReplicaClient;
-use crate::codec::{self, Compression};
+use crate::codec;
 use crate::config::ReplicaConfig;
 use crate::db::{lock, DbShared, Notice};
 use crate::logging;
 use crate::position::Position;
+use crate::wal::WAL_HEADER_SIZE;
 
 /// Longest wait between retries of a failing store.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -295,6 +296,10 @@ impl Replica {
             } else {
                 target.offset
             };
+            if pos.index == target.index && pos.offset == 0 && end <= WAL_HEADER_SIZE as u64 {
+                // A WAL life with no frame yet: its header goes up with its first frames.
+                return Ok(());
+            }
             if end > pos.offset {
                 self.upload_segment(&pos, end)?;
             }
@@ -338,10 +343,6 @@ impl Replica {
             );
         }
         Ok(())
-    }
-
-    pub fn compression(&self) -> Compression {
-        self.cfg.compression
     }
 }
 
