@@ -1,0 +1,222 @@
+//! Replicate a db written by a separate connection, stop with SIGTERM, restore, compare data.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+use rusqlite::{params, Connection};
+
+/// Waits until the replica holds a generation with a snapshot (the daemon is up and synced).
+fn wait_first_snapshot(env: &Env, d: &mut Daemon) {
+    let ok = wait_until(DEADLINE, || {
+        d.assert_alive();
+        generations(&env.replica)
+            .iter()
+            .any(|g| !snapshot_indexes(&env.replica, g).is_empty())
+    });
+    assert!(
+        ok,
+        "no snapshot in the replica within {DEADLINE:?}; tree: {:?}",
+        list_tree(&env.replica)
+    );
+}
+
+/// `n` transactions mixing inserts of 10–20 KB blobs (multi-page at 4 KiB pages), updates of
+/// counters and blobs, and deletes. Ids are never reused.
+fn mixed_workload(
+    c: &Connection,
+    n: usize,
+    seed: u64,
+    next_id: &mut i64,
+    live: &mut BTreeSet<i64>,
+) {
+    let mut rng = Rng::new(seed);
+    for i in 0..n {
+        let kind = rng.range(0, 100);
+        tx(c, |c| {
+            if kind < 55 || live.len() < 5 {
+                for _ in 0..rng.range(1, 3) {
+                    let id = *next_id;
+                    *next_id += 1;
+                    insert_row(c, id, rng.range(10_000, 20_001) as usize);
+                    live.insert(id);
+                }
+            } else if kind < 85 {
+                let id = *live
+                    .iter()
+                    .nth(rng.range(0, live.len() as u64) as usize)
+                    .unwrap();
+                if kind < 70 {
+                    c.execute("UPDATE t SET n = n + 1 WHERE id = ?1", params![id])
+                        .unwrap();
+                } else {
+                    let b = Rng::new(rng.next_u64()).bytes(rng.range(10_000, 20_001) as usize);
+                    let h = hash_bytes(&b) as i64;
+                    c.execute(
+                        "UPDATE t SET b = ?2, h = ?3, n = n + 1 WHERE id = ?1",
+                        params![id, b, h],
+                    )
+                    .unwrap();
+                }
+            } else {
+                let id = *live
+                    .iter()
+                    .nth(rng.range(0, live.len() as u64) as usize)
+                    .unwrap();
+                c.execute("DELETE FROM t WHERE id = ?1", params![id])
+                    .unwrap();
+                live.remove(&id);
+            }
+        });
+        // Let some ticks and syncs happen between bursts so the replica gets several segments.
+        if i % 25 == 24 {
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+}
+
+#[test]
+fn replicate_with_config_then_restore_by_config_and_by_url() {
+    let env = Env::new("replicate-restore");
+    env.write_config(&Cfg {
+        min_checkpoint_page_count: 500,
+        ..Cfg::default()
+    });
+    let app = create_app_db(&env.db, 4096);
+
+    let mut d = env.start("daemon");
+    wait_first_snapshot(&env, &mut d);
+
+    let (mut next_id, mut live) = (1i64, BTreeSet::new());
+    mixed_workload(&app, 320, 7, &mut next_id, &mut live);
+    d.assert_alive();
+    let src = digest_conn(&app, "t");
+    let src_rows: Vec<(i64, i64, i64, i64)> = {
+        let mut st = app
+            .prepare("SELECT id, n, coalesce(length(b), -1), h FROM t ORDER BY id")
+            .unwrap();
+        let v = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap();
+        v.map(|r| r.unwrap()).collect()
+    };
+    assert_eq!(src.rows as usize, live.len());
+    assert!(src.rows > 50, "workload left too few rows: {}", src.rows);
+
+    let stopped = d.stop_ok();
+    assert!(
+        stopped.log.contains("new generation"),
+        "the first generation is not logged; log:\n{}",
+        stopped.log
+    );
+
+    // Replica tree: layout, snapshot, contiguous segments, nothing else.
+    assert_replica_tree_valid(&env.replica);
+    let gens = generations(&env.replica);
+    assert_eq!(
+        gens.len(),
+        1,
+        "a fresh db with one uninterrupted run must have one generation: {gens:?}"
+    );
+    let gen = &gens[0];
+    assert!(
+        !wal_segments(&env.replica, gen).is_empty(),
+        "no WAL segments in {gen}"
+    );
+
+    // Local metadata next to the db.
+    let meta = meta_dir(&env.db);
+    assert!(meta.is_dir(), "metadata dir {} missing", meta.display());
+    let local = fs::read_to_string(meta.join("generation")).expect("read generation file");
+    assert!(
+        local.ends_with('\n'),
+        "generation file should end with a newline: {local:?}"
+    );
+    assert_eq!(
+        local.trim(),
+        gen,
+        "local generation differs from the replica's"
+    );
+    let shadow: Vec<String> = fs::read_dir(meta.join("generations").join(gen).join("wal"))
+        .expect("shadow wal dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!shadow.is_empty(), "no shadow WAL files");
+    for f in &shadow {
+        let stem = f
+            .strip_suffix(".wal")
+            .unwrap_or_else(|| panic!("unexpected shadow file {f}"));
+        assert!(is_hex(stem, 8), "shadow file name is not %08x.wal: {f}");
+    }
+
+    // Restore by config + db path.
+    let out = env.restore_config();
+    assert_integrity_ok(&out);
+    assert_eq!(row_summary(&out), src_rows, "restore -config: rows differ");
+    assert_eq!(
+        table_digest(&out, "t"),
+        src,
+        "restore -config: table digest differs"
+    );
+    assert_blobs_match_hash(&out);
+
+    // Restore by URL.
+    let out2 = env.restore_url(&[]);
+    assert_integrity_ok(&out2);
+    assert_eq!(
+        table_digest(&out2, "t"),
+        src,
+        "restore URL: table digest differs"
+    );
+
+    // Explicit generation and parallelism flags give the same result.
+    let out3 = env.restore_url(&["-generation", gen, "-parallelism", "1"]);
+    assert_eq!(
+        table_digest(&out3, "t"),
+        src,
+        "restore -generation -parallelism 1: digest differs"
+    );
+
+    // Restore leaves no temp files next to its output.
+    for (name, _) in list_tree(&env.root) {
+        if name.starts_with("restored") {
+            assert!(
+                !name.contains(".tmp"),
+                "restore left a temp file behind: {name}"
+            );
+        }
+    }
+    drop(app);
+}
+
+#[test]
+fn replicate_adhoc_form_with_file_url() {
+    let env = Env::new("adhoc");
+    let app = create_app_db(&env.db, 4096);
+    let mut d = env.start_adhoc("daemon-adhoc");
+    wait_first_snapshot(&env, &mut d);
+
+    let (mut next_id, mut live) = (1i64, BTreeSet::new());
+    mixed_workload(&app, 60, 11, &mut next_id, &mut live);
+    let src = digest_conn(&app, "t");
+
+    // Replicated while the daemon still runs (no reliance on the final sync).
+    let out = env.wait_restore(
+        DEADLINE,
+        "restore equals the source while the daemon runs",
+        |p| table_digest(p, "t") == src,
+    );
+    assert_integrity_ok(&out);
+    d.assert_alive();
+
+    d.stop_ok();
+    assert_replica_tree_valid(&env.replica);
+    let out2 = env.restore_url(&[]);
+    assert_integrity_ok(&out2);
+    assert_eq!(table_digest(&out2, "t"), src);
+    assert_blobs_match_hash(&out2);
+}
