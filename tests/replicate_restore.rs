@@ -220,3 +220,83 @@ fn replicate_adhoc_form_with_file_url() {
     assert_eq!(table_digest(&out2, "t"), src);
     assert_blobs_match_hash(&out2);
 }
+
+/// The application is another process: the `sqlite3` CLI, several invocations of 50
+/// transactions each (inserts of 10–20 KB random blobs, updates, deletes).
+#[test]
+fn writer_in_a_separate_sqlite3_process() {
+    if std::process::Command::new("sqlite3")
+        .arg("-version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: sqlite3 CLI not installed (scripts/install-test-prereqs.sh installs it)");
+        return;
+    }
+    let env = Env::new("sqlite3-cli");
+    env.write_config(&Cfg::default());
+    drop(create_app_db(&env.db, 4096));
+    let mut d = env.start("daemon");
+    wait_first_snapshot(&env, &mut d);
+
+    let mut rng = Rng::new(99);
+    let mut next_id = 1i64;
+    for round in 0..6 {
+        let mut sql = String::from(".timeout 5000\nPRAGMA journal_mode=WAL;\n");
+        for _ in 0..50 {
+            let k = rng.range(0, 100);
+            if k < 60 || next_id < 10 {
+                sql.push_str(&format!(
+                    "BEGIN IMMEDIATE; INSERT INTO t (id, n, h, b) VALUES ({next_id}, 0, 0, randomblob({})); COMMIT;\n",
+                    rng.range(10_000, 20_001)
+                ));
+                next_id += 1;
+            } else if k < 85 {
+                let id = rng.range(1, next_id as u64);
+                sql.push_str(&format!(
+                    "BEGIN IMMEDIATE; UPDATE t SET n = n + 1, b = randomblob({}) WHERE id = {id}; COMMIT;\n",
+                    rng.range(10_000, 20_001)
+                ));
+            } else {
+                let id = rng.range(1, next_id as u64);
+                sql.push_str(&format!("DELETE FROM t WHERE id = {id};\n"));
+            }
+        }
+        let mut child = std::process::Command::new("sqlite3")
+            .arg(&env.db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sqlite3");
+        {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(sql.as_bytes())
+                .unwrap();
+        }
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success() && o.stderr.is_empty(),
+            "sqlite3 round {round} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.assert_alive();
+    let stopped = d.stop_ok();
+    let src = table_digest(&env.db, "t");
+    assert!(src.rows > 50, "too few rows: {src:?}");
+    assert_replica_tree_valid(&env.replica);
+    let out = env.restore_url(&[]);
+    assert_integrity_ok(&out);
+    assert_eq!(
+        table_digest(&out, "t"),
+        src,
+        "restore differs from what the sqlite3 process wrote; daemon log:\n{}",
+        stopped.log
+    );
+}
