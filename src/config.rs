@@ -1664,3 +1664,1177 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     d[a.len()][b.len()]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SRC: &str = "litestream.yml";
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    fn parse_with(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env_of(vars);
+        Config::parse(
+            text,
+            SRC,
+            true,
+            &env,
+            Path::new("/work/dir"),
+            Some(Path::new("/home/user")),
+        )
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_with(text, &[])
+    }
+
+    fn ok(text: &str) -> Config {
+        match parse(text) {
+            Ok(c) => c,
+            Err(e) => panic!("unexpected error:\n{e}"),
+        }
+    }
+
+    /// The problems of an invalid config.
+    fn errs(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => e.problems,
+        }
+    }
+
+    fn one_err(text: &str) -> String {
+        let p = errs(text);
+        assert_eq!(p.len(), 1, "expected one problem, got {p:#?}");
+        p.into_iter().next().unwrap()
+    }
+
+    fn s3(r: &ReplicaConfig) -> &S3Config {
+        match &r.target {
+            ReplicaTarget::S3(s3) => s3,
+            other => panic!("not s3: {other:?}"),
+        }
+    }
+
+    fn file_path(r: &ReplicaConfig) -> &Path {
+        match &r.target {
+            ReplicaTarget::File { path } => path,
+            other => panic!("not file: {other:?}"),
+        }
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    // --- whole files ---------------------------------------------------------------------
+
+    #[test]
+    fn full_example_with_every_key() {
+        let text = include_str!("../testdata/config/full.yml");
+        let c = parse_with(
+            text,
+            &[("GLOBAL_SECRET", "gsecret"), ("REPLICA_SECRET", "rsecret")],
+        )
+        .unwrap();
+        assert_eq!(c.addr.as_deref(), Some("127.0.0.1:9091"));
+        assert_eq!(c.exec.as_deref(), Some("myapp serve --port 8080"));
+        assert_eq!(c.access_key_id.as_deref(), Some("GLOBALKEY"));
+        assert_eq!(c.secret_access_key.as_deref(), Some("gsecret"));
+        assert_eq!(
+            c.logging,
+            LoggingConfig {
+                level: LogLevel::Debug,
+                json: true,
+                stderr: true
+            }
+        );
+        assert_eq!(c.snapshot_concurrency, 3);
+        assert_eq!(c.health_max_lag, secs(120));
+        assert_eq!(c.source, SRC);
+        assert_eq!(c.dbs.len(), 2);
+
+        let db = &c.dbs[0];
+        assert_eq!(db.path, PathBuf::from("/home/user/data/app.db"));
+        assert_eq!(db.meta_path, Some(PathBuf::from("/work/dir/meta/app")));
+        assert_eq!(db.monitor_interval, Duration::from_millis(500));
+        assert_eq!(db.checkpoint_interval, secs(300));
+        assert_eq!(db.busy_timeout, secs(2));
+        assert_eq!(db.min_checkpoint_page_count, 500);
+        assert_eq!(db.max_checkpoint_page_count, 5000);
+        assert_eq!(db.truncate_page_count, 60000);
+        assert_eq!(db.replicas.len(), 3);
+
+        let r = &db.replicas[0];
+        assert_eq!(
+            *r,
+            ReplicaConfig {
+                name: "local".into(),
+                target: ReplicaTarget::File {
+                    path: PathBuf::from("/work/backup/app")
+                },
+                retention: secs(48 * 3600),
+                retention_check_interval: secs(1800),
+                snapshot_interval: secs(6 * 3600),
+                validation_interval: secs(12 * 3600),
+                sync_interval: Duration::from_millis(250),
+                compression: Compression::Lz4,
+            }
+        );
+
+        let r = &db.replicas[1];
+        assert_eq!(r.name, "minio");
+        assert_eq!(
+            *s3(r),
+            S3Config {
+                bucket: "my-bucket".into(),
+                path: "prod/app".into(),
+                region: Some("eu-west-1".into()),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                force_path_style: false,
+                skip_verify: true,
+                access_key_id: Some("REPLICAKEY".into()),
+                secret_access_key: Some("rsecret".into()),
+            }
+        );
+        assert_eq!(r.retention, defaults::RETENTION);
+        assert_eq!(r.compression, Compression::Gzip);
+
+        // URL replica: global credentials merged in, defaults elsewhere.
+        let r = &db.replicas[2];
+        assert_eq!(r.name, "s3");
+        assert_eq!(r.retention, secs(5400));
+        assert_eq!(
+            *s3(r),
+            S3Config {
+                bucket: "other-bucket".into(),
+                path: "db".into(),
+                access_key_id: Some("GLOBALKEY".into()),
+                secret_access_key: Some("gsecret".into()),
+                ..S3Config::default()
+            }
+        );
+
+        let db = &c.dbs[1];
+        assert_eq!(db.path, PathBuf::from("/var/lib/other.db"));
+        assert_eq!(db.replicas[0].name, "file");
+        assert_eq!(file_path(&db.replicas[0]), Path::new("/srv/backup/other"));
+    }
+
+    #[test]
+    fn shipped_example_config_parses() {
+        let c = ok(include_str!("../litestream.yml.example"));
+        assert!(!c.dbs.is_empty());
+        c.require_dbs().unwrap();
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = ok("dbs:\n  - path: /data/app.db\n    replicas:\n      - path: /backup\n");
+        let mut db = DbConfig::with_defaults(PathBuf::from("/data/app.db"));
+        db.replicas
+            .push(ReplicaConfig::with_defaults(ReplicaTarget::File {
+                path: PathBuf::from("/backup"),
+            }));
+        let mut want = Config::with_dbs(vec![db]);
+        want.source = SRC.into();
+        assert_eq!(c, want);
+
+        assert_eq!(c.addr, None);
+        assert_eq!(c.exec, None);
+        assert_eq!(c.logging.level, LogLevel::Info);
+        assert!(!c.logging.json && !c.logging.stderr);
+        assert_eq!(c.snapshot_concurrency, 1);
+        assert_eq!(c.health_max_lag, secs(60));
+        let db = &c.dbs[0];
+        assert_eq!(db.meta_path, None);
+        assert_eq!(db.monitor_interval, secs(1));
+        assert_eq!(db.checkpoint_interval, secs(60));
+        assert_eq!(db.busy_timeout, secs(1));
+        assert_eq!(db.min_checkpoint_page_count, 1000);
+        assert_eq!(db.max_checkpoint_page_count, 10000);
+        assert_eq!(db.truncate_page_count, 121359);
+        let r = &db.replicas[0];
+        assert_eq!(r.name, "file");
+        assert_eq!(r.retention, secs(24 * 3600));
+        assert_eq!(r.retention_check_interval, secs(3600));
+        assert_eq!(r.snapshot_interval, Duration::ZERO);
+        assert_eq!(r.validation_interval, Duration::ZERO);
+        assert_eq!(r.sync_interval, secs(1));
+        assert_eq!(r.compression, Compression::Gzip);
+    }
+
+    #[test]
+    fn empty_file_parses_but_has_no_dbs() {
+        for text in [
+            "",
+            "\n",
+            "# just a comment\n",
+            "dbs:\n",
+            "dbs: []\n",
+            "---\n",
+        ] {
+            let c = ok(text);
+            assert!(c.dbs.is_empty());
+            let e = c.require_dbs().unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "litestream.yml: no databases configured (add a `dbs:` list)"
+            );
+        }
+        let e = Config::with_dbs(vec![]).require_dbs().unwrap_err();
+        assert_eq!(e.to_string(), "no databases configured (add a `dbs:` list)");
+    }
+
+    #[test]
+    fn zero_replicas_allowed() {
+        let c = ok("dbs:\n  - path: /a.db\n");
+        assert!(c.dbs[0].replicas.is_empty());
+        let c = ok("dbs:\n  - path: /a.db\n    replicas: []\n");
+        assert!(c.dbs[0].replicas.is_empty());
+    }
+
+    #[test]
+    fn global_settings() {
+        let c = ok("addr: \":9090\"\nlogging:\n  level: WARN\n  type: text\n");
+        assert_eq!(c.addr.as_deref(), Some(":9090"));
+        assert_eq!(c.logging.level, LogLevel::Warn);
+        assert!(!c.logging.json);
+        for (v, want) in [
+            ("debug", LogLevel::Debug),
+            ("info", LogLevel::Info),
+            ("warn", LogLevel::Warn),
+            ("warning", LogLevel::Warn),
+            ("error", LogLevel::Error),
+        ] {
+            assert_eq!(ok(&format!("logging:\n  level: {v}\n")).logging.level, want);
+        }
+        // Unquoted `:9090` is a YAML string too; an empty addr is "off".
+        assert_eq!(ok("addr: :9090\n").addr.as_deref(), Some(":9090"));
+        assert_eq!(ok("addr: \"\"\n").addr, None);
+        assert_eq!(ok("addr:\n").addr, None);
+        for good in [
+            "127.0.0.1:9090",
+            "localhost:9090",
+            "[::1]:9090",
+            "0.0.0.0:0",
+        ] {
+            assert_eq!(
+                ok(&format!("addr: \"{good}\"\n")).addr.as_deref(),
+                Some(good)
+            );
+        }
+        assert_eq!(ok("exec: \"\"\n").exec, None);
+        assert_eq!(ok("health-max-lag: 5m\n").health_max_lag, secs(300));
+    }
+
+    // --- validation ----------------------------------------------------------------------
+
+    #[test]
+    fn addr_needs_a_port() {
+        assert_eq!(
+            one_err("addr: 9090\n"),
+            "litestream.yml: addr: \"9090\" has no port; use e.g. \":9090\" (all interfaces) or \"127.0.0.1:9090\""
+        );
+        for bad in ["localhost", "127.0.0.1:", ":http", ":99999", "::1:9090"] {
+            let e = one_err(&format!("addr: \"{bad}\"\n"));
+            assert!(e.starts_with("litestream.yml: addr: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn global_validation() {
+        assert_eq!(
+            one_err("snapshot-concurrency: 0\n"),
+            "litestream.yml: snapshot-concurrency: must be at least 1"
+        );
+        assert_eq!(
+            one_err("health-max-lag: 0s\n"),
+            "litestream.yml: health-max-lag: must be greater than 0"
+        );
+    }
+
+    #[test]
+    fn db_validation_names_each_place() {
+        let p = errs(
+            "dbs:\n  - path: /a.db\n    monitor-interval: 0\n    min-checkpoint-page-count: 0\n    max-checkpoint-page-count: 0\n    truncate-page-count: 0\n  - meta-path: /m\n",
+        );
+        assert_eq!(
+            p,
+            vec![
+                "litestream.yml: dbs[0].monitor-interval: must be greater than 0",
+                "litestream.yml: dbs[0].min-checkpoint-page-count: must be at least 1",
+                "litestream.yml: dbs[1].path: required (the database file to replicate)",
+            ]
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    min-checkpoint-page-count: 10\n    max-checkpoint-page-count: 5\n    truncate-page-count: 100\n"),
+            "litestream.yml: dbs[0].max-checkpoint-page-count: must be 0 (never) or at least min-checkpoint-page-count (10), got 5"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    truncate-page-count: 9999\n"),
+            "litestream.yml: dbs[0].truncate-page-count: must be at least max-checkpoint-page-count (10000), got 9999"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    max-checkpoint-page-count: 0\n    truncate-page-count: 999\n"),
+            "litestream.yml: dbs[0].truncate-page-count: must be at least min-checkpoint-page-count (1000), got 999"
+        );
+        // max 0 = never RESTART is fine; equal counts are fine.
+        let c = ok("dbs:\n  - path: /a.db\n    max-checkpoint-page-count: 0\n");
+        assert_eq!(c.dbs[0].max_checkpoint_page_count, 0);
+        ok("dbs:\n  - path: /a.db\n    min-checkpoint-page-count: 5\n    max-checkpoint-page-count: 5\n    truncate-page-count: 5\n");
+        // Zero checkpoint interval and busy timeout are allowed (off / no waiting).
+        ok("dbs:\n  - path: /a.db\n    checkpoint-interval: 0\n    busy-timeout: 0\n");
+    }
+
+    #[test]
+    fn duplicate_db_paths() {
+        // Same file spelled differently: relative vs absolute, with `./` and `..`.
+        assert_eq!(
+            one_err("dbs:\n  - path: app.db\n  - path: /work/dir/./x/../app.db\n"),
+            "litestream.yml: dbs[1].path: /work/dir/app.db is already configured as dbs[0]"
+        );
+    }
+
+    #[test]
+    fn replica_validation_names_each_place() {
+        let p = errs(
+            "dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n      - type: s3\n        path: prefix\n      - type: file\n        bucket: b\n        skip-verify: true\n      - retention: 1h\n      - path: /c\n        sync-interval: 0s\n",
+        );
+        assert_eq!(
+            p,
+            vec![
+                "litestream.yml: dbs[0].replicas[1].bucket: required for an s3 replica",
+                "litestream.yml: dbs[0].replicas[2].bucket: only valid for an s3 replica (this one is type file)",
+                "litestream.yml: dbs[0].replicas[2].skip-verify: only valid for an s3 replica (this one is type file)",
+                "litestream.yml: dbs[0].replicas[2].path: required for a file replica (the directory to replicate into; or give a `url`)",
+                "litestream.yml: dbs[0].replicas[2].name: `file` is already the name of dbs[0].replicas[0] (give each replica of a db a unique `name`)",
+                "litestream.yml: dbs[0].replicas[3]: needs a `url`, or a `type` with its `path` (file) or `bucket` (s3)",
+                "litestream.yml: dbs[0].replicas[4].sync-interval: must be greater than 0",
+                "litestream.yml: dbs[0].replicas[4].name: `file` is already the name of dbs[0].replicas[0] (give each replica of a db a unique `name`)",
+            ]
+        );
+    }
+
+    #[test]
+    fn s3_keys_on_a_file_replica() {
+        for key in [
+            "bucket: b",
+            "region: r",
+            "endpoint: http://x",
+            "force-path-style: true",
+            "skip-verify: false",
+            "access-key-id: k",
+            "secret-access-key: s",
+        ] {
+            let name = key.split(':').next().unwrap();
+            assert_eq!(
+                one_err(&format!(
+                    "dbs:\n  - path: /a.db\n    replicas:\n      - type: file\n        path: /b\n        {key}\n"
+                )),
+                format!("litestream.yml: dbs[0].replicas[0].{name}: only valid for an s3 replica (this one is type file)")
+            );
+        }
+    }
+
+    #[test]
+    fn replica_names_unique_per_db_only() {
+        let c = ok("dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n      - name: second\n        path: /c\n  - path: /b.db\n    replicas:\n      - path: /d\n");
+        assert_eq!(c.dbs[0].replicas[0].name, "file");
+        assert_eq!(c.dbs[0].replicas[1].name, "second");
+        assert_eq!(c.dbs[1].replicas[0].name, "file");
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://a/b\n      - url: s3://c/d\n"),
+            "litestream.yml: dbs[0].replicas[1].name: `s3` is already the name of dbs[0].replicas[0] (give each replica of a db a unique `name`)"
+        );
+    }
+
+    #[test]
+    fn replica_type_inference_and_mismatch() {
+        let c = ok("dbs:\n  - path: /a.db\n    replicas:\n      - path: rel\n      - bucket: bkt\n        name: x\n      - url: s3://b/p\n        name: y\n      - url: /abs\n        name: z\n");
+        let rs = &c.dbs[0].replicas;
+        assert_eq!(file_path(&rs[0]), Path::new("/work/dir/rel"));
+        assert_eq!(s3(&rs[1]).bucket, "bkt");
+        assert_eq!(s3(&rs[2]).bucket, "b");
+        assert_eq!(file_path(&rs[3]), Path::new("/abs"));
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    replicas:\n      - type: file\n        url: s3://b/p\n"),
+            "litestream.yml: dbs[0].replicas[0].type: `file` does not match the url \"s3://b/p\", which is a s3 replica"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    replicas:\n      - url: gcs://b/p\n"),
+            "litestream.yml: dbs[0].replicas[0].url: unsupported replica URL scheme `gcs` in \"gcs://b/p\" (supported: file, s3, or a plain path)"
+        );
+    }
+
+    #[test]
+    fn explicit_keys_override_the_url() {
+        let c = ok("access-key-id: G\nsecret-access-key: GS\ndbs:\n  - path: /a.db\n    replicas:\n      - url: s3://bkt.localhost:9000/from/url\n        bucket: other\n        path: /override/\n        region: eu-central-1\n        force-path-style: false\n        access-key-id: R\n");
+        assert_eq!(
+            *s3(&c.dbs[0].replicas[0]),
+            S3Config {
+                bucket: "other".into(),
+                path: "override".into(),
+                region: Some("eu-central-1".into()),
+                endpoint: Some("http://localhost:9000".into()),
+                force_path_style: false,
+                skip_verify: false,
+                access_key_id: Some("R".into()),
+                secret_access_key: Some("GS".into()),
+            }
+        );
+        // A file url's path is replaced by an explicit path.
+        let c =
+            ok("dbs:\n  - path: /a.db\n    replicas:\n      - url: file:///x\n        path: y\n");
+        assert_eq!(file_path(&c.dbs[0].replicas[0]), Path::new("/work/dir/y"));
+    }
+
+    #[test]
+    fn force_path_style_defaults() {
+        let get = |extra: &str| {
+            let c = ok(&format!(
+                "dbs:\n  - path: /a.db\n    replicas:\n      - type: s3\n        bucket: b\n{extra}"
+            ));
+            s3(&c.dbs[0].replicas[0]).clone()
+        };
+        assert!(!get("").force_path_style);
+        assert!(get("        endpoint: http://127.0.0.1:9000\n").force_path_style);
+        assert!(
+            !get("        endpoint: http://127.0.0.1:9000\n        force-path-style: false\n")
+                .force_path_style
+        );
+        assert!(get("        force-path-style: true\n").force_path_style);
+        assert_eq!(
+            get("        endpoint: https://s3.example.com/\n")
+                .endpoint
+                .as_deref(),
+            Some("https://s3.example.com")
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    replicas:\n      - type: s3\n        bucket: b\n        endpoint: 127.0.0.1:9000\n"),
+            "litestream.yml: dbs[0].replicas[0].endpoint: endpoint \"127.0.0.1:9000\" needs a scheme, e.g. \"http://127.0.0.1:9000\" or \"https://127.0.0.1:9000\""
+        );
+    }
+
+    #[test]
+    fn empty_strings_count_as_absent() {
+        // `$UNSET` expands to nothing: credentials fall back to the global ones, then to none.
+        let c = parse_with(
+            "access-key-id: $AK\ndbs:\n  - path: /a.db\n    replicas:\n      - type: s3\n        bucket: b\n        region: \"${REGION}\"\n        access-key-id: \"$UNSET\"\n        secret-access-key: \"\"\n",
+            &[("AK", "global")],
+        )
+        .unwrap();
+        let s = s3(&c.dbs[0].replicas[0]);
+        assert_eq!(s.access_key_id.as_deref(), Some("global"));
+        assert_eq!(s.secret_access_key, None);
+        assert_eq!(s.region, None);
+    }
+
+    #[test]
+    fn all_problems_reported_together() {
+        let p = errs("addr: nope\nsnapshot-concurrency: 0\ndbs:\n  - path: /a.db\n    monitor-interval: 0\n    replicas:\n      - type: s3\n");
+        assert_eq!(p.len(), 4, "{p:#?}");
+        let e = ConfigError {
+            problems: p.clone(),
+        };
+        assert_eq!(e.to_string(), p.join("\n"));
+        for line in &p {
+            assert!(line.starts_with("litestream.yml: "), "{line}");
+            assert!(!line.contains('\n'));
+        }
+    }
+
+    // --- unknown keys and type errors ----------------------------------------------------
+
+    #[test]
+    fn unknown_top_level_key_suggests_dbs() {
+        // The seed README's own typo.
+        let e = one_err("db:\n  - path: /var/lib/db\n    replicas:\n      - url: s3://bucket/db\n");
+        assert_eq!(
+            e,
+            "litestream.yml: line 1 column 1: unknown key `db` in the top level (did you mean `dbs`?)"
+        );
+        let e = one_err("logging:\n  level: info\ndb:\n  - path: /x\n");
+        assert!(e.contains("line 3 column 1"), "{e}");
+        assert!(e.contains("did you mean `dbs`?"), "{e}");
+    }
+
+    #[test]
+    fn unknown_nested_keys() {
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/p\n        retension: 72h\n"),
+            "litestream.yml: line 5 column 9: unknown key `retension` in dbs[0].replicas[0] (did you mean `retention`?)"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    monitor_interval: 1s\n"),
+            "litestream.yml: line 3 column 5: unknown key `monitor_interval` in dbs[0] (did you mean `monitor-interval`?)"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    checkpointInterval: 1s\n"),
+            "litestream.yml: line 3 column 5: unknown key `checkpointInterval` in dbs[0] (did you mean `checkpoint-interval`?)"
+        );
+        assert_eq!(
+            one_err("logging:\n  levle: debug\n"),
+            "litestream.yml: line 2 column 3: unknown key `levle` in logging (did you mean `level`?)"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    replica:\n      - path: /b\n"),
+            "litestream.yml: line 3 column 5: unknown key `replica` in dbs[0] (did you mean `replicas`?)"
+        );
+    }
+
+    #[test]
+    fn unknown_key_at_the_wrong_level() {
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    bucket: b\n"),
+            "litestream.yml: line 3 column 5: unknown key `bucket` in dbs[0] (`bucket` is a replica key: put it under an entry of a db's `replicas:`)"
+        );
+        assert_eq!(
+            one_err("level: debug\n"),
+            "litestream.yml: line 1 column 1: unknown key `level` in the top level (`level` belongs under `logging:`)"
+        );
+        assert_eq!(
+            one_err("path: /a.db\n"),
+            "litestream.yml: line 1 column 1: unknown key `path` in the top level (`path` is a db key: put it under an entry of `dbs:`)"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    addr: \":9090\"\n"),
+            "litestream.yml: line 3 column 5: unknown key `addr` in dbs[0] (`addr` is a top-level key)"
+        );
+    }
+
+    #[test]
+    fn unknown_key_far_from_any_lists_the_valid_ones() {
+        assert_eq!(
+            one_err("logging:\n  colour: true\n"),
+            "litestream.yml: line 2 column 3: unknown key `colour` in logging (valid keys here: level, type, stderr)"
+        );
+    }
+
+    #[test]
+    fn key_lists_match_the_schema() {
+        // The hint tables must list exactly what serde accepts at each level.
+        let expected = |text: &str| -> Vec<String> {
+            let err = serde_norway::from_str::<RawConfig>(text).err().unwrap();
+            let msg = err.to_string();
+            let (_, rest) = split_place(&msg);
+            parse_unknown_field(rest).unwrap().1
+        };
+        assert_eq!(expected("zz: 1\n"), TOP_KEYS);
+        assert_eq!(expected("logging:\n  zz: 1\n"), LOGGING_KEYS);
+        assert_eq!(expected("dbs:\n  - zz: 1\n"), DB_KEYS);
+        assert_eq!(expected("dbs:\n  - replicas:\n    - zz: 1\n"), REPLICA_KEYS);
+    }
+
+    #[test]
+    fn type_errors_name_key_place_and_line() {
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    monitor-interval: abc\n"),
+            "litestream.yml: line 3 column 23: dbs[0].monitor-interval: invalid duration \"abc\": expected a number (use e.g. 500ms, 1s, 10m, 1h30m)"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    min-checkpoint-page-count: -1\n"),
+            "litestream.yml: line 3 column 32: dbs[0].min-checkpoint-page-count: must not be negative, got -1"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    truncate-page-count: 1.5\n"),
+            "litestream.yml: line 3 column 26: dbs[0].truncate-page-count: must be a whole number, got 1.5"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    busy-timeout: 5\n"),
+            "litestream.yml: line 3 column 19: dbs[0].busy-timeout: invalid duration 5: missing unit (e.g. \"5s\" or \"5ms\")"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - [1, 2]\n"),
+            "litestream.yml: line 2 column 5: dbs[0]: invalid type: sequence, expected a map of db settings (path, replicas, ...)"
+        );
+        assert_eq!(
+            one_err("dbs:\n  path: /a.db\n"),
+            "litestream.yml: line 2 column 3: dbs: invalid type: map, expected a sequence"
+        );
+        assert_eq!(
+            one_err("logging: [debug]\n"),
+            "litestream.yml: line 1 column 10: logging: invalid type: sequence, expected a map of logging settings (level, type, stderr)"
+        );
+        assert_eq!(
+            one_err("logging:\n  level: verbose\n"),
+            "litestream.yml: line 2 column 10: logging.level: unknown log level \"verbose\" (expected debug, info, warn or error)"
+        );
+        assert_eq!(
+            one_err("logging:\n  type: xml\n"),
+            "litestream.yml: line 2 column 9: logging.type: unknown log type \"xml\" (expected text or json)"
+        );
+        assert_eq!(
+            one_err("logging:\n  stderr: maybe\n"),
+            "litestream.yml: line 2 column 11: logging.stderr: invalid type: string \"maybe\", expected a boolean"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    replicas:\n      - type: gcs\n"),
+            "litestream.yml: line 4 column 15: dbs[0].replicas[0].type: unknown replica type \"gcs\" (supported: file, s3)"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n        compression: zstd\n"),
+            "litestream.yml: line 5 column 22: dbs[0].replicas[0].compression: unknown compression \"zstd\" (expected gzip or lz4)"
+        );
+        assert_eq!(
+            one_err("snapshot-concurrency: many\n"),
+            "litestream.yml: line 1 column 23: snapshot-concurrency: must be a whole number, got \"many\""
+        );
+        assert_eq!(
+            one_err("just a string\n"),
+            "litestream.yml: line 1 column 1: invalid type: string \"just a string\", expected a map of settings (dbs, logging, addr, ...)"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    path: /b.db\n"),
+            "litestream.yml: line 2 column 5: dbs[0]: duplicate field `path`"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_errors_are_one_line_with_position() {
+        let e = one_err("dbs:\n  - path: x\n   bad: : y\n");
+        assert!(e.starts_with("litestream.yml: line 3 column 4: "), "{e}");
+        assert!(!e.contains('\n'));
+        let e = one_err("dbs: [\n");
+        assert!(e.starts_with("litestream.yml: line 2 column 1: "), "{e}");
+    }
+
+    #[test]
+    fn durations_accept_bare_zero_and_strings() {
+        let c = ok("dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n        snapshot-interval: 0\n        validation-interval: \"0s\"\n        retention-check-interval: 0\n        retention: 1.5h\n        sync-interval: 100us\n");
+        let r = &c.dbs[0].replicas[0];
+        assert_eq!(r.snapshot_interval, Duration::ZERO);
+        assert_eq!(r.validation_interval, Duration::ZERO);
+        assert_eq!(r.retention_check_interval, Duration::ZERO);
+        assert_eq!(r.retention, secs(5400));
+        assert_eq!(r.sync_interval, Duration::from_micros(100));
+    }
+
+    #[test]
+    fn counts_accept_quoted_numbers() {
+        let c = ok("snapshot-concurrency: \"4\"\ndbs:\n  - path: /a.db\n    min-checkpoint-page-count: \"10\"\n");
+        assert_eq!(c.snapshot_concurrency, 4);
+        assert_eq!(c.dbs[0].min_checkpoint_page_count, 10);
+        let e = one_err("dbs:\n  - path: /a.db\n    truncate-page-count: 99999999999\n");
+        assert!(
+            e.contains("dbs[0].truncate-page-count: 99999999999 is too large"),
+            "{e}"
+        );
+    }
+
+    // --- environment expansion -----------------------------------------------------------
+
+    #[test]
+    fn env_expansion_both_forms() {
+        let text = "dbs:\n  - path: $DIR/app.db\n    replicas:\n      - url: s3://${BUCKET}/db\n        secret-access-key: ${NOPE}x\n";
+        let c = parse_with(text, &[("DIR", "/data"), ("BUCKET", "bkt")]).unwrap();
+        assert_eq!(c.dbs[0].path, PathBuf::from("/data/app.db"));
+        let s = s3(&c.dbs[0].replicas[0]);
+        assert_eq!(s.bucket, "bkt");
+        assert_eq!(s.secret_access_key.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn no_env_expansion_when_disabled() {
+        let env = env_of(&[("DIR", "/data")]);
+        let c = Config::parse(
+            "dbs:\n  - path: /x/$DIR/app.db\n",
+            SRC,
+            false,
+            &env,
+            Path::new("/"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.dbs[0].path, PathBuf::from("/x/$DIR/app.db"));
+    }
+
+    #[test]
+    fn expand_env_follows_go() {
+        let env = env_of(&[
+            ("A", "a"),
+            ("AB", "ab"),
+            ("1", "one"),
+            ("$", "pid"),
+            ("A_1", "u"),
+        ]);
+        let cases = [
+            ("plain", "plain"),
+            ("$A", "a"),
+            ("$AB", "ab"),
+            ("${A}B", "aB"),
+            ("$A_1", "u"),
+            ("x$A.y", "xa.y"),
+            ("$UNSET-", "-"),
+            ("${UNSET}", ""),
+            ("cost: 5$", "cost: 5$"),
+            ("$ x", "$ x"),
+            ("$$", "pid"),
+            ("$1", "one"),
+            ("${1}", "one"),
+            ("${}", ""),
+            ("a${b", "ab"),
+            ("é$A→", "éa→"),
+            ("$-", ""),
+        ];
+        for (input, want) in cases {
+            assert_eq!(expand_env_vars(input, &env), want, "input {input:?}");
+        }
+    }
+
+    // --- durations -----------------------------------------------------------------------
+
+    #[test]
+    fn durations_table() {
+        let ms = Duration::from_millis;
+        let cases: &[(&str, Duration)] = &[
+            ("0", Duration::ZERO),
+            ("-0", Duration::ZERO),
+            ("+0", Duration::ZERO),
+            ("0s", Duration::ZERO),
+            ("500ms", ms(500)),
+            ("1s", secs(1)),
+            ("+1s", secs(1)),
+            ("10m", secs(600)),
+            ("1h30m", secs(5400)),
+            ("24h", secs(86400)),
+            ("1.5h", secs(5400)),
+            (".5s", ms(500)),
+            ("1.s", secs(1)),
+            ("1m30.5s", ms(90_500)),
+            ("100us", Duration::from_micros(100)),
+            ("100µs", Duration::from_micros(100)),
+            ("100μs", Duration::from_micros(100)),
+            ("15ns", Duration::from_nanos(15)),
+            ("1h1m1s1ms1us1ns", Duration::from_nanos(3_661_001_001_001)),
+            ("0.000000001s", Duration::from_nanos(1)),
+            ("0.0000000019s", Duration::from_nanos(1)),
+            ("2562047h", secs(2_562_047 * 3600)),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_duration(s), Ok(*want), "{s:?}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("", "invalid duration \"\": empty"),
+            (
+                "5",
+                "invalid duration \"5\": missing unit after 5 (e.g. \"5s\")",
+            ),
+            ("1.5", "invalid duration \"1.5\": missing unit after 1.5"),
+            ("-1s", "invalid duration \"-1s\": must not be negative"),
+            ("1x", "invalid duration \"1x\": unknown unit \"x\""),
+            ("1sec", "invalid duration \"1sec\": unknown unit \"sec\""),
+            ("s", "invalid duration \"s\": expected a number"),
+            (".s", "invalid duration \".s\": expected a number"),
+            ("1s ", "invalid duration \"1s \": unknown unit \"s \""),
+            (" 1s", "invalid duration \" 1s\": expected a number"),
+            ("1h-1m", "invalid duration \"1h-1m\": unknown unit \"h-\""),
+            ("-", "invalid duration \"-\": empty"),
+            (
+                "9999999999999999999h",
+                "invalid duration \"9999999999999999999h\": too large",
+            ),
+            ("2562048h", "invalid duration \"2562048h\": too large"),
+        ];
+        for (s, want) in bad {
+            let e = parse_duration(s).unwrap_err();
+            assert!(e.starts_with(want), "{s:?}: {e}");
+        }
+    }
+
+    // --- paths ---------------------------------------------------------------------------
+
+    #[test]
+    fn db_and_replica_paths_resolve() {
+        let c = ok("dbs:\n  - path: ~/app.db\n    meta-path: \"~\"\n    replicas:\n      - path: ../up\n      - path: ~/bk\n        name: home\n  - path: ./sub/../rel.db\n    meta-path: /abs/./meta/\n  - path: /abs/app.db\n");
+        assert_eq!(c.dbs[0].path, PathBuf::from("/home/user/app.db"));
+        assert_eq!(c.dbs[0].meta_path, Some(PathBuf::from("/home/user")));
+        assert_eq!(file_path(&c.dbs[0].replicas[0]), Path::new("/work/up"));
+        assert_eq!(file_path(&c.dbs[0].replicas[1]), Path::new("/home/user/bk"));
+        assert_eq!(c.dbs[1].path, PathBuf::from("/work/dir/rel.db"));
+        assert_eq!(c.dbs[1].meta_path, Some(PathBuf::from("/abs/meta")));
+        assert_eq!(c.dbs[2].path, PathBuf::from("/abs/app.db"));
+        for db in &c.dbs {
+            assert!(db.path.is_absolute());
+        }
+        // `~user` is not expanded (as in Litestream): it is a relative name.
+        let c = ok("dbs:\n  - path: ~bob/app.db\n");
+        assert_eq!(c.dbs[0].path, PathBuf::from("/work/dir/~bob/app.db"));
+        // `..` above the root stays at the root.
+        let c = ok("dbs:\n  - path: /../../a.db\n");
+        assert_eq!(c.dbs[0].path, PathBuf::from("/a.db"));
+    }
+
+    #[test]
+    fn tilde_without_a_home_is_an_error() {
+        let env = env_of(&[]);
+        let e = Config::parse(
+            "dbs:\n  - path: ~/app.db\n",
+            SRC,
+            true,
+            &env,
+            Path::new("/w"),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.problems,
+            vec!["litestream.yml: dbs[0].path: cannot expand `~` in \"~/app.db\": no home directory is known (use an absolute path)"]
+        );
+    }
+
+    // --- replica URLs --------------------------------------------------------------------
+
+    fn url_s3(url: &str) -> S3Config {
+        match ReplicaConfig::from_url(url, Path::new("/cwd")) {
+            Ok(r) => {
+                assert_eq!(r.name, "s3");
+                s3(&r).clone()
+            }
+            Err(e) => panic!("{url}: {e}"),
+        }
+    }
+
+    fn url_file(url: &str) -> PathBuf {
+        let r = ReplicaConfig::from_url(url, Path::new("/cwd")).unwrap();
+        assert_eq!(r.name, "file");
+        file_path(&r).to_path_buf()
+    }
+
+    fn s3cfg(
+        bucket: &str,
+        path: &str,
+        region: Option<&str>,
+        endpoint: Option<&str>,
+        fps: bool,
+    ) -> S3Config {
+        S3Config {
+            bucket: bucket.into(),
+            path: path.into(),
+            region: region.map(Into::into),
+            endpoint: endpoint.map(Into::into),
+            force_path_style: fps,
+            ..S3Config::default()
+        }
+    }
+
+    #[test]
+    fn url_file_forms() {
+        assert_eq!(
+            url_file("file:///var/backups/db"),
+            PathBuf::from("/var/backups/db")
+        );
+        assert_eq!(url_file("file://localhost/var/b"), PathBuf::from("/var/b"));
+        assert_eq!(url_file("file:///a/./b/../c/"), PathBuf::from("/a/c"));
+        assert_eq!(url_file("file:///my%20dir"), PathBuf::from("/my dir"));
+        assert_eq!(url_file("/abs/path"), PathBuf::from("/abs/path"));
+        assert_eq!(url_file("rel/path"), PathBuf::from("/cwd/rel/path"));
+        assert_eq!(url_file("../up"), PathBuf::from("/up"));
+        assert_eq!(url_file("with:colon"), PathBuf::from("/cwd/with:colon"));
+        let e = ReplicaConfig::from_url("file://host/x", Path::new("/cwd")).unwrap_err();
+        assert!(e.contains("must hold an absolute path"), "{e}");
+        let e = ReplicaConfig::from_url("~/x", Path::new("/cwd")).unwrap_err();
+        assert!(e.contains("cannot expand `~`"), "{e}");
+        let r = ReplicaConfig::from_url("/b", Path::new("/")).unwrap();
+        assert_eq!(
+            r,
+            ReplicaConfig::with_defaults(ReplicaTarget::File { path: "/b".into() })
+        );
+    }
+
+    #[test]
+    fn url_s3_aws() {
+        assert_eq!(
+            url_s3("s3://mybucket/path/to/db"),
+            s3cfg("mybucket", "path/to/db", None, None, false)
+        );
+        assert_eq!(
+            url_s3("s3://mybucket"),
+            s3cfg("mybucket", "", None, None, false)
+        );
+        assert_eq!(
+            url_s3("s3://mybucket/"),
+            s3cfg("mybucket", "", None, None, false)
+        );
+        assert_eq!(
+            url_s3("s3://mybucket//a//b/"),
+            s3cfg("mybucket", "a/b", None, None, false)
+        );
+        assert_eq!(
+            url_s3("s3://my.dotted.bucket/p"),
+            s3cfg("my.dotted.bucket", "p", None, None, false)
+        );
+        assert_eq!(url_s3("S3://b/p%20q"), s3cfg("b", "p q", None, None, false));
+        // A port on a plain AWS host is dropped, as Litestream does.
+        assert_eq!(
+            url_s3("s3://mybucket:443/p"),
+            s3cfg("mybucket", "p", None, None, false)
+        );
+        let r = ReplicaConfig::from_url("s3://b/p", Path::new("/")).unwrap();
+        assert_eq!(r.retention, defaults::RETENTION);
+        assert_eq!(r.sync_interval, defaults::SYNC_INTERVAL);
+    }
+
+    #[test]
+    fn url_s3_localhost() {
+        assert_eq!(
+            url_s3("s3://mybkt.localhost:9000/db"),
+            s3cfg(
+                "mybkt",
+                "db",
+                Some("us-east-1"),
+                Some("http://localhost:9000"),
+                true
+            )
+        );
+        assert_eq!(
+            url_s3("s3://mybkt.localhost/db"),
+            s3cfg(
+                "mybkt",
+                "db",
+                Some("us-east-1"),
+                Some("http://localhost"),
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn url_s3_providers() {
+        assert_eq!(
+            url_s3("s3://mybkt.s3.us-west-000.backblazeb2.com/db"),
+            s3cfg(
+                "mybkt",
+                "db",
+                Some("us-west-000"),
+                Some("https://s3.us-west-000.backblazeb2.com"),
+                true
+            )
+        );
+        assert_eq!(
+            url_s3("s3://mybkt.nyc3.digitaloceanspaces.com/db"),
+            s3cfg(
+                "mybkt",
+                "db",
+                Some("nyc3"),
+                Some("https://nyc3.digitaloceanspaces.com"),
+                true
+            )
+        );
+        assert_eq!(
+            url_s3("s3://mybkt.us-east-1.linodeobjects.com/db"),
+            s3cfg(
+                "mybkt",
+                "db",
+                Some("us-east-1"),
+                Some("https://us-east-1.linodeobjects.com"),
+                true
+            )
+        );
+        assert_eq!(
+            url_s3("s3://mybkt.s3.fr-par.scw.cloud/db"),
+            s3cfg(
+                "mybkt",
+                "db",
+                Some("fr-par"),
+                Some("https://s3.fr-par.scw.cloud"),
+                true
+            )
+        );
+        assert_eq!(
+            url_s3("s3://mybkt.s3.filebase.com/db"),
+            s3cfg("mybkt", "db", None, Some("https://s3.filebase.com"), true)
+        );
+        // Dotted bucket names and ports carry through.
+        assert_eq!(
+            url_s3("s3://a.b.nyc3.digitaloceanspaces.com:8443/db"),
+            s3cfg(
+                "a.b",
+                "db",
+                Some("nyc3"),
+                Some("https://nyc3.digitaloceanspaces.com:8443"),
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn url_s3_query_parameters() {
+        assert_eq!(
+            url_s3("s3://bkt/db?endpoint=http://127.0.0.1:9000&region=auto"),
+            s3cfg(
+                "bkt",
+                "db",
+                Some("auto"),
+                Some("http://127.0.0.1:9000"),
+                true
+            )
+        );
+        assert_eq!(
+            url_s3(
+                "s3://bkt/db?endpoint=https%3A%2F%2Fminio.example.com%2F&force-path-style=false"
+            ),
+            s3cfg("bkt", "db", None, Some("https://minio.example.com"), false)
+        );
+        assert_eq!(
+            url_s3("s3://bkt/db?force-path-style=true"),
+            s3cfg("bkt", "db", None, None, true)
+        );
+        let mut want = s3cfg("bkt", "db", None, None, false);
+        want.skip_verify = true;
+        assert_eq!(url_s3("s3://bkt/db?skip-verify=true"), want);
+        assert_eq!(
+            url_s3("s3://bkt.localhost:9000/db?region=eu-west-1"),
+            s3cfg(
+                "bkt",
+                "db",
+                Some("eu-west-1"),
+                Some("http://localhost:9000"),
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn url_errors() {
+        let err = |u: &str| ReplicaConfig::from_url(u, Path::new("/cwd")).unwrap_err();
+        assert_eq!(err(""), "empty replica URL");
+        assert_eq!(
+            err("gcs://bucket/db"),
+            "unsupported replica URL scheme `gcs` in \"gcs://bucket/db\" (supported: file, s3, or a plain path)"
+        );
+        assert!(err("abs://acct@container/db").contains("unsupported replica URL scheme `abs`"));
+        assert!(err("sftp://host/db").contains("unsupported replica URL scheme `sftp`"));
+        assert_eq!(
+            err("s3:///db"),
+            "s3 URL \"s3:///db\" names no bucket (s3://BUCKET/PATH)"
+        );
+        assert!(err("s3://localhost:9000/db").contains("names no bucket"));
+        assert!(err("s3://b/db?foo=1").contains("unknown parameter `foo`"));
+        assert!(err("s3://b/db?force-path-style=maybe").contains("must be true or false"));
+        assert!(err("s3://b/db?endpoint=localhost:9000").contains("needs a scheme"));
+        assert!(
+            err("s3://key:secret@b/db").contains("credentials in replica URLs are not supported")
+        );
+        assert!(err("s3://b/%zz").contains("bad %-escape"));
+    }
+
+    // --- secrets -------------------------------------------------------------------------
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let c = parse_with(
+            "secret-access-key: TOPSECRET1\naccess-key-id: AKID\ndbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/p\n      - url: s3://c/p\n        name: two\n        secret-access-key: TOPSECRET2\n",
+            &[],
+        )
+        .unwrap();
+        let dbg = format!("{c:?}");
+        let pretty = format!("{c:#?}");
+        for out in [&dbg, &pretty] {
+            assert!(!out.contains("TOPSECRET"), "{out}");
+            assert!(out.contains("***"));
+            assert!(out.contains("AKID"));
+        }
+        let s3dbg = format!("{:?}", s3(&c.dbs[0].replicas[1]));
+        assert!(!s3dbg.contains("TOPSECRET2") && s3dbg.contains("Some(\"***\")"));
+        assert!(format!("{:?}", S3Config::default()).contains("secret_access_key: None"));
+        // Secrets are still there for whoever needs them.
+        assert_eq!(
+            s3(&c.dbs[0].replicas[1]).secret_access_key.as_deref(),
+            Some("TOPSECRET2")
+        );
+        assert_eq!(
+            s3(&c.dbs[0].replicas[0]).secret_access_key.as_deref(),
+            Some("TOPSECRET1")
+        );
+    }
+
+    // --- misc ----------------------------------------------------------------------------
+
+    #[test]
+    fn suggestions_only_when_close() {
+        assert_eq!(suggest("db", TOP_KEYS), Some("dbs"));
+        assert_eq!(suggest("retnetion", REPLICA_KEYS), Some("retention"));
+        assert_eq!(suggest("buckt", REPLICA_KEYS), Some("bucket"));
+        assert_eq!(suggest("x", TOP_KEYS), None);
+        assert_eq!(suggest("frobnicate", DB_KEYS), None);
+        assert_eq!(
+            suggest("Sync_Interval", REPLICA_KEYS),
+            Some("sync-interval")
+        );
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn with_defaults_constructors() {
+        let db = DbConfig::with_defaults(PathBuf::from("/x.db"));
+        assert_eq!(db.path, PathBuf::from("/x.db"));
+        assert_eq!(db.meta_path, None);
+        assert_eq!(db.monitor_interval, defaults::MONITOR_INTERVAL);
+        assert_eq!(db.truncate_page_count, defaults::TRUNCATE_PAGE_COUNT);
+        assert!(db.replicas.is_empty());
+        let c = Config::with_dbs(vec![db.clone()]);
+        assert_eq!(c.dbs, vec![db]);
+        assert_eq!(c.snapshot_concurrency, 1);
+        assert_eq!(c.health_max_lag, defaults::HEALTH_MAX_LAG);
+        assert_eq!(c, Config::with_dbs(c.dbs.clone()));
+        assert_eq!(Config::default().dbs.len(), 0);
+    }
+
+    #[test]
+    fn load_reads_files_and_reports_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.yml");
+        let e = Config::load(&missing, true).unwrap_err().to_string();
+        assert_eq!(e, format!("config file not found: {}", missing.display()));
+
+        let e = Config::load(dir.path(), true).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("cannot read config {}: ", dir.path().display())),
+            "{e}"
+        );
+
+        let path = dir.path().join("litestream.yml");
+        std::fs::write(
+            &path,
+            "dbs:\n  - path: /data/app.db\n    replicas:\n      - url: s3://b/p\n",
+        )
+        .unwrap();
+        let c = Config::load(&path, true).unwrap();
+        assert_eq!(c.dbs[0].path, PathBuf::from("/data/app.db"));
+        assert_eq!(c.source, path.display().to_string());
+
+        std::fs::write(&path, "db:\n  - path: /data/app.db\n").unwrap();
+        let e = Config::load(&path, true).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: line 1 column 1: unknown key `db` in the top level (did you mean `dbs`?)",
+                path.display()
+            )
+        );
+
+        std::fs::write(&path, [0xff, 0xfe, b'\n']).unwrap();
+        let e = Config::load(&path, true).unwrap_err().to_string();
+        assert!(e.contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn default_config_path_is_etc_or_env() {
+        // Only checks the fallback shape: the variable may be set in the test environment.
+        let p = default_config_path();
+        match std::env::var_os("LITESTREAM_CONFIG") {
+            Some(v) if !v.is_empty() => assert_eq!(p, PathBuf::from(v)),
+            _ => assert_eq!(p, PathBuf::from("/etc/litestream.yml")),
+        }
+    }
+}
