@@ -279,13 +279,8 @@ impl Config {
             return Ok(());
         }
         let msg = "no databases configured (add a `dbs:` list)";
-        let line = if self.source.is_empty() {
-            msg.to_string()
-        } else {
-            format!("{}: {msg}", self.source)
-        };
         Err(ConfigError {
-            problems: vec![line],
+            problems: vec![format!("{}{msg}", lead(&self.source))],
         })
     }
 }
@@ -1166,7 +1161,7 @@ fn non_empty(s: Option<String>) -> Option<String> {
 impl Builder<'_> {
     fn problem(&mut self, place: &str, msg: impl fmt::Display) {
         self.problems
-            .push(format!("{}: {place}: {msg}", self.source));
+            .push(format!("{}{place}: {msg}", lead(self.source)));
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
@@ -1515,6 +1510,15 @@ fn check_addr(addr: &str) -> Result<(), String> {
 // YAML errors as one clean line
 // ---------------------------------------------------------------------------------------------
 
+/// `SOURCE: `, or nothing when the text has no name.
+fn lead(source: &str) -> String {
+    if source.is_empty() {
+        String::new()
+    } else {
+        format!("{source}: ")
+    }
+}
+
 /// Turns a serde_norway error (`dbs[0].replicas[0]: unknown field `x`, expected one of … at
 /// line 5 column 9`) into `SOURCE: line 5 column 9: unknown key `x` in dbs[0].replicas[0]
 /// (did you mean `y`?)`.
@@ -1535,12 +1539,12 @@ fn yaml_problem(source: &str, err: &serde_norway::Error) -> String {
             None => "in the top level".to_string(),
         };
         let hint = key_hint(&key, &expected);
-        return format!("{source}: {at}unknown key `{key}` {where_}{hint}");
+        return format!("{}{at}unknown key `{key}` {where_}{hint}", lead(source));
     }
     let rest = rest.replace("unit value", "empty value");
     match place {
-        Some(p) => format!("{source}: {at}{p}: {rest}"),
-        None => format!("{source}: {at}{rest}"),
+        Some(p) => format!("{}{at}{p}: {rest}", lead(source)),
+        None => format!("{}{at}{rest}", lead(source)),
     }
 }
 
@@ -1891,6 +1895,20 @@ mod tests {
         }
         let e = Config::with_dbs(vec![]).require_dbs().unwrap_err();
         assert_eq!(e.to_string(), "no databases configured (add a `dbs:` list)");
+    }
+
+    #[test]
+    fn unnamed_source_has_no_prefix() {
+        let env = env_of(&[]);
+        let parse = |t: &str| Config::parse(t, "", true, &env, Path::new("/"), None);
+        assert_eq!(
+            parse("db: []\n").unwrap_err().to_string(),
+            "line 1 column 1: unknown key `db` in the top level (did you mean `dbs`?)"
+        );
+        assert_eq!(
+            parse("addr: x\n").unwrap_err().to_string(),
+            "addr: \"x\" has no port; use e.g. \":9090\" (all interfaces) or \"127.0.0.1:9090\""
+        );
     }
 
     #[test]
