@@ -261,6 +261,7 @@ impl Config {
             cwd,
             home,
             problems: Vec::new(),
+            destinations: Vec::new(),
         };
         let config = b.config(raw);
         if b.problems.is_empty() {
@@ -1151,6 +1152,9 @@ struct Builder<'a> {
     cwd: &'a Path,
     home: Option<&'a Path>,
     problems: Vec<String>,
+    /// Every replica built so far: its place and where it writes, to catch two replicas (of
+    /// one db or of two) sharing a destination, which would mix their generations.
+    destinations: Vec<(String, String)>,
 }
 
 /// An optional string that counts as absent when empty (`$UNSET` expands to nothing).
@@ -1203,6 +1207,18 @@ impl Builder<'_> {
             }
         }
         dbs.retain(|d| !d.path.as_os_str().is_empty());
+        for (i, db) in dbs.iter().enumerate() {
+            let Some(meta) = &db.meta_path else { continue };
+            if let Some(j) = dbs[..i]
+                .iter()
+                .position(|o| o.meta_path.as_ref() == Some(meta))
+            {
+                self.problem(
+                    &format!("dbs[{i}].meta-path"),
+                    format!("{} is already the meta-path of dbs[{j}]", meta.display()),
+                );
+            }
+        }
 
         Config {
             addr,
@@ -1329,6 +1345,22 @@ impl Builder<'_> {
                     );
                 }
                 names.push((i, r.name.clone()));
+                let complete = match &r.target {
+                    ReplicaTarget::File { path } => !path.as_os_str().is_empty(),
+                    ReplicaTarget::S3(s3) => !s3.bucket.is_empty(),
+                };
+                let dest = destination(&r.target);
+                let clash = self
+                    .destinations
+                    .iter()
+                    .find(|(_, d)| complete && *d == dest);
+                if let Some((other, _)) = clash {
+                    let msg = format!(
+                        "writes to the same place as {other} ({dest}); give each replica its own destination"
+                    );
+                    self.problem(&rplace, msg);
+                }
+                self.destinations.push((rplace, dest));
                 db.replicas.push(r);
             }
         }
@@ -1485,6 +1517,20 @@ impl Builder<'_> {
             self.problem(&at("sync-interval"), "must be greater than 0");
         }
         Some(r)
+    }
+}
+
+/// Where a replica writes, as text: `/dir`, or `s3://bucket/prefix` (with its endpoint).
+fn destination(target: &ReplicaTarget) -> String {
+    match target {
+        ReplicaTarget::File { path } => path.display().to_string(),
+        ReplicaTarget::S3(s3) => {
+            let mut d = format!("s3://{}/{}", s3.bucket, s3.path);
+            if let Some(e) = &s3.endpoint {
+                d.push_str(&format!(" at {e}"));
+            }
+            d
+        }
     }
 }
 
@@ -2024,7 +2070,7 @@ mod tests {
     #[test]
     fn replica_validation_names_each_place() {
         let p = errs(
-            "dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n      - type: s3\n        path: prefix\n      - type: file\n        bucket: b\n        skip-verify: true\n      - retention: 1h\n      - path: /c\n        sync-interval: 0s\n",
+            "dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n      - type: s3\n        path: prefix\n      - type: file\n        bucket: b\n        skip-verify: true\n      - retention: 1h\n      - path: /c\n        sync-interval: 0s\n      - type: s3\n        name: s3b\n",
         );
         assert_eq!(
             p,
@@ -2037,6 +2083,7 @@ mod tests {
                 "litestream.yml: dbs[0].replicas[3]: needs a `url`, or a `type` with its `path` (file) or `bucket` (s3)",
                 "litestream.yml: dbs[0].replicas[4].sync-interval: must be greater than 0",
                 "litestream.yml: dbs[0].replicas[4].name: `file` is already the name of dbs[0].replicas[0] (give each replica of a db a unique `name`)",
+                "litestream.yml: dbs[0].replicas[5].bucket: required for an s3 replica",
             ]
         );
     }
@@ -2060,6 +2107,26 @@ mod tests {
                 format!("litestream.yml: dbs[0].replicas[0].{name}: only valid for an s3 replica (this one is type file)")
             );
         }
+    }
+
+    #[test]
+    fn replicas_may_not_share_a_destination() {
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    replicas:\n      - path: /bk\n  - path: /b.db\n    replicas:\n      - url: file:///bk/\n"),
+            "litestream.yml: dbs[1].replicas[0]: writes to the same place as dbs[0].replicas[0] (/bk); give each replica its own destination"
+        );
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/p\n      - name: two\n        type: s3\n        bucket: b\n        path: /p/\n"),
+            "litestream.yml: dbs[0].replicas[1]: writes to the same place as dbs[0].replicas[0] (s3://b/p); give each replica its own destination"
+        );
+        // Same bucket and prefix on different endpoints, or different prefixes: fine.
+        ok("dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/p\n      - url: s3://b.localhost:9000/p\n        name: local\n      - url: s3://b/p/2\n        name: three\n");
+        assert_eq!(
+            one_err(
+                "dbs:\n  - path: /a.db\n    meta-path: /m\n  - path: /b.db\n    meta-path: /m/\n"
+            ),
+            "litestream.yml: dbs[1].meta-path: /m is already the meta-path of dbs[0]"
+        );
     }
 
     #[test]
