@@ -50,7 +50,7 @@ fn huge_transaction_replicates_and_restores_in_bounded_memory() {
     eprintln!(
         "[{:>5.1}s] committed {} MiB in one transaction",
         t0.elapsed().as_secs_f64(),
-        ROWS as usize * BLOB >> 20
+        (ROWS as usize * BLOB) >> 20
     );
 
     // Wait until the replica holds at least the data's size in WAL segments (random data does
