@@ -1,1 +1,420 @@
-//! (in progress)
+//! The SQLite WAL file format (SPEC §1): the 32-byte header, 24-byte frame headers, the
+//! checksum chain, and which prefix of a WAL is committed.
+//!
+//! Pure: bytes in, facts out. No file I/O, no SQLite calls; the db thread, the replica thread
+//! and restore bring their own bytes and decide what to do with a frame that fails. This
+//! module must never "repair" anything: a frame is valid or it is not.
+
+use std::fmt;
+
+pub const WAL_HEADER_SIZE: usize = 32;
+pub const FRAME_HEADER_SIZE: usize = 24;
+/// Checksums read little-endian.
+pub const MAGIC_LE: u32 = 0x377f_0682;
+/// Checksums read big-endian.
+pub const MAGIC_BE: u32 = 0x377f_0683;
+pub const WAL_VERSION: u32 = 3_007_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalError {
+    TooShort,
+    BadMagic(u32),
+    BadVersion(u32),
+    BadPageSize(u32),
+    BadHeaderChecksum,
+}
+
+impl fmt::Display for WalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WalError::TooShort => write!(f, "wal header: shorter than {WAL_HEADER_SIZE} bytes"),
+            WalError::BadMagic(m) => write!(f, "wal header: bad magic {m:#010x} (not a SQLite WAL file)"),
+            WalError::BadVersion(v) => write!(f, "wal header: unsupported version {v} (want {WAL_VERSION})"),
+            WalError::BadPageSize(p) => write!(f, "wal header: invalid page size {p}"),
+            WalError::BadHeaderChecksum => write!(f, "wal header: checksum mismatch"),
+        }
+    }
+}
+
+impl std::error::Error for WalError {}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// A decoded WAL header. Two headers are equal exactly when their 32 bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalHeader {
+    pub magic: u32,
+    pub version: u32,
+    /// The real page size (the on-disk value 1 means 65536).
+    pub page_size: u32,
+    pub checkpoint_seq: u32,
+    pub salt1: u32,
+    pub salt2: u32,
+    pub checksum1: u32,
+    pub checksum2: u32,
+}
+
+impl WalHeader {
+    pub fn parse(bytes: &[u8]) -> Result<WalHeader, WalError> {
+        if bytes.len() < WAL_HEADER_SIZE {
+            return Err(WalError::TooShort);
+        }
+        let magic = be32(bytes, 0);
+        if magic != MAGIC_LE && magic != MAGIC_BE {
+            return Err(WalError::BadMagic(magic));
+        }
+        let version = be32(bytes, 4);
+        if version != WAL_VERSION {
+            return Err(WalError::BadVersion(version));
+        }
+        let raw_page_size = be32(bytes, 8);
+        let page_size = if raw_page_size == 1 { 65536 } else { raw_page_size };
+        if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+            return Err(WalError::BadPageSize(raw_page_size));
+        }
+        let header = WalHeader {
+            magic,
+            version,
+            page_size,
+            checkpoint_seq: be32(bytes, 12),
+            salt1: be32(bytes, 16),
+            salt2: be32(bytes, 20),
+            checksum1: be32(bytes, 24),
+            checksum2: be32(bytes, 28),
+        };
+        if checksum(header.big_endian(), &bytes[..24], (0, 0)) != header.checksum() {
+            return Err(WalError::BadHeaderChecksum);
+        }
+        Ok(header)
+    }
+
+    pub fn big_endian(&self) -> bool {
+        self.magic == MAGIC_BE
+    }
+
+    pub fn frame_size(&self) -> usize {
+        FRAME_HEADER_SIZE + self.page_size as usize
+    }
+
+    /// The stored header checksum: where the frame checksum chain starts.
+    pub fn checksum(&self) -> (u32, u32) {
+        (self.checksum1, self.checksum2)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub page_no: u32,
+    /// Db size in pages after this frame's transaction; non-zero only on a commit frame.
+    pub db_size: u32,
+    pub salt1: u32,
+    pub salt2: u32,
+    pub checksum1: u32,
+    pub checksum2: u32,
+}
+
+impl FrameHeader {
+    pub fn parse(bytes: &[u8]) -> Option<FrameHeader> {
+        if bytes.len() < FRAME_HEADER_SIZE {
+            return None;
+        }
+        Some(FrameHeader {
+            page_no: be32(bytes, 0),
+            db_size: be32(bytes, 4),
+            salt1: be32(bytes, 8),
+            salt2: be32(bytes, 12),
+            checksum1: be32(bytes, 16),
+            checksum2: be32(bytes, 20),
+        })
+    }
+
+    pub fn is_commit(&self) -> bool {
+        self.db_size != 0
+    }
+}
+
+/// SQLite's WAL checksum over `data` (a multiple of 8 bytes; a ragged tail is ignored),
+/// continuing from `init`.
+pub fn checksum(big_endian: bool, data: &[u8], init: (u32, u32)) -> (u32, u32) {
+    let (mut s0, mut s1) = init;
+    let chunks = data.chunks_exact(8);
+    if big_endian {
+        for c in chunks {
+            let x0 = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+            let x1 = u32::from_be_bytes([c[4], c[5], c[6], c[7]]);
+            s0 = s0.wrapping_add(x0).wrapping_add(s1);
+            s1 = s1.wrapping_add(x1).wrapping_add(s0);
+        }
+    } else {
+        for c in chunks {
+            let x0 = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let x1 = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+            s0 = s0.wrapping_add(x0).wrapping_add(s1);
+            s1 = s1.wrapping_add(x1).wrapping_add(s0);
+        }
+    }
+    (s0, s1)
+}
+
+/// Walks frames of one WAL life in order, checking salts and the checksum chain.
+#[derive(Clone, Debug)]
+pub struct FrameVerifier {
+    header: WalHeader,
+    chain: (u32, u32),
+}
+
+impl FrameVerifier {
+    pub fn new(header: &WalHeader) -> FrameVerifier {
+        FrameVerifier { header: *header, chain: header.checksum() }
+    }
+
+    /// Continues a walk that stopped with checksum state `chain`.
+    pub fn resume(header: &WalHeader, chain: (u32, u32)) -> FrameVerifier {
+        FrameVerifier { header: *header, chain }
+    }
+
+    /// Checks one whole frame (header + page). `None`, without advancing, when it is not the
+    /// next valid frame of this WAL life.
+    pub fn check(&mut self, frame: &[u8]) -> Option<FrameHeader> {
+        if frame.len() != self.header.frame_size() {
+            return None;
+        }
+        let fh = FrameHeader::parse(frame)?;
+        if fh.salt1 != self.header.salt1 || fh.salt2 != self.header.salt2 {
+            return None;
+        }
+        let be = self.header.big_endian();
+        let sum = checksum(be, &frame[..8], self.chain);
+        let sum = checksum(be, &frame[FRAME_HEADER_SIZE..], sum);
+        if sum != (fh.checksum1, fh.checksum2) {
+            return None;
+        }
+        self.chain = sum;
+        Some(fh)
+    }
+
+    pub fn chain(&self) -> (u32, u32) {
+        self.chain
+    }
+}
+
+/// The committed prefix of an in-memory WAL: (header, byte length ending at the last valid
+/// commit frame — at least the header — and the number of frames in it).
+pub fn committed_prefix(wal: &[u8]) -> Result<(WalHeader, u64, u64), WalError> {
+    let header = WalHeader::parse(wal)?;
+    let fs = header.frame_size();
+    let mut verifier = FrameVerifier::new(&header);
+    let (mut off, mut frames) = (WAL_HEADER_SIZE, 0u64);
+    let mut committed = (WAL_HEADER_SIZE as u64, 0u64);
+    while off + fs <= wal.len() {
+        let Some(fh) = verifier.check(&wal[off..off + fs]) else { break };
+        off += fs;
+        frames += 1;
+        if fh.is_commit() {
+            committed = (off as u64, frames);
+        }
+    }
+    Ok((header, committed.0, committed.1))
+}
+
+/// Page size from a SQLite database file header (offset 16, big-endian u16, 1 = 65536).
+pub fn db_page_size(db_header: &[u8]) -> Option<u32> {
+    if db_header.len() < 18 {
+        return None;
+    }
+    let raw = u16::from_be_bytes([db_header[16], db_header[17]]) as u32;
+    let size = if raw == 1 { 65536 } else { raw };
+    ((512..=65536).contains(&size) && size.is_power_of_two()).then_some(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/wal").join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run scripts/gen-testdata.py)", p.display()))
+    }
+
+    /// Frame counts written by scripts/gen-testdata.py (see testdata/wal/README.md).
+    const VALID_FRAMES: u64 = 7;
+
+    fn frames_in(wal: &[u8]) -> u64 {
+        let h = WalHeader::parse(wal).unwrap();
+        ((wal.len() - WAL_HEADER_SIZE) / h.frame_size()) as u64
+    }
+
+    #[test]
+    fn valid_fixture_is_fully_committed() {
+        let wal = fixture("valid.wal");
+        let (h, len, frames) = committed_prefix(&wal).unwrap();
+        assert_eq!(h.page_size, 4096);
+        assert!(!h.big_endian());
+        assert_eq!(frames, VALID_FRAMES);
+        assert_eq!(frames, frames_in(&wal));
+        assert_eq!(len, wal.len() as u64);
+    }
+
+    #[test]
+    fn torn_last_frame_is_excluded() {
+        let valid = fixture("valid.wal");
+        let torn = fixture("torn.wal");
+        let (_, len, frames) = committed_prefix(&torn).unwrap();
+        assert!(len < valid.len() as u64);
+        assert!(frames < VALID_FRAMES && frames > 0);
+        // The prefix is exactly the valid file's prefix up to its previous commit.
+        assert_eq!(&torn[..len as usize], &valid[..len as usize]);
+    }
+
+    #[test]
+    fn uncommitted_tail_stops_at_last_commit() {
+        let wal = fixture("uncommitted-tail.wal");
+        let (h, len, frames) = committed_prefix(&wal).unwrap();
+        assert!(frames > 0);
+        assert!(len < wal.len() as u64, "the fixture must end with uncommitted frames");
+        // Every frame after the prefix verifies but none commits.
+        let mut v = FrameVerifier::new(&h);
+        let fs = h.frame_size();
+        let mut off = WAL_HEADER_SIZE;
+        while off + fs <= wal.len() {
+            let fh = v.check(&wal[off..off + fs]).expect("all frames are valid");
+            if off as u64 >= len {
+                assert!(!fh.is_commit());
+            }
+            off += fs;
+        }
+    }
+
+    #[test]
+    fn stale_salt_frames_end_the_prefix() {
+        let wal = fixture("stale-salt.wal");
+        let (h, len, frames) = committed_prefix(&wal).unwrap();
+        assert!(frames > 0);
+        assert!(len < wal.len() as u64, "old frames must follow the new life");
+        let next = FrameHeader::parse(&wal[len as usize..]).unwrap();
+        assert!(next.salt1 != h.salt1 || next.salt2 != h.salt2);
+    }
+
+    #[test]
+    fn bad_checksum_ends_the_prefix_before_its_transaction() {
+        let valid = fixture("valid.wal");
+        let bad = fixture("bad-checksum.wal");
+        let (_, len, frames) = committed_prefix(&bad).unwrap();
+        let (_, full, _) = committed_prefix(&valid).unwrap();
+        assert!(len < full && frames < VALID_FRAMES);
+        let first_diff = valid.iter().zip(&bad).position(|(a, b)| a != b).unwrap() as u64;
+        assert!(len <= first_diff);
+    }
+
+    #[test]
+    fn header_rejections() {
+        let wal = fixture("valid.wal");
+        assert_eq!(WalHeader::parse(&wal[..31]), Err(WalError::TooShort));
+        let mut b = wal[..32].to_vec();
+        b[3] = 0x99;
+        assert!(matches!(WalHeader::parse(&b), Err(WalError::BadMagic(_))));
+        let mut b = wal[..32].to_vec();
+        b[7] ^= 1;
+        assert!(matches!(WalHeader::parse(&b), Err(WalError::BadVersion(_))));
+        let mut b = wal[..32].to_vec();
+        b[8..12].copy_from_slice(&1000u32.to_be_bytes());
+        assert_eq!(WalHeader::parse(&b), Err(WalError::BadPageSize(1000)));
+        let mut b = wal[..32].to_vec();
+        b[20] ^= 0xff; // salt changed, checksum not
+        assert_eq!(WalHeader::parse(&b), Err(WalError::BadHeaderChecksum));
+        assert!(WalError::BadMagic(0x12345678).to_string().contains("0x12345678"));
+    }
+
+    /// Builds a WAL in memory with the given byte order: header and `pages` commit frames.
+    fn synthetic(big_endian: bool, page_size: u32, pages: &[u8]) -> Vec<u8> {
+        let mut w = Vec::new();
+        w.extend_from_slice(&(if big_endian { MAGIC_BE } else { MAGIC_LE }).to_be_bytes());
+        w.extend_from_slice(&WAL_VERSION.to_be_bytes());
+        w.extend_from_slice(&(if page_size == 65536 { 1 } else { page_size }).to_be_bytes());
+        w.extend_from_slice(&7u32.to_be_bytes());
+        w.extend_from_slice(&0xdead_beefu32.to_be_bytes());
+        w.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+        let (c1, c2) = checksum(big_endian, &w[..24], (0, 0));
+        w.extend_from_slice(&c1.to_be_bytes());
+        w.extend_from_slice(&c2.to_be_bytes());
+        let mut chain = (c1, c2);
+        for (i, fill) in pages.iter().enumerate() {
+            let mut fh = Vec::new();
+            fh.extend_from_slice(&(i as u32 + 1).to_be_bytes());
+            fh.extend_from_slice(&(i as u32 + 1).to_be_bytes());
+            fh.extend_from_slice(&0xdead_beefu32.to_be_bytes());
+            fh.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+            let page = vec![*fill; page_size as usize];
+            chain = checksum(big_endian, &fh[..8], chain);
+            chain = checksum(big_endian, &page, chain);
+            fh.extend_from_slice(&chain.0.to_be_bytes());
+            fh.extend_from_slice(&chain.1.to_be_bytes());
+            w.extend_from_slice(&fh);
+            w.extend_from_slice(&page);
+        }
+        w
+    }
+
+    #[test]
+    fn checksum_known_answers() {
+        let data = [1u8, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0];
+        // LE: x = (1,2) then (3,4): s0=1, s1=3; s0=1+3+3=7, s1=3+4+7=14.
+        assert_eq!(checksum(false, &data, (0, 0)), (7, 14));
+        // BE reads the same bytes as 0x01000000, 0x02000000, ...
+        let (a, b) = checksum(true, &data, (0, 0));
+        assert_eq!((a, b), (0x0700_0000, 0x0e00_0000));
+        // Wrapping arithmetic, continuing from a non-zero state.
+        let (s0, s1) = checksum(false, &[0xff; 8], (u32::MAX, 1));
+        assert_eq!(s0, u32::MAX.wrapping_add(u32::MAX).wrapping_add(1));
+        assert_eq!(s1, 1u32.wrapping_add(u32::MAX).wrapping_add(s0));
+    }
+
+    #[test]
+    fn both_byte_orders_and_big_pages_verify() {
+        for be in [false, true] {
+            for ps in [512, 65536] {
+                let w = synthetic(be, ps, &[1, 2, 3]);
+                let (h, len, frames) = committed_prefix(&w).unwrap();
+                assert_eq!(h.big_endian(), be);
+                assert_eq!(h.page_size, ps);
+                assert_eq!((len, frames), (w.len() as u64, 3));
+            }
+        }
+    }
+
+    #[test]
+    fn verifier_does_not_advance_on_failure_and_resumes() {
+        let w = synthetic(false, 512, &[1, 2, 3]);
+        let h = WalHeader::parse(&w).unwrap();
+        let fs = h.frame_size();
+        let frame = |i: usize| &w[WAL_HEADER_SIZE + i * fs..WAL_HEADER_SIZE + (i + 1) * fs];
+        let mut v = FrameVerifier::new(&h);
+        assert!(v.check(frame(1)).is_none(), "out of order");
+        assert_eq!(v.chain(), h.checksum());
+        assert!(v.check(&frame(0)[..fs - 1]).is_none(), "short");
+        let mut bad = frame(0).to_vec();
+        bad[100] ^= 1;
+        assert!(v.check(&bad).is_none(), "flipped byte");
+        assert_eq!(v.check(frame(0)).unwrap().page_no, 1);
+        let mut r = FrameVerifier::resume(&h, v.chain());
+        let a = r.check(frame(1)).unwrap();
+        let b = v.check(frame(1)).unwrap();
+        assert_eq!((a, r.chain()), (b, v.chain()));
+        assert_eq!(a.page_no, 2);
+    }
+
+    #[test]
+    fn db_page_sizes() {
+        let mut h = [0u8; 100];
+        h[16..18].copy_from_slice(&4096u16.to_be_bytes());
+        assert_eq!(db_page_size(&h), Some(4096));
+        h[16..18].copy_from_slice(&1u16.to_be_bytes());
+        assert_eq!(db_page_size(&h), Some(65536));
+        h[16..18].copy_from_slice(&1000u16.to_be_bytes());
+        assert_eq!(db_page_size(&h), None);
+        assert_eq!(db_page_size(&h[..10]), None);
+    }
+}
