@@ -1,1 +1,367 @@
-//! (in progress)
+//! The file replica client: the replica tree (SPEC §2) in a local directory, e.g. another
+//! disk or a network mount.
+//!
+//! It owns durability on that filesystem: every object is written to `<final>.tmp`, fsynced,
+//! renamed, and its directory fsynced, so a crash leaves a whole object or none. It streams
+//! (never holds an object in memory) and knows names only through `layout`; it never
+//! compresses, decompresses or interprets contents.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{anyhow, Context};
+
+use super::{NotFound, ReplicaClient, Result, SnapshotInfo, WalSegmentInfo};
+use crate::codec::Compression;
+use crate::layout;
+use crate::position::is_generation;
+
+pub struct FileClient {
+    root: PathBuf,
+}
+
+impl FileClient {
+    pub fn new(root: PathBuf) -> FileClient {
+        FileClient { root }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// Entries of a directory as (name, metadata); a missing directory is empty.
+    fn entries(&self, dir: &Path) -> Result<Vec<(String, fs::Metadata)>> {
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(anyhow!("{}: cannot list: {e}", dir.display())),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.with_context(|| format!("{}: cannot list", dir.display()))?;
+            let Ok(name) = entry.file_name().into_string() else { continue };
+            // A file removed between readdir and stat (retention elsewhere) is simply gone.
+            let Ok(meta) = entry.metadata() else { continue };
+            out.push((name, meta));
+        }
+        Ok(out)
+    }
+
+    /// Writes `data` to `key` atomically; returns (size, mtime).
+    fn write_object(&self, key: &str, data: &mut dyn Read) -> Result<(u64, SystemTime)> {
+        let path = self.path(key);
+        let dir = path.parent().ok_or_else(|| anyhow!("{}: no parent directory", path.display()))?;
+        create_dirs(dir)?;
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let result = (|| -> Result<(u64, SystemTime)> {
+            let mut f = File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+            let size = copy(data, &mut f, &tmp)?;
+            f.sync_all().with_context(|| format!("{}: cannot fsync", tmp.display()))?;
+            let mtime = f
+                .metadata()
+                .and_then(|m| m.modified())
+                .with_context(|| format!("{}: cannot stat", tmp.display()))?;
+            drop(f);
+            fs::rename(&tmp, &path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+            fsync_dir(dir)?;
+            Ok((size, mtime))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn open_object(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        let path = self.path(key);
+        match File::open(&path) {
+            Ok(f) => Ok(Box::new(BufReader::with_capacity(64 * 1024, f))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(anyhow::Error::new(NotFound(path.display().to_string())))
+            }
+            Err(e) => Err(anyhow!("{}: cannot open: {e}", path.display())),
+        }
+    }
+
+    fn remove_files(&self, keys: impl Iterator<Item = String>) -> Result<()> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for key in keys {
+            let path = self.path(&key);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(anyhow!("{}: cannot delete: {e}", path.display())),
+            }
+            if let Some(d) = path.parent() {
+                if !dirs.iter().any(|x| x == d) {
+                    dirs.push(d.to_path_buf());
+                }
+            }
+        }
+        for d in dirs {
+            if d.exists() {
+                fsync_dir(&d)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// io::copy that tells a failing source from a failing destination.
+fn copy(data: &mut dyn Read, f: &mut File, path: &Path) -> Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match data.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(anyhow!("{}: cannot read the data to store: {e}", path.display())),
+        };
+        f.write_all(&buf[..n]).with_context(|| format!("{}: cannot write", path.display()))?;
+        total += n as u64;
+    }
+}
+
+/// Creates `dir` and missing parents, fsyncing each new entry's parent so the tree survives
+/// a crash together with the object written into it.
+fn create_dirs(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(anyhow!("{}: cannot create directory: {e}", dir.display())),
+    }
+    if let Some(parent) = dir.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("{}: cannot fsync directory", dir.display()))
+}
+
+fn mtime(meta: &fs::Metadata) -> SystemTime {
+    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+impl ReplicaClient for FileClient {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn generations(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = self
+            .entries(&self.path(layout::GENERATIONS_DIR))?
+            .into_iter()
+            .filter(|(name, meta)| meta.is_dir() && is_generation(name))
+            .map(|(name, _)| name)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn snapshots(&self, generation: &str) -> Result<Vec<SnapshotInfo>> {
+        let mut out: Vec<SnapshotInfo> = self
+            .entries(&self.path(&layout::snapshots_dir(generation)))?
+            .into_iter()
+            .filter(|(_, meta)| meta.is_file())
+            .filter_map(|(name, meta)| {
+                let (index, compression) = layout::parse_snapshot_name(&name)?;
+                Some(SnapshotInfo {
+                    generation: generation.to_string(),
+                    index,
+                    size: meta.len(),
+                    created: mtime(&meta),
+                    compression,
+                })
+            })
+            .collect();
+        out.sort_by_key(|s| s.index);
+        Ok(out)
+    }
+
+    fn wal_segments(&self, generation: &str) -> Result<Vec<WalSegmentInfo>> {
+        let mut out: Vec<WalSegmentInfo> = self
+            .entries(&self.path(&layout::wal_dir(generation)))?
+            .into_iter()
+            .filter(|(_, meta)| meta.is_file())
+            .filter_map(|(name, meta)| {
+                let (index, offset, compression) = layout::parse_wal_segment_name(&name)?;
+                Some(WalSegmentInfo {
+                    generation: generation.to_string(),
+                    index,
+                    offset,
+                    size: meta.len(),
+                    created: mtime(&meta),
+                    compression,
+                })
+            })
+            .collect();
+        out.sort_by_key(|s| (s.index, s.offset));
+        Ok(out)
+    }
+
+    fn write_snapshot(
+        &self,
+        generation: &str,
+        index: u32,
+        compression: Compression,
+        data: &mut dyn Read,
+    ) -> Result<SnapshotInfo> {
+        let key = layout::snapshot_key(generation, index, compression);
+        let (size, created) = self.write_object(&key, data)?;
+        Ok(SnapshotInfo { generation: generation.to_string(), index, size, created, compression })
+    }
+
+    fn write_wal_segment(
+        &self,
+        generation: &str,
+        index: u32,
+        offset: u64,
+        compression: Compression,
+        data: &mut dyn Read,
+    ) -> Result<WalSegmentInfo> {
+        let key = layout::wal_segment_key(generation, index, offset, compression);
+        let (size, created) = self.write_object(&key, data)?;
+        Ok(WalSegmentInfo { generation: generation.to_string(), index, offset, size, created, compression })
+    }
+
+    fn open_snapshot(&self, info: &SnapshotInfo) -> Result<Box<dyn Read + Send>> {
+        self.open_object(&layout::snapshot_key(&info.generation, info.index, info.compression))
+    }
+
+    fn open_wal_segment(&self, info: &WalSegmentInfo) -> Result<Box<dyn Read + Send>> {
+        self.open_object(&layout::wal_segment_key(&info.generation, info.index, info.offset, info.compression))
+    }
+
+    fn delete_generation(&self, generation: &str) -> Result<()> {
+        if !is_generation(generation) {
+            return Err(anyhow!("refusing to delete {generation:?}: not a generation id"));
+        }
+        let dir = self.path(&layout::generation_dir(generation));
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(anyhow!("{}: cannot delete generation: {e}", dir.display())),
+        }
+        fsync_dir(&self.path(layout::GENERATIONS_DIR))
+    }
+
+    fn delete_snapshots(&self, snapshots: &[SnapshotInfo]) -> Result<()> {
+        self.remove_files(snapshots.iter().map(|s| layout::snapshot_key(&s.generation, s.index, s.compression)))
+    }
+
+    fn delete_wal_segments(&self, segments: &[WalSegmentInfo]) -> Result<()> {
+        self.remove_files(
+            segments.iter().map(|s| layout::wal_segment_key(&s.generation, s.index, s.offset, s.compression)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::is_not_found;
+
+    const G: &str = "0123456789abcdef";
+
+    fn read_all(mut r: Box<dyn Read + Send>) -> Vec<u8> {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn round_trip_list_open_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FileClient::new(dir.path().join("replica"));
+        assert!(c.generations().unwrap().is_empty(), "missing root lists empty");
+        assert!(c.snapshots(G).unwrap().is_empty());
+
+        let s = c.write_snapshot(G, 0, Compression::Gzip, &mut &b"snap"[..]).unwrap();
+        assert_eq!(s.size, 4);
+        let w1 = c.write_wal_segment(G, 0, 32, Compression::Gzip, &mut &b"bb"[..]).unwrap();
+        let w0 = c.write_wal_segment(G, 0, 0, Compression::Gzip, &mut &b"a"[..]).unwrap();
+        let w2 = c.write_wal_segment(G, 0x1_0000_0000u64 as u32 ^ 0x1_0000, 0, Compression::Gzip, &mut &b"c"[..]).unwrap();
+        assert!(dir.path().join("replica/generations").join(G).join("snapshots/00000000.snapshot.gz").is_file());
+        assert!(dir.path().join("replica/generations").join(G).join("wal/00000000_00000020.wal.gz").is_file());
+
+        assert_eq!(c.generations().unwrap(), vec![G.to_string()]);
+        assert_eq!(c.snapshots(G).unwrap(), vec![s.clone()]);
+        let segs = c.wal_segments(G).unwrap();
+        assert_eq!(segs, vec![w0.clone(), w1.clone(), w2.clone()]);
+        assert_eq!(read_all(c.open_snapshot(&s).unwrap()), b"snap");
+        assert_eq!(read_all(c.open_wal_segment(&w1).unwrap()), b"bb");
+
+        c.delete_wal_segments(&[w0.clone(), w0.clone()]).unwrap();
+        assert_eq!(c.wal_segments(G).unwrap(), vec![w1, w2]);
+        assert!(is_not_found(&c.open_wal_segment(&w0).err().unwrap()));
+        c.delete_snapshots(&[s.clone()]).unwrap();
+        assert!(c.snapshots(G).unwrap().is_empty());
+        c.delete_generation(G).unwrap();
+        c.delete_generation(G).unwrap();
+        assert!(c.generations().unwrap().is_empty());
+        assert!(c.delete_generation("../etc").is_err());
+    }
+
+    #[test]
+    fn listing_ignores_foreign_and_tmp_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FileClient::new(dir.path().to_path_buf());
+        c.write_snapshot(G, 2, Compression::Gzip, &mut &b"x"[..]).unwrap();
+        c.write_wal_segment(G, 2, 0, Compression::Gzip, &mut &b"x"[..]).unwrap();
+        let gens = dir.path().join("generations");
+        fs::create_dir_all(gens.join("not-a-generation")).unwrap();
+        fs::write(gens.join("fedcba9876543210"), b"a file, not a dir").unwrap();
+        let g = gens.join(G);
+        fs::write(g.join("snapshots/00000001.snapshot.gz.tmp"), b"partial").unwrap();
+        fs::write(g.join("snapshots/README"), b"").unwrap();
+        fs::write(g.join("wal/00000003_00000000.wal.zst"), b"").unwrap();
+        fs::write(g.join("wal/0000003_00000000.wal.gz"), b"").unwrap();
+        assert_eq!(c.generations().unwrap(), vec![G.to_string()]);
+        assert_eq!(c.snapshots(G).unwrap().iter().map(|s| s.index).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(c.wal_segments(G).unwrap().len(), 1);
+    }
+
+    struct FailingReader(usize);
+
+    impl Read for FailingReader {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::other("source broke"));
+            }
+            let n = self.0.min(buf.len());
+            buf[..n].fill(7);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn failed_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FileClient::new(dir.path().to_path_buf());
+        let err = c.write_snapshot(G, 0, Compression::Gzip, &mut FailingReader(100_000)).unwrap_err();
+        assert!(err.to_string().contains("source broke"), "{err}");
+        let snaps = dir.path().join("generations").join(G).join("snapshots");
+        assert_eq!(fs::read_dir(&snaps).unwrap().count(), 0, "no final and no tmp file");
+        assert!(c.snapshots(G).unwrap().is_empty());
+    }
+}

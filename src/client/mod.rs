@@ -100,3 +100,15 @@ pub trait ReplicaClient: Send + Sync {
     fn delete_snapshots(&self, snapshots: &[SnapshotInfo]) -> Result<()>;
     fn delete_wal_segments(&self, segments: &[WalSegmentInfo]) -> Result<()>;
 }
+
+/// The client for a configured replica.
+pub fn open(cfg: &crate::config::ReplicaConfig) -> Result<std::sync::Arc<dyn ReplicaClient>> {
+    match &cfg.target {
+        crate::config::ReplicaTarget::File { path } => Ok(std::sync::Arc::new(file::FileClient::new(path.clone()))),
+        crate::config::ReplicaTarget::S3(s3) => anyhow::bail!(
+            "replica {}: s3 replicas (s3://{}) are not supported by this build yet; use a file replica",
+            cfg.name,
+            s3.bucket
+        ),
+    }
+}
