@@ -1,1 +1,860 @@
-//! (in progress)
+//! Restore (SPEC §6): pick a replica, generation, snapshot and WAL segments, then rebuild the
+//! database beside its final path and move it into place only once it is proven sound.
+//!
+//! Choosing is pure ([`choose`] over listings, unit-tested); applying touches only files named
+//! after the output (`<out>.tmp`, `<out>.tmp-wal`, `<out>.tmp-shm`, `<out>.tmp-XXXXXXXX.wal`)
+//! and never the output itself until the final no-clobber link. Every WAL byte is verified
+//! (frame salts and checksum chain, segment contiguity, commit boundaries) before SQLite sees
+//! it, because SQLite's own WAL recovery silently stops at the first bad frame and would turn a
+//! corrupt replica into a shorter database instead of an error. Memory is bounded: objects
+//! stream through a decoder one frame at a time; parallel downloads stage whole indexes on disk
+//! with a bounded look-ahead.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::client::{self, ReplicaClient, SnapshotInfo, WalSegmentInfo};
+use crate::codec;
+use crate::layout;
+use crate::logging;
+use crate::wal::{self, FrameHeader, FrameVerifier, WalHeader, WAL_HEADER_SIZE};
+
+/// Attempts per WAL index download before giving up (stores fail transiently).
+const DOWNLOAD_ATTEMPTS: u32 = 3;
+
+/// What to restore; all optional filters.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Only this replica (by name); `None` = every replica given.
+    pub replica: Option<String>,
+    pub generation: Option<String>,
+    /// Restore up to and including this WAL index (needs `generation`).
+    pub index: Option<u32>,
+    /// Restore the state as of this moment (exclusive with `index`).
+    pub timestamp: Option<SystemTime>,
+    /// Indexes downloaded at once (and staged ahead of the one being applied).
+    pub parallelism: usize,
+}
+
+/// A replica to restore from.
+pub struct Source {
+    pub name: String,
+    pub client: Arc<dyn ReplicaClient>,
+}
+
+/// One generation of one replica as listed.
+#[derive(Clone, Debug)]
+pub struct GenerationListing {
+    pub replica: usize,
+    pub generation: String,
+    pub snapshots: Vec<SnapshotInfo>,
+    pub segments: Vec<WalSegmentInfo>,
+}
+
+impl GenerationListing {
+    /// (earliest, latest) object timestamp; `None` for an empty generation.
+    pub fn bounds(&self) -> Option<(SystemTime, SystemTime)> {
+        let times = self
+            .snapshots
+            .iter()
+            .map(|s| s.created)
+            .chain(self.segments.iter().map(|s| s.created));
+        times.fold(None, |acc, t| match acc {
+            None => Some((t, t)),
+            Some((lo, hi)) => Some((lo.min(t), hi.max(t))),
+        })
+    }
+}
+
+/// What will be restored: a snapshot and the WAL indexes to apply on top of it, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Position of the chosen replica in the sources.
+    pub replica: usize,
+    pub generation: String,
+    pub snapshot: SnapshotInfo,
+    /// Indexes from the snapshot's upward, each with its segments in offset order.
+    pub indexes: Vec<(u32, Vec<WalSegmentInfo>)>,
+}
+
+impl Plan {
+    /// The last index applied (the snapshot's when no WAL follows it).
+    pub fn last_index(&self) -> u32 {
+        self.indexes.last().map(|(i, _)| *i).unwrap_or(self.snapshot.index)
+    }
+}
+
+/// Picks the generation, snapshot and segments (SPEC §6 steps 1–3). `Ok(None)`: nothing
+/// matches. `Err`: a match exists but its WAL has a hole, which must never restore silently
+/// to an earlier state.
+///
+/// Generations qualify when they began at or before `-timestamp` (a moment after the last
+/// upload restores the latest state) and hold a snapshot usable for the filters; the one whose
+/// last object is newest wins, across replicas too (ties: the earlier replica, then the
+/// larger generation id).
+pub fn choose(listings: &[GenerationListing], opts: &Options) -> Result<Option<Plan>> {
+    let mut best: Option<(&GenerationListing, &SnapshotInfo, SystemTime)> = None;
+    for g in listings {
+        if opts.generation.as_deref().is_some_and(|want| want != g.generation) {
+            continue;
+        }
+        let Some((start, end)) = g.bounds() else { continue };
+        if opts.timestamp.is_some_and(|t| start > t) {
+            continue;
+        }
+        let Some(snapshot) = pick_snapshot(&g.snapshots, opts) else { continue };
+        let better = match &best {
+            None => true,
+            Some((b, _, b_end)) => {
+                end > *b_end
+                    || (end == *b_end && g.replica == b.replica && g.generation > b.generation)
+            }
+        };
+        if better {
+            best = Some((g, snapshot, end));
+        }
+    }
+    let Some((g, snapshot, _)) = best else { return Ok(None) };
+
+    let mut by_index: BTreeMap<u32, Vec<WalSegmentInfo>> = BTreeMap::new();
+    for s in &g.segments {
+        if s.index < snapshot.index || opts.index.is_some_and(|i| s.index > i) {
+            continue;
+        }
+        if opts.timestamp.is_some_and(|t| s.created > t) {
+            continue;
+        }
+        by_index.entry(s.index).or_default().push(s.clone());
+    }
+    let mut indexes = Vec::with_capacity(by_index.len());
+    let mut expected = snapshot.index;
+    for (index, mut segments) in by_index {
+        segments.sort_by_key(|s| s.offset);
+        if index != expected {
+            bail!(
+                "missing WAL index {expected:08x} in generation {} (segments of index {index:08x} follow it); the replica cannot restore past {:08x}",
+                g.generation,
+                expected.saturating_sub(1).max(snapshot.index)
+            );
+        }
+        if segments[0].offset != 0 {
+            bail!(
+                "missing WAL segment {}: index {index:08x} starts at offset {}",
+                layout::wal_segment_key(&g.generation, index, 0, segments[0].compression),
+                segments[0].offset
+            );
+        }
+        indexes.push((index, segments));
+        expected = index.saturating_add(1);
+    }
+    Ok(Some(Plan {
+        replica: g.replica,
+        generation: g.generation.clone(),
+        snapshot: snapshot.clone(),
+        indexes,
+    }))
+}
+
+/// With `-index I`: the highest snapshot at or below I. With `-timestamp T`: the latest
+/// created at or before T. Otherwise the latest.
+fn pick_snapshot<'a>(snapshots: &'a [SnapshotInfo], opts: &Options) -> Option<&'a SnapshotInfo> {
+    snapshots
+        .iter()
+        .filter(|s| opts.index.is_none_or(|i| s.index <= i))
+        .filter(|s| opts.timestamp.is_none_or(|t| s.created <= t))
+        .max_by_key(|s| (s.index, s.created))
+}
+
+/// Lists every generation of every source (filtered by `-replica` and `-generation`).
+pub fn list(sources: &[Source], opts: &Options) -> Result<Vec<GenerationListing>> {
+    let mut out = Vec::new();
+    for (i, src) in sources.iter().enumerate() {
+        if opts.replica.as_deref().is_some_and(|r| r != src.name) {
+            continue;
+        }
+        let ctx = |what: &str| format!("replica {}: cannot list {what}", src.name);
+        let generations = src.client.generations().with_context(|| ctx("generations"))?;
+        for generation in generations {
+            if opts.generation.as_deref().is_some_and(|g| g != generation) {
+                continue;
+            }
+            let snapshots = src.client.snapshots(&generation).with_context(|| ctx("snapshots"))?;
+            let segments = src.client.wal_segments(&generation).with_context(|| ctx("WAL segments"))?;
+            out.push(GenerationListing { replica: i, generation, snapshots, segments });
+        }
+    }
+    Ok(out)
+}
+
+/// The temp files of a restore to `out`.
+struct TempPaths {
+    db: PathBuf,
+    wal: PathBuf,
+    shm: PathBuf,
+    dir: PathBuf,
+    stem: String,
+}
+
+impl TempPaths {
+    fn new(out: &Path) -> Result<TempPaths> {
+        let name = out
+            .file_name()
+            .ok_or_else(|| anyhow!("{}: output path has no file name", out.display()))?
+            .to_string_lossy()
+            .into_owned();
+        let dir = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let stem = format!("{name}.tmp");
+        Ok(TempPaths {
+            db: dir.join(&stem),
+            wal: dir.join(format!("{stem}-wal")),
+            shm: dir.join(format!("{stem}-shm")),
+            dir,
+            stem,
+        })
+    }
+
+    fn staged(&self, index: u32) -> PathBuf {
+        self.dir.join(format!("{}-{index:08x}.wal", self.stem))
+    }
+
+    /// Removes every temp file of this output, including staged indexes of an earlier,
+    /// interrupted restore (they are ours by name).
+    fn remove_all(&self) {
+        for p in [&self.db, &self.wal, &self.shm] {
+            let _ = fs::remove_file(p);
+        }
+        let prefix = format!("{}-", self.stem);
+        if let Ok(rd) = fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if n.starts_with(&prefix) && n.ends_with(".wal") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+/// Refuses an output that exists, or that SQLite would combine with a leftover `-wal`.
+pub fn check_output(out: &Path) -> Result<()> {
+    if fs::symlink_metadata(out).is_ok() {
+        bail!("cannot restore, output path already exists: {}", out.display());
+    }
+    for suffix in ["-wal", "-shm"] {
+        let mut p = out.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        if fs::symlink_metadata(&p).is_ok() {
+            bail!(
+                "cannot restore, {} exists beside the output path and SQLite would apply it to the restored database (move it away first)",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Builds the database of `plan` at `out`. On error nothing is left at `out` or beside it.
+pub fn apply(client: &Arc<dyn ReplicaClient>, plan: &Plan, out: &Path, parallelism: usize) -> Result<()> {
+    let tmp = TempPaths::new(out)?;
+    fs::create_dir_all(&tmp.dir).with_context(|| format!("{}: cannot create output directory", tmp.dir.display()))?;
+    tmp.remove_all();
+    let result = build(client, plan, &tmp, parallelism.max(1)).and_then(|()| {
+        publish(&tmp.db, out)?;
+        Ok(())
+    });
+    tmp.remove_all();
+    result
+}
+
+fn build(client: &Arc<dyn ReplicaClient>, plan: &Plan, tmp: &TempPaths, parallelism: usize) -> Result<()> {
+    let page_size = restore_snapshot(client.as_ref(), &plan.snapshot, &tmp.db)?;
+    if plan.indexes.is_empty() {
+        return finish(&tmp.db);
+    }
+
+    let window = Window::new(plan.indexes.len(), parallelism);
+    let abort = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| -> Result<()> {
+        for _ in 0..parallelism.min(plan.indexes.len()) {
+            let (window, abort) = (&window, &abort);
+            scope.spawn(move || {
+                while let Some(k) = window.next_job() {
+                    if abort.load(Ordering::SeqCst) {
+                        window.done(k, Err(anyhow!("aborted")));
+                        continue;
+                    }
+                    let (index, segments) = &plan.indexes[k];
+                    let staged = tmp.staged(*index);
+                    let r = download_index(client.as_ref(), &plan.generation, *index, segments, &staged, page_size, abort);
+                    if r.is_err() {
+                        let _ = fs::remove_file(&staged);
+                    }
+                    window.done(k, r);
+                }
+            });
+        }
+        let applied = (|| -> Result<()> {
+            for (k, (index, _)) in plan.indexes.iter().enumerate() {
+                let staged = window.wait(k)?;
+                apply_index(&tmp.db, &tmp.wal, &tmp.shm, &staged, &plan.generation, *index)?;
+                window.applied(k);
+            }
+            Ok(())
+        })();
+        if applied.is_err() {
+            abort.store(true, Ordering::SeqCst);
+        }
+        window.close();
+        applied
+    });
+    result?;
+    finish(&tmp.db)
+}
+
+/// Streams the snapshot into `db`; returns its page size.
+fn restore_snapshot(client: &dyn ReplicaClient, info: &SnapshotInfo, db: &Path) -> Result<u32> {
+    let key = layout::snapshot_key(&info.generation, info.index, info.compression);
+    logging::info("restoring snapshot", &[("snapshot", &key), ("path", &db.display())]);
+    let reader = client.open_snapshot(info).with_context(|| format!("cannot read snapshot {key}"))?;
+    let mut reader = codec::decoder(info.compression, reader).with_context(|| format!("snapshot {key}"))?;
+    let file = File::create(db).with_context(|| format!("{}: cannot create", db.display()))?;
+    let mut w = BufWriter::with_capacity(256 * 1024, file);
+    let mut header = [0u8; 100];
+    let n = read_full(&mut reader, &mut header).with_context(|| format!("snapshot {key}: cannot decompress"))?;
+    if n < header.len() || &header[..16] != b"SQLite format 3\0" {
+        bail!("snapshot {key} is not a SQLite database (bad header); the replica is corrupt");
+    }
+    let page_size = wal::db_page_size(&header).ok_or_else(|| anyhow!("snapshot {key}: bad page size in header"))?;
+    w.write_all(&header).with_context(|| format!("{}: cannot write", db.display()))?;
+    let copied = io::copy(&mut reader, &mut w).map_err(|e| {
+        if e.kind() == io::ErrorKind::WriteZero || e.raw_os_error().is_some() && e.kind() != io::ErrorKind::InvalidData {
+            anyhow!("{}: cannot write: {e}", db.display())
+        } else {
+            anyhow!("snapshot {key}: cannot decompress: {e}; the replica is corrupt")
+        }
+    })?;
+    let total = copied + header.len() as u64;
+    if total % page_size as u64 != 0 {
+        bail!("snapshot {key}: {total} bytes is not a whole number of {page_size}-byte pages; the replica is corrupt");
+    }
+    let file = w.into_inner().map_err(|e| anyhow!("{}: cannot write: {}", db.display(), e.error()))?;
+    file.sync_all().with_context(|| format!("{}: cannot fsync", db.display()))?;
+    Ok(page_size)
+}
+
+/// Downloads one index's segments into `staged` as one WAL file, verifying every frame.
+fn download_index(
+    client: &dyn ReplicaClient,
+    generation: &str,
+    index: u32,
+    segments: &[WalSegmentInfo],
+    staged: &Path,
+    page_size: u32,
+    abort: &AtomicBool,
+) -> Result<Staged> {
+    let mut attempt = 1;
+    loop {
+        match stage_index(client, generation, index, segments, staged, page_size) {
+            Ok(s) => return Ok(s),
+            Err(StageError::Fatal(e)) => return Err(e),
+            Err(StageError::Retry(e)) if attempt >= DOWNLOAD_ATTEMPTS || abort.load(Ordering::SeqCst) => return Err(e),
+            Err(StageError::Retry(e)) => {
+                logging::warn(
+                    "WAL download failed, retrying",
+                    &[("index", &format!("{index:08x}")), ("attempt", &attempt), ("error", &format!("{e:#}"))],
+                );
+                std::thread::sleep(Duration::from_millis(250 * u64::from(attempt)));
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// A WAL index verified and written to disk, ready to apply.
+#[derive(Debug)]
+struct Staged {
+    path: PathBuf,
+    frames: u64,
+}
+
+enum StageError {
+    /// The store failed to deliver (network, I/O): worth another try.
+    Retry(anyhow::Error),
+    /// The data itself is wrong or missing: retrying cannot help.
+    Fatal(anyhow::Error),
+}
+
+fn stage_index(
+    client: &dyn ReplicaClient,
+    generation: &str,
+    index: u32,
+    segments: &[WalSegmentInfo],
+    staged: &Path,
+    page_size: u32,
+) -> std::result::Result<Staged, StageError> {
+    let fatal = StageError::Fatal;
+    let file = File::create(staged)
+        .map_err(|e| fatal(anyhow!("{}: cannot create: {e}", staged.display())))?;
+    let mut w = BufWriter::with_capacity(256 * 1024, file);
+    let write_err = |e: io::Error| StageError::Fatal(anyhow!("{}: cannot write: {e}", staged.display()));
+    let mut stream = WalStream::new(page_size);
+    for seg in segments {
+        let key = layout::wal_segment_key(generation, index, seg.offset, seg.compression);
+        if seg.offset != stream.offset {
+            return Err(fatal(anyhow!(
+                "missing WAL segment before {key}: the previous segments of index {index:08x} end at offset {}",
+                stream.offset
+            )));
+        }
+        let reader = match client.open_wal_segment(seg) {
+            Ok(r) => r,
+            Err(e) if client::is_not_found(&e) => {
+                return Err(fatal(anyhow!("WAL segment {key} disappeared from the replica during the restore")))
+            }
+            Err(e) => return Err(StageError::Retry(e.context(format!("cannot read WAL segment {key}")))),
+        };
+        let mut reader = codec::decoder(seg.compression, reader).map_err(|e| fatal(anyhow!("WAL segment {key}: {e}")))?;
+        stream.segment(&mut reader, &mut w, &key).map_err(|e| match e {
+            SegmentError::Write(e) => write_err(e),
+            SegmentError::Read(e) if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::InvalidInput || e.kind() == io::ErrorKind::UnexpectedEof => {
+                fatal(anyhow!("WAL segment {key}: cannot decompress: {e}; the replica is corrupt"))
+            }
+            SegmentError::Read(e) => StageError::Retry(anyhow!("WAL segment {key}: cannot read: {e}")),
+            SegmentError::Corrupt(msg) => fatal(anyhow!("WAL segment {key}: {msg}; the replica is corrupt")),
+        })?;
+    }
+    let file = w.into_inner().map_err(|e| write_err(io::Error::other(e.error().to_string())))?;
+    file.sync_all().map_err(write_err)?;
+    Ok(Staged { path: staged.to_path_buf(), frames: stream.frames })
+}
+
+enum SegmentError {
+    Read(io::Error),
+    Write(io::Error),
+    Corrupt(String),
+}
+
+/// Follows one WAL index across its segments: header, frame chain, commit boundaries.
+struct WalStream {
+    page_size: u32,
+    /// Decompressed bytes seen so far: the offset the next segment must start at.
+    offset: u64,
+    verifier: Option<(WalHeader, FrameVerifier)>,
+    frames: u64,
+    frame: Vec<u8>,
+}
+
+impl WalStream {
+    fn new(page_size: u32) -> WalStream {
+        WalStream { page_size, offset: 0, verifier: None, frames: 0, frame: Vec::new() }
+    }
+
+    fn segment(&mut self, r: &mut dyn Read, w: &mut dyn Write, key: &str) -> std::result::Result<(), SegmentError> {
+        let _ = key;
+        if self.verifier.is_none() {
+            let mut hdr = [0u8; WAL_HEADER_SIZE];
+            let n = read_full(r, &mut hdr).map_err(SegmentError::Read)?;
+            if n < WAL_HEADER_SIZE {
+                return Err(SegmentError::Corrupt(format!("{n} bytes, shorter than a WAL header")));
+            }
+            let header = WalHeader::parse(&hdr).map_err(|e| SegmentError::Corrupt(e.to_string()))?;
+            if header.page_size != self.page_size {
+                return Err(SegmentError::Corrupt(format!(
+                    "page size {} differs from the snapshot's {}",
+                    header.page_size, self.page_size
+                )));
+            }
+            w.write_all(&hdr).map_err(SegmentError::Write)?;
+            self.offset += WAL_HEADER_SIZE as u64;
+            self.frame = vec![0u8; header.frame_size()];
+            self.verifier = Some((header, FrameVerifier::new(&header)));
+        }
+        let Some((_, verifier)) = self.verifier.as_mut() else {
+            return Err(SegmentError::Corrupt("no WAL header".into()));
+        };
+        let mut last: Option<FrameHeader> = None;
+        loop {
+            let n = read_full(r, &mut self.frame).map_err(SegmentError::Read)?;
+            if n == 0 {
+                break;
+            }
+            if n < self.frame.len() {
+                return Err(SegmentError::Corrupt(format!("torn frame at offset {} ({n} bytes)", self.offset)));
+            }
+            let Some(fh) = verifier.check(&self.frame) else {
+                return Err(SegmentError::Corrupt(format!(
+                    "frame at offset {} fails its salt or checksum check",
+                    self.offset
+                )));
+            };
+            w.write_all(&self.frame).map_err(SegmentError::Write)?;
+            self.offset += self.frame.len() as u64;
+            self.frames += 1;
+            last = Some(fh);
+        }
+        if last.is_some_and(|fh| !fh.is_commit()) {
+            return Err(SegmentError::Corrupt(format!(
+                "segment ends at offset {} inside a transaction (no commit frame)",
+                self.offset
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Applies a staged index: it becomes `<out>.tmp-wal` and SQLite checkpoints it into the db.
+fn apply_index(db: &Path, wal_path: &Path, shm: &Path, staged: &Staged, generation: &str, index: u32) -> Result<()> {
+    if staged.frames == 0 {
+        let _ = fs::remove_file(&staged.path);
+        return Ok(());
+    }
+    fs::rename(&staged.path, wal_path)
+        .with_context(|| format!("{}: cannot move staged WAL into place", staged.path.display()))?;
+    let conn = open(db)?;
+    let (busy, log, checkpointed): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .with_context(|| format!("{}: cannot apply WAL index {index:08x}", db.display()))?;
+    drop(conn);
+    if busy != 0 || log < 0 || log as u64 != staged.frames || checkpointed != log {
+        bail!(
+            "{}: applying WAL index {generation}/{index:08x} checkpointed {checkpointed} of {} frames (busy={busy}, wal frames={log})",
+            db.display(),
+            staged.frames
+        );
+    }
+    let _ = fs::remove_file(wal_path);
+    let _ = fs::remove_file(shm);
+    logging::info(
+        "applied WAL index",
+        &[("generation", &generation), ("index", &format!("{index:08x}")), ("frames", &staged.frames)],
+    );
+    Ok(())
+}
+
+fn open(db: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .with_context(|| format!("{}: cannot open restored database", db.display()))?;
+    // Nobody else may touch a database being restored; no shared memory, no waiting.
+    conn.busy_timeout(Duration::ZERO)?;
+    conn.execute_batch("PRAGMA cache_size = -2048;")?;
+    Ok(conn)
+}
+
+/// `PRAGMA integrity_check`, then fsync: only a sound database leaves the temp name.
+fn finish(db: &Path) -> Result<()> {
+    let conn = open(db)?;
+    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    let problems: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .with_context(|| format!("{}: integrity check failed to run", db.display()))?
+        .collect::<rusqlite::Result<_>>()
+        .with_context(|| format!("{}: integrity check failed to run", db.display()))?;
+    drop(stmt);
+    drop(conn);
+    if problems != ["ok"] {
+        let first = problems.first().cloned().unwrap_or_default();
+        bail!(
+            "restored database fails PRAGMA integrity_check ({} problem(s), first: {first}); nothing was written",
+            problems.len()
+        );
+    }
+    File::open(db)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("{}: cannot fsync", db.display()))?;
+    Ok(())
+}
+
+/// Moves the finished database to `out` without ever replacing a file that appeared there
+/// meanwhile: a hard link fails if `out` exists; filesystems without links fall back to a
+/// checked rename.
+fn publish(tmp: &Path, out: &Path) -> Result<()> {
+    match fs::hard_link(tmp, out) {
+        Ok(()) => {
+            let _ = fs::remove_file(tmp);
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            bail!("cannot restore, output path already exists: {}", out.display())
+        }
+        Err(_) => {
+            if fs::symlink_metadata(out).is_ok() {
+                bail!("cannot restore, output path already exists: {}", out.display());
+            }
+            fs::rename(tmp, out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
+        }
+    }
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("{}: cannot fsync directory", dir.display()))?;
+    Ok(())
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Hands index downloads to workers in order, at most `ahead` beyond the one being applied
+/// (staged indexes wait on disk, so this bounds disk use, not memory), and returns results
+/// to the applier in order.
+struct Window {
+    state: Mutex<WindowState>,
+    cv: Condvar,
+    ahead: usize,
+}
+
+struct WindowState {
+    next: usize,
+    total: usize,
+    applied: usize,
+    closed: bool,
+    results: BTreeMap<usize, Result<Staged>>,
+}
+
+impl Window {
+    fn new(total: usize, ahead: usize) -> Window {
+        Window {
+            state: Mutex::new(WindowState { next: 0, total, applied: 0, closed: false, results: BTreeMap::new() }),
+            cv: Condvar::new(),
+            ahead: ahead.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WindowState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_job(&self) -> Option<usize> {
+        let mut s = self.lock();
+        loop {
+            if s.closed || s.next >= s.total {
+                return None;
+            }
+            if s.next < s.applied + self.ahead {
+                s.next += 1;
+                return Some(s.next - 1);
+            }
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn done(&self, k: usize, r: Result<Staged>) {
+        self.lock().results.insert(k, r);
+        self.cv.notify_all();
+    }
+
+    fn wait(&self, k: usize) -> Result<Staged> {
+        let mut s = self.lock();
+        loop {
+            if let Some(r) = s.results.remove(&k) {
+                return r;
+            }
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn applied(&self, k: usize) {
+        self.lock().applied = k + 1;
+        self.cv.notify_all();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Compression;
+    use std::time::UNIX_EPOCH;
+
+    const G1: &str = "1111111111111111";
+    const G2: &str = "2222222222222222";
+
+    fn t(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn snap(g: &str, index: u32, at: u64) -> SnapshotInfo {
+        SnapshotInfo { generation: g.into(), index, size: 1, created: t(at), compression: Compression::Gzip }
+    }
+
+    fn seg(g: &str, index: u32, offset: u64, at: u64) -> WalSegmentInfo {
+        WalSegmentInfo { generation: g.into(), index, offset, size: 1, created: t(at), compression: Compression::Gzip }
+    }
+
+    fn listing(replica: usize, g: &str, snapshots: Vec<SnapshotInfo>, segments: Vec<WalSegmentInfo>) -> GenerationListing {
+        GenerationListing { replica, generation: g.into(), snapshots, segments }
+    }
+
+    fn offsets(plan: &Plan) -> Vec<(u32, Vec<u64>)> {
+        plan.indexes.iter().map(|(i, s)| (*i, s.iter().map(|s| s.offset).collect())).collect()
+    }
+
+    fn two_gens() -> Vec<GenerationListing> {
+        vec![
+            listing(0, G1, vec![snap(G1, 0, 100)], vec![seg(G1, 0, 0, 100), seg(G1, 0, 4152, 110), seg(G1, 1, 0, 120)]),
+            listing(
+                0,
+                G2,
+                vec![snap(G2, 0, 200), snap(G2, 2, 240)],
+                vec![
+                    seg(G2, 0, 0, 200),
+                    seg(G2, 1, 0, 210),
+                    seg(G2, 1, 4152, 220),
+                    seg(G2, 2, 0, 235),
+                    seg(G2, 2, 8272, 250),
+                ],
+            ),
+        ]
+    }
+
+    #[test]
+    fn latest_generation_and_snapshot_win() {
+        let plan = choose(&two_gens(), &Options::default()).unwrap().unwrap();
+        assert_eq!(plan.generation, G2);
+        assert_eq!(plan.snapshot.index, 2);
+        assert_eq!(offsets(&plan), vec![(2, vec![0, 8272])]);
+        assert_eq!(plan.last_index(), 2);
+    }
+
+    #[test]
+    fn timestamp_selects_generation_snapshot_and_segments() {
+        let opts = Options { timestamp: Some(t(215)), ..Default::default() };
+        let plan = choose(&two_gens(), &opts).unwrap().unwrap();
+        assert_eq!(plan.generation, G2);
+        assert_eq!(plan.snapshot.index, 0);
+        assert_eq!(offsets(&plan), vec![(0, vec![0]), (1, vec![0])]);
+
+        // Before G2 began: G1, cut at T.
+        let opts = Options { timestamp: Some(t(105)), ..Default::default() };
+        let plan = choose(&two_gens(), &opts).unwrap().unwrap();
+        assert_eq!(plan.generation, G1);
+        assert_eq!(offsets(&plan), vec![(0, vec![0])]);
+
+        // Before anything: nothing.
+        let opts = Options { timestamp: Some(t(50)), ..Default::default() };
+        assert!(choose(&two_gens(), &opts).unwrap().is_none());
+
+        // After everything: the latest state.
+        let opts = Options { timestamp: Some(t(10_000)), ..Default::default() };
+        let plan = choose(&two_gens(), &opts).unwrap().unwrap();
+        assert_eq!((plan.generation.as_str(), plan.snapshot.index), (G2, 2));
+    }
+
+    #[test]
+    fn generation_and_index() {
+        let opts = Options { generation: Some(G2.into()), index: Some(1), ..Default::default() };
+        let plan = choose(&two_gens(), &opts).unwrap().unwrap();
+        assert_eq!(plan.snapshot.index, 0);
+        assert_eq!(offsets(&plan), vec![(0, vec![0]), (1, vec![0, 4152])]);
+
+        let opts = Options { generation: Some(G1.into()), ..Default::default() };
+        let plan = choose(&two_gens(), &opts).unwrap().unwrap();
+        assert_eq!(plan.generation, G1);
+        assert_eq!(offsets(&plan), vec![(0, vec![0, 4152]), (1, vec![0])]);
+
+        let opts = Options { generation: Some("3333333333333333".into()), ..Default::default() };
+        assert!(choose(&two_gens(), &opts).unwrap().is_none());
+    }
+
+    #[test]
+    fn generation_without_usable_snapshot_is_skipped() {
+        let gens = vec![
+            listing(0, G1, vec![snap(G1, 0, 100)], vec![seg(G1, 0, 0, 100)]),
+            // Newest, but its snapshot never landed.
+            listing(0, G2, vec![], vec![seg(G2, 0, 0, 300)]),
+        ];
+        let plan = choose(&gens, &Options::default()).unwrap().unwrap();
+        assert_eq!(plan.generation, G1);
+    }
+
+    #[test]
+    fn latest_end_wins_across_replicas() {
+        let gens = vec![
+            listing(0, G1, vec![snap(G1, 0, 100)], vec![seg(G1, 0, 0, 150)]),
+            listing(1, G1, vec![snap(G1, 0, 100)], vec![seg(G1, 0, 0, 150), seg(G1, 0, 4152, 160)]),
+        ];
+        let plan = choose(&gens, &Options::default()).unwrap().unwrap();
+        assert_eq!(plan.replica, 1);
+        // Ties go to the earlier replica.
+        let gens = vec![gens[0].clone(), listing(1, G1, vec![snap(G1, 0, 100)], vec![seg(G1, 0, 0, 150)])];
+        assert_eq!(choose(&gens, &Options::default()).unwrap().unwrap().replica, 0);
+    }
+
+    #[test]
+    fn holes_are_errors() {
+        let gens = vec![listing(
+            0,
+            G1,
+            vec![snap(G1, 0, 100)],
+            vec![seg(G1, 0, 0, 100), seg(G1, 2, 0, 120)],
+        )];
+        let err = choose(&gens, &Options::default()).unwrap_err().to_string();
+        assert!(err.contains("missing WAL index 00000001"), "{err}");
+
+        let gens = vec![listing(0, G1, vec![snap(G1, 0, 100)], vec![seg(G1, 0, 0, 100), seg(G1, 1, 4152, 120)])];
+        let err = choose(&gens, &Options::default()).unwrap_err().to_string();
+        assert!(err.contains("00000001_00000000.wal.gz"), "{err}");
+    }
+
+    #[test]
+    fn indexes_below_the_snapshot_are_never_looked_at() {
+        // Index 0 lost its first segment (retention), but the snapshot at 1 covers it.
+        let gens = vec![listing(0, G1, vec![snap(G1, 1, 100)], vec![seg(G1, 0, 4152, 90), seg(G1, 1, 0, 110)])];
+        let plan = choose(&gens, &Options::default()).unwrap().unwrap();
+        assert_eq!(offsets(&plan), vec![(1, vec![0])]);
+    }
+
+    #[test]
+    fn window_bounds_look_ahead() {
+        let w = Window::new(5, 2);
+        assert_eq!(w.next_job(), Some(0));
+        assert_eq!(w.next_job(), Some(1));
+        w.done(0, Err(anyhow!("x")));
+        assert!(w.wait(0).is_err());
+        w.applied(0);
+        assert_eq!(w.next_job(), Some(2));
+        w.close();
+        assert_eq!(w.next_job(), None);
+    }
+
+    #[test]
+    fn output_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.db");
+        check_output(&out).unwrap();
+        fs::write(dir.path().join("x.db-wal"), b"old").unwrap();
+        let err = check_output(&out).unwrap_err().to_string();
+        assert!(err.contains("x.db-wal"), "{err}");
+        fs::write(&out, b"").unwrap();
+        let err = check_output(&out).unwrap_err().to_string();
+        assert!(err.contains("already exists"), "{err}");
+    }
+}

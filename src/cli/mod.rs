@@ -3,6 +3,7 @@
 //! Flags are `-flag value`, `-flag=value` or `--flag`; each command parses its own with the
 //! helpers here and returns an exit code. Errors bubble up to `main`, which prints them once.
 
+pub mod common;
 pub mod replicate;
 pub mod restore;
 

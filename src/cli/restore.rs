@@ -1,5 +1,200 @@
-//! (in progress)
-use anyhow::Result;
-pub fn run(_args: pico_args::Arguments) -> Result<i32> {
-    anyhow::bail!("restore: not built yet")
+//! `litestream restore`: rebuild a database from a replica (SPEC §6), latest or point in time.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+use pico_args::Arguments;
+
+use crate::cli::common::{format_time, open_clients, parse_timestamp, resolve_target};
+use crate::cli::{flag, opt_value, positionals, wants_help};
+use crate::config::LoggingConfig;
+use crate::position::is_generation;
+use crate::restore::{self, Options, Source};
+use crate::{layout, logging};
+
+const USAGE: &str = "The restore command recovers a database from a previous snapshot and WAL.
+
+Usage:
+
+	litestream restore [arguments] DB_PATH
+
+	litestream restore [arguments] REPLICA_URL
+
+Arguments:
+
+	-config PATH
+	    Specifies the configuration file.
+	    Defaults to $LITESTREAM_CONFIG, else /etc/litestream.yml
+
+	-no-expand-env
+	    Disables environment variable expansion in configuration file.
+
+	-replica NAME
+	    Restore from a specific replica.
+	    Defaults to the replica with the latest data.
+
+	-generation NAME
+	    Restore from a specific generation.
+	    Defaults to the generation with the latest data.
+
+	-index NUM
+	    Restore up to a specific hex-encoded WAL index (inclusive).
+	    Requires -generation. Defaults to the latest index.
+
+	-o PATH
+	    Output path of the restored database.
+	    Defaults to the original DB path; required with a replica URL.
+
+	-if-db-not-exists
+	    Returns exit code of 0 if the database already exists.
+
+	-if-replica-exists
+	    Returns exit code of 0 if no backups are found.
+
+	-parallelism NUM
+	    Determines the number of WAL indexes downloaded in parallel.
+	    Defaults to 8.
+
+	-timestamp TIMESTAMP
+	    Restore to a specific point-in-time (RFC 3339, e.g. 2020-01-01T00:00:00Z).
+	    Defaults to the latest point in time.
+
+Examples:
+
+	# Restore latest replica for database to original location.
+	$ litestream restore /path/to/db
+
+	# Restore replica for database to a given point in time.
+	$ litestream restore -timestamp 2020-01-01T00:00:00Z /path/to/db
+
+	# Restore latest replica for database to new /tmp directory
+	$ litestream restore -o /tmp/db /path/to/db
+
+	# Restore from a replica URL.
+	$ litestream restore -o /tmp/db file:///backups/db
+";
+
+pub fn run(mut args: Arguments) -> Result<i32> {
+    if wants_help(&mut args) {
+        print!("{USAGE}");
+        return Ok(0);
+    }
+    let config_flag = opt_value(&mut args, ["-config", "--config"])?;
+    let no_expand_env = flag(&mut args, ["-no-expand-env", "--no-expand-env"]);
+    let replica = opt_value(&mut args, ["-replica", "--replica"])?;
+    let generation = opt_value(&mut args, ["-generation", "--generation"])?;
+    let index = opt_value(&mut args, ["-index", "--index"])?;
+    let output = opt_value(&mut args, ["-o", "--o"])?;
+    let if_db_not_exists = flag(&mut args, ["-if-db-not-exists", "--if-db-not-exists"]);
+    let if_replica_exists = flag(&mut args, ["-if-replica-exists", "--if-replica-exists"]);
+    let parallelism = opt_value(&mut args, ["-parallelism", "--parallelism"])?;
+    let timestamp = opt_value(&mut args, ["-timestamp", "--timestamp"])?;
+    let rest = positionals(args, "restore")?;
+
+    let arg = match rest.as_slice() {
+        [one] => one.as_str(),
+        [] => bail!("restore: a database path or replica URL is required (see `litestream restore -h`)"),
+        _ => bail!("restore: too many arguments; give one database path or replica URL"),
+    };
+    if let Some(g) = &generation {
+        if !is_generation(g) {
+            bail!("restore: -generation {g:?} is not a generation id (16 lowercase hex characters)");
+        }
+    }
+    let index = match index {
+        None => None,
+        Some(s) => {
+            let v = u32::from_str_radix(s.trim_start_matches("0x"), 16)
+                .map_err(|_| anyhow!("restore: -index {s:?} is not a hex WAL index (e.g. 0000000a)"))?;
+            Some(v)
+        }
+    };
+    if index.is_some() && generation.is_none() {
+        bail!("restore: -index requires -generation (list them with `litestream generations`)");
+    }
+    let timestamp = timestamp.map(|t| parse_timestamp(&t).map_err(|e| anyhow!("restore: -timestamp: {e}"))).transpose()?;
+    if index.is_some() && timestamp.is_some() {
+        bail!("restore: cannot use -index and -timestamp together; choose one");
+    }
+    let parallelism = match parallelism {
+        None => 8,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => n,
+            _ => bail!("restore: -parallelism {s:?} must be a number from 1 to 1024"),
+        },
+    };
+
+    let target = resolve_target(arg, config_flag.as_deref(), !no_expand_env)?;
+    let logging_cfg = target.config.as_ref().map(|c| c.logging.clone()).unwrap_or_default();
+    init_logging(&logging_cfg);
+
+    let out = match (output, &target.db) {
+        (Some(o), _) => absolute(&o)?,
+        (None, Some(db)) => db.path.clone(),
+        (None, None) => bail!("restore: -o PATH is required when restoring from a replica URL"),
+    };
+
+    if let Some(name) = &replica {
+        if !target.replicas.iter().any(|r| &r.name == name) {
+            let names: Vec<&str> = target.replicas.iter().map(|r| r.name.as_str()).collect();
+            bail!("restore: replica not found: {name} (replicas: {})", names.join(", "));
+        }
+    }
+
+    // An existing output is never touched, whatever else is wrong.
+    if std::fs::symlink_metadata(&out).is_ok() {
+        if if_db_not_exists {
+            logging::info("database already exists, skipping", &[("path", &out.display())]);
+            return Ok(0);
+        }
+        bail!("cannot restore, output path already exists: {}", out.display());
+    }
+    restore::check_output(&out)?;
+
+    let sources: Vec<Source> = open_clients(&target.replicas)?
+        .into_iter()
+        .map(|(name, client)| Source { name, client })
+        .collect();
+    let opts = Options { replica, generation, index, timestamp, parallelism };
+    let listings = restore::list(&sources, &opts)?;
+    let Some(plan) = restore::choose(&listings, &opts)? else {
+        if if_replica_exists {
+            logging::info("no backups found, skipping", &[]);
+            return Ok(0);
+        }
+        bail!("no matching backups found");
+    };
+
+    let source = &sources[plan.replica];
+    logging::info(
+        "restoring",
+        &[
+            ("replica", &source.name),
+            ("generation", &plan.generation),
+            ("snapshot", &layout::snapshot_name(plan.snapshot.index, plan.snapshot.compression)),
+            ("snapshot_created", &format_time(plan.snapshot.created)),
+            ("last_index", &format!("{:08x}", plan.last_index())),
+            ("output", &out.display()),
+        ],
+    );
+    restore::apply(&source.client, &plan, &out, parallelism).map_err(|e| anyhow!("restore: {e:#}"))?;
+    logging::info(
+        "restore complete",
+        &[("output", &out.display()), ("generation", &plan.generation), ("index", &format!("{:08x}", plan.last_index()))],
+    );
+    Ok(0)
+}
+
+/// Restore logs progress like the daemon but never on stderr unless configured: stderr is
+/// kept for the one error line.
+fn init_logging(cfg: &LoggingConfig) {
+    logging::init(cfg.level, cfg.json, cfg.stderr);
+}
+
+fn absolute(p: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        return Ok(p);
+    }
+    Ok(std::env::current_dir().map_err(|e| anyhow!("cannot read the working directory: {e}"))?.join(p))
 }
