@@ -29,7 +29,7 @@ use rusqlite::{Connection, OpenFlags};
 use crate::config::DbConfig;
 use crate::logging;
 use crate::position::{self, Position, MAX_INDEX};
-use crate::wal::{self, FrameVerifier, WalHeader, WAL_HEADER_SIZE};
+use crate::wal::{FrameVerifier, WalHeader, WAL_HEADER_SIZE};
 
 /// Buffer size for streaming WAL bytes; bounds memory whatever the transaction size.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -377,8 +377,15 @@ impl Db {
     fn sync(&mut self) -> Result<()> {
         let wal = wal_path(&self.shared.path);
         let wal_len = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let shared = self.shared.clone();
+        let mut _guard = None;
         if wal_len < WAL_HEADER_SIZE as u64 {
-            // An empty WAL has no header to follow: one tiny write gives it one.
+            // An empty WAL has no header to follow: one tiny write gives it one. That write
+            // moves our read mark, so no snapshot may be reading the db file meanwhile.
+            match shared.checkpoint_lock.try_write() {
+                Ok(g) => _guard = Some(g),
+                Err(_) => return Ok(()),
+            }
             self.write_seq()?;
         }
         if let Some(reason) = self.verify()? {
@@ -656,6 +663,9 @@ impl Db {
         let after = read_header(&wal_path(&self.shared.path))?;
         if before.is_some() && after == before {
             self.after_read_tx_begun()?;
+            // Before the guard drops: a snapshot must never read a db file holding frames
+            // (up to our new read mark) beyond the published position.
+            self.publish();
             return Ok(());
         }
 
@@ -819,7 +829,7 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     conn.busy_timeout(busy_timeout)?;
     // The -wal must outlive our connection so a restart can resume from it.
     let mut persist: std::ffi::c_int = 1;
-    conn.file_control(rusqlite::MAIN_DB, rusqlite::FileControl::PersistWal(&mut persist))
+    conn.file_control(Some(rusqlite::MAIN_DB), rusqlite::FileControl::PersistWal(&mut persist))
         .context("cannot set SQLITE_FCNTL_PERSIST_WAL")?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))

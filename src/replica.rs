@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 
 use crate::client::ReplicaClient;
 use crate::codec;
@@ -204,7 +204,7 @@ impl Replica {
                 Some(Position::new(generation.clone(), seg.index, seg.offset + len))
             }
             (_, Some(s)) => Some(Position::new(generation.clone(), s, 0)),
-            (None, None) => None,
+            (_, None) => None,
         };
         if let Some(p) = &pos {
             if p.index > target.index || (p.index == target.index && p.offset > target.offset) {
@@ -236,9 +236,10 @@ impl Replica {
     /// (checkpointed by the application), so a restore must never use this snapshot without
     /// them, and a segment uploaded before the snapshot is always included.
     fn snapshot(&mut self) -> Result<()> {
-        let _permit = self.snapshots.acquire();
+        let (semaphore, db) = (self.snapshots.clone(), self.db.clone());
+        let _permit = semaphore.acquire();
         // Our own checkpoints would change the db file under the read below.
-        let _guard = self.db.checkpoint_lock.read().unwrap_or_else(|e| e.into_inner());
+        let _guard = db.checkpoint_lock.read().unwrap_or_else(|e| e.into_inner());
         let target = self.db.position().ok_or_else(|| anyhow!("database not initialised"))?;
         let generation = target.generation.clone();
         match &self.pos {
