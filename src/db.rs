@@ -50,6 +50,12 @@ pub struct DbShared {
     new_generation_requested: AtomicBool,
     /// Mode of the db file, given to every file we create next to it.
     pub file_mode: Mutex<u32>,
+    /// The one descriptor through which we read the db file (snapshots). POSIX drops every
+    /// fcntl lock a process holds on a file when *any* of its descriptors for that file is
+    /// closed, which would silently release our SQLite connection's SHARED lock and let the
+    /// application delete the WAL under it (corrupting the db). So the file is opened once,
+    /// before the connection, and only closed after it (this struct outlives the db thread).
+    db_file: Mutex<Option<Arc<File>>>,
 }
 
 impl DbShared {
@@ -62,6 +68,7 @@ impl DbShared {
             replica_positions: Mutex::new(vec![None; replicas]),
             new_generation_requested: AtomicBool::new(false),
             file_mode: Mutex::new(0o600),
+            db_file: Mutex::new(None),
         }
     }
 
@@ -90,6 +97,20 @@ impl DbShared {
 
     pub fn file_mode(&self) -> u32 {
         *lock(&self.file_mode)
+    }
+
+    /// The db file, for positional reads only (see `db_file`); never close a clone early.
+    pub fn db_file(&self) -> Option<Arc<File>> {
+        lock(&self.db_file).clone()
+    }
+
+    fn open_db_file(&self) -> Result<()> {
+        let mut slot = lock(&self.db_file);
+        if slot.is_none() {
+            let f = File::open(&self.path).with_context(|| format!("{}: cannot open database", self.path.display()))?;
+            *slot = Some(Arc::new(f));
+        }
+        Ok(())
     }
 }
 
@@ -237,27 +258,41 @@ impl Db {
     /// and a clean close on the way out.
     pub fn run(mut self, stop: Receiver<()>, wake: Receiver<()>) {
         let interval = self.cfg.monitor_interval;
+        let mut failed = false;
         loop {
-            crossbeam_channel::select! {
-                recv(stop) -> _ => break,
-                recv(wake) -> _ => {},
-                default(interval) => {},
+            if failed {
+                // After an error, wait a whole interval: our own recovery writes touch the
+                // WAL and would otherwise wake us into a busy loop of retries.
+                crossbeam_channel::select! {
+                    recv(stop) -> _ => break,
+                    default(interval) => {},
+                }
+                while wake.try_recv().is_ok() {}
+            } else {
+                crossbeam_channel::select! {
+                    recv(stop) -> _ => break,
+                    recv(wake) -> _ => {},
+                    default(interval) => {},
+                }
             }
-            self.tick_logged();
+            failed = !self.tick_logged();
         }
-        self.tick_logged();
+        let _ = self.tick_logged();
         self.close();
     }
 
     /// One tick; errors are logged, never fatal: the next tick retries.
-    pub fn tick_logged(&mut self) {
-        if let Err(err) = self.tick() {
+    /// Runs one tick, logging its error; `false` when it failed.
+    pub fn tick_logged(&mut self) -> bool {
+        let result = self.tick();
+        if let Err(err) = &result {
             logging::error("sync error", &[("db", &self.db_label()), ("error", &format!("{err:#}"))]);
             // A broken connection is rebuilt from scratch on the next tick.
             if err.chain().any(|e| e.downcast_ref::<rusqlite::Error>().is_some()) && !self.read_tx_alive() {
                 self.close();
             }
         }
+        result.is_ok()
     }
 
     fn read_tx_alive(&self) -> bool {
@@ -307,6 +342,7 @@ impl Db {
         let meta = fs::metadata(&path).with_context(|| format!("{}: cannot stat database", path.display()))?;
         *lock(&self.shared.file_mode) = meta.permissions().mode() & 0o7777;
 
+        self.shared.open_db_file()?;
         let conn = open_connection(&path, self.cfg.busy_timeout)?;
         self.conn = Some(conn);
         self.in_read_tx = false;

@@ -8,6 +8,7 @@
 //! never waits for it.
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -249,9 +250,8 @@ impl Replica {
         self.upload_until(&target)?;
 
         let started = Instant::now();
-        let path = self.db.path.clone();
-        let file = File::open(&path).with_context(|| format!("{}: cannot open database for snapshot", path.display()))?;
-        let mut data = codec::encoder(self.cfg.compression, file)?;
+        let file = self.db.db_file().ok_or_else(|| anyhow!("database file not open yet"))?;
+        let mut data = codec::encoder(self.cfg.compression, PositionalReader { file, offset: 0 })?;
         let info = self
             .client
             .write_snapshot(&generation, target.index, self.cfg.compression, &mut data)
@@ -348,6 +348,21 @@ impl Replica {
 }
 
 /// Exponential backoff with jitter, capped: 1s, 2s, 4s … 30s, each ±25 %.
+/// Reads the shared db file descriptor with `pread`, so no descriptor of the db file is
+/// ever opened and closed here (see `DbShared::db_file`).
+struct PositionalReader {
+    file: Arc<File>,
+    offset: u64,
+}
+
+impl Read for PositionalReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
 fn next_backoff(prev: Duration) -> Duration {
     let base = if prev.is_zero() { Duration::from_secs(1) } else { (prev * 2).min(MAX_BACKOFF) };
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);

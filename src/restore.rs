@@ -524,9 +524,20 @@ fn apply_index(db: &Path, wal_path: &Path, shm: &Path, staged: &Staged, generati
     fs::rename(&staged.path, wal_path)
         .with_context(|| format!("{}: cannot move staged WAL into place", staged.path.display()))?;
     let conn = open(db)?;
-    let (busy, log, checkpointed): (i64, i64, i64) = conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .with_context(|| format!("{}: cannot apply WAL index {index:08x}", db.display()))?;
+    // A fresh connection learns the db is in WAL mode (and opens the WAL) only when it first
+    // reads; until then the checkpoint pragma is a no-op.
+    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(()))
+        .with_context(|| format!("{}: cannot read restored database with WAL index {index:08x}", db.display()))?;
+    let checkpoint = |mode: &str| -> Result<(i64, i64, i64)> {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .with_context(|| format!("{}: cannot apply WAL index {index:08x}", db.display()))
+    };
+    // RESTART reports how many frames SQLite found and copied (TRUNCATE reports 0 once the
+    // file is emptied), which proves SQLite used every frame we verified; TRUNCATE then
+    // empties the WAL before the next index replaces it.
+    let (busy, log, checkpointed) = checkpoint("RESTART")?;
+    let (busy_truncate, _, _) = checkpoint("TRUNCATE")?;
+    let busy = busy.max(busy_truncate);
     drop(conn);
     if busy != 0 || log < 0 || log as u64 != staged.frames || checkpointed != log {
         bail!(

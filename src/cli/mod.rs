@@ -33,7 +33,7 @@ The commands are:
 pub fn run(argv: Vec<OsString>) -> Result<i32> {
     let mut argv = argv.into_iter();
     let cmd = argv.next().and_then(|s| s.into_string().ok());
-    let args = Arguments::from_vec(argv.collect());
+    let args = Arguments::from_vec(argv.map(go_style).collect());
     match cmd.as_deref() {
         None | Some("help") | Some("-h") | Some("--help") => {
             eprint!("{USAGE}");
@@ -49,9 +49,35 @@ pub fn run(argv: Vec<OsString>) -> Result<i32> {
     }
 }
 
+/// Go flags are `-name`; pico-args only knows single-letter short flags, so a single-dash long
+/// flag is rewritten to its `--name` form before parsing (values such as `-5` are left alone).
+fn go_style(arg: OsString) -> OsString {
+    let Some(s) = arg.to_str() else { return arg };
+    let name = s.split('=').next().unwrap_or(s);
+    let b = name.as_bytes();
+    let is_long_flag = b.len() > 2
+        && b[0] == b'-'
+        && b[1].is_ascii_alphabetic()
+        && b[2..].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-');
+    if is_long_flag {
+        format!("-{s}").into()
+    } else {
+        arg
+    }
+}
+
+/// The pico-args key for a flag given as `[-name, --name]`.
+fn key(keys: [&'static str; 2]) -> pico_args::Keys {
+    if keys[0].len() == 2 {
+        keys.into()
+    } else {
+        keys[1].into()
+    }
+}
+
 /// The value of `-name`/`--name`, if given.
 pub fn opt_value(args: &mut Arguments, keys: [&'static str; 2]) -> Result<Option<String>> {
-    match args.opt_value_from_str::<_, String>(keys) {
+    match args.opt_value_from_str::<_, String>(key(keys)) {
         Ok(v) => Ok(v),
         Err(e) => bail!("{}: {}", keys[0], e),
     }
@@ -68,7 +94,7 @@ pub fn values(args: &mut Arguments, keys: [&'static str; 2]) -> Result<Vec<Strin
 
 /// True when the boolean flag `-name`/`--name` is present.
 pub fn flag(args: &mut Arguments, keys: [&'static str; 2]) -> bool {
-    args.contains(keys)
+    args.contains(key(keys))
 }
 
 /// True when `-h`/`--help` is present: the command prints its usage and exits 0.
@@ -85,7 +111,8 @@ pub fn positionals(args: Arguments, command: &str) -> Result<Vec<String>> {
             .into_string()
             .map_err(|a| anyhow::anyhow!("{command}: argument is not valid UTF-8: {a:?}"))?;
         if a.starts_with('-') && a.len() > 1 {
-            bail!("{command}: flag provided but not defined: {a} (see `litestream {command} -h`)");
+            let shown = a.strip_prefix('-').filter(|r| r.len() > 2).unwrap_or(&a);
+            bail!("{command}: flag provided but not defined: {shown} (see `litestream {command} -h`)");
         }
         out.push(a);
     }
