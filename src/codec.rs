@@ -52,7 +52,10 @@ pub fn encoder<'a, R: Read + Send + 'a>(
     raw: R,
 ) -> io::Result<Box<dyn Read + Send + 'a>> {
     match compression {
-        Compression::Gzip => Ok(Box::new(GzEncoder::new(raw, flate2::Compression::new(GZIP_LEVEL)))),
+        Compression::Gzip => Ok(Box::new(GzEncoder::new(
+            raw,
+            flate2::Compression::new(GZIP_LEVEL),
+        ))),
         Compression::Lz4 => Err(lz4_unsupported()),
     }
 }
@@ -64,7 +67,9 @@ pub fn decoder<'a, R: Read + Send + 'a>(
     compressed: R,
 ) -> io::Result<Box<dyn Read + Send + 'a>> {
     match compression {
-        Compression::Gzip => Ok(Box::new(MultiGzDecoder::new(io::BufReader::new(compressed)))),
+        Compression::Gzip => Ok(Box::new(MultiGzDecoder::new(io::BufReader::new(
+            compressed,
+        )))),
         Compression::Lz4 => Err(lz4_unsupported()),
     }
 }
@@ -82,22 +87,39 @@ mod tests {
 
     #[test]
     fn gzip_round_trip_streams() {
-        let raw: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let raw: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let mut compressed = Vec::new();
-        encoder(Compression::Gzip, &raw[..]).unwrap().read_to_end(&mut compressed).unwrap();
+        encoder(Compression::Gzip, &raw[..])
+            .unwrap()
+            .read_to_end(&mut compressed)
+            .unwrap();
         assert!(compressed.len() < raw.len());
         let mut back = Vec::new();
-        decoder(Compression::Gzip, &compressed[..]).unwrap().read_to_end(&mut back).unwrap();
+        decoder(Compression::Gzip, &compressed[..])
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, raw);
     }
 
     #[test]
     fn multi_member_gzip_reads_as_one_stream() {
         let mut compressed = Vec::new();
-        encoder(Compression::Gzip, &b"hello "[..]).unwrap().read_to_end(&mut compressed).unwrap();
-        encoder(Compression::Gzip, &b"world"[..]).unwrap().read_to_end(&mut compressed).unwrap();
+        encoder(Compression::Gzip, &b"hello "[..])
+            .unwrap()
+            .read_to_end(&mut compressed)
+            .unwrap();
+        encoder(Compression::Gzip, &b"world"[..])
+            .unwrap()
+            .read_to_end(&mut compressed)
+            .unwrap();
         let mut back = String::new();
-        decoder(Compression::Gzip, &compressed[..]).unwrap().read_to_string(&mut back).unwrap();
+        decoder(Compression::Gzip, &compressed[..])
+            .unwrap()
+            .read_to_string(&mut back)
+            .unwrap();
         assert_eq!(back, "hello world");
     }
 

@@ -47,15 +47,23 @@ impl Daemon {
         for db in &config.dbs {
             let mut list = Vec::new();
             for r in &db.replicas {
-                let c = client::open(r).with_context(|| format!("{}: replica {}", db.path.display(), r.name))?;
+                let c = client::open(r)
+                    .with_context(|| format!("{}: replica {}", db.path.display(), r.name))?;
                 list.push(c);
             }
             clients.push(list);
         }
         let mut dbs = Vec::new();
         for (db_cfg, clients) in config.dbs.iter().zip(clients) {
-            let meta = db_cfg.meta_path.clone().unwrap_or_else(|| default_meta_dir(&db_cfg.path));
-            let shared = Arc::new(DbShared::new(db_cfg.path.clone(), meta, db_cfg.replicas.len()));
+            let meta = db_cfg
+                .meta_path
+                .clone()
+                .unwrap_or_else(|| default_meta_dir(&db_cfg.path));
+            let shared = Arc::new(DbShared::new(
+                db_cfg.path.clone(),
+                meta,
+                db_cfg.replicas.len(),
+            ));
             let mut notices = Vec::new();
             let mut replicas = Vec::new();
             for (slot, (r_cfg, client)) in db_cfg.replicas.iter().zip(clients).enumerate() {
@@ -72,8 +80,16 @@ impl Daemon {
                 // Capacity 1: one pending wake-up says all there is to say.
                 let (ntx, nrx) = bounded(1);
                 let (stx, srx) = bounded(1);
-                let replica = Replica::new(slot, r_cfg.clone(), client, shared.clone(), snapshots.clone());
-                let thread = spawn(format!("replica-{}", r_cfg.name), move || replica.run(nrx, srx))?;
+                let replica = Replica::new(
+                    slot,
+                    r_cfg.clone(),
+                    client,
+                    shared.clone(),
+                    snapshots.clone(),
+                );
+                let thread = spawn(format!("replica-{}", r_cfg.name), move || {
+                    replica.run(nrx, srx)
+                })?;
                 notices.push(ntx);
                 replicas.push((stx, thread));
             }
@@ -87,7 +103,11 @@ impl Daemon {
             }
             let db = Db::new(db_cfg.clone(), shared, notices);
             let thread = spawn("db".into(), move || db.run(stop_rx, wake_rx))?;
-            dbs.push(DbRuntime { stop: stop_tx, thread, replicas });
+            dbs.push(DbRuntime {
+                stop: stop_tx,
+                thread,
+                replicas,
+            });
         }
         Ok(Daemon { dbs })
     }
@@ -126,7 +146,10 @@ pub fn run(config: &Config) -> Result<i32> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
     let daemon = Daemon::start(config)?;
     let first = signals.forever().next();
-    logging::info("signal received, litestream shutting down", &[("signal", &first.unwrap_or(0))]);
+    logging::info(
+        "signal received, litestream shutting down",
+        &[("signal", &first.unwrap_or(0))],
+    );
     let handle = signals.handle();
     std::thread::Builder::new()
         .name("signals".into())

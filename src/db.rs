@@ -107,7 +107,8 @@ impl DbShared {
     fn open_db_file(&self) -> Result<()> {
         let mut slot = lock(&self.db_file);
         if slot.is_none() {
-            let f = File::open(&self.path).with_context(|| format!("{}: cannot open database", self.path.display()))?;
+            let f = File::open(&self.path)
+                .with_context(|| format!("{}: cannot open database", self.path.display()))?;
             *slot = Some(Arc::new(f));
         }
         Ok(())
@@ -123,7 +124,10 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Default metadata directory: `<dir>/.<file>-litestream`.
 pub fn default_meta_dir(db_path: &Path) -> PathBuf {
     let dir = db_path.parent().unwrap_or_else(|| Path::new("/"));
-    let file = db_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let file = db_path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dir.join(format!(".{file}-litestream"))
 }
 
@@ -176,7 +180,9 @@ pub fn checkpoint_decision(
     if cfg.truncate_page_count > 0 && wal_frames >= u64::from(cfg.truncate_page_count) {
         return Some(CheckpointMode::Truncate);
     }
-    if cfg.max_checkpoint_page_count > 0 && shadow_frames >= u64::from(cfg.max_checkpoint_page_count) {
+    if cfg.max_checkpoint_page_count > 0
+        && shadow_frames >= u64::from(cfg.max_checkpoint_page_count)
+    {
         return Some(CheckpointMode::Restart);
     }
     if shadow_frames >= u64::from(cfg.min_checkpoint_page_count) {
@@ -184,7 +190,10 @@ pub fn checkpoint_decision(
     }
     // Counted in the shadow's life, not the file: a restarted WAL keeps its old length, and an
     // idle db must not checkpoint (and upload) again every interval.
-    if !cfg.checkpoint_interval.is_zero() && since_last_checkpoint >= cfg.checkpoint_interval && shadow_frames > 1 {
+    if !cfg.checkpoint_interval.is_zero()
+        && since_last_checkpoint >= cfg.checkpoint_interval
+        && shadow_frames > 1
+    {
         return Some(CheckpointMode::Passive);
     }
     None
@@ -286,9 +295,16 @@ impl Db {
     pub fn tick_logged(&mut self) -> bool {
         let result = self.tick();
         if let Err(err) = &result {
-            logging::error("sync error", &[("db", &self.db_label()), ("error", &format!("{err:#}"))]);
+            logging::error(
+                "sync error",
+                &[("db", &self.db_label()), ("error", &format!("{err:#}"))],
+            );
             // A broken connection is rebuilt from scratch on the next tick.
-            if err.chain().any(|e| e.downcast_ref::<rusqlite::Error>().is_some()) && !self.read_tx_alive() {
+            if err
+                .chain()
+                .any(|e| e.downcast_ref::<rusqlite::Error>().is_some())
+                && !self.read_tx_alive()
+            {
                 self.close();
             }
         }
@@ -307,13 +323,25 @@ impl Db {
         if self.conn.is_none() && !self.init()? {
             return Ok(());
         }
-        if self.shared.new_generation_requested.swap(false, Ordering::SeqCst) {
+        if self
+            .shared
+            .new_generation_requested
+            .swap(false, Ordering::SeqCst)
+        {
             self.new_generation("a replica is ahead of the shadow wal")?;
         }
         self.sync()?;
-        let shadow = self.shadow.as_ref().ok_or_else(|| anyhow!("no shadow wal after sync"))?;
+        let shadow = self
+            .shadow
+            .as_ref()
+            .ok_or_else(|| anyhow!("no shadow wal after sync"))?;
         let wal_frames = wal_frames(&wal_path(&self.shared.path), shadow.header.frame_size());
-        let mut mode = checkpoint_decision(&self.cfg, wal_frames, shadow.frames(), self.last_checkpoint.elapsed());
+        let mut mode = checkpoint_decision(
+            &self.cfg,
+            wal_frames,
+            shadow.frames(),
+            self.last_checkpoint.elapsed(),
+        );
         if mode == Some(CheckpointMode::Restart) {
             if let Some(until) = self.restart_backoff_until {
                 if Instant::now() < until {
@@ -334,12 +362,16 @@ impl Db {
         let path = self.shared.path.clone();
         if !path.exists() {
             if !self.waiting_logged {
-                logging::info("waiting for database file to be created", &[("db", &self.db_label())]);
+                logging::info(
+                    "waiting for database file to be created",
+                    &[("db", &self.db_label())],
+                );
                 self.waiting_logged = true;
             }
             return Ok(false);
         }
-        let meta = fs::metadata(&path).with_context(|| format!("{}: cannot stat database", path.display()))?;
+        let meta = fs::metadata(&path)
+            .with_context(|| format!("{}: cannot stat database", path.display()))?;
         *lock(&self.shared.file_mode) = meta.permissions().mode() & 0o7777;
 
         self.shared.open_db_file()?;
@@ -378,7 +410,9 @@ impl Db {
         let generation = match fs::read_to_string(meta_dir.join("generation")) {
             Ok(s) if position::is_generation(s.trim()) => s.trim().to_string(),
             Ok(_) => return Ok(Err("invalid generation file".into())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err("no generation".into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Err("no generation".into()))
+            }
             Err(e) => return Err(e).context("cannot read generation file"),
         };
         let Some(index) = highest_shadow_index(&shadow_wal_dir(meta_dir, &generation))? else {
@@ -440,11 +474,15 @@ impl Db {
     /// `Some(reason)` when the shadow no longer follows the WAL; `Some(RESTART)` for a WAL
     /// restart whose old life we can finish.
     fn verify(&mut self) -> Result<Option<String>> {
-        let Some(shadow) = &self.shadow else { return Ok(Some("no generation".into())) };
+        let Some(shadow) = &self.shadow else {
+            return Ok(Some("no generation".into()));
+        };
         if shadow.index >= MAX_INDEX {
             return Ok(Some("max index exceeded".into()));
         }
-        let path = self.shared.shadow_wal_path(&shadow.generation, shadow.index);
+        let path = self
+            .shared
+            .shadow_wal_path(&shadow.generation, shadow.index);
         let shadow_len = match fs::metadata(&path) {
             Ok(m) => m.len(),
             Err(_) => return Ok(Some("no shadow wal".into())),
@@ -468,7 +506,9 @@ impl Db {
         }
         if restarted {
             if !self.clean_read_tx {
-                return Ok(Some("wal restarted by another process before it was copied".into()));
+                return Ok(Some(
+                    "wal restarted by another process before it was copied".into(),
+                ));
             }
             return Ok(Some(RESTART.into()));
         }
@@ -486,7 +526,10 @@ impl Db {
     /// Starts shadow index + 1 from the real WAL's current header.
     fn start_next_index(&mut self) -> Result<()> {
         let (generation, index) = {
-            let s = self.shadow.as_ref().ok_or_else(|| anyhow!("no shadow wal"))?;
+            let s = self
+                .shadow
+                .as_ref()
+                .ok_or_else(|| anyhow!("no shadow wal"))?;
             (s.generation.clone(), s.index)
         };
         if index + 1 >= MAX_INDEX {
@@ -509,8 +552,10 @@ impl Db {
         create_dir_all_like(&dir, &self.shared.meta_dir)?;
         let path = shadow_wal_path(&self.shared.meta_dir, generation, index);
         let mut f = create_file(&path, self.shared.file_mode())?;
-        f.write_all(&hdr_bytes).with_context(|| format!("{}: cannot write shadow wal", path.display()))?;
-        f.sync_all().with_context(|| format!("{}: cannot fsync shadow wal", path.display()))?;
+        f.write_all(&hdr_bytes)
+            .with_context(|| format!("{}: cannot write shadow wal", path.display()))?;
+        f.sync_all()
+            .with_context(|| format!("{}: cannot fsync shadow wal", path.display()))?;
         fsync_dir(&dir)?;
         Ok(Shadow {
             generation: generation.to_string(),
@@ -536,11 +581,19 @@ impl Db {
         // the replicas take will be replayed with it.
         self.clean_read_tx = true;
         self.copy_to_shadow()?;
-        write_atomic(&self.shared.meta_dir.join("generation"), format!("{generation}\n").as_bytes(), self.shared.file_mode())?;
+        write_atomic(
+            &self.shared.meta_dir.join("generation"),
+            format!("{generation}\n").as_bytes(),
+            self.shared.file_mode(),
+        )?;
         remove_other_generations(&self.shared.meta_dir, &generation);
         logging::info(
             "new generation",
-            &[("db", &self.db_label()), ("generation", &generation), ("reason", &reason)],
+            &[
+                ("db", &self.db_label()),
+                ("generation", &generation),
+                ("reason", &reason),
+            ],
         );
         self.publish();
         Ok(())
@@ -553,10 +606,16 @@ impl Db {
     fn copy_to_shadow(&mut self) -> Result<bool> {
         let wal = wal_path(&self.shared.path);
         let shadow_path = {
-            let s = self.shadow.as_ref().ok_or_else(|| anyhow!("no shadow wal"))?;
+            let s = self
+                .shadow
+                .as_ref()
+                .ok_or_else(|| anyhow!("no shadow wal"))?;
             self.shared.shadow_wal_path(&s.generation, s.index)
         };
-        let shadow = self.shadow.as_mut().ok_or_else(|| anyhow!("no shadow wal"))?;
+        let shadow = self
+            .shadow
+            .as_mut()
+            .ok_or_else(|| anyhow!("no shadow wal"))?;
         let frame_size = shadow.header.frame_size();
         let mut frame = vec![0u8; frame_size];
 
@@ -566,7 +625,8 @@ impl Db {
             _ => (shadow.size, shadow.chain),
         };
         let mut committed: Option<(u64, (u32, u32))> = None;
-        let mut wal_file = File::open(&wal).with_context(|| format!("{}: cannot open wal", wal.display()))?;
+        let mut wal_file =
+            File::open(&wal).with_context(|| format!("{}: cannot open wal", wal.display()))?;
         for attempt in 0..2 {
             wal_file.seek(SeekFrom::Start(scan_off))?;
             let mut r = BufReader::with_capacity(COPY_BUFFER, &mut wal_file);
@@ -574,7 +634,9 @@ impl Db {
             let mut off = scan_off;
             let mut progressed = false;
             while read_full(&mut r, &mut frame)? {
-                let Some(fh) = verifier.check(&frame) else { break };
+                let Some(fh) = verifier.check(&frame) else {
+                    break;
+                };
                 off += frame_size as u64;
                 progressed = true;
                 if fh.is_commit() {
@@ -591,7 +653,9 @@ impl Db {
             shadow.scan = Some((off, verifier.chain()));
             break;
         }
-        let Some((end, _)) = committed else { return Ok(false) };
+        let Some((end, _)) = committed else {
+            return Ok(false);
+        };
         if end <= shadow.size {
             return Ok(false);
         }
@@ -613,19 +677,29 @@ impl Db {
             if !read_full(&mut r, &mut frame)? {
                 break;
             }
-            let Some(fh) = verifier.check(&frame) else { break };
-            w.write_all(&frame).with_context(|| format!("{}: cannot write shadow wal", shadow_path.display()))?;
+            let Some(fh) = verifier.check(&frame) else {
+                break;
+            };
+            w.write_all(&frame)
+                .with_context(|| format!("{}: cannot write shadow wal", shadow_path.display()))?;
             off += frame_size as u64;
             if fh.is_commit() {
                 last_commit = off;
                 last_chain = verifier.chain();
             }
         }
-        let out = w.into_inner().map_err(|e| anyhow!("{}: cannot write shadow wal: {}", shadow_path.display(), e.error()))?;
+        let out = w.into_inner().map_err(|e| {
+            anyhow!(
+                "{}: cannot write shadow wal: {}",
+                shadow_path.display(),
+                e.error()
+            )
+        })?;
         if off > last_commit {
             out.set_len(last_commit)?;
         }
-        out.sync_data().with_context(|| format!("{}: cannot fsync shadow wal", shadow_path.display()))?;
+        out.sync_data()
+            .with_context(|| format!("{}: cannot fsync shadow wal", shadow_path.display()))?;
         let grew = last_commit > shadow.size;
         shadow.size = last_commit;
         shadow.chain = last_chain;
@@ -725,7 +799,8 @@ impl Db {
             Ok(())
         })();
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        conn.execute_batch("ROLLBACK").context("cannot release the write lock")?;
+        conn.execute_batch("ROLLBACK")
+            .context("cannot release the write lock")?;
         self.in_read_tx = false;
         self.begin_read_tx()?;
         outcome?;
@@ -748,13 +823,22 @@ impl Db {
             // RESTART waits for readers; keep application writers from starving behind it.
             conn.busy_timeout(Duration::from_millis(100))?;
         }
-        let result = conn.query_row(&format!("PRAGMA wal_checkpoint({pragma_mode})"), [], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-        });
+        let result = conn.query_row(
+            &format!("PRAGMA wal_checkpoint({pragma_mode})"),
+            [],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            },
+        );
         if mode == CheckpointMode::Restart {
             conn.busy_timeout(self.cfg.busy_timeout)?;
         }
-        let (busy, log, checkpointed) = result.with_context(|| format!("checkpoint {} failed", mode.name()))?;
+        let (busy, log, checkpointed) =
+            result.with_context(|| format!("checkpoint {} failed", mode.name()))?;
         Ok((busy != 0, log, checkpointed))
     }
 
@@ -797,7 +881,8 @@ impl Db {
             return Ok(());
         }
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        conn.execute_batch("BEGIN").context("cannot begin read transaction")?;
+        conn.execute_batch("BEGIN")
+            .context("cannot begin read transaction")?;
         if let Err(e) = conn.query_row("SELECT COUNT(1) FROM _litestream_seq", [], |_| Ok(())) {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(e).context("cannot acquire read lock");
@@ -814,14 +899,17 @@ impl Db {
         self.in_read_tx = false;
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
         if !conn.is_autocommit() {
-            conn.execute_batch("ROLLBACK").context("cannot release read lock")?;
+            conn.execute_batch("ROLLBACK")
+                .context("cannot release read lock")?;
         }
         Ok(())
     }
 
     /// Deletes shadow files every replica has uploaded (keeping one extra index).
     fn clean_up_shadow(&mut self) -> Result<()> {
-        let Some(shadow) = &self.shadow else { return Ok(()) };
+        let Some(shadow) = &self.shadow else {
+            return Ok(());
+        };
         let positions = lock(&self.shared.replica_positions).clone();
         let mut min = shadow.index;
         for p in &positions {
@@ -833,11 +921,18 @@ impl Db {
         }
         let keep_from = min.saturating_sub(1);
         let dir = shadow_wal_dir(&self.shared.meta_dir, &shadow.generation);
-        let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(());
+        };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let Some(idx) = name.strip_suffix(".wal").and_then(|s| u32::from_str_radix(s, 16).ok()) else { continue };
+            let Some(idx) = name
+                .strip_suffix(".wal")
+                .and_then(|s| u32::from_str_radix(s, 16).ok())
+            else {
+                continue;
+            };
             if idx < keep_from {
                 let _ = fs::remove_file(entry.path());
             }
@@ -859,19 +954,27 @@ const RESTART: &str = "restart";
 fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
     )
     .with_context(|| format!("{}: cannot open database", path.display()))?;
     conn.busy_timeout(busy_timeout)?;
     // The -wal must outlive our connection so a restart can resume from it.
     let mut persist: std::ffi::c_int = 1;
-    conn.file_control(Some(rusqlite::MAIN_DB), rusqlite::FileControl::PersistWal(&mut persist))
-        .context("cannot set SQLITE_FCNTL_PERSIST_WAL")?;
+    conn.file_control(
+        Some(rusqlite::MAIN_DB),
+        rusqlite::FileControl::PersistWal(&mut persist),
+    )
+    .context("cannot set SQLITE_FCNTL_PERSIST_WAL")?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))
         .with_context(|| format!("{}: cannot enable WAL mode", path.display()))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        bail!("{}: journal_mode is {mode}, not wal (is another process holding it in rollback mode?)", path.display());
+        bail!(
+            "{}: journal_mode is {mode}, not wal (is another process holding it in rollback mode?)",
+            path.display()
+        );
     }
     conn.execute_batch(
         "PRAGMA wal_autocheckpoint = 0;
@@ -902,7 +1005,13 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
 fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let f = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    f.read_exact_at(buf, offset).with_context(|| format!("{}: cannot read {} bytes at {offset}", path.display(), buf.len()))
+    f.read_exact_at(buf, offset).with_context(|| {
+        format!(
+            "{}: cannot read {} bytes at {offset}",
+            path.display(),
+            buf.len()
+        )
+    })
 }
 
 fn read_header(wal: &Path) -> Result<Option<[u8; WAL_HEADER_SIZE]>> {
@@ -940,11 +1049,17 @@ fn last_frame_matches(shadow_path: &Path, wal: &Path, shadow: &Shadow) -> Result
 
 /// Loads a shadow file: its header, its committed frame-aligned length (a torn or
 /// uncommitted tail from a crash is cut off) and the checksum chain there.
-fn load_shadow(path: &Path, generation: String, index: u32) -> Result<std::result::Result<Shadow, String>> {
+fn load_shadow(
+    path: &Path,
+    generation: String,
+    index: u32,
+) -> Result<std::result::Result<Shadow, String>> {
     let mut f = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err("no shadow wal".into())),
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot open shadow wal", path.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("{}: cannot open shadow wal", path.display()))
+        }
     };
     let mut hdr_bytes = [0u8; WAL_HEADER_SIZE];
     if !read_full(&mut f, &mut hdr_bytes)? {
@@ -961,7 +1076,9 @@ fn load_shadow(path: &Path, generation: String, index: u32) -> Result<std::resul
     let mut off = WAL_HEADER_SIZE as u64;
     let mut committed = (off, verifier.chain());
     while read_full(&mut r, &mut frame)? {
-        let Some(fh) = verifier.check(&frame) else { break };
+        let Some(fh) = verifier.check(&frame) else {
+            break;
+        };
         off += frame_size as u64;
         if fh.is_commit() {
             committed = (off, verifier.chain());
@@ -994,7 +1111,11 @@ fn highest_shadow_index(dir: &Path) -> Result<Option<u32>> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if let Some(idx) = name.strip_suffix(".wal").filter(|s| s.len() == 8).and_then(|s| u32::from_str_radix(s, 16).ok()) {
+        if let Some(idx) = name
+            .strip_suffix(".wal")
+            .filter(|s| s.len() == 8)
+            .and_then(|s| u32::from_str_radix(s, 16).ok())
+        {
             max = max.max(Some(idx));
         }
     }
@@ -1002,7 +1123,9 @@ fn highest_shadow_index(dir: &Path) -> Result<Option<u32>> {
 }
 
 fn remove_other_generations(meta_dir: &Path, keep: &str) {
-    let Ok(entries) = fs::read_dir(meta_dir.join("generations")) else { return };
+    let Ok(entries) = fs::read_dir(meta_dir.join("generations")) else {
+        return;
+    };
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy() != keep {
             let _ = fs::remove_dir_all(entry.path());
@@ -1012,7 +1135,9 @@ fn remove_other_generations(meta_dir: &Path, keep: &str) {
 
 /// Removes `*.tmp` files left by a crash (SPEC §3).
 fn remove_tmp_files(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         match entry.file_type() {
@@ -1043,10 +1168,13 @@ pub fn create_file(path: &Path, mode: u32) -> Result<File> {
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = create_file(&tmp, mode)?;
-    f.write_all(data).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    f.sync_all().with_context(|| format!("{}: cannot fsync", tmp.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("{}: cannot fsync", tmp.display()))?;
     drop(f);
-    fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
     if let Some(dir) = path.parent() {
         fsync_dir(dir)?;
     }
@@ -1069,14 +1197,17 @@ fn create_dir_all_like(dir: &Path, template: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    let meta = fs::metadata(template).with_context(|| format!("{}: cannot stat", template.display()))?;
+    let meta =
+        fs::metadata(template).with_context(|| format!("{}: cannot stat", template.display()))?;
     if let Some(parent) = dir.parent() {
         create_dir_all_like(parent, template)?;
     }
     match fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot create directory", dir.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("{}: cannot create directory", dir.display()))
+        }
     }
     let _ = fs::set_permissions(dir, fs::Permissions::from_mode(meta.mode() & 0o7777));
     if unsafe { libc::geteuid() } == 0 {
@@ -1098,22 +1229,43 @@ mod tests {
     fn checkpoint_policy_first_match_wins() {
         let c = cfg();
         let minute = Duration::from_secs(60);
-        assert_eq!(checkpoint_decision(&c, 121_359, 10, Duration::ZERO), Some(CheckpointMode::Truncate));
-        assert_eq!(checkpoint_decision(&c, 10_000, 10_000, Duration::ZERO), Some(CheckpointMode::Restart));
-        assert_eq!(checkpoint_decision(&c, 1000, 1000, Duration::ZERO), Some(CheckpointMode::Passive));
+        assert_eq!(
+            checkpoint_decision(&c, 121_359, 10, Duration::ZERO),
+            Some(CheckpointMode::Truncate)
+        );
+        assert_eq!(
+            checkpoint_decision(&c, 10_000, 10_000, Duration::ZERO),
+            Some(CheckpointMode::Restart)
+        );
+        assert_eq!(
+            checkpoint_decision(&c, 1000, 1000, Duration::ZERO),
+            Some(CheckpointMode::Passive)
+        );
         assert_eq!(checkpoint_decision(&c, 5, 5, Duration::ZERO), None);
-        assert_eq!(checkpoint_decision(&c, 5, 5, minute), Some(CheckpointMode::Passive));
+        assert_eq!(
+            checkpoint_decision(&c, 5, 5, minute),
+            Some(CheckpointMode::Passive)
+        );
         assert_eq!(checkpoint_decision(&c, 1, 1, minute), None);
         assert_eq!(checkpoint_decision(&c, 500, 1, minute), None);
         let mut never = cfg();
         never.max_checkpoint_page_count = 0;
-        assert_eq!(checkpoint_decision(&never, 20_000, 20_000, Duration::ZERO), Some(CheckpointMode::Passive));
+        assert_eq!(
+            checkpoint_decision(&never, 20_000, 20_000, Duration::ZERO),
+            Some(CheckpointMode::Passive)
+        );
     }
 
     #[test]
     fn meta_paths() {
-        assert_eq!(default_meta_dir(Path::new("/var/lib/app.db")), PathBuf::from("/var/lib/.app.db-litestream"));
-        assert_eq!(wal_path(Path::new("/var/lib/app.db")), PathBuf::from("/var/lib/app.db-wal"));
+        assert_eq!(
+            default_meta_dir(Path::new("/var/lib/app.db")),
+            PathBuf::from("/var/lib/.app.db-litestream")
+        );
+        assert_eq!(
+            wal_path(Path::new("/var/lib/app.db")),
+            PathBuf::from("/var/lib/app.db-wal")
+        );
         assert_eq!(
             shadow_wal_path(Path::new("/m"), "0123456789abcdef", 10),
             PathBuf::from("/m/generations/0123456789abcdef/wal/0000000a.wal")

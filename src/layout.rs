@@ -33,11 +33,24 @@ pub fn wal_segment_name(index: u32, offset: u64, compression: Compression) -> St
 }
 
 pub fn snapshot_key(generation: &str, index: u32, compression: Compression) -> String {
-    format!("{}/{}", snapshots_dir(generation), snapshot_name(index, compression))
+    format!(
+        "{}/{}",
+        snapshots_dir(generation),
+        snapshot_name(index, compression)
+    )
 }
 
-pub fn wal_segment_key(generation: &str, index: u32, offset: u64, compression: Compression) -> String {
-    format!("{}/{}", wal_dir(generation), wal_segment_name(index, offset, compression))
+pub fn wal_segment_key(
+    generation: &str,
+    index: u32,
+    offset: u64,
+    compression: Compression,
+) -> String {
+    format!(
+        "{}/{}",
+        wal_dir(generation),
+        wal_segment_name(index, offset, compression)
+    )
 }
 
 /// Parses a hex field of at least 8 lowercase hex digits.
@@ -45,7 +58,10 @@ fn parse_hex(s: &str, max_len: usize) -> Option<u64> {
     if s.len() < 8 || s.len() > max_len {
         return None;
     }
-    if !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     u64::from_str_radix(s, 16).ok()
@@ -82,10 +98,22 @@ mod tests {
     #[test]
     fn names_round_trip() {
         assert_eq!(snapshot_name(3, Compression::Gzip), "00000003.snapshot.gz");
-        assert_eq!(wal_segment_name(0x1a, 4152, Compression::Gzip), "0000001a_00001038.wal.gz");
-        assert_eq!(wal_segment_name(1, 0, Compression::Lz4), "00000001_00000000.wal.lz4");
-        assert_eq!(parse_snapshot_name("00000003.snapshot.gz"), Some((3, Compression::Gzip)));
-        assert_eq!(parse_snapshot_name("00000001.snapshot.lz4"), Some((1, Compression::Lz4)));
+        assert_eq!(
+            wal_segment_name(0x1a, 4152, Compression::Gzip),
+            "0000001a_00001038.wal.gz"
+        );
+        assert_eq!(
+            wal_segment_name(1, 0, Compression::Lz4),
+            "00000001_00000000.wal.lz4"
+        );
+        assert_eq!(
+            parse_snapshot_name("00000003.snapshot.gz"),
+            Some((3, Compression::Gzip))
+        );
+        assert_eq!(
+            parse_snapshot_name("00000001.snapshot.lz4"),
+            Some((1, Compression::Lz4))
+        );
         assert_eq!(
             parse_wal_segment_name("0000001a_00001038.wal.gz"),
             Some((0x1a, 4152, Compression::Gzip))

@@ -93,11 +93,19 @@ pub fn format_line(
             json_string(msg)
         ));
         for (k, v) in fields {
-            out.push_str(&format!(",{}:{}", json_string(k), json_string(&v.to_string())));
+            out.push_str(&format!(
+                ",{}:{}",
+                json_string(k),
+                json_string(&v.to_string())
+            ));
         }
         out.push_str("}\n");
     } else {
-        out.push_str(&format!("time={ts} level={} msg={}", level_name(level), text_value(msg)));
+        out.push_str(&format!(
+            "time={ts} level={} msg={}",
+            level_name(level),
+            text_value(msg)
+        ));
         for (k, v) in fields {
             out.push_str(&format!(" {k}={}", text_value(&v.to_string())));
         }
@@ -107,7 +115,11 @@ pub fn format_line(
 }
 
 fn text_value(s: &str) -> String {
-    if !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c == '"' || c == '=' || c.is_control()) {
+    if !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '=' || c.is_control())
+    {
         s.to_string()
     } else {
         json_string(s)
@@ -140,7 +152,13 @@ mod tests {
     #[test]
     fn text_line() {
         let t = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
-        let line = format_line(t, LogLevel::Info, "new generation", &[("db", &"/tmp/a b.db"), ("reason", &"no generation")], false);
+        let line = format_line(
+            t,
+            LogLevel::Info,
+            "new generation",
+            &[("db", &"/tmp/a b.db"), ("reason", &"no generation")],
+            false,
+        );
         assert_eq!(
             line,
             "time=2020-09-13T12:26:40.000Z level=INFO msg=\"new generation\" db=\"/tmp/a b.db\" reason=\"no generation\"\n"

@@ -23,7 +23,11 @@ pub struct Position {
 
 impl Position {
     pub fn new(generation: impl Into<String>, index: u32, offset: u64) -> Self {
-        Position { generation: generation.into(), index, offset }
+        Position {
+            generation: generation.into(),
+            index,
+            offset,
+        }
     }
 }
 
@@ -44,7 +48,9 @@ impl fmt::Display for Position {
 
 /// True when `s` is a well-formed generation id (16 lowercase hex chars).
 pub fn is_generation(s: &str) -> bool {
-    s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 16
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A fresh generation id from 8 bytes of the OS random source.

@@ -8,8 +8,8 @@
 //! never waits for it.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,7 +36,10 @@ pub struct Semaphore {
 
 impl Semaphore {
     pub fn new(n: usize) -> Self {
-        Semaphore { free: Mutex::new(n.max(1)), cv: Condvar::new() }
+        Semaphore {
+            free: Mutex::new(n.max(1)),
+            cv: Condvar::new(),
+        }
     }
 
     pub fn acquire(&self) -> Permit<'_> {
@@ -80,7 +83,16 @@ impl Replica {
         db: Arc<DbShared>,
         snapshots: Arc<Semaphore>,
     ) -> Self {
-        Replica { slot, cfg, client, db, snapshots, pos: None, has_snapshot: false, last_upload: None }
+        Replica {
+            slot,
+            cfg,
+            client,
+            db,
+            snapshots,
+            pos: None,
+            has_snapshot: false,
+            last_upload: None,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -131,7 +143,11 @@ impl Replica {
                 }
                 continue;
             }
-            let wait = if dirty { due.saturating_duration_since(now) } else { Duration::from_secs(3600) };
+            let wait = if dirty {
+                due.saturating_duration_since(now)
+            } else {
+                Duration::from_secs(3600)
+            };
             crossbeam_channel::select! {
                 recv(notices) -> msg => match msg {
                     Ok(_) => dirty = true,
@@ -162,8 +178,16 @@ impl Replica {
                     backoff = next_backoff(backoff);
                     let give_up = Instant::now() + backoff >= deadline;
                     logging::error(
-                        if give_up { "replica not fully synced at shutdown" } else { "replica sync error" },
-                        &[("db", &self.db_label()), ("replica", &self.cfg.name), ("error", &format!("{err:#}"))],
+                        if give_up {
+                            "replica not fully synced at shutdown"
+                        } else {
+                            "replica sync error"
+                        },
+                        &[
+                            ("db", &self.db_label()),
+                            ("replica", &self.cfg.name),
+                            ("error", &format!("{err:#}")),
+                        ],
                     );
                     if give_up {
                         return;
@@ -176,7 +200,9 @@ impl Replica {
 
     /// Brings the store up to the shadow's current position.
     pub fn sync(&mut self) -> Result<()> {
-        let Some(target) = self.db.position() else { return Ok(()) };
+        let Some(target) = self.db.position() else {
+            return Ok(());
+        };
         if self.pos.as_ref().map(|p| &p.generation) != Some(&target.generation) {
             self.discover(&target)?;
         }
@@ -200,9 +226,17 @@ impl Replica {
         let pos = match (segments.last(), last_snapshot) {
             (Some(seg), snap) if snap.is_none_or(|s| s <= seg.index) => {
                 let mut r = codec::decoder(seg.compression, self.client.open_wal_segment(seg)?)?;
-                let len = io::copy(&mut r, &mut io::sink())
-                    .with_context(|| format!("cannot read wal segment {:08x}_{:08x}", seg.index, seg.offset))?;
-                Some(Position::new(generation.clone(), seg.index, seg.offset + len))
+                let len = io::copy(&mut r, &mut io::sink()).with_context(|| {
+                    format!(
+                        "cannot read wal segment {:08x}_{:08x}",
+                        seg.index, seg.offset
+                    )
+                })?;
+                Some(Position::new(
+                    generation.clone(),
+                    seg.index,
+                    seg.offset + len,
+                ))
             }
             (_, Some(s)) => Some(Position::new(generation.clone(), s, 0)),
             (_, None) => None,
@@ -212,7 +246,10 @@ impl Replica {
                 // The store holds data the shadow does not: continuing would interleave two
                 // histories. Only a new generation is safe.
                 self.db.request_new_generation();
-                bail!("replica {} is ahead of the local shadow wal ({p} > {target})", self.cfg.name);
+                bail!(
+                    "replica {} is ahead of the local shadow wal ({p} > {target})",
+                    self.cfg.name
+                );
             }
             if !self.db.shadow_wal_path(generation, p.index).exists() {
                 // The shadow that would continue this position is gone: a new snapshot covers it.
@@ -222,7 +259,11 @@ impl Replica {
             }
             logging::info(
                 "replica resumed",
-                &[("db", &self.db_label()), ("replica", &self.cfg.name), ("position", p)],
+                &[
+                    ("db", &self.db_label()),
+                    ("replica", &self.cfg.name),
+                    ("position", p),
+                ],
             );
         }
         self.pos = pos;
@@ -241,7 +282,10 @@ impl Replica {
         let _permit = semaphore.acquire();
         // Our own checkpoints would change the db file under the read below.
         let _guard = db.checkpoint_lock.read().unwrap_or_else(|e| e.into_inner());
-        let target = self.db.position().ok_or_else(|| anyhow!("database not initialised"))?;
+        let target = self
+            .db
+            .position()
+            .ok_or_else(|| anyhow!("database not initialised"))?;
         let generation = target.generation.clone();
         match &self.pos {
             Some(p) if p.generation == generation && p.index == target.index => {}
@@ -250,12 +294,20 @@ impl Replica {
         self.upload_until(&target)?;
 
         let started = Instant::now();
-        let file = self.db.db_file().ok_or_else(|| anyhow!("database file not open yet"))?;
+        let file = self
+            .db
+            .db_file()
+            .ok_or_else(|| anyhow!("database file not open yet"))?;
         let mut data = codec::encoder(self.cfg.compression, PositionalReader { file, offset: 0 })?;
         let info = self
             .client
             .write_snapshot(&generation, target.index, self.cfg.compression, &mut data)
-            .with_context(|| format!("replica {}: cannot write snapshot {generation}/{:08x}", self.cfg.name, target.index))?;
+            .with_context(|| {
+                format!(
+                    "replica {}: cannot write snapshot {generation}/{:08x}",
+                    self.cfg.name, target.index
+                )
+            })?;
         self.has_snapshot = true;
         self.db.set_replica_position(self.slot, self.pos.clone());
         logging::info(
@@ -275,11 +327,16 @@ impl Replica {
     /// Uploads one segment per index from the replica's position up to `target`.
     fn upload_until(&mut self, target: &Position) -> Result<()> {
         loop {
-            let pos = self.pos.clone().ok_or_else(|| anyhow!("replica position unknown"))?;
+            let pos = self
+                .pos
+                .clone()
+                .ok_or_else(|| anyhow!("replica position unknown"))?;
             if pos.generation != target.generation {
                 bail!("generation changed");
             }
-            if pos.index > target.index || (pos.index == target.index && pos.offset >= target.offset) {
+            if pos.index > target.index
+                || (pos.index == target.index && pos.offset >= target.offset)
+            {
                 return Ok(());
             }
             let path = self.db.shadow_wal_path(&pos.generation, pos.index);
@@ -290,9 +347,14 @@ impl Replica {
                         // The index was cleaned up locally before we uploaded it: the chain in
                         // the store cannot continue, so start again from a new snapshot.
                         self.has_snapshot = false;
-                        bail!("shadow wal {} is gone; a new snapshot will be taken", path.display());
+                        bail!(
+                            "shadow wal {} is gone; a new snapshot will be taken",
+                            path.display()
+                        );
                     }
-                    Err(e) => return Err(e).with_context(|| format!("{}: cannot stat", path.display())),
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("{}: cannot stat", path.display()))
+                    }
                 }
             } else {
                 target.offset
@@ -319,15 +381,25 @@ impl Replica {
     fn upload_segment(&mut self, pos: &Position, end: u64) -> Result<()> {
         let started = Instant::now();
         let path = self.db.shadow_wal_path(&pos.generation, pos.index);
-        let mut f = File::open(&path).with_context(|| format!("{}: cannot open shadow wal", path.display()))?;
+        let mut f = File::open(&path)
+            .with_context(|| format!("{}: cannot open shadow wal", path.display()))?;
         f.seek(SeekFrom::Start(pos.offset))?;
         let raw = f.take(end - pos.offset);
         let mut data = codec::encoder(self.cfg.compression, raw)?;
         let info = self
             .client
-            .write_wal_segment(&pos.generation, pos.index, pos.offset, self.cfg.compression, &mut data)
+            .write_wal_segment(
+                &pos.generation,
+                pos.index,
+                pos.offset,
+                self.cfg.compression,
+                &mut data,
+            )
             .with_context(|| {
-                format!("replica {}: cannot write wal segment {:08x}_{:08x}", self.cfg.name, pos.index, pos.offset)
+                format!(
+                    "replica {}: cannot write wal segment {:08x}_{:08x}",
+                    self.cfg.name, pos.index, pos.offset
+                )
             })?;
         self.last_upload = Some(Instant::now());
         if logging::enabled(crate::config::LogLevel::Debug) {
@@ -364,8 +436,15 @@ impl Read for PositionalReader {
 }
 
 fn next_backoff(prev: Duration) -> Duration {
-    let base = if prev.is_zero() { Duration::from_secs(1) } else { (prev * 2).min(MAX_BACKOFF) };
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let base = if prev.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        (prev * 2).min(MAX_BACKOFF)
+    };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let jitter = f64::from(nanos % 1000) / 1000.0 * 0.5 - 0.25;
     base.mul_f64(1.0 + jitter).min(MAX_BACKOFF)
 }

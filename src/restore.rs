@@ -88,7 +88,10 @@ pub struct Plan {
 impl Plan {
     /// The last index applied (the snapshot's when no WAL follows it).
     pub fn last_index(&self) -> u32 {
-        self.indexes.last().map(|(i, _)| *i).unwrap_or(self.snapshot.index)
+        self.indexes
+            .last()
+            .map(|(i, _)| *i)
+            .unwrap_or(self.snapshot.index)
     }
 }
 
@@ -103,14 +106,22 @@ impl Plan {
 pub fn choose(listings: &[GenerationListing], opts: &Options) -> Result<Option<Plan>> {
     let mut best: Option<(&GenerationListing, &SnapshotInfo, SystemTime)> = None;
     for g in listings {
-        if opts.generation.as_deref().is_some_and(|want| want != g.generation) {
+        if opts
+            .generation
+            .as_deref()
+            .is_some_and(|want| want != g.generation)
+        {
             continue;
         }
-        let Some((start, end)) = g.bounds() else { continue };
+        let Some((start, end)) = g.bounds() else {
+            continue;
+        };
         if opts.timestamp.is_some_and(|t| start > t) {
             continue;
         }
-        let Some(snapshot) = pick_snapshot(&g.snapshots, opts) else { continue };
+        let Some(snapshot) = pick_snapshot(&g.snapshots, opts) else {
+            continue;
+        };
         let better = match &best {
             None => true,
             Some((b, _, b_end)) => {
@@ -122,7 +133,9 @@ pub fn choose(listings: &[GenerationListing], opts: &Options) -> Result<Option<P
             best = Some((g, snapshot, end));
         }
     }
-    let Some((g, snapshot, _)) = best else { return Ok(None) };
+    let Some((g, snapshot, _)) = best else {
+        return Ok(None);
+    };
 
     let mut by_index: BTreeMap<u32, Vec<WalSegmentInfo>> = BTreeMap::new();
     for s in &g.segments {
@@ -181,14 +194,28 @@ pub fn list(sources: &[Source], opts: &Options) -> Result<Vec<GenerationListing>
             continue;
         }
         let ctx = |what: &str| format!("replica {}: cannot list {what}", src.name);
-        let generations = src.client.generations().with_context(|| ctx("generations"))?;
+        let generations = src
+            .client
+            .generations()
+            .with_context(|| ctx("generations"))?;
         for generation in generations {
             if opts.generation.as_deref().is_some_and(|g| g != generation) {
                 continue;
             }
-            let snapshots = src.client.snapshots(&generation).with_context(|| ctx("snapshots"))?;
-            let segments = src.client.wal_segments(&generation).with_context(|| ctx("WAL segments"))?;
-            out.push(GenerationListing { replica: i, generation, snapshots, segments });
+            let snapshots = src
+                .client
+                .snapshots(&generation)
+                .with_context(|| ctx("snapshots"))?;
+            let segments = src
+                .client
+                .wal_segments(&generation)
+                .with_context(|| ctx("WAL segments"))?;
+            out.push(GenerationListing {
+                replica: i,
+                generation,
+                snapshots,
+                segments,
+            });
         }
     }
     Ok(out)
@@ -250,7 +277,10 @@ impl TempPaths {
 /// Refuses an output that exists, or that SQLite would combine with a leftover `-wal`.
 pub fn check_output(out: &Path) -> Result<()> {
     if fs::symlink_metadata(out).is_ok() {
-        bail!("cannot restore, output path already exists: {}", out.display());
+        bail!(
+            "cannot restore, output path already exists: {}",
+            out.display()
+        );
     }
     for suffix in ["-wal", "-shm"] {
         let mut p = out.as_os_str().to_owned();
@@ -267,9 +297,15 @@ pub fn check_output(out: &Path) -> Result<()> {
 }
 
 /// Builds the database of `plan` at `out`. On error nothing is left at `out` or beside it.
-pub fn apply(client: &Arc<dyn ReplicaClient>, plan: &Plan, out: &Path, parallelism: usize) -> Result<()> {
+pub fn apply(
+    client: &Arc<dyn ReplicaClient>,
+    plan: &Plan,
+    out: &Path,
+    parallelism: usize,
+) -> Result<()> {
     let tmp = TempPaths::new(out)?;
-    fs::create_dir_all(&tmp.dir).with_context(|| format!("{}: cannot create output directory", tmp.dir.display()))?;
+    fs::create_dir_all(&tmp.dir)
+        .with_context(|| format!("{}: cannot create output directory", tmp.dir.display()))?;
     tmp.remove_all();
     let result = build(client, plan, &tmp, parallelism.max(1)).and_then(|()| {
         publish(&tmp.db, out)?;
@@ -279,7 +315,12 @@ pub fn apply(client: &Arc<dyn ReplicaClient>, plan: &Plan, out: &Path, paralleli
     result
 }
 
-fn build(client: &Arc<dyn ReplicaClient>, plan: &Plan, tmp: &TempPaths, parallelism: usize) -> Result<()> {
+fn build(
+    client: &Arc<dyn ReplicaClient>,
+    plan: &Plan,
+    tmp: &TempPaths,
+    parallelism: usize,
+) -> Result<()> {
     let page_size = restore_snapshot(client.as_ref(), &plan.snapshot, &tmp.db)?;
     if plan.indexes.is_empty() {
         return finish(&tmp.db);
@@ -298,7 +339,15 @@ fn build(client: &Arc<dyn ReplicaClient>, plan: &Plan, tmp: &TempPaths, parallel
                     }
                     let (index, segments) = &plan.indexes[k];
                     let staged = tmp.staged(*index);
-                    let r = download_index(client.as_ref(), &plan.generation, *index, segments, &staged, page_size, abort);
+                    let r = download_index(
+                        client.as_ref(),
+                        &plan.generation,
+                        *index,
+                        segments,
+                        &staged,
+                        page_size,
+                        abort,
+                    );
                     if r.is_err() {
                         let _ = fs::remove_file(&staged);
                     }
@@ -309,7 +358,14 @@ fn build(client: &Arc<dyn ReplicaClient>, plan: &Plan, tmp: &TempPaths, parallel
         let applied = (|| -> Result<()> {
             for (k, (index, _)) in plan.indexes.iter().enumerate() {
                 let staged = window.wait(k)?;
-                apply_index(&tmp.db, &tmp.wal, &tmp.shm, &staged, &plan.generation, *index)?;
+                apply_index(
+                    &tmp.db,
+                    &tmp.wal,
+                    &tmp.shm,
+                    &staged,
+                    &plan.generation,
+                    *index,
+                )?;
                 window.applied(k);
             }
             Ok(())
@@ -327,20 +383,31 @@ fn build(client: &Arc<dyn ReplicaClient>, plan: &Plan, tmp: &TempPaths, parallel
 /// Streams the snapshot into `db`; returns its page size.
 fn restore_snapshot(client: &dyn ReplicaClient, info: &SnapshotInfo, db: &Path) -> Result<u32> {
     let key = layout::snapshot_key(&info.generation, info.index, info.compression);
-    logging::info("restoring snapshot", &[("snapshot", &key), ("path", &db.display())]);
-    let reader = client.open_snapshot(info).with_context(|| format!("cannot read snapshot {key}"))?;
-    let mut reader = codec::decoder(info.compression, reader).with_context(|| format!("snapshot {key}"))?;
+    logging::info(
+        "restoring snapshot",
+        &[("snapshot", &key), ("path", &db.display())],
+    );
+    let reader = client
+        .open_snapshot(info)
+        .with_context(|| format!("cannot read snapshot {key}"))?;
+    let mut reader =
+        codec::decoder(info.compression, reader).with_context(|| format!("snapshot {key}"))?;
     let file = File::create(db).with_context(|| format!("{}: cannot create", db.display()))?;
     let mut w = BufWriter::with_capacity(256 * 1024, file);
     let mut header = [0u8; 100];
-    let n = read_full(&mut reader, &mut header).with_context(|| format!("snapshot {key}: cannot decompress"))?;
+    let n = read_full(&mut reader, &mut header)
+        .with_context(|| format!("snapshot {key}: cannot decompress"))?;
     if n < header.len() || &header[..16] != b"SQLite format 3\0" {
         bail!("snapshot {key} is not a SQLite database (bad header); the replica is corrupt");
     }
-    let page_size = wal::db_page_size(&header).ok_or_else(|| anyhow!("snapshot {key}: bad page size in header"))?;
-    w.write_all(&header).with_context(|| format!("{}: cannot write", db.display()))?;
+    let page_size = wal::db_page_size(&header)
+        .ok_or_else(|| anyhow!("snapshot {key}: bad page size in header"))?;
+    w.write_all(&header)
+        .with_context(|| format!("{}: cannot write", db.display()))?;
     let copied = io::copy(&mut reader, &mut w).map_err(|e| {
-        if e.kind() == io::ErrorKind::WriteZero || e.raw_os_error().is_some() && e.kind() != io::ErrorKind::InvalidData {
+        if e.kind() == io::ErrorKind::WriteZero
+            || e.raw_os_error().is_some() && e.kind() != io::ErrorKind::InvalidData
+        {
             anyhow!("{}: cannot write: {e}", db.display())
         } else {
             anyhow!("snapshot {key}: cannot decompress: {e}; the replica is corrupt")
@@ -350,8 +417,11 @@ fn restore_snapshot(client: &dyn ReplicaClient, info: &SnapshotInfo, db: &Path) 
     if total % page_size as u64 != 0 {
         bail!("snapshot {key}: {total} bytes is not a whole number of {page_size}-byte pages; the replica is corrupt");
     }
-    let file = w.into_inner().map_err(|e| anyhow!("{}: cannot write: {}", db.display(), e.error()))?;
-    file.sync_all().with_context(|| format!("{}: cannot fsync", db.display()))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| anyhow!("{}: cannot write: {}", db.display(), e.error()))?;
+    file.sync_all()
+        .with_context(|| format!("{}: cannot fsync", db.display()))?;
     Ok(page_size)
 }
 
@@ -370,11 +440,19 @@ fn download_index(
         match stage_index(client, generation, index, segments, staged, page_size) {
             Ok(s) => return Ok(s),
             Err(StageError::Fatal(e)) => return Err(e),
-            Err(StageError::Retry(e)) if attempt >= DOWNLOAD_ATTEMPTS || abort.load(Ordering::SeqCst) => return Err(e),
+            Err(StageError::Retry(e))
+                if attempt >= DOWNLOAD_ATTEMPTS || abort.load(Ordering::SeqCst) =>
+            {
+                return Err(e)
+            }
             Err(StageError::Retry(e)) => {
                 logging::warn(
                     "WAL download failed, retrying",
-                    &[("index", &format!("{index:08x}")), ("attempt", &attempt), ("error", &format!("{e:#}"))],
+                    &[
+                        ("index", &format!("{index:08x}")),
+                        ("attempt", &attempt),
+                        ("error", &format!("{e:#}")),
+                    ],
                 );
                 std::thread::sleep(Duration::from_millis(250 * u64::from(attempt)));
                 attempt += 1;
@@ -409,7 +487,8 @@ fn stage_index(
     let file = File::create(staged)
         .map_err(|e| fatal(anyhow!("{}: cannot create: {e}", staged.display())))?;
     let mut w = BufWriter::with_capacity(256 * 1024, file);
-    let write_err = |e: io::Error| StageError::Fatal(anyhow!("{}: cannot write: {e}", staged.display()));
+    let write_err =
+        |e: io::Error| StageError::Fatal(anyhow!("{}: cannot write: {e}", staged.display()));
     let mut stream = WalStream::new(page_size);
     for seg in segments {
         let key = layout::wal_segment_key(generation, index, seg.offset, seg.compression);
@@ -422,23 +501,47 @@ fn stage_index(
         let reader = match client.open_wal_segment(seg) {
             Ok(r) => r,
             Err(e) if client::is_not_found(&e) => {
-                return Err(fatal(anyhow!("WAL segment {key} disappeared from the replica during the restore")))
+                return Err(fatal(anyhow!(
+                    "WAL segment {key} disappeared from the replica during the restore"
+                )))
             }
-            Err(e) => return Err(StageError::Retry(e.context(format!("cannot read WAL segment {key}")))),
+            Err(e) => {
+                return Err(StageError::Retry(
+                    e.context(format!("cannot read WAL segment {key}")),
+                ))
+            }
         };
-        let mut reader = codec::decoder(seg.compression, reader).map_err(|e| fatal(anyhow!("WAL segment {key}: {e}")))?;
-        stream.segment(&mut reader, &mut w, &key).map_err(|e| match e {
-            SegmentError::Write(e) => write_err(e),
-            SegmentError::Read(e) if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::InvalidInput || e.kind() == io::ErrorKind::UnexpectedEof => {
-                fatal(anyhow!("WAL segment {key}: cannot decompress: {e}; the replica is corrupt"))
-            }
-            SegmentError::Read(e) => StageError::Retry(anyhow!("WAL segment {key}: cannot read: {e}")),
-            SegmentError::Corrupt(msg) => fatal(anyhow!("WAL segment {key}: {msg}; the replica is corrupt")),
-        })?;
+        let mut reader = codec::decoder(seg.compression, reader)
+            .map_err(|e| fatal(anyhow!("WAL segment {key}: {e}")))?;
+        stream
+            .segment(&mut reader, &mut w, &key)
+            .map_err(|e| match e {
+                SegmentError::Write(e) => write_err(e),
+                SegmentError::Read(e)
+                    if e.kind() == io::ErrorKind::InvalidData
+                        || e.kind() == io::ErrorKind::InvalidInput
+                        || e.kind() == io::ErrorKind::UnexpectedEof =>
+                {
+                    fatal(anyhow!(
+                        "WAL segment {key}: cannot decompress: {e}; the replica is corrupt"
+                    ))
+                }
+                SegmentError::Read(e) => {
+                    StageError::Retry(anyhow!("WAL segment {key}: cannot read: {e}"))
+                }
+                SegmentError::Corrupt(msg) => {
+                    fatal(anyhow!("WAL segment {key}: {msg}; the replica is corrupt"))
+                }
+            })?;
     }
-    let file = w.into_inner().map_err(|e| write_err(io::Error::other(e.error().to_string())))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| write_err(io::Error::other(e.error().to_string())))?;
     file.sync_all().map_err(write_err)?;
-    Ok(Staged { path: staged.to_path_buf(), frames: stream.frames })
+    Ok(Staged {
+        path: staged.to_path_buf(),
+        frames: stream.frames,
+    })
 }
 
 enum SegmentError {
@@ -459,18 +562,32 @@ struct WalStream {
 
 impl WalStream {
     fn new(page_size: u32) -> WalStream {
-        WalStream { page_size, offset: 0, verifier: None, frames: 0, frame: Vec::new() }
+        WalStream {
+            page_size,
+            offset: 0,
+            verifier: None,
+            frames: 0,
+            frame: Vec::new(),
+        }
     }
 
-    fn segment(&mut self, r: &mut dyn Read, w: &mut dyn Write, key: &str) -> std::result::Result<(), SegmentError> {
+    fn segment(
+        &mut self,
+        r: &mut dyn Read,
+        w: &mut dyn Write,
+        key: &str,
+    ) -> std::result::Result<(), SegmentError> {
         let _ = key;
         if self.verifier.is_none() {
             let mut hdr = [0u8; WAL_HEADER_SIZE];
             let n = read_full(r, &mut hdr).map_err(SegmentError::Read)?;
             if n < WAL_HEADER_SIZE {
-                return Err(SegmentError::Corrupt(format!("{n} bytes, shorter than a WAL header")));
+                return Err(SegmentError::Corrupt(format!(
+                    "{n} bytes, shorter than a WAL header"
+                )));
             }
-            let header = WalHeader::parse(&hdr).map_err(|e| SegmentError::Corrupt(e.to_string()))?;
+            let header =
+                WalHeader::parse(&hdr).map_err(|e| SegmentError::Corrupt(e.to_string()))?;
             if header.page_size != self.page_size {
                 return Err(SegmentError::Corrupt(format!(
                     "page size {} differs from the snapshot's {}",
@@ -492,7 +609,10 @@ impl WalStream {
                 break;
             }
             if n < self.frame.len() {
-                return Err(SegmentError::Corrupt(format!("torn frame at offset {} ({n} bytes)", self.offset)));
+                return Err(SegmentError::Corrupt(format!(
+                    "torn frame at offset {} ({n} bytes)",
+                    self.offset
+                )));
             }
             let Some(fh) = verifier.check(&self.frame) else {
                 return Err(SegmentError::Corrupt(format!(
@@ -516,21 +636,39 @@ impl WalStream {
 }
 
 /// Applies a staged index: it becomes `<out>.tmp-wal` and SQLite checkpoints it into the db.
-fn apply_index(db: &Path, wal_path: &Path, shm: &Path, staged: &Staged, generation: &str, index: u32) -> Result<()> {
+fn apply_index(
+    db: &Path,
+    wal_path: &Path,
+    shm: &Path,
+    staged: &Staged,
+    generation: &str,
+    index: u32,
+) -> Result<()> {
     if staged.frames == 0 {
         let _ = fs::remove_file(&staged.path);
         return Ok(());
     }
-    fs::rename(&staged.path, wal_path)
-        .with_context(|| format!("{}: cannot move staged WAL into place", staged.path.display()))?;
+    fs::rename(&staged.path, wal_path).with_context(|| {
+        format!(
+            "{}: cannot move staged WAL into place",
+            staged.path.display()
+        )
+    })?;
     let conn = open(db)?;
     // A fresh connection learns the db is in WAL mode (and opens the WAL) only when it first
     // reads; until then the checkpoint pragma is a no-op.
     conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(()))
-        .with_context(|| format!("{}: cannot read restored database with WAL index {index:08x}", db.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: cannot read restored database with WAL index {index:08x}",
+                db.display()
+            )
+        })?;
     let checkpoint = |mode: &str| -> Result<(i64, i64, i64)> {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .with_context(|| format!("{}: cannot apply WAL index {index:08x}", db.display()))
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .with_context(|| format!("{}: cannot apply WAL index {index:08x}", db.display()))
     };
     // RESTART reports how many frames SQLite found and copied (TRUNCATE reports 0 once the
     // file is emptied), which proves SQLite used every frame we verified; TRUNCATE then
@@ -550,14 +688,21 @@ fn apply_index(db: &Path, wal_path: &Path, shm: &Path, staged: &Staged, generati
     let _ = fs::remove_file(shm);
     logging::info(
         "applied WAL index",
-        &[("generation", &generation), ("index", &format!("{index:08x}")), ("frames", &staged.frames)],
+        &[
+            ("generation", &generation),
+            ("index", &format!("{index:08x}")),
+            ("frames", &staged.frames),
+        ],
     );
     Ok(())
 }
 
 fn open(db: &Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .with_context(|| format!("{}: cannot open restored database", db.display()))?;
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("{}: cannot open restored database", db.display()))?;
     // Nobody else may touch a database being restored; no shared memory, no waiting.
     conn.busy_timeout(Duration::ZERO)?;
     conn.execute_batch("PRAGMA cache_size = -2048;")?;
@@ -597,13 +742,20 @@ fn publish(tmp: &Path, out: &Path) -> Result<()> {
             let _ = fs::remove_file(tmp);
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            bail!("cannot restore, output path already exists: {}", out.display())
+            bail!(
+                "cannot restore, output path already exists: {}",
+                out.display()
+            )
         }
         Err(_) => {
             if fs::symlink_metadata(out).is_ok() {
-                bail!("cannot restore, output path already exists: {}", out.display());
+                bail!(
+                    "cannot restore, output path already exists: {}",
+                    out.display()
+                );
             }
-            fs::rename(tmp, out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
+            fs::rename(tmp, out)
+                .with_context(|| format!("{}: cannot rename into place", out.display()))?;
         }
     }
     let dir = match out.parent() {
@@ -649,7 +801,13 @@ struct WindowState {
 impl Window {
     fn new(total: usize, ahead: usize) -> Window {
         Window {
-            state: Mutex::new(WindowState { next: 0, total, applied: 0, closed: false, results: BTreeMap::new() }),
+            state: Mutex::new(WindowState {
+                next: 0,
+                total,
+                applied: 0,
+                closed: false,
+                results: BTreeMap::new(),
+            }),
             cv: Condvar::new(),
             ahead: ahead.max(1),
         }
@@ -713,24 +871,59 @@ mod tests {
     }
 
     fn snap(g: &str, index: u32, at: u64) -> SnapshotInfo {
-        SnapshotInfo { generation: g.into(), index, size: 1, created: t(at), compression: Compression::Gzip }
+        SnapshotInfo {
+            generation: g.into(),
+            index,
+            size: 1,
+            created: t(at),
+            compression: Compression::Gzip,
+        }
     }
 
     fn seg(g: &str, index: u32, offset: u64, at: u64) -> WalSegmentInfo {
-        WalSegmentInfo { generation: g.into(), index, offset, size: 1, created: t(at), compression: Compression::Gzip }
+        WalSegmentInfo {
+            generation: g.into(),
+            index,
+            offset,
+            size: 1,
+            created: t(at),
+            compression: Compression::Gzip,
+        }
     }
 
-    fn listing(replica: usize, g: &str, snapshots: Vec<SnapshotInfo>, segments: Vec<WalSegmentInfo>) -> GenerationListing {
-        GenerationListing { replica, generation: g.into(), snapshots, segments }
+    fn listing(
+        replica: usize,
+        g: &str,
+        snapshots: Vec<SnapshotInfo>,
+        segments: Vec<WalSegmentInfo>,
+    ) -> GenerationListing {
+        GenerationListing {
+            replica,
+            generation: g.into(),
+            snapshots,
+            segments,
+        }
     }
 
     fn offsets(plan: &Plan) -> Vec<(u32, Vec<u64>)> {
-        plan.indexes.iter().map(|(i, s)| (*i, s.iter().map(|s| s.offset).collect())).collect()
+        plan.indexes
+            .iter()
+            .map(|(i, s)| (*i, s.iter().map(|s| s.offset).collect()))
+            .collect()
     }
 
     fn two_gens() -> Vec<GenerationListing> {
         vec![
-            listing(0, G1, vec![snap(G1, 0, 100)], vec![seg(G1, 0, 0, 100), seg(G1, 0, 4152, 110), seg(G1, 1, 0, 120)]),
+            listing(
+                0,
+                G1,
+                vec![snap(G1, 0, 100)],
+                vec![
+                    seg(G1, 0, 0, 100),
+                    seg(G1, 0, 4152, 110),
+                    seg(G1, 1, 0, 120),
+                ],
+            ),
             listing(
                 0,
                 G2,
@@ -757,41 +950,63 @@ mod tests {
 
     #[test]
     fn timestamp_selects_generation_snapshot_and_segments() {
-        let opts = Options { timestamp: Some(t(215)), ..Default::default() };
+        let opts = Options {
+            timestamp: Some(t(215)),
+            ..Default::default()
+        };
         let plan = choose(&two_gens(), &opts).unwrap().unwrap();
         assert_eq!(plan.generation, G2);
         assert_eq!(plan.snapshot.index, 0);
         assert_eq!(offsets(&plan), vec![(0, vec![0]), (1, vec![0])]);
 
         // Before G2 began: G1, cut at T.
-        let opts = Options { timestamp: Some(t(105)), ..Default::default() };
+        let opts = Options {
+            timestamp: Some(t(105)),
+            ..Default::default()
+        };
         let plan = choose(&two_gens(), &opts).unwrap().unwrap();
         assert_eq!(plan.generation, G1);
         assert_eq!(offsets(&plan), vec![(0, vec![0])]);
 
         // Before anything: nothing.
-        let opts = Options { timestamp: Some(t(50)), ..Default::default() };
+        let opts = Options {
+            timestamp: Some(t(50)),
+            ..Default::default()
+        };
         assert!(choose(&two_gens(), &opts).unwrap().is_none());
 
         // After everything: the latest state.
-        let opts = Options { timestamp: Some(t(10_000)), ..Default::default() };
+        let opts = Options {
+            timestamp: Some(t(10_000)),
+            ..Default::default()
+        };
         let plan = choose(&two_gens(), &opts).unwrap().unwrap();
         assert_eq!((plan.generation.as_str(), plan.snapshot.index), (G2, 2));
     }
 
     #[test]
     fn generation_and_index() {
-        let opts = Options { generation: Some(G2.into()), index: Some(1), ..Default::default() };
+        let opts = Options {
+            generation: Some(G2.into()),
+            index: Some(1),
+            ..Default::default()
+        };
         let plan = choose(&two_gens(), &opts).unwrap().unwrap();
         assert_eq!(plan.snapshot.index, 0);
         assert_eq!(offsets(&plan), vec![(0, vec![0]), (1, vec![0, 4152])]);
 
-        let opts = Options { generation: Some(G1.into()), ..Default::default() };
+        let opts = Options {
+            generation: Some(G1.into()),
+            ..Default::default()
+        };
         let plan = choose(&two_gens(), &opts).unwrap().unwrap();
         assert_eq!(plan.generation, G1);
         assert_eq!(offsets(&plan), vec![(0, vec![0, 4152]), (1, vec![0])]);
 
-        let opts = Options { generation: Some("3333333333333333".into()), ..Default::default() };
+        let opts = Options {
+            generation: Some("3333333333333333".into()),
+            ..Default::default()
+        };
         assert!(choose(&two_gens(), &opts).unwrap().is_none());
     }
 
@@ -810,13 +1025,24 @@ mod tests {
     fn latest_end_wins_across_replicas() {
         let gens = vec![
             listing(0, G1, vec![snap(G1, 0, 100)], vec![seg(G1, 0, 0, 150)]),
-            listing(1, G1, vec![snap(G1, 0, 100)], vec![seg(G1, 0, 0, 150), seg(G1, 0, 4152, 160)]),
+            listing(
+                1,
+                G1,
+                vec![snap(G1, 0, 100)],
+                vec![seg(G1, 0, 0, 150), seg(G1, 0, 4152, 160)],
+            ),
         ];
         let plan = choose(&gens, &Options::default()).unwrap().unwrap();
         assert_eq!(plan.replica, 1);
         // Ties go to the earlier replica.
-        let gens = vec![gens[0].clone(), listing(1, G1, vec![snap(G1, 0, 100)], vec![seg(G1, 0, 0, 150)])];
-        assert_eq!(choose(&gens, &Options::default()).unwrap().unwrap().replica, 0);
+        let gens = vec![
+            gens[0].clone(),
+            listing(1, G1, vec![snap(G1, 0, 100)], vec![seg(G1, 0, 0, 150)]),
+        ];
+        assert_eq!(
+            choose(&gens, &Options::default()).unwrap().unwrap().replica,
+            0
+        );
     }
 
     #[test]
@@ -830,7 +1056,12 @@ mod tests {
         let err = choose(&gens, &Options::default()).unwrap_err().to_string();
         assert!(err.contains("missing WAL index 00000001"), "{err}");
 
-        let gens = vec![listing(0, G1, vec![snap(G1, 0, 100)], vec![seg(G1, 0, 0, 100), seg(G1, 1, 4152, 120)])];
+        let gens = vec![listing(
+            0,
+            G1,
+            vec![snap(G1, 0, 100)],
+            vec![seg(G1, 0, 0, 100), seg(G1, 1, 4152, 120)],
+        )];
         let err = choose(&gens, &Options::default()).unwrap_err().to_string();
         assert!(err.contains("00000001_00000000.wal.gz"), "{err}");
     }
@@ -838,7 +1069,12 @@ mod tests {
     #[test]
     fn indexes_below_the_snapshot_are_never_looked_at() {
         // Index 0 lost its first segment (retention), but the snapshot at 1 covers it.
-        let gens = vec![listing(0, G1, vec![snap(G1, 1, 100)], vec![seg(G1, 0, 4152, 90), seg(G1, 1, 0, 110)])];
+        let gens = vec![listing(
+            0,
+            G1,
+            vec![snap(G1, 1, 100)],
+            vec![seg(G1, 0, 4152, 90), seg(G1, 1, 0, 110)],
+        )];
         let plan = choose(&gens, &Options::default()).unwrap().unwrap();
         assert_eq!(offsets(&plan), vec![(1, vec![0])]);
     }

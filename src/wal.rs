@@ -28,8 +28,13 @@ impl fmt::Display for WalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WalError::TooShort => write!(f, "wal header: shorter than {WAL_HEADER_SIZE} bytes"),
-            WalError::BadMagic(m) => write!(f, "wal header: bad magic {m:#010x} (not a SQLite WAL file)"),
-            WalError::BadVersion(v) => write!(f, "wal header: unsupported version {v} (want {WAL_VERSION})"),
+            WalError::BadMagic(m) => {
+                write!(f, "wal header: bad magic {m:#010x} (not a SQLite WAL file)")
+            }
+            WalError::BadVersion(v) => write!(
+                f,
+                "wal header: unsupported version {v} (want {WAL_VERSION})"
+            ),
             WalError::BadPageSize(p) => write!(f, "wal header: invalid page size {p}"),
             WalError::BadHeaderChecksum => write!(f, "wal header: checksum mismatch"),
         }
@@ -70,7 +75,11 @@ impl WalHeader {
             return Err(WalError::BadVersion(version));
         }
         let raw_page_size = be32(bytes, 8);
-        let page_size = if raw_page_size == 1 { 65536 } else { raw_page_size };
+        let page_size = if raw_page_size == 1 {
+            65536
+        } else {
+            raw_page_size
+        };
         if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
             return Err(WalError::BadPageSize(raw_page_size));
         }
@@ -167,12 +176,18 @@ pub struct FrameVerifier {
 
 impl FrameVerifier {
     pub fn new(header: &WalHeader) -> FrameVerifier {
-        FrameVerifier { header: *header, chain: header.checksum() }
+        FrameVerifier {
+            header: *header,
+            chain: header.checksum(),
+        }
     }
 
     /// Continues a walk that stopped with checksum state `chain`.
     pub fn resume(header: &WalHeader, chain: (u32, u32)) -> FrameVerifier {
-        FrameVerifier { header: *header, chain }
+        FrameVerifier {
+            header: *header,
+            chain,
+        }
     }
 
     /// Checks one whole frame (header + page). `None`, without advancing, when it is not the
@@ -209,7 +224,9 @@ pub fn committed_prefix(wal: &[u8]) -> Result<(WalHeader, u64, u64), WalError> {
     let (mut off, mut frames) = (WAL_HEADER_SIZE, 0u64);
     let mut committed = (WAL_HEADER_SIZE as u64, 0u64);
     while off + fs <= wal.len() {
-        let Some(fh) = verifier.check(&wal[off..off + fs]) else { break };
+        let Some(fh) = verifier.check(&wal[off..off + fs]) else {
+            break;
+        };
         off += fs;
         frames += 1;
         if fh.is_commit() {
@@ -235,8 +252,11 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/wal").join(name);
-        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run scripts/gen-testdata.py)", p.display()))
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/wal")
+            .join(name);
+        std::fs::read(&p)
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/gen-testdata.py)", p.display()))
     }
 
     /// Frame counts written by scripts/gen-testdata.py (see testdata/wal/README.md).
@@ -274,7 +294,10 @@ mod tests {
         let wal = fixture("uncommitted-tail.wal");
         let (h, len, frames) = committed_prefix(&wal).unwrap();
         assert!(frames > 0);
-        assert!(len < wal.len() as u64, "the fixture must end with uncommitted frames");
+        assert!(
+            len < wal.len() as u64,
+            "the fixture must end with uncommitted frames"
+        );
         // Every frame after the prefix verifies but none commits.
         let mut v = FrameVerifier::new(&h);
         let fs = h.frame_size();
@@ -293,7 +316,10 @@ mod tests {
         let wal = fixture("stale-salt.wal");
         let (h, len, frames) = committed_prefix(&wal).unwrap();
         assert!(frames > 0);
-        assert!(len < wal.len() as u64, "old frames must follow the new life");
+        assert!(
+            len < wal.len() as u64,
+            "old frames must follow the new life"
+        );
         let next = FrameHeader::parse(&wal[len as usize..]).unwrap();
         assert!(next.salt1 != h.salt1 || next.salt2 != h.salt2);
     }
@@ -325,7 +351,9 @@ mod tests {
         let mut b = wal[..32].to_vec();
         b[20] ^= 0xff; // salt changed, checksum not
         assert_eq!(WalHeader::parse(&b), Err(WalError::BadHeaderChecksum));
-        assert!(WalError::BadMagic(0x12345678).to_string().contains("0x12345678"));
+        assert!(WalError::BadMagic(0x12345678)
+            .to_string()
+            .contains("0x12345678"));
     }
 
     /// Builds a WAL in memory with the given byte order: header and `pages` commit frames.

@@ -61,7 +61,8 @@ fn events_name(buf: &[u8], name: &[u8]) -> bool {
     const HDR: usize = std::mem::size_of::<libc::inotify_event>();
     let mut off = 0;
     while off + HDR <= buf.len() {
-        let len = u32::from_ne_bytes([buf[off + 12], buf[off + 13], buf[off + 14], buf[off + 15]]) as usize;
+        let len = u32::from_ne_bytes([buf[off + 12], buf[off + 13], buf[off + 14], buf[off + 15]])
+            as usize;
         let start = off + HDR;
         let end = (start + len).min(buf.len());
         let raw = &buf[start..end];

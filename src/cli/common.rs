@@ -12,8 +12,10 @@ use crate::config::{default_config_path, Config, DbConfig, ReplicaConfig, Replic
 
 /// `-config` or the default path, parsed and validated.
 pub fn load_config(config_flag: Option<&str>, expand_env: bool) -> Result<Config> {
-    let path = config_flag.map(PathBuf::from).unwrap_or_else(default_config_path);
-    Ok(Config::load(&path, expand_env)?)
+    let path = config_flag
+        .map(PathBuf::from)
+        .unwrap_or_else(default_config_path);
+    Config::load(&path, expand_env)
 }
 
 /// What a command's positional argument names.
@@ -29,7 +31,10 @@ pub struct Target {
 pub fn is_url(s: &str) -> bool {
     match s.split_once("://") {
         Some((scheme, _)) => {
-            !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         }
         None => false,
     }
@@ -42,13 +47,21 @@ pub fn resolve_target(arg: &str, config_flag: Option<&str>, expand_env: bool) ->
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     if is_url(arg) {
         let replica = ReplicaConfig::from_url(arg, &cwd).map_err(|e| anyhow!("{arg}: {e}"))?;
-        return Ok(Target { db: None, replicas: vec![replica], config: None });
+        return Ok(Target {
+            db: None,
+            replicas: vec![replica],
+            config: None,
+        });
     }
     let path = absolute(&cwd, arg);
     let as_replica_dir = || -> Option<Target> {
         if path.join(crate::layout::GENERATIONS_DIR).is_dir() {
             let replica = ReplicaConfig::with_defaults(ReplicaTarget::File { path: path.clone() });
-            Some(Target { db: None, replicas: vec![replica], config: None })
+            Some(Target {
+                db: None,
+                replicas: vec![replica],
+                config: None,
+            })
         } else {
             None
         }
@@ -83,7 +96,11 @@ pub fn resolve_target(arg: &str, config_flag: Option<&str>, expand_env: bool) ->
 
 fn absolute(cwd: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    let joined = if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    };
     // Lexical clean-up only: the db may not exist, and symlinks must match the config as given.
     let mut out = PathBuf::new();
     for c in joined.components() {
@@ -100,7 +117,10 @@ fn absolute(cwd: &Path, p: &str) -> PathBuf {
 
 /// Opens a client for each replica, named.
 pub fn open_clients(replicas: &[ReplicaConfig]) -> Result<Vec<(String, Arc<dyn ReplicaClient>)>> {
-    replicas.iter().map(|r| Ok((r.name.clone(), client::open(r)?))).collect()
+    replicas
+        .iter()
+        .map(|r| Ok((r.name.clone(), client::open(r)?)))
+        .collect()
 }
 
 /// RFC 3339: `2020-01-01T00:00:00Z`, fractional seconds and `±HH:MM` offsets allowed.
@@ -128,7 +148,11 @@ pub fn parse_timestamp(s: &str) -> Result<SystemTime> {
     let utc = humantime::parse_rfc3339(&format!("{base}Z")).map_err(|_| bad())?;
     let shift = Duration::from_secs(offset_secs.unsigned_abs());
     // A local time ahead of UTC by the offset: subtract it to get UTC.
-    let t = if offset_secs >= 0 { utc.checked_sub(shift) } else { utc.checked_add(shift) };
+    let t = if offset_secs >= 0 {
+        utc.checked_sub(shift)
+    } else {
+        utc.checked_add(shift)
+    };
     t.ok_or_else(bad)
 }
 
@@ -152,23 +176,44 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        let t = |s| parse_timestamp(s).unwrap().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let t = |s| {
+            parse_timestamp(s)
+                .unwrap()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
         assert_eq!(t("2020-01-01T00:00:00Z"), 1_577_836_800);
         assert_eq!(t("2020-01-01T02:00:00+02:00"), 1_577_836_800);
         assert_eq!(t("2019-12-31T23:30:00-00:30"), 1_577_836_800);
         let frac = parse_timestamp("2020-01-01T00:00:00.250Z").unwrap();
-        assert_eq!(frac.duration_since(UNIX_EPOCH).unwrap().as_millis(), 1_577_836_800_250);
-        for bad in ["", "yesterday", "2020-01-01", "2020-01-01T00:00:00+25:00", "2020-13-01T00:00:00Z"] {
+        assert_eq!(
+            frac.duration_since(UNIX_EPOCH).unwrap().as_millis(),
+            1_577_836_800_250
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2020-01-01",
+            "2020-01-01T00:00:00+25:00",
+            "2020-13-01T00:00:00Z",
+        ] {
             let e = parse_timestamp(bad).unwrap_err().to_string();
             assert!(e.contains("RFC 3339"), "{bad}: {e}");
         }
-        assert_eq!(format_time(UNIX_EPOCH + Duration::from_secs(1_577_836_800)), "2020-01-01T00:00:00Z");
+        assert_eq!(
+            format_time(UNIX_EPOCH + Duration::from_secs(1_577_836_800)),
+            "2020-01-01T00:00:00Z"
+        );
     }
 
     #[test]
     fn absolute_paths_are_cleaned() {
         let cwd = Path::new("/srv/app");
-        assert_eq!(absolute(cwd, "data/./x.db"), PathBuf::from("/srv/app/data/x.db"));
+        assert_eq!(
+            absolute(cwd, "data/./x.db"),
+            PathBuf::from("/srv/app/data/x.db")
+        );
         assert_eq!(absolute(cwd, "../x.db"), PathBuf::from("/srv/x.db"));
         assert_eq!(absolute(cwd, "/a/b.db"), PathBuf::from("/a/b.db"));
     }

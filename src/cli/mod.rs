@@ -58,7 +58,9 @@ fn go_style(arg: OsString) -> OsString {
     let is_long_flag = b.len() > 2
         && b[0] == b'-'
         && b[1].is_ascii_alphabetic()
-        && b[2..].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-');
+        && b[2..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-');
     if is_long_flag {
         format!("-{s}").into()
     } else {
@@ -112,7 +114,9 @@ pub fn positionals(args: Arguments, command: &str) -> Result<Vec<String>> {
             .map_err(|a| anyhow::anyhow!("{command}: argument is not valid UTF-8: {a:?}"))?;
         if a.starts_with('-') && a.len() > 1 {
             let shown = a.strip_prefix('-').filter(|r| r.len() > 2).unwrap_or(&a);
-            bail!("{command}: flag provided but not defined: {shown} (see `litestream {command} -h`)");
+            bail!(
+                "{command}: flag provided but not defined: {shown} (see `litestream {command} -h`)"
+            );
         }
         out.push(a);
     }

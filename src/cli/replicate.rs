@@ -46,7 +46,9 @@ pub fn run(mut args: Arguments) -> Result<i32> {
     let rest = positionals(args, "replicate")?;
 
     let config = if rest.is_empty() {
-        let path = config_flag.map(PathBuf::from).unwrap_or_else(default_config_path);
+        let path = config_flag
+            .map(PathBuf::from)
+            .unwrap_or_else(default_config_path);
         let config = Config::load(&path, !no_expand_env)?;
         config.require_dbs()?;
         config
@@ -61,7 +63,8 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         let db_path = cwd.join(&rest[0]);
         let mut db = DbConfig::with_defaults(db_path);
         for url in &rest[1..] {
-            let r = ReplicaConfig::from_url(url, &cwd).map_err(|e| anyhow::anyhow!("replicate: {url}: {e}"))?;
+            let r = ReplicaConfig::from_url(url, &cwd)
+                .map_err(|e| anyhow::anyhow!("replicate: {url}: {e}"))?;
             db.replicas.push(r);
         }
         dedupe_names(&mut db.replicas);
@@ -70,9 +73,16 @@ pub fn run(mut args: Arguments) -> Result<i32> {
     if exec.is_some() || config.exec.is_some() {
         bail!("replicate: -exec is not supported by this build yet");
     }
-    logging::init(config.logging.level, config.logging.json, config.logging.stderr);
+    logging::init(
+        config.logging.level,
+        config.logging.json,
+        config.logging.stderr,
+    );
     check_databases(&config)?;
-    logging::info("litestream", &[("version", &format!("v{}", env!("CARGO_PKG_VERSION")))]);
+    logging::info(
+        "litestream",
+        &[("version", &format!("v{}", env!("CARGO_PKG_VERSION")))],
+    );
     daemon::run(&config)
 }
 
@@ -88,7 +98,10 @@ fn dedupe_names(replicas: &mut [ReplicaConfig]) {
 /// A db may not exist yet (we wait for it), but its directory must.
 fn check_databases(config: &Config) -> Result<()> {
     for db in &config.dbs {
-        let dir = db.path.parent().unwrap_or_else(|| std::path::Path::new("/"));
+        let dir = db
+            .path
+            .parent()
+            .unwrap_or_else(|| std::path::Path::new("/"));
         if !dir.is_dir() {
             bail!(
                 "database directory does not exist: {} (create it, or fix the path of {} in the config)",

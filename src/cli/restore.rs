@@ -93,26 +93,33 @@ pub fn run(mut args: Arguments) -> Result<i32> {
 
     let arg = match rest.as_slice() {
         [one] => one.as_str(),
-        [] => bail!("restore: a database path or replica URL is required (see `litestream restore -h`)"),
+        [] => bail!(
+            "restore: a database path or replica URL is required (see `litestream restore -h`)"
+        ),
         _ => bail!("restore: too many arguments; give one database path or replica URL"),
     };
     if let Some(g) = &generation {
         if !is_generation(g) {
-            bail!("restore: -generation {g:?} is not a generation id (16 lowercase hex characters)");
+            bail!(
+                "restore: -generation {g:?} is not a generation id (16 lowercase hex characters)"
+            );
         }
     }
     let index = match index {
         None => None,
         Some(s) => {
-            let v = u32::from_str_radix(s.trim_start_matches("0x"), 16)
-                .map_err(|_| anyhow!("restore: -index {s:?} is not a hex WAL index (e.g. 0000000a)"))?;
+            let v = u32::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|_| {
+                anyhow!("restore: -index {s:?} is not a hex WAL index (e.g. 0000000a)")
+            })?;
             Some(v)
         }
     };
     if index.is_some() && generation.is_none() {
         bail!("restore: -index requires -generation (list them with `litestream generations`)");
     }
-    let timestamp = timestamp.map(|t| parse_timestamp(&t).map_err(|e| anyhow!("restore: -timestamp: {e}"))).transpose()?;
+    let timestamp = timestamp
+        .map(|t| parse_timestamp(&t).map_err(|e| anyhow!("restore: -timestamp: {e}")))
+        .transpose()?;
     if index.is_some() && timestamp.is_some() {
         bail!("restore: cannot use -index and -timestamp together; choose one");
     }
@@ -125,7 +132,11 @@ pub fn run(mut args: Arguments) -> Result<i32> {
     };
 
     let target = resolve_target(arg, config_flag.as_deref(), !no_expand_env)?;
-    let logging_cfg = target.config.as_ref().map(|c| c.logging.clone()).unwrap_or_default();
+    let logging_cfg = target
+        .config
+        .as_ref()
+        .map(|c| c.logging.clone())
+        .unwrap_or_default();
     init_logging(&logging_cfg);
 
     let out = match (output, &target.db) {
@@ -137,17 +148,26 @@ pub fn run(mut args: Arguments) -> Result<i32> {
     if let Some(name) = &replica {
         if !target.replicas.iter().any(|r| &r.name == name) {
             let names: Vec<&str> = target.replicas.iter().map(|r| r.name.as_str()).collect();
-            bail!("restore: replica not found: {name} (replicas: {})", names.join(", "));
+            bail!(
+                "restore: replica not found: {name} (replicas: {})",
+                names.join(", ")
+            );
         }
     }
 
     // An existing output is never touched, whatever else is wrong.
     if std::fs::symlink_metadata(&out).is_ok() {
         if if_db_not_exists {
-            logging::info("database already exists, skipping", &[("path", &out.display())]);
+            logging::info(
+                "database already exists, skipping",
+                &[("path", &out.display())],
+            );
             return Ok(0);
         }
-        bail!("cannot restore, output path already exists: {}", out.display());
+        bail!(
+            "cannot restore, output path already exists: {}",
+            out.display()
+        );
     }
     restore::check_output(&out)?;
 
@@ -155,7 +175,13 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         .into_iter()
         .map(|(name, client)| Source { name, client })
         .collect();
-    let opts = Options { replica, generation, index, timestamp, parallelism };
+    let opts = Options {
+        replica,
+        generation,
+        index,
+        timestamp,
+        parallelism,
+    };
     let listings = restore::list(&sources, &opts)?;
     let Some(plan) = restore::choose(&listings, &opts)? else {
         if if_replica_exists {
@@ -171,16 +197,24 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         &[
             ("replica", &source.name),
             ("generation", &plan.generation),
-            ("snapshot", &layout::snapshot_name(plan.snapshot.index, plan.snapshot.compression)),
+            (
+                "snapshot",
+                &layout::snapshot_name(plan.snapshot.index, plan.snapshot.compression),
+            ),
             ("snapshot_created", &format_time(plan.snapshot.created)),
             ("last_index", &format!("{:08x}", plan.last_index())),
             ("output", &out.display()),
         ],
     );
-    restore::apply(&source.client, &plan, &out, parallelism).map_err(|e| anyhow!("restore: {e:#}"))?;
+    restore::apply(&source.client, &plan, &out, parallelism)
+        .map_err(|e| anyhow!("restore: {e:#}"))?;
     logging::info(
         "restore complete",
-        &[("output", &out.display()), ("generation", &plan.generation), ("index", &format!("{:08x}", plan.last_index()))],
+        &[
+            ("output", &out.display()),
+            ("generation", &plan.generation),
+            ("index", &format!("{:08x}", plan.last_index())),
+        ],
     );
     Ok(0)
 }
@@ -196,5 +230,7 @@ fn absolute(p: &str) -> Result<PathBuf> {
     if p.is_absolute() {
         return Ok(p);
     }
-    Ok(std::env::current_dir().map_err(|e| anyhow!("cannot read the working directory: {e}"))?.join(p))
+    Ok(std::env::current_dir()
+        .map_err(|e| anyhow!("cannot read the working directory: {e}"))?
+        .join(p))
 }

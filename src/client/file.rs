@@ -41,7 +41,9 @@ impl FileClient {
         let mut out = Vec::new();
         for entry in rd {
             let entry = entry.with_context(|| format!("{}: cannot list", dir.display()))?;
-            let Ok(name) = entry.file_name().into_string() else { continue };
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
             // A file removed between readdir and stat (retention elsewhere) is simply gone.
             let Ok(meta) = entry.metadata() else { continue };
             out.push((name, meta));
@@ -52,21 +54,26 @@ impl FileClient {
     /// Writes `data` to `key` atomically; returns (size, mtime).
     fn write_object(&self, key: &str, data: &mut dyn Read) -> Result<(u64, SystemTime)> {
         let path = self.path(key);
-        let dir = path.parent().ok_or_else(|| anyhow!("{}: no parent directory", path.display()))?;
+        let dir = path
+            .parent()
+            .ok_or_else(|| anyhow!("{}: no parent directory", path.display()))?;
         create_dirs(dir)?;
         let mut tmp = path.clone().into_os_string();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let result = (|| -> Result<(u64, SystemTime)> {
-            let mut f = File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+            let mut f =
+                File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
             let size = copy(data, &mut f, &tmp)?;
-            f.sync_all().with_context(|| format!("{}: cannot fsync", tmp.display()))?;
+            f.sync_all()
+                .with_context(|| format!("{}: cannot fsync", tmp.display()))?;
             let mtime = f
                 .metadata()
                 .and_then(|m| m.modified())
                 .with_context(|| format!("{}: cannot stat", tmp.display()))?;
             drop(f);
-            fs::rename(&tmp, &path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+            fs::rename(&tmp, &path)
+                .with_context(|| format!("{}: cannot rename into place", path.display()))?;
             fsync_dir(dir)?;
             Ok((size, mtime))
         })();
@@ -120,9 +127,15 @@ fn copy(data: &mut dyn Read, f: &mut File, path: &Path) -> Result<u64> {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(anyhow!("{}: cannot read the data to store: {e}", path.display())),
+            Err(e) => {
+                return Err(anyhow!(
+                    "{}: cannot read the data to store: {e}",
+                    path.display()
+                ))
+            }
         };
-        f.write_all(&buf[..n]).with_context(|| format!("{}: cannot write", path.display()))?;
+        f.write_all(&buf[..n])
+            .with_context(|| format!("{}: cannot write", path.display()))?;
         total += n as u64;
     }
 }
@@ -227,7 +240,13 @@ impl ReplicaClient for FileClient {
     ) -> Result<SnapshotInfo> {
         let key = layout::snapshot_key(generation, index, compression);
         let (size, created) = self.write_object(&key, data)?;
-        Ok(SnapshotInfo { generation: generation.to_string(), index, size, created, compression })
+        Ok(SnapshotInfo {
+            generation: generation.to_string(),
+            index,
+            size,
+            created,
+            compression,
+        })
     }
 
     fn write_wal_segment(
@@ -240,20 +259,38 @@ impl ReplicaClient for FileClient {
     ) -> Result<WalSegmentInfo> {
         let key = layout::wal_segment_key(generation, index, offset, compression);
         let (size, created) = self.write_object(&key, data)?;
-        Ok(WalSegmentInfo { generation: generation.to_string(), index, offset, size, created, compression })
+        Ok(WalSegmentInfo {
+            generation: generation.to_string(),
+            index,
+            offset,
+            size,
+            created,
+            compression,
+        })
     }
 
     fn open_snapshot(&self, info: &SnapshotInfo) -> Result<Box<dyn Read + Send>> {
-        self.open_object(&layout::snapshot_key(&info.generation, info.index, info.compression))
+        self.open_object(&layout::snapshot_key(
+            &info.generation,
+            info.index,
+            info.compression,
+        ))
     }
 
     fn open_wal_segment(&self, info: &WalSegmentInfo) -> Result<Box<dyn Read + Send>> {
-        self.open_object(&layout::wal_segment_key(&info.generation, info.index, info.offset, info.compression))
+        self.open_object(&layout::wal_segment_key(
+            &info.generation,
+            info.index,
+            info.offset,
+            info.compression,
+        ))
     }
 
     fn delete_generation(&self, generation: &str) -> Result<()> {
         if !is_generation(generation) {
-            return Err(anyhow!("refusing to delete {generation:?}: not a generation id"));
+            return Err(anyhow!(
+                "refusing to delete {generation:?}: not a generation id"
+            ));
         }
         let dir = self.path(&layout::generation_dir(generation));
         match fs::remove_dir_all(&dir) {
@@ -265,12 +302,18 @@ impl ReplicaClient for FileClient {
     }
 
     fn delete_snapshots(&self, snapshots: &[SnapshotInfo]) -> Result<()> {
-        self.remove_files(snapshots.iter().map(|s| layout::snapshot_key(&s.generation, s.index, s.compression)))
+        self.remove_files(
+            snapshots
+                .iter()
+                .map(|s| layout::snapshot_key(&s.generation, s.index, s.compression)),
+        )
     }
 
     fn delete_wal_segments(&self, segments: &[WalSegmentInfo]) -> Result<()> {
         self.remove_files(
-            segments.iter().map(|s| layout::wal_segment_key(&s.generation, s.index, s.offset, s.compression)),
+            segments
+                .iter()
+                .map(|s| layout::wal_segment_key(&s.generation, s.index, s.offset, s.compression)),
         )
     }
 }
@@ -292,16 +335,37 @@ mod tests {
     fn round_trip_list_open_delete() {
         let dir = tempfile::tempdir().unwrap();
         let c = FileClient::new(dir.path().join("replica"));
-        assert!(c.generations().unwrap().is_empty(), "missing root lists empty");
+        assert!(
+            c.generations().unwrap().is_empty(),
+            "missing root lists empty"
+        );
         assert!(c.snapshots(G).unwrap().is_empty());
 
-        let s = c.write_snapshot(G, 0, Compression::Gzip, &mut &b"snap"[..]).unwrap();
+        let s = c
+            .write_snapshot(G, 0, Compression::Gzip, &mut &b"snap"[..])
+            .unwrap();
         assert_eq!(s.size, 4);
-        let w1 = c.write_wal_segment(G, 0, 32, Compression::Gzip, &mut &b"bb"[..]).unwrap();
-        let w0 = c.write_wal_segment(G, 0, 0, Compression::Gzip, &mut &b"a"[..]).unwrap();
-        let w2 = c.write_wal_segment(G, 0x1_0000_0000u64 as u32 ^ 0x1_0000, 0, Compression::Gzip, &mut &b"c"[..]).unwrap();
-        assert!(dir.path().join("replica/generations").join(G).join("snapshots/00000000.snapshot.gz").is_file());
-        assert!(dir.path().join("replica/generations").join(G).join("wal/00000000_00000020.wal.gz").is_file());
+        let w1 = c
+            .write_wal_segment(G, 0, 32, Compression::Gzip, &mut &b"bb"[..])
+            .unwrap();
+        let w0 = c
+            .write_wal_segment(G, 0, 0, Compression::Gzip, &mut &b"a"[..])
+            .unwrap();
+        let w2 = c
+            .write_wal_segment(G, 0x1_0000, 0, Compression::Gzip, &mut &b"c"[..])
+            .unwrap();
+        assert!(dir
+            .path()
+            .join("replica/generations")
+            .join(G)
+            .join("snapshots/00000000.snapshot.gz")
+            .is_file());
+        assert!(dir
+            .path()
+            .join("replica/generations")
+            .join(G)
+            .join("wal/00000000_00000020.wal.gz")
+            .is_file());
 
         assert_eq!(c.generations().unwrap(), vec![G.to_string()]);
         assert_eq!(c.snapshots(G).unwrap(), vec![s.clone()]);
@@ -313,7 +377,7 @@ mod tests {
         c.delete_wal_segments(&[w0.clone(), w0.clone()]).unwrap();
         assert_eq!(c.wal_segments(G).unwrap(), vec![w1, w2]);
         assert!(is_not_found(&c.open_wal_segment(&w0).err().unwrap()));
-        c.delete_snapshots(&[s.clone()]).unwrap();
+        c.delete_snapshots(std::slice::from_ref(&s)).unwrap();
         assert!(c.snapshots(G).unwrap().is_empty());
         c.delete_generation(G).unwrap();
         c.delete_generation(G).unwrap();
@@ -325,8 +389,10 @@ mod tests {
     fn listing_ignores_foreign_and_tmp_names() {
         let dir = tempfile::tempdir().unwrap();
         let c = FileClient::new(dir.path().to_path_buf());
-        c.write_snapshot(G, 2, Compression::Gzip, &mut &b"x"[..]).unwrap();
-        c.write_wal_segment(G, 2, 0, Compression::Gzip, &mut &b"x"[..]).unwrap();
+        c.write_snapshot(G, 2, Compression::Gzip, &mut &b"x"[..])
+            .unwrap();
+        c.write_wal_segment(G, 2, 0, Compression::Gzip, &mut &b"x"[..])
+            .unwrap();
         let gens = dir.path().join("generations");
         fs::create_dir_all(gens.join("not-a-generation")).unwrap();
         fs::write(gens.join("fedcba9876543210"), b"a file, not a dir").unwrap();
@@ -336,7 +402,14 @@ mod tests {
         fs::write(g.join("wal/00000003_00000000.wal.zst"), b"").unwrap();
         fs::write(g.join("wal/0000003_00000000.wal.gz"), b"").unwrap();
         assert_eq!(c.generations().unwrap(), vec![G.to_string()]);
-        assert_eq!(c.snapshots(G).unwrap().iter().map(|s| s.index).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            c.snapshots(G)
+                .unwrap()
+                .iter()
+                .map(|s| s.index)
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
         assert_eq!(c.wal_segments(G).unwrap().len(), 1);
     }
 
@@ -358,10 +431,16 @@ mod tests {
     fn failed_write_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let c = FileClient::new(dir.path().to_path_buf());
-        let err = c.write_snapshot(G, 0, Compression::Gzip, &mut FailingReader(100_000)).unwrap_err();
+        let err = c
+            .write_snapshot(G, 0, Compression::Gzip, &mut FailingReader(100_000))
+            .unwrap_err();
         assert!(err.to_string().contains("source broke"), "{err}");
         let snaps = dir.path().join("generations").join(G).join("snapshots");
-        assert_eq!(fs::read_dir(&snaps).unwrap().count(), 0, "no final and no tmp file");
+        assert_eq!(
+            fs::read_dir(&snaps).unwrap().count(),
+            0,
+            "no final and no tmp file"
+        );
         assert!(c.snapshots(G).unwrap().is_empty());
     }
 }
