@@ -122,3 +122,66 @@ pub fn positionals(args: Arguments, command: &str) -> Result<Vec<String>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Arguments {
+        Arguments::from_vec(args.iter().map(|a| go_style(OsString::from(a))).collect())
+    }
+
+    #[test]
+    fn go_style_flags() {
+        let mut a = parse(&[
+            "-config",
+            "x.yml",
+            "--replica=s3",
+            "-o",
+            "out.db",
+            "-if-db-not-exists",
+            "db",
+        ]);
+        assert_eq!(
+            opt_value(&mut a, ["-config", "--config"])
+                .unwrap()
+                .as_deref(),
+            Some("x.yml")
+        );
+        assert_eq!(
+            opt_value(&mut a, ["-replica", "--replica"])
+                .unwrap()
+                .as_deref(),
+            Some("s3")
+        );
+        assert_eq!(
+            opt_value(&mut a, ["-o", "--o"]).unwrap().as_deref(),
+            Some("out.db")
+        );
+        assert!(flag(&mut a, ["-if-db-not-exists", "--if-db-not-exists"]));
+        assert_eq!(positionals(a, "restore").unwrap(), vec!["db".to_string()]);
+
+        let mut a = parse(&["-timestamp=2020-01-01T00:00:00Z", "-parallelism", "-5"]);
+        assert_eq!(
+            opt_value(&mut a, ["-timestamp", "--timestamp"])
+                .unwrap()
+                .as_deref(),
+            Some("2020-01-01T00:00:00Z")
+        );
+        // A value that merely looks like a flag is left alone.
+        assert_eq!(
+            opt_value(&mut a, ["-parallelism", "--parallelism"])
+                .unwrap()
+                .as_deref(),
+            Some("-5")
+        );
+
+        let err = positionals(parse(&["-bogus-flag", "x"]), "restore")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("flag provided but not defined: -bogus-flag"),
+            "{err}"
+        );
+    }
+}
