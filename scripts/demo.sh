@@ -21,7 +21,7 @@ import sqlite3, time, datetime
 c = sqlite3.connect("data/app.db", timeout=5)
 c.execute("PRAGMA journal_mode=wal")
 while True:
-    c.execute("INSERT INTO events (at, note) VALUES (?, ?)", (datetime.datetime.utcnow().isoformat(), "demo write"))
+    c.execute("INSERT INTO events (at, note) VALUES (?, ?)", (datetime.datetime.now(datetime.timezone.utc).isoformat(), "demo write"))
     c.commit()
     time.sleep(1)
 PY
