@@ -404,15 +404,19 @@ fn restore_snapshot(client: &dyn ReplicaClient, info: &SnapshotInfo, db: &Path) 
         .ok_or_else(|| anyhow!("snapshot {key}: bad page size in header"))?;
     w.write_all(&header)
         .with_context(|| format!("{}: cannot write", db.display()))?;
-    let copied = io::copy(&mut reader, &mut w).map_err(|e| {
-        if e.kind() == io::ErrorKind::WriteZero
-            || e.raw_os_error().is_some() && e.kind() != io::ErrorKind::InvalidData
-        {
-            anyhow!("{}: cannot write: {e}", db.display())
-        } else {
-            anyhow!("snapshot {key}: cannot decompress: {e}; the replica is corrupt")
-        }
-    })?;
+    let mut copied = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => bail!("snapshot {key}: cannot read or decompress: {e}"),
+        };
+        w.write_all(&buf[..n])
+            .with_context(|| format!("{}: cannot write", db.display()))?;
+        copied += n as u64;
+    }
     let total = copied + header.len() as u64;
     if total % page_size as u64 != 0 {
         bail!("snapshot {key}: {total} bytes is not a whole number of {page_size}-byte pages; the replica is corrupt");
@@ -513,26 +517,24 @@ fn stage_index(
         };
         let mut reader = codec::decoder(seg.compression, reader)
             .map_err(|e| fatal(anyhow!("WAL segment {key}: {e}")))?;
-        stream
-            .segment(&mut reader, &mut w, &key)
-            .map_err(|e| match e {
-                SegmentError::Write(e) => write_err(e),
-                SegmentError::Read(e)
-                    if e.kind() == io::ErrorKind::InvalidData
-                        || e.kind() == io::ErrorKind::InvalidInput
-                        || e.kind() == io::ErrorKind::UnexpectedEof =>
-                {
-                    fatal(anyhow!(
-                        "WAL segment {key}: cannot decompress: {e}; the replica is corrupt"
-                    ))
-                }
-                SegmentError::Read(e) => {
-                    StageError::Retry(anyhow!("WAL segment {key}: cannot read: {e}"))
-                }
-                SegmentError::Corrupt(msg) => {
-                    fatal(anyhow!("WAL segment {key}: {msg}; the replica is corrupt"))
-                }
-            })?;
+        stream.segment(&mut reader, &mut w).map_err(|e| match e {
+            SegmentError::Write(e) => write_err(e),
+            SegmentError::Read(e)
+                if e.kind() == io::ErrorKind::InvalidData
+                    || e.kind() == io::ErrorKind::InvalidInput
+                    || e.kind() == io::ErrorKind::UnexpectedEof =>
+            {
+                fatal(anyhow!(
+                    "WAL segment {key}: cannot decompress: {e}; the replica is corrupt"
+                ))
+            }
+            SegmentError::Read(e) => {
+                StageError::Retry(anyhow!("WAL segment {key}: cannot read: {e}"))
+            }
+            SegmentError::Corrupt(msg) => {
+                fatal(anyhow!("WAL segment {key}: {msg}; the replica is corrupt"))
+            }
+        })?;
     }
     let file = w
         .into_inner()
@@ -551,6 +553,7 @@ enum SegmentError {
 }
 
 /// Follows one WAL index across its segments: header, frame chain, commit boundaries.
+#[derive(Debug)]
 struct WalStream {
     page_size: u32,
     /// Decompressed bytes seen so far: the offset the next segment must start at.
@@ -575,9 +578,7 @@ impl WalStream {
         &mut self,
         r: &mut dyn Read,
         w: &mut dyn Write,
-        key: &str,
     ) -> std::result::Result<(), SegmentError> {
-        let _ = key;
         if self.verifier.is_none() {
             let mut hdr = [0u8; WAL_HEADER_SIZE];
             let n = read_full(r, &mut hdr).map_err(SegmentError::Read)?;
@@ -1090,6 +1091,70 @@ mod tests {
         assert_eq!(w.next_job(), Some(2));
         w.close();
         assert_eq!(w.next_job(), None);
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        fs::read(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata/wal")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    /// Byte offsets just past each commit frame of a WAL.
+    fn commit_ends(wal: &[u8]) -> Vec<usize> {
+        let h = WalHeader::parse(wal).unwrap();
+        let fs = h.frame_size();
+        (0..(wal.len() - WAL_HEADER_SIZE) / fs)
+            .filter(|i| {
+                FrameHeader::parse(&wal[WAL_HEADER_SIZE + i * fs..])
+                    .unwrap()
+                    .is_commit()
+            })
+            .map(|i| WAL_HEADER_SIZE + (i + 1) * fs)
+            .collect()
+    }
+
+    fn stream(parts: &[&[u8]]) -> std::result::Result<(WalStream, Vec<u8>), String> {
+        let mut st = WalStream::new(4096);
+        let mut out = Vec::new();
+        for p in parts {
+            st.segment(&mut &p[..], &mut out).map_err(|e| match e {
+                SegmentError::Corrupt(m) => m,
+                SegmentError::Read(e) | SegmentError::Write(e) => e.to_string(),
+            })?;
+        }
+        Ok((st, out))
+    }
+
+    #[test]
+    fn wal_stream_accepts_segments_split_at_commits() {
+        let wal = fixture("valid.wal");
+        let ends = commit_ends(&wal);
+        assert!(ends.len() >= 2);
+        let cut = ends[0];
+        let (st, out) = stream(&[&wal[..cut], &wal[cut..]]).unwrap();
+        assert_eq!(out, wal);
+        assert_eq!(st.offset, wal.len() as u64);
+        assert_eq!(st.frames, ((wal.len() - WAL_HEADER_SIZE) / 4120) as u64);
+    }
+
+    #[test]
+    fn wal_stream_rejects_damage() {
+        let wal = fixture("valid.wal");
+        let err = stream(&[&fixture("bad-checksum.wal")]).unwrap_err();
+        assert!(err.contains("checksum"), "{err}");
+        let err = stream(&[&fixture("torn.wal")]).unwrap_err();
+        assert!(err.contains("torn frame"), "{err}");
+        // A segment must end on a commit frame.
+        let err = stream(&[&wal[..commit_ends(&wal)[0] - 4120]]).unwrap_err();
+        assert!(err.contains("inside a transaction"), "{err}");
+        // Frames of another WAL life (stale salts) are never accepted.
+        let stale = fixture("stale-salt.wal");
+        assert!(stream(&[&stale]).is_err());
+        let mut other_page = WalStream::new(1024);
+        assert!(other_page.segment(&mut &wal[..], &mut Vec::new()).is_err());
     }
 
     #[test]
