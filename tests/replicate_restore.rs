@@ -230,6 +230,11 @@ fn writer_in_a_separate_sqlite3_process() {
         .output()
         .is_err()
     {
+        // CI installs it first (scripts/install-test-prereqs.sh): never skip silently there.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "sqlite3 CLI missing under CI; run scripts/install-test-prereqs.sh"
+        );
         eprintln!("SKIP: sqlite3 CLI not installed (scripts/install-test-prereqs.sh installs it)");
         return;
     }
