@@ -7,6 +7,7 @@
 //! from "broken".
 
 pub mod file;
+pub mod s3;
 
 use std::io::Read;
 use std::time::SystemTime;
@@ -104,11 +105,11 @@ pub trait ReplicaClient: Send + Sync {
 /// The client for a configured replica.
 pub fn open(cfg: &crate::config::ReplicaConfig) -> Result<std::sync::Arc<dyn ReplicaClient>> {
     match &cfg.target {
-        crate::config::ReplicaTarget::File { path } => Ok(std::sync::Arc::new(file::FileClient::new(path.clone()))),
-        crate::config::ReplicaTarget::S3(s3) => anyhow::bail!(
-            "replica {}: s3 replicas (s3://{}) are not supported by this build yet; use a file replica",
-            cfg.name,
-            s3.bucket
-        ),
+        crate::config::ReplicaTarget::File { path } => {
+            Ok(std::sync::Arc::new(file::FileClient::new(path.clone())))
+        }
+        crate::config::ReplicaTarget::S3(s3) => {
+            Ok(std::sync::Arc::new(s3::S3Client::new(&cfg.name, s3)?))
+        }
     }
 }

@@ -1,0 +1,791 @@
+//! The S3 replica client (SPEC §5.6): the replica tree as keys under a prefix of a bucket on
+//! AWS S3 or an S3-compatible store.
+//!
+//! rust-s3 only signs: it builds each request (URL, SigV4 headers, XML body) without sending
+//! it, and ureq, our one blocking HTTP transport, carries every request over a pooled
+//! connection. No async runtime is involved. Uploads buffer at most one part (`part_size`)
+//! in memory: small objects go in one PUT, larger ones as a multipart upload. Downloads
+//! stream. Transient failures (connection errors, timeouts, 5xx, 429) are retried with capped
+//! exponential backoff and jitter; everything else surfaces at once as one line naming the
+//! replica, the operation, the key and the HTTP status. Secrets and signatures never appear
+//! in an error: only the store's own error code and message do.
+
+use std::io::{self, Read};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use s3::command::{Command, Multipart};
+use s3::creds::Credentials;
+use s3::request::blocking::AttoRequest;
+use s3::request::Request as _;
+use s3::serde_types::{
+    CompleteMultipartUploadData, DeleteObjectsRequest, InitiateMultipartUploadResponse,
+    ListBucketResult, ObjectIdentifier, Part,
+};
+use s3::{Bucket, Region};
+
+use super::{NotFound, ReplicaClient, Result, SnapshotInfo, WalSegmentInfo};
+use crate::codec::Compression;
+use crate::config::S3Config;
+use crate::layout;
+use crate::position::is_generation;
+
+/// Objects up to this size go in one PUT; larger ones in parts of this size.
+pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+/// Attempts of one request before a transient failure is reported.
+const ATTEMPTS: u32 = 5;
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+/// Largest error body we read to find the store's error code.
+const MAX_ERROR_BODY: u64 = 64 * 1024;
+
+pub struct S3Client {
+    bucket: Box<Bucket>,
+    /// Key prefix without leading or trailing slash; empty for the bucket root.
+    prefix: String,
+    agent: ureq::Agent,
+    part_size: usize,
+}
+
+/// Where the credentials come from, in SPEC §5.6 order.
+fn credentials(cfg: &S3Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Credentials> {
+    let pair = match (&cfg.access_key_id, &cfg.secret_access_key) {
+        (Some(a), Some(s)) => Some((a.clone(), s.clone())),
+        _ => match (
+            env("LITESTREAM_ACCESS_KEY_ID"),
+            env("LITESTREAM_SECRET_ACCESS_KEY"),
+        ) {
+            (Some(a), Some(s)) if !a.is_empty() => Some((a, s)),
+            _ => None,
+        },
+    };
+    let creds = match pair {
+        Some((a, s)) => Credentials::new(Some(&a), Some(&s), None, None, None),
+        // AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN), then the profile file.
+        None => Credentials::new(None, None, None, None, None),
+    };
+    creds.map_err(|_| {
+        anyhow!(
+            "no S3 credentials found: set access-key-id and secret-access-key in the config, or LITESTREAM_ACCESS_KEY_ID/LITESTREAM_SECRET_ACCESS_KEY, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or an AWS profile file"
+        )
+    })
+}
+
+impl S3Client {
+    pub fn new(name: &str, cfg: &S3Config) -> Result<S3Client> {
+        let env = |k: &str| std::env::var(k).ok();
+        let creds = credentials(cfg, &env).with_context(|| format!("replica {name}"))?;
+        let agent = agent(cfg.skip_verify);
+        let region = match (&cfg.region, &cfg.endpoint) {
+            (region, Some(endpoint)) => Region::Custom {
+                region: region.clone().unwrap_or_else(|| "us-east-1".into()),
+                endpoint: endpoint.trim_end_matches('/').to_string(),
+            },
+            (Some(region), None) => region
+                .parse()
+                .map_err(|_| anyhow!("replica {name}: unknown S3 region {region:?}"))?,
+            (None, None) => lookup_region(&agent, &cfg.bucket, &creds).with_context(|| {
+                format!(
+                    "replica {name}: cannot find the region of bucket {}",
+                    cfg.bucket
+                )
+            })?,
+        };
+        let mut bucket = Bucket::new(&cfg.bucket, region, creds)
+            .map_err(|e| anyhow!("replica {name}: bucket {}: {e}", cfg.bucket))?;
+        if cfg.force_path_style {
+            bucket = bucket.with_path_style();
+        }
+        Ok(S3Client {
+            bucket,
+            prefix: cfg.path.trim_matches('/').to_string(),
+            agent,
+            part_size: DEFAULT_PART_SIZE,
+        })
+    }
+
+    /// Uploads of more than `part_size` bytes go multipart (tests use small parts).
+    pub fn with_part_size(mut self, part_size: usize) -> S3Client {
+        self.part_size = part_size.max(5 * 1024 * 1024);
+        self
+    }
+
+    fn key(&self, rel: &str) -> String {
+        if self.prefix.is_empty() {
+            rel.to_string()
+        } else {
+            format!("{}/{rel}", self.prefix)
+        }
+    }
+
+    fn describe_key(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket.name)
+    }
+
+    /// Sends one signed request, retrying transient failures; returns the response whatever
+    /// its status once retries are exhausted or the status is final.
+    fn send<'c>(
+        &self,
+        op: &str,
+        url_key: &str,
+        key: &str,
+        make: &dyn Fn() -> Command<'c>,
+        body: Option<&[u8]>,
+    ) -> Result<http::Response<ureq::Body>> {
+        let path = format!("/{url_key}");
+        let mut attempt = 1;
+        loop {
+            let outcome =
+                (|| -> Result<std::result::Result<http::Response<ureq::Body>, ureq::Error>> {
+                    let req = AttoRequest::new(&self.bucket, &path, make())
+                        .map_err(|e| anyhow!("cannot sign request: {e}"))?;
+                    let url = req.url().map_err(|e| anyhow!("cannot build URL: {e}"))?;
+                    let headers = req
+                        .headers()
+                        .map_err(|e| anyhow!("cannot sign request: {e}"))?;
+                    let method = match req.command().http_verb() {
+                        s3::command::HttpMethod::Get => http::Method::GET,
+                        s3::command::HttpMethod::Put => http::Method::PUT,
+                        s3::command::HttpMethod::Post => http::Method::POST,
+                        s3::command::HttpMethod::Delete => http::Method::DELETE,
+                        s3::command::HttpMethod::Head => http::Method::HEAD,
+                    };
+                    let mut builder = http::Request::builder().method(method).uri(url.as_str());
+                    for (k, v) in headers.iter() {
+                        builder = builder.header(k.as_str(), v.as_bytes());
+                    }
+                    let owned;
+                    let payload: &[u8] = match body {
+                        Some(b) => b,
+                        None => {
+                            owned = req
+                                .request_body()
+                                .map_err(|e| anyhow!("cannot build request body: {e}"))?;
+                            &owned
+                        }
+                    };
+                    let request = builder
+                        .body(payload)
+                        .map_err(|e| anyhow!("cannot build request: {e}"))?;
+                    Ok(self.agent.run(request))
+                })()
+                .map_err(|e| anyhow!("{op} {}: {e}", self.describe_key(key)))?;
+
+            let retryable = match &outcome {
+                Ok(resp) => {
+                    let s = resp.status().as_u16();
+                    s >= 500 || s == 429
+                }
+                Err(e) => is_transient(e),
+            };
+            if !retryable || attempt >= ATTEMPTS {
+                return match outcome {
+                    Ok(resp) => Ok(resp),
+                    Err(e) => Err(anyhow!(
+                        "{op} {}: {}",
+                        self.describe_key(key),
+                        transport_message(&e)
+                    )),
+                };
+            }
+            std::thread::sleep(retry_wait(attempt));
+            attempt += 1;
+        }
+    }
+
+    /// `send`, then turns any status but 2xx into an error (404 into [`NotFound`]).
+    fn call<'c>(
+        &self,
+        op: &str,
+        url_key: &str,
+        key: &str,
+        make: &dyn Fn() -> Command<'c>,
+        body: Option<&[u8]>,
+    ) -> Result<http::Response<ureq::Body>> {
+        let resp = self.send(op, url_key, key, make, body)?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(resp);
+        }
+        let (code, message) = error_details(resp);
+        let what = format!("{op} {}", self.describe_key(key));
+        if status == 404 && code.as_deref() != Some("NoSuchBucket") {
+            return Err(anyhow::Error::new(NotFound(self.describe_key(key))).context(what));
+        }
+        let detail = match (code, message) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (Some(c), None) => c,
+            (None, Some(m)) => m,
+            (None, None) => String::new(),
+        };
+        let hint = match status {
+            403 => " (check the replica's access-key-id and secret-access-key)",
+            _ => "",
+        };
+        bail!("{what}: HTTP {status} {detail}{hint}")
+    }
+
+    /// Every object under `rel_prefix` (relative to our prefix), across continuation pages.
+    /// With `delimiter`, the common prefixes instead.
+    fn list(&self, rel_prefix: &str, delimiter: bool) -> Result<Vec<ListedObject>> {
+        let prefix = self.key(rel_prefix);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let make = || Command::ListObjectsV2 {
+                prefix: prefix.clone(),
+                delimiter: delimiter.then(|| "/".to_string()),
+                continuation_token: token.clone(),
+                start_after: None,
+                max_keys: Some(1000),
+            };
+            let resp = self.call("LIST", "", &prefix, &make, None)?;
+            let body = read_body(resp, 64 * 1024 * 1024)
+                .with_context(|| format!("LIST {}", self.describe_key(&prefix)))?;
+            let page: ListBucketResult = quick_xml::de::from_str(&body).map_err(|e| {
+                anyhow!("LIST {}: unreadable reply: {e}", self.describe_key(&prefix))
+            })?;
+            if delimiter {
+                for p in page.common_prefixes.unwrap_or_default() {
+                    out.push(ListedObject {
+                        key: p.prefix,
+                        size: 0,
+                        created: UNIX_EPOCH,
+                    });
+                }
+            } else {
+                for o in page.contents {
+                    let created =
+                        humantime::parse_rfc3339_weak(o.last_modified.trim_end_matches('Z'))
+                            .or_else(|_| humantime::parse_rfc3339(&o.last_modified))
+                            .unwrap_or(UNIX_EPOCH);
+                    out.push(ListedObject {
+                        key: o.key,
+                        size: o.size,
+                        created,
+                    });
+                }
+            }
+            match page.next_continuation_token {
+                Some(t) if page.is_truncated => token = Some(t),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores `data` at `key`: one PUT up to `part_size`, else a multipart upload.
+    fn put(&self, key: &str, data: &mut dyn Read) -> Result<(u64, SystemTime)> {
+        let mut buf = vec![0u8; self.part_size];
+        let n = read_full(data, &mut buf)
+            .with_context(|| format!("cannot read the data for {}", self.describe_key(key)))?;
+        if n < buf.len() {
+            let content = &buf[..n];
+            let make = || Command::PutObject {
+                content,
+                content_type: "application/octet-stream",
+                custom_headers: None,
+                multipart: None,
+            };
+            self.call("PUT", key, key, &make, Some(content))?;
+            return Ok((n as u64, SystemTime::now()));
+        }
+
+        let make = || Command::InitiateMultipartUpload {
+            content_type: "application/octet-stream",
+        };
+        let resp = self.call("PUT (initiate multipart)", key, key, &make, None)?;
+        let body = read_body(resp, MAX_ERROR_BODY)?;
+        let init: InitiateMultipartUploadResponse =
+            quick_xml::de::from_str(&body).map_err(|e| {
+                anyhow!(
+                    "PUT {}: unreadable multipart reply: {e}",
+                    self.describe_key(key)
+                )
+            })?;
+        let upload_id = init.upload_id;
+        let result = (|| -> Result<u64> {
+            let mut parts = Vec::new();
+            let mut total = 0u64;
+            let mut len = n;
+            loop {
+                let number = parts.len() as u32 + 1;
+                let content = &buf[..len];
+                let make = || Command::PutObject {
+                    content,
+                    content_type: "application/octet-stream",
+                    custom_headers: None,
+                    multipart: Some(Multipart::new(number, &upload_id)),
+                };
+                let resp = self.call(
+                    &format!("PUT (part {number})"),
+                    key,
+                    key,
+                    &make,
+                    Some(content),
+                )?;
+                let etag = resp
+                    .headers()
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "PUT {} part {number}: no ETag in reply",
+                            self.describe_key(key)
+                        )
+                    })?
+                    .to_string();
+                parts.push(Part {
+                    part_number: number,
+                    etag,
+                });
+                total += len as u64;
+                len = read_full(data, &mut buf).with_context(|| {
+                    format!("cannot read the data for {}", self.describe_key(key))
+                })?;
+                if len == 0 {
+                    break;
+                }
+            }
+            let make = || Command::CompleteMultipartUpload {
+                upload_id: &upload_id,
+                data: CompleteMultipartUploadData {
+                    parts: parts.clone(),
+                },
+            };
+            let resp = self.call("PUT (complete multipart)", key, key, &make, None)?;
+            // S3 can report a failed completion inside a 200 reply.
+            let body = read_body(resp, MAX_ERROR_BODY)?;
+            if body.contains("<Error>") {
+                let (code, message) = error_fields(&body);
+                bail!(
+                    "PUT {}: multipart completion failed: {} {}",
+                    self.describe_key(key),
+                    code.unwrap_or_default(),
+                    message.unwrap_or_default()
+                );
+            }
+            Ok(total)
+        })();
+        match result {
+            Ok(total) => Ok((total, SystemTime::now())),
+            Err(e) => {
+                let make = || Command::AbortMultipartUpload {
+                    upload_id: &upload_id,
+                };
+                let _ = self.call("PUT (abort multipart)", key, key, &make, None);
+                Err(e)
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        let resp = self.call("GET", key, key, &|| Command::GetObject, None)?;
+        Ok(Box::new(resp.into_body().into_reader()))
+    }
+
+    /// Deletes keys in batches of at most 1000, checking each key's result.
+    fn delete_keys(&self, keys: Vec<String>) -> Result<()> {
+        for batch in keys.chunks(1000) {
+            let make = || Command::DeleteObjects {
+                data: DeleteObjectsRequest {
+                    objects: batch.iter().map(ObjectIdentifier::new).collect(),
+                    quiet: true,
+                },
+            };
+            let key = self.key("");
+            let resp = self.call("DELETE", "", &key, &make, None)?;
+            let body = read_body(resp, 16 * 1024 * 1024)?;
+            if body.contains("<Error>") {
+                let (code, message) = error_fields(&body);
+                let failed_key = between(&body, "<Key>", "</Key>").unwrap_or_default();
+                bail!(
+                    "DELETE {}: {} {}",
+                    self.describe_key(&failed_key),
+                    code.unwrap_or_default(),
+                    message.unwrap_or_default()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+struct ListedObject {
+    key: String,
+    size: u64,
+    created: SystemTime,
+}
+
+fn agent(skip_verify: bool) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder()
+        .disable_verification(skip_verify)
+        .build();
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_send_request(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_per_read(Some(Duration::from_secs(60)))
+        .timeout_per_write(Some(Duration::from_secs(60)))
+        .max_redirects(0)
+        .tls_config(tls)
+        .build();
+    ureq::Agent::new_with_config(config)
+}
+
+/// Region of a bucket on AWS: GetBucketLocation, else the `x-amz-bucket-region` header.
+fn lookup_region(agent: &ureq::Agent, bucket: &str, creds: &Credentials) -> Result<Region> {
+    let b = Bucket::new(bucket, Region::UsEast1, creds.clone()).map_err(|e| anyhow!("{e}"))?;
+    let req = AttoRequest::new(&b, "/", Command::GetBucketLocation).map_err(|e| anyhow!("{e}"))?;
+    let url = req.url().map_err(|e| anyhow!("{e}"))?;
+    let headers = req.headers().map_err(|e| anyhow!("{e}"))?;
+    let mut builder = http::Request::builder()
+        .method(http::Method::GET)
+        .uri(url.as_str());
+    for (k, v) in headers.iter() {
+        builder = builder.header(k.as_str(), v.as_bytes());
+    }
+    let request = builder.body(()).map_err(|e| anyhow!("{e}"))?;
+    let resp = agent
+        .run(request)
+        .map_err(|e| anyhow!("{}", transport_message(&e)))?;
+    if let Some(r) = resp
+        .headers()
+        .get("x-amz-bucket-region")
+        .and_then(|v| v.to_str().ok())
+    {
+        return r.parse().map_err(|_| anyhow!("unknown region {r:?}"));
+    }
+    let status = resp.status().as_u16();
+    let body = read_body(resp, MAX_ERROR_BODY)?;
+    if status != 200 {
+        let (code, message) = error_fields(&body);
+        bail!(
+            "HTTP {status} {} {}",
+            code.unwrap_or_default(),
+            message.unwrap_or_default()
+        );
+    }
+    let name = between(&body, ">", "</LocationConstraint>").unwrap_or_default();
+    let name = if name.is_empty() || name.contains('<') {
+        "us-east-1".to_string()
+    } else {
+        name
+    };
+    name.parse().map_err(|_| anyhow!("unknown region {name:?}"))
+}
+
+fn is_transient(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Io(_)
+            | ureq::Error::Timeout(_)
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::HostNotFound
+    )
+}
+
+fn transport_message(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        ureq::Error::ConnectionFailed => "connection failed".into(),
+        ureq::Error::HostNotFound => "host not found".into(),
+        ureq::Error::Io(io) => format!("connection error: {io}"),
+        other => other.to_string(),
+    }
+}
+
+/// 200 ms, 400 ms, 800 ms … capped, ±25% jitter so replicas do not retry in step.
+fn retry_wait(attempt: u32) -> Duration {
+    let base = Duration::from_millis(200u64 << attempt.min(8)).min(MAX_RETRY_WAIT);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let jitter = f64::from(nanos % 1000) / 1000.0 * 0.5 - 0.25;
+    base.mul_f64(1.0 + jitter)
+}
+
+fn read_body(resp: http::Response<ureq::Body>, limit: u64) -> Result<String> {
+    let mut s = String::new();
+    resp.into_body()
+        .into_reader()
+        .take(limit)
+        .read_to_string(&mut s)
+        .map_err(|e| anyhow!("cannot read reply: {e}"))?;
+    Ok(s)
+}
+
+/// The store's `<Code>` and `<Message>`, read from a bounded error body.
+fn error_details(resp: http::Response<ureq::Body>) -> (Option<String>, Option<String>) {
+    match read_body(resp, MAX_ERROR_BODY) {
+        Ok(body) => error_fields(&body),
+        Err(_) => (None, None),
+    }
+}
+
+fn error_fields(body: &str) -> (Option<String>, Option<String>) {
+    (
+        between(body, "<Code>", "</Code>"),
+        between(body, "<Message>", "</Message>"),
+    )
+}
+
+fn between(s: &str, open: &str, close: &str) -> Option<String> {
+    let start = s.find(open)? + open.len();
+    let end = s[start..].find(close)? + start;
+    Some(s[start..end].to_string())
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+impl ReplicaClient for S3Client {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    fn describe(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket.name)
+        } else {
+            format!("s3://{}/{}", self.bucket.name, self.prefix)
+        }
+    }
+
+    fn generations(&self) -> Result<Vec<String>> {
+        let base = self.key(&format!("{}/", layout::GENERATIONS_DIR));
+        let mut out: Vec<String> = self
+            .list(&format!("{}/", layout::GENERATIONS_DIR), true)?
+            .into_iter()
+            .filter_map(|o| {
+                let g = o.key.strip_prefix(&base)?.trim_end_matches('/').to_string();
+                is_generation(&g).then_some(g)
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn snapshots(&self, generation: &str) -> Result<Vec<SnapshotInfo>> {
+        let dir = format!("{}/", layout::snapshots_dir(generation));
+        let base = self.key(&dir);
+        let mut out: Vec<SnapshotInfo> = self
+            .list(&dir, false)?
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.key.strip_prefix(&base)?;
+                let (index, compression) = layout::parse_snapshot_name(name)?;
+                Some(SnapshotInfo {
+                    generation: generation.to_string(),
+                    index,
+                    size: o.size,
+                    created: o.created,
+                    compression,
+                })
+            })
+            .collect();
+        out.sort_by_key(|s| s.index);
+        Ok(out)
+    }
+
+    fn wal_segments(&self, generation: &str) -> Result<Vec<WalSegmentInfo>> {
+        let dir = format!("{}/", layout::wal_dir(generation));
+        let base = self.key(&dir);
+        let mut out: Vec<WalSegmentInfo> = self
+            .list(&dir, false)?
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.key.strip_prefix(&base)?;
+                let (index, offset, compression) = layout::parse_wal_segment_name(name)?;
+                Some(WalSegmentInfo {
+                    generation: generation.to_string(),
+                    index,
+                    offset,
+                    size: o.size,
+                    created: o.created,
+                    compression,
+                })
+            })
+            .collect();
+        out.sort_by_key(|s| (s.index, s.offset));
+        Ok(out)
+    }
+
+    fn write_snapshot(
+        &self,
+        generation: &str,
+        index: u32,
+        compression: Compression,
+        data: &mut dyn Read,
+    ) -> Result<SnapshotInfo> {
+        let key = self.key(&layout::snapshot_key(generation, index, compression));
+        let (size, created) = self.put(&key, data)?;
+        Ok(SnapshotInfo {
+            generation: generation.to_string(),
+            index,
+            size,
+            created,
+            compression,
+        })
+    }
+
+    fn write_wal_segment(
+        &self,
+        generation: &str,
+        index: u32,
+        offset: u64,
+        compression: Compression,
+        data: &mut dyn Read,
+    ) -> Result<WalSegmentInfo> {
+        let key = self.key(&layout::wal_segment_key(
+            generation,
+            index,
+            offset,
+            compression,
+        ));
+        let (size, created) = self.put(&key, data)?;
+        Ok(WalSegmentInfo {
+            generation: generation.to_string(),
+            index,
+            offset,
+            size,
+            created,
+            compression,
+        })
+    }
+
+    fn open_snapshot(&self, info: &SnapshotInfo) -> Result<Box<dyn Read + Send>> {
+        self.get(&self.key(&layout::snapshot_key(
+            &info.generation,
+            info.index,
+            info.compression,
+        )))
+    }
+
+    fn open_wal_segment(&self, info: &WalSegmentInfo) -> Result<Box<dyn Read + Send>> {
+        self.get(&self.key(&layout::wal_segment_key(
+            &info.generation,
+            info.index,
+            info.offset,
+            info.compression,
+        )))
+    }
+
+    fn delete_generation(&self, generation: &str) -> Result<()> {
+        if !is_generation(generation) {
+            bail!("refusing to delete {generation:?}: not a generation id");
+        }
+        let keys = self
+            .list(&format!("{}/", layout::generation_dir(generation)), false)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        self.delete_keys(keys)
+    }
+
+    fn delete_snapshots(&self, snapshots: &[SnapshotInfo]) -> Result<()> {
+        self.delete_keys(
+            snapshots
+                .iter()
+                .map(|s| self.key(&layout::snapshot_key(&s.generation, s.index, s.compression)))
+                .collect(),
+        )
+    }
+
+    fn delete_wal_segments(&self, segments: &[WalSegmentInfo]) -> Result<()> {
+        self.delete_keys(
+            segments
+                .iter()
+                .map(|s| {
+                    self.key(&layout::wal_segment_key(
+                        &s.generation,
+                        s.index,
+                        s.offset,
+                        s.compression,
+                    ))
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_order() {
+        let mut cfg = S3Config {
+            bucket: "b".into(),
+            ..Default::default()
+        };
+        let env = |k: &str| match k {
+            "LITESTREAM_ACCESS_KEY_ID" => Some("ENVAK".to_string()),
+            "LITESTREAM_SECRET_ACCESS_KEY" => Some("ENVSK".to_string()),
+            _ => None,
+        };
+        let c = credentials(&cfg, &env).unwrap();
+        assert_eq!(c.access_key.as_deref(), Some("ENVAK"));
+        cfg.access_key_id = Some("CFGAK".into());
+        cfg.secret_access_key = Some("CFGSK".into());
+        let c = credentials(&cfg, &env).unwrap();
+        assert_eq!(
+            (c.access_key.as_deref(), c.secret_key.as_deref()),
+            (Some("CFGAK"), Some("CFGSK"))
+        );
+    }
+
+    #[test]
+    fn error_fields_and_retry_waits() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error>";
+        let (c, m) = error_fields(body);
+        assert_eq!(c.as_deref(), Some("SignatureDoesNotMatch"));
+        assert!(m.unwrap().contains("does not match"));
+        assert_eq!(error_fields("<x/>"), (None, None));
+        for attempt in 1..20 {
+            let w = retry_wait(attempt);
+            assert!(
+                w <= MAX_RETRY_WAIT.mul_f64(1.25) && w >= Duration::from_millis(150),
+                "{w:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_under_prefix() {
+        let cfg = S3Config {
+            bucket: "bkt".into(),
+            path: "/a/b/".into(),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            force_path_style: true,
+            access_key_id: Some("AK".into()),
+            secret_access_key: Some("SK".into()),
+            ..Default::default()
+        };
+        let c = S3Client::new("s3", &cfg).unwrap();
+        assert_eq!(c.key("generations/x"), "a/b/generations/x");
+        assert_eq!(c.describe(), "s3://bkt/a/b");
+        let root = S3Client::new(
+            "s3",
+            &S3Config {
+                path: String::new(),
+                ..cfg
+            },
+        )
+        .unwrap();
+        assert_eq!(root.key("generations/x"), "generations/x");
+        assert_eq!(root.describe(), "s3://bkt");
+    }
+}

@@ -1,0 +1,453 @@
+//! S3 replicas against a real S3 server (s3s-fs on 127.0.0.1, which checks SigV4), through a
+//! proxy that counts requests and can cut the network.
+
+mod common;
+mod s3_server;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rusqlite::{params, Connection};
+use s3_server::*;
+
+/// Writes `env.config`: one db replicated to the S3 server.
+fn write_s3_config(env: &Env, s3: &S3Server, secret: &str, sync: &str, min_pages: u32) {
+    let y = format!(
+        "dbs:\n  - path: \"{}\"\n    monitor-interval: 100ms\n    min-checkpoint-page-count: {min_pages}\n    replicas:\n{}",
+        env.db.display(),
+        s3.replica_yaml(secret, sync)
+    );
+    fs::write(&env.config, y).unwrap();
+}
+
+fn setup(name: &str) -> Option<(Env, S3Server)> {
+    if !s3s_fs_available() {
+        return None;
+    }
+    let env = Env::new(name);
+    let s3 = S3Server::start(&env.root.join("s3"));
+    Some((env, s3))
+}
+
+/// `restore -config -o <fresh> DB`, whatever the outcome.
+fn try_restore(env: &Env) -> (Out, PathBuf) {
+    let out = env.fresh("restored-s3");
+    let o = env.run(&[
+        "restore",
+        "-config",
+        env.config.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        env.db.to_str().unwrap(),
+    ]);
+    (o, out)
+}
+
+/// Restores from the `s3://` URL with credentials from the environment.
+fn restore_url(env: &Env, s3: &S3Server, secret: &str) -> (std::process::Output, PathBuf) {
+    let out = env.fresh("restored-s3-url");
+    let o = Command::new(BIN)
+        .args(["restore", "-o", out.to_str().unwrap(), &s3.url()])
+        .env("LITESTREAM_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("LITESTREAM_SECRET_ACCESS_KEY", secret)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (o, out)
+}
+
+fn wait_restore(env: &Env, what: &str, pred: impl Fn(&Path) -> bool) -> PathBuf {
+    let start = Instant::now();
+    loop {
+        let (o, out) = try_restore(env);
+        if o.code == Some(0) && pred(&out) {
+            return out;
+        }
+        remove_db_files(&out);
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for: {what}; last restore: code={:?} stderr={}",
+            o.code,
+            o.stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_first_snapshot(s3: &S3Server, d: &mut Daemon) {
+    let ok = wait_until(DEADLINE, || {
+        d.assert_alive();
+        generations(&s3.replica_dir())
+            .iter()
+            .any(|g| !snapshot_indexes(&s3.replica_dir(), g).is_empty())
+    });
+    assert!(ok, "no snapshot in the bucket within {DEADLINE:?}");
+}
+
+/// `n` transactions: inserts of 10–20 KB blobs, counter and blob updates, deletes.
+fn mixed(c: &Connection, n: usize, seed: u64, next_id: &mut i64, live: &mut Vec<i64>) {
+    let mut rng = Rng::new(seed);
+    for i in 0..n {
+        let k = rng.range(0, 100);
+        tx(c, |c| {
+            if k < 55 || live.len() < 5 {
+                let id = *next_id;
+                *next_id += 1;
+                insert_row(c, id, rng.range(10_000, 20_001) as usize);
+                live.push(id);
+            } else if k < 85 {
+                let id = live[rng.range(0, live.len() as u64) as usize];
+                let b = Rng::new(rng.next_u64()).bytes(rng.range(10_000, 20_001) as usize);
+                let h = hash_bytes(&b) as i64;
+                c.execute(
+                    "UPDATE t SET b = ?2, h = ?3, n = n + 1 WHERE id = ?1",
+                    params![id, b, h],
+                )
+                .unwrap();
+            } else {
+                let at = rng.range(0, live.len() as u64) as usize;
+                let id = live.swap_remove(at);
+                c.execute("DELETE FROM t WHERE id = ?1", params![id])
+                    .unwrap();
+            }
+        });
+        if i % 40 == 39 {
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+}
+
+fn puts(reqs: &[Req]) -> usize {
+    reqs.iter().filter(|r| r.method == "PUT").count()
+}
+
+fn lists(reqs: &[Req]) -> usize {
+    reqs.iter()
+        .filter(|r| r.method == "GET" && r.target.contains("list-type=2"))
+        .count()
+}
+
+#[test]
+fn s3_replicate_and_restore_by_config_and_url() {
+    let Some((env, s3)) = setup("s3-basic") else {
+        return;
+    };
+    write_s3_config(&env, &s3, SECRET_KEY, "100ms", 200);
+    let app = create_app_db(&env.db, 4096);
+    let mut d = env.start("daemon");
+    wait_first_snapshot(&s3, &mut d);
+
+    let (mut next_id, mut live) = (1i64, Vec::new());
+    mixed(&app, 320, 5, &mut next_id, &mut live);
+    let src = digest_conn(&app, "t");
+    assert_eq!(src.rows as usize, live.len());
+    let stopped = d.stop_ok();
+    assert!(
+        !stopped.log.contains(SECRET_KEY),
+        "the secret key appears in the daemon log"
+    );
+
+    // Keys: backups/app/generations/<16 hex>/snapshots/<8 hex>.snapshot.gz and …/wal/….
+    assert_replica_tree_valid(&s3.replica_dir());
+    let gens = generations(&s3.replica_dir());
+    assert_eq!(gens.len(), 1, "{gens:?}");
+    assert!(!wal_segments(&s3.replica_dir(), &gens[0]).is_empty());
+
+    let (o, out) = try_restore(&env);
+    o.assert_ok("restore -config from S3");
+    assert_integrity_ok(&out);
+    assert_eq!(table_digest(&out, "t"), src, "restore -config differs");
+    assert_blobs_match_hash(&out);
+
+    let (o, out) = restore_url(&env, &s3, SECRET_KEY);
+    assert!(
+        o.status.success(),
+        "restore from s3:// URL failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_integrity_ok(&out);
+    assert_eq!(table_digest(&out, "t"), src, "restore from URL differs");
+    assert!(
+        s3.proxy
+            .requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.target.contains(".wal.gz")),
+        "restores did not read WAL segments through the S3 API"
+    );
+}
+
+#[test]
+fn s3_sigkill_under_load_restores_consistent_prefixes() {
+    let Some((env, s3)) = setup("s3-crash") else {
+        return;
+    };
+    write_s3_config(&env, &s3, SECRET_KEY, "100ms", 200);
+    drop(create_app_db(&env.db, 4096));
+    let writer = Writer::start(&env.db, 1, Duration::from_millis(3));
+    let mut d = env.start("daemon-0");
+    let mut prev = 0i64;
+    for round in 0..5 {
+        let out = wait_restore(&env, &format!("round {round}: progress"), |p| {
+            id_summary(p).0 > prev
+        });
+        remove_db_files(&out);
+        std::thread::sleep(Duration::from_millis(150 + 170 * round as u64));
+        d.kill();
+        let (o, out) = try_restore(&env);
+        o.assert_ok("restore after SIGKILL");
+        let committed = writer.committed() as i64;
+        assert_integrity_ok(&out);
+        let (count, min, max) = id_summary(&out);
+        eprintln!("round {round}: restored {count} rows (writer had committed {committed})");
+        assert_eq!(
+            (min, max),
+            (1, count),
+            "round {round}: not a contiguous prefix"
+        );
+        assert!(
+            count <= committed && count >= prev,
+            "round {round}: {count} rows"
+        );
+        assert_blobs_match_hash(&out);
+        remove_db_files(&out);
+        prev = count;
+        d = env.start(&format!("daemon-{}", round + 1));
+    }
+    let n = writer.finish() as i64;
+    d.stop_ok();
+    let (o, out) = try_restore(&env);
+    o.assert_ok("final restore");
+    assert_integrity_ok(&out);
+    assert_eq!(id_summary(&out), (n, 1, n), "final restore misses rows");
+    assert_eq!(table_digest(&out, "t"), table_digest(&env.db, "t"));
+}
+
+#[test]
+fn s3_outage_then_catch_up_without_restart() {
+    let Some((env, s3)) = setup("s3-outage") else {
+        return;
+    };
+    write_s3_config(&env, &s3, SECRET_KEY, "100ms", 200);
+    let app = create_app_db(&env.db, 4096);
+    let mut d = env.start("daemon");
+    wait_first_snapshot(&s3, &mut d);
+
+    let (mut next_id, mut live) = (1i64, Vec::new());
+    mixed(&app, 40, 21, &mut next_id, &mut live);
+    s3.proxy.set_down();
+    let down_at = Instant::now();
+    // Keep writing through the outage: the app never waits for the replica.
+    while down_at.elapsed() < Duration::from_secs(6) {
+        mixed(&app, 20, next_id as u64, &mut next_id, &mut live);
+        d.sample_hwm();
+    }
+    d.assert_alive();
+    let peak_outage = d.peak_kb();
+    s3.proxy.set_up();
+    let src = digest_conn(&app, "t");
+    let out = wait_restore(&env, "the replica catches up after the outage", |p| {
+        table_digest(p, "t") == src
+    });
+    assert_integrity_ok(&out);
+    let stopped = d.stop_ok();
+    println!(
+        "daemon peak RSS during the outage: {peak_outage} KiB ({:.1} MiB); whole run {} KiB",
+        peak_outage as f64 / 1024.0,
+        stopped.peak_kb
+    );
+    assert!(
+        stopped.log.contains("replica sync error"),
+        "the outage was not logged"
+    );
+    assert!(peak_outage < 64 * 1024, "peak RSS {peak_outage} KiB");
+    let (o, out) = try_restore(&env);
+    o.assert_ok("final restore");
+    assert_eq!(table_digest(&out, "t"), src);
+}
+
+#[test]
+fn s3_request_counts_idle_and_busy() {
+    let Some((env, s3)) = setup("s3-requests") else {
+        return;
+    };
+    write_s3_config(&env, &s3, SECRET_KEY, "100ms", 200);
+    let app = create_app_db(&env.db, 4096);
+    let mut d = env.start("daemon");
+    wait_first_snapshot(&s3, &mut d);
+    tx(&app, |c| insert_row(c, 1, 100));
+    let out = wait_restore(&env, "first row", |p| id_summary(p).0 == 1);
+    remove_db_files(&out);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Idle: nothing at all for 10 s, at sync-interval 100ms.
+    s3.proxy.clear();
+    std::thread::sleep(Duration::from_secs(10));
+    let idle = s3.proxy.requests();
+    println!("idle 10 s at sync-interval 100ms: {} requests", idle.len());
+    assert!(idle.is_empty(), "idle daemon made requests: {idle:?}");
+    d.stop_ok();
+
+    // Busy: continuous writes for 10 s at sync-interval 1s: at most ~one PUT a second.
+    write_s3_config(&env, &s3, SECRET_KEY, "1s", 1000);
+    let d = env.start("daemon-busy");
+    std::thread::sleep(Duration::from_secs(2));
+    s3.proxy.clear();
+    let start = Instant::now();
+    let mut id = 2;
+    while start.elapsed() < Duration::from_secs(10) {
+        tx(&app, |c| insert_row(c, id, 2000));
+        id += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let busy = s3.proxy.requests();
+    println!(
+        "10 s of writes ({} transactions) at sync-interval 1s: {} PUTs, {} LISTs, {} requests",
+        id - 2,
+        puts(&busy),
+        lists(&busy),
+        busy.len()
+    );
+    assert!(puts(&busy) <= 12, "too many PUTs: {busy:?}");
+    assert_eq!(lists(&busy), 0, "LIST during steady writes: {busy:?}");
+    d.stop_ok();
+    let (o, out) = try_restore(&env);
+    o.assert_ok("restore");
+    assert_eq!(id_summary(&out), (id - 1, 1, id - 1));
+}
+
+#[test]
+fn s3_wrong_secret_is_a_clear_error_and_never_printed() {
+    let Some((env, s3)) = setup("s3-auth") else {
+        return;
+    };
+    let wrong = "wrong-secret-must-not-appear-91c2";
+    write_s3_config(&env, &s3, wrong, "100ms", 200);
+    let app = create_app_db(&env.db, 4096);
+    let mut d = env.start("daemon");
+    tx(&app, |c| insert_row(c, 1, 100));
+    let log = d.wait_log("SignatureDoesNotMatch", DEADLINE);
+    d.assert_alive();
+    let line = log
+        .lines()
+        .find(|l| l.contains("SignatureDoesNotMatch"))
+        .unwrap()
+        .to_string();
+    eprintln!("auth error line: {line}");
+    assert!(
+        line.contains("replica=s3"),
+        "the error does not name the replica: {line}"
+    );
+    assert!(line.contains("403"), "no HTTP status: {line}");
+    let stopped = d.stop_ok();
+    assert!(!stopped.log.contains(wrong), "the secret is in the log");
+    assert!(
+        !stopped.log.contains("Signature="),
+        "a signature is in the log"
+    );
+
+    let (o, out) = try_restore(&env);
+    o.assert_fails("restore with a wrong secret");
+    assert!(
+        o.stderr.contains("SignatureDoesNotMatch"),
+        "stderr: {}",
+        o.stderr
+    );
+    assert!(!o.stderr.contains(wrong) && !o.stdout.contains(wrong));
+    assert!(!out.exists());
+    let (o, out) = restore_url(&env, &s3, wrong);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains(wrong));
+    assert!(!out.exists());
+}
+
+#[test]
+fn s3_large_snapshot_goes_multipart_in_bounded_memory() {
+    let Some((env, s3)) = setup("s3-multipart") else {
+        return;
+    };
+    write_s3_config(&env, &s3, SECRET_KEY, "100ms", 200);
+    // ~300 MB of incompressible rows, written before the daemon starts: its first snapshot
+    // streams the whole file.
+    let app = create_app_db(&env.db, 4096);
+    app.execute_batch("CREATE TABLE big (id INTEGER PRIMARY KEY, h INTEGER, b BLOB);")
+        .unwrap();
+    for chunk in 0..30 {
+        tx(&app, |c| {
+            for i in 0..10 {
+                let id = chunk * 10 + i + 1;
+                let b = Rng::new(id as u64).bytes(1024 * 1024);
+                c.execute(
+                    "INSERT INTO big (id, h, b) VALUES (?1, ?2, ?3)",
+                    params![id, hash_bytes(&b) as i64, b],
+                )
+                .unwrap();
+            }
+        });
+    }
+    app.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    let size = fs::metadata(&env.db).unwrap().len();
+    assert!(size > 300_000_000, "db is only {size} bytes");
+
+    let mut d = env.start("daemon");
+    let ok = wait_until(Duration::from_secs(240), || {
+        d.assert_alive();
+        d.sample_hwm();
+        generations(&s3.replica_dir())
+            .iter()
+            .any(|g| !snapshot_indexes(&s3.replica_dir(), g).is_empty())
+    });
+    assert!(ok, "no snapshot of the 300 MB db");
+    let stopped = d.stop_ok();
+    let reqs = s3.proxy.requests();
+    let parts = reqs
+        .iter()
+        .filter(|r| r.method == "PUT" && r.target.contains("partNumber="))
+        .count();
+    println!(
+        "db {size} bytes: snapshot uploaded in {parts} parts; daemon peak RSS {} KiB ({:.1} MiB)",
+        stopped.peak_kb,
+        stopped.peak_kb as f64 / 1024.0
+    );
+    assert!(
+        parts >= 30,
+        "expected a multipart upload, saw {parts} parts"
+    );
+    assert!(
+        stopped.peak_kb < 64 * 1024,
+        "daemon peak RSS {} KiB",
+        stopped.peak_kb
+    );
+
+    let src_rows: i64 = app
+        .query_row("SELECT count(*) FROM big", [], |r| r.get(0))
+        .unwrap();
+    let src_sum: i64 = app
+        .query_row("SELECT sum(h & 65535) FROM big", [], |r| r.get(0))
+        .unwrap();
+    drop(app);
+    let (o, out) = try_restore(&env);
+    o.assert_ok("restore of the 300 MB db");
+    println!("restore peak RSS {} KiB", o.peak_kb);
+    assert_integrity_ok(&out);
+    let c = open_existing(&out);
+    let rows: i64 = c
+        .query_row("SELECT count(*) FROM big", [], |r| r.get(0))
+        .unwrap();
+    let sum: i64 = c
+        .query_row("SELECT sum(h & 65535) FROM big", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((rows, sum), (src_rows, src_sum));
+    let mut st = c.prepare("SELECT h, b FROM big").unwrap();
+    let mut q = st.query([]).unwrap();
+    while let Some(r) = q.next().unwrap() {
+        let h: i64 = r.get(0).unwrap();
+        assert_eq!(
+            hash_bytes(r.get_ref(1).unwrap().as_blob().unwrap()) as i64,
+            h
+        );
+    }
+}

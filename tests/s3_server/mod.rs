@@ -1,0 +1,248 @@
+//! A real S3 server for integration tests: s3s-fs (verifies SigV4 signatures) on 127.0.0.1,
+//! behind a small TCP proxy that counts requests and can cut the connection to simulate an
+//! outage. Objects land as plain files under `<dir>/<bucket>/<key>`, so the file-tree helpers
+//! of `common` can inspect what the bucket holds. Everything is stopped on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const ACCESS_KEY: &str = "TESTAK";
+pub const SECRET_KEY: &str = "test-secret-do-not-log-7f3a";
+pub const BUCKET: &str = "bkt";
+pub const PREFIX: &str = "backups/app";
+
+/// `None` (with a message) when s3s-fs is not installed and we are not under CI.
+pub fn s3s_fs_available() -> bool {
+    let ok = Command::new("s3s-fs")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "s3s-fs missing under CI; run scripts/install-test-prereqs.sh"
+        );
+        eprintln!("SKIP: s3s-fs not installed (scripts/install-test-prereqs.sh installs it)");
+    }
+    ok
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One recorded request: method and path (with query).
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub method: String,
+    pub target: String,
+}
+
+pub struct S3Server {
+    child: Child,
+    pub dir: PathBuf,
+    server_port: u16,
+    pub proxy: Proxy,
+}
+
+impl S3Server {
+    /// Starts s3s-fs on a free loopback port with `dir` as its store, and the proxy.
+    pub fn start(dir: &Path) -> S3Server {
+        std::fs::create_dir_all(dir.join(BUCKET)).unwrap();
+        let server_port = free_port();
+        let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &server_port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start s3s-fs");
+        let up = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(25));
+            TcpStream::connect(("127.0.0.1", server_port)).is_ok()
+        });
+        assert!(up, "s3s-fs did not start on port {server_port}");
+        let proxy = Proxy::start(server_port);
+        S3Server {
+            child,
+            dir: dir.to_path_buf(),
+            server_port,
+            proxy,
+        }
+    }
+
+    /// The endpoint clients use (through the proxy).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy.port)
+    }
+
+    /// Where the replica's objects appear on disk.
+    pub fn replica_dir(&self) -> PathBuf {
+        self.dir.join(BUCKET).join(PREFIX)
+    }
+
+    /// `s3://bkt/backups/app?endpoint=…` (credentials come from the environment).
+    pub fn url(&self) -> String {
+        format!("s3://{BUCKET}/{PREFIX}?endpoint={}", self.endpoint())
+    }
+
+    /// The replica block of a config (indented for `replicas:` under a db).
+    pub fn replica_yaml(&self, secret: &str, sync_interval: &str) -> String {
+        format!(
+            "      - type: s3\n        name: s3\n        bucket: {BUCKET}\n        path: {PREFIX}\n        endpoint: {}\n        access-key-id: {ACCESS_KEY}\n        secret-access-key: {secret}\n        sync-interval: {sync_interval}\n",
+            self.endpoint()
+        )
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.proxy.close();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy that records each HTTP request passing through and can go down (refusing new
+/// connections and cutting open ones) and come back.
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
+    requests: Arc<Mutex<Vec<Req>>>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let p = Proxy {
+            port,
+            up: Arc::new(AtomicBool::new(true)),
+            closed: Arc::new(AtomicBool::new(false)),
+            requests: Arc::new(Mutex::new(Vec::new())),
+            conns: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (up, closed, requests, conns) = (
+            p.up.clone(),
+            p.closed.clone(),
+            p.requests.clone(),
+            p.conns.clone(),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if closed.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                if !up.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                {
+                    let mut c = conns.lock().unwrap();
+                    c.push(client.try_clone().unwrap());
+                    c.push(server.try_clone().unwrap());
+                }
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let requests = requests.clone();
+                std::thread::spawn(move || forward_requests(client, server, requests));
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (s2, c2);
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        p
+    }
+
+    pub fn requests(&self) -> Vec<Req> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.requests.lock().unwrap().clear();
+    }
+
+    /// Refuses new connections and cuts every open one.
+    pub fn set_down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn set_up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.set_down();
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Copies HTTP/1.1 requests from `client` to `server`, recording each one. Requests carry a
+/// Content-Length (our client never sends chunked bodies), which frames them.
+fn forward_requests(client: TcpStream, mut server: TcpStream, requests: Arc<Mutex<Vec<Req>>>) {
+    let mut r = BufReader::new(client);
+    loop {
+        let mut head = Vec::new();
+        let mut first = String::new();
+        let mut len = 0u64;
+        loop {
+            let mut line = Vec::new();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => {
+                    let _ = server.shutdown(Shutdown::Both);
+                    return;
+                }
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line).to_string();
+            if first.is_empty() {
+                first = text.trim().to_string();
+            } else if let Some((k, v)) = text.split_once(':') {
+                if k.trim().eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            head.extend_from_slice(&line);
+            if line == b"\r\n" || line == b"\n" {
+                break;
+            }
+        }
+        let mut parts = first.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        requests.lock().unwrap().push(Req { method, target });
+        if server.write_all(&head).is_err() {
+            return;
+        }
+        let mut body = (&mut r).take(len);
+        if std::io::copy(&mut body, &mut server).is_err() {
+            return;
+        }
+    }
+}
