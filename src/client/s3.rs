@@ -60,8 +60,9 @@ fn credentials(cfg: &S3Config, env: &dyn Fn(&str) -> Option<String>) -> Result<C
     };
     let creds = match pair {
         Some((a, s)) => Credentials::new(Some(&a), Some(&s), None, None, None),
-        // AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN), then the profile file.
-        None => Credentials::new(None, None, None, None, None),
+        // AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN), then the profile
+        // file, section $AWS_PROFILE or [default].
+        None => Credentials::new(None, None, None, None, env("AWS_PROFILE").as_deref()),
     };
     creds.map_err(|_| {
         anyhow!(

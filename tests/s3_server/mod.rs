@@ -158,6 +158,9 @@ impl Proxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
                 };
+                // Small request pieces must not wait for delayed ACKs (Nagle).
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
                 {
                     let mut c = conns.lock().unwrap();
                     c.push(client.try_clone().unwrap());
