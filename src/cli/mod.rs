@@ -4,8 +4,12 @@
 //! helpers here and returns an exit code. Errors bubble up to `main`, which prints them once.
 
 pub mod common;
+pub mod databases;
+pub mod generations;
 pub mod replicate;
 pub mod restore;
+pub mod snapshots;
+pub mod wal;
 
 use std::ffi::OsString;
 
@@ -45,6 +49,10 @@ pub fn run(argv: Vec<OsString>) -> Result<i32> {
         }
         Some("replicate") => replicate::run(args),
         Some("restore") => restore::run(args),
+        Some("databases") => databases::run(args),
+        Some("generations") => generations::run(args),
+        Some("snapshots") => snapshots::run(args),
+        Some("wal") => wal::run(args),
         Some(other) => bail!("litestream {other}: unknown command"),
     }
 }
