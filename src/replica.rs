@@ -73,6 +73,13 @@ pub struct Replica {
     /// Whether the store has a snapshot of `pos.generation`.
     has_snapshot: bool,
     last_upload: Option<Instant>,
+    /// Index and store timestamp of the newest snapshot of the current generation, so the
+    /// snapshot schedule survives restarts (it is aligned to that snapshot's age).
+    newest_snapshot: Option<(u32, SystemTime)>,
+    /// When retention runs next (`retention-check-interval`).
+    next_retention: Option<Instant>,
+    /// When to look again at a due scheduled snapshot that had to wait for a new index.
+    snapshot_recheck: Option<Instant>,
 }
 
 impl Replica {
@@ -92,6 +99,9 @@ impl Replica {
             pos: None,
             has_snapshot: false,
             last_upload: None,
+            newest_snapshot: None,
+            next_retention: None,
+            snapshot_recheck: None,
         }
     }
 
@@ -143,11 +153,31 @@ impl Replica {
                 }
                 continue;
             }
-            let wait = if dirty {
+            if retry_at.is_none() {
+                if let Err(err) = self.scheduled_work() {
+                    backoff = next_backoff(backoff);
+                    retry_at = Some(Instant::now() + backoff);
+                    dirty = true;
+                    logging::error(
+                        "replica sync error",
+                        &[
+                            ("db", &self.db_label()),
+                            ("replica", &self.cfg.name),
+                            ("error", &format!("{err:#}")),
+                            ("retry_in", &format!("{backoff:?}")),
+                        ],
+                    );
+                    continue;
+                }
+            }
+            let mut wait = if dirty {
                 due.saturating_duration_since(now)
             } else {
                 Duration::from_secs(3600)
             };
+            if let Some(at) = self.next_scheduled() {
+                wait = wait.min(at.saturating_duration_since(Instant::now()));
+            }
             crossbeam_channel::select! {
                 recv(notices) -> msg => match msg {
                     Ok(_) => dirty = true,
@@ -218,10 +248,12 @@ impl Replica {
         let generation = &target.generation;
         self.pos = None;
         self.has_snapshot = false;
+        self.newest_snapshot = None;
         self.db.set_replica_position(self.slot, None);
         let snapshots = self.client.snapshots(generation)?;
         let segments = self.client.wal_segments(generation)?;
         self.has_snapshot = !snapshots.is_empty();
+        self.newest_snapshot = snapshots.iter().map(|s| (s.index, s.created)).max();
         let last_snapshot = snapshots.iter().map(|s| s.index).max();
         let pos = match (segments.last(), last_snapshot) {
             (Some(seg), snap) if snap.is_none_or(|s| s <= seg.index) => {
@@ -309,6 +341,7 @@ impl Replica {
                 )
             })?;
         self.has_snapshot = true;
+        self.newest_snapshot = Some((target.index, info.created));
         self.db.set_replica_position(self.slot, self.pos.clone());
         logging::info(
             "snapshot written",
@@ -325,6 +358,169 @@ impl Replica {
     }
 
     /// Uploads one segment per index from the replica's position up to `target`.
+    /// The next moment a scheduled snapshot or a retention check is due.
+    fn next_scheduled(&self) -> Option<Instant> {
+        let snapshot = self.snapshot_due();
+        [snapshot, self.next_retention].into_iter().flatten().min()
+    }
+
+    /// When the next scheduled snapshot is due: `snapshot-interval` after the newest one.
+    fn snapshot_due(&self) -> Option<Instant> {
+        let interval = self.cfg.snapshot_interval;
+        if interval.is_zero() || !self.has_snapshot {
+            return None;
+        }
+        if let Some(at) = self.snapshot_recheck {
+            return Some(at);
+        }
+        let (_, created) = self.newest_snapshot?;
+        let age = SystemTime::now()
+            .duration_since(created)
+            .unwrap_or_default();
+        Some(Instant::now() + interval.saturating_sub(age))
+    }
+
+    /// Scheduled snapshots (SPEC §5.3) and retention (SPEC §5.4), when due.
+    fn scheduled_work(&mut self) -> Result<()> {
+        if self.snapshot_due().is_some_and(|at| at <= Instant::now()) {
+            self.scheduled_snapshot()?;
+        }
+        let now = Instant::now();
+        let check = self.cfg.retention_check_interval;
+        if !check.is_zero() {
+            match self.next_retention {
+                None => self.next_retention = Some(now + check),
+                Some(at) if at <= now => {
+                    self.next_retention = Some(now + check);
+                    self.enforce_retention()?;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A snapshot is named by its index and restore replays that index from offset 0 anyway,
+    /// so a second snapshot of the same index would not shorten any restore, and overwriting
+    /// the first would take away the point-in-time restores between the two. Such a snapshot
+    /// waits until the index moves on (every checkpoint that restarts the WAL moves it).
+    fn scheduled_snapshot(&mut self) -> Result<()> {
+        let Some(target) = self.db.position() else {
+            return Ok(());
+        };
+        let same_index = match (&self.pos, self.newest_snapshot) {
+            (Some(p), Some((index, _))) => {
+                p.generation == target.generation && index >= target.index
+            }
+            _ => false,
+        };
+        if same_index {
+            self.snapshot_recheck =
+                Some(Instant::now() + self.cfg.snapshot_interval.min(Duration::from_secs(1)));
+            return Ok(());
+        }
+        self.snapshot_recheck = None;
+        if self.pos.as_ref().map(|p| &p.generation) != Some(&target.generation) {
+            self.discover(&target)?;
+        }
+        self.snapshot()
+    }
+
+    /// SPEC §5.4: keep snapshots newer than `now - retention` (taking one now if none is),
+    /// delete generations without a kept snapshot and, in the others, everything below the
+    /// lowest kept snapshot. The current generation's newest snapshot and all after it stay.
+    /// Snapshots go before the WAL they need, oldest first, so a concurrent restore that
+    /// listed earlier fails cleanly (a missing object) rather than restoring something wrong.
+    fn enforce_retention(&mut self) -> Result<()> {
+        let cutoff = SystemTime::now()
+            .checked_sub(self.cfg.retention)
+            .unwrap_or(UNIX_EPOCH);
+        let current = self.db.position().map(|p| p.generation);
+        let mut listed = Vec::new();
+        let mut any_kept = false;
+        for generation in self.client.generations()? {
+            let snapshots = self.client.snapshots(&generation)?;
+            any_kept |= snapshots.iter().any(|s| s.created > cutoff);
+            listed.push((generation, snapshots));
+        }
+        if !any_kept {
+            if let Some(target) = self.db.position() {
+                if self.pos.as_ref().map(|p| &p.generation) != Some(&target.generation) {
+                    self.discover(&target)?;
+                }
+                self.snapshot()?;
+                let gen = target.generation.clone();
+                let snapshots = self.client.snapshots(&gen)?;
+                match listed.iter_mut().find(|(g, _)| *g == gen) {
+                    Some(entry) => entry.1 = snapshots,
+                    None => listed.push((gen, snapshots)),
+                }
+            }
+        }
+        for (generation, snapshots) in listed {
+            let is_current = current.as_deref() == Some(generation.as_str());
+            let mut kept: Vec<u32> = snapshots
+                .iter()
+                .filter(|s| s.created > cutoff)
+                .map(|s| s.index)
+                .collect();
+            if is_current {
+                if let Some(newest) = snapshots.iter().map(|s| s.index).max() {
+                    kept.push(newest);
+                }
+            }
+            let Some(&lowest) = kept.iter().min() else {
+                if !is_current {
+                    self.client.delete_generation(&generation)?;
+                    logging::info(
+                        "generation deleted",
+                        &[
+                            ("db", &self.db_label()),
+                            ("replica", &self.cfg.name),
+                            ("generation", &generation),
+                        ],
+                    );
+                }
+                continue;
+            };
+            let old_snapshots: Vec<_> =
+                snapshots.into_iter().filter(|s| s.index < lowest).collect();
+            if !old_snapshots.is_empty() {
+                self.client.delete_snapshots(&old_snapshots)?;
+                logging::info(
+                    "snapshots deleted",
+                    &[
+                        ("db", &self.db_label()),
+                        ("replica", &self.cfg.name),
+                        ("generation", &generation),
+                        ("below_index", &format!("{lowest:08x}")),
+                        ("count", &old_snapshots.len()),
+                    ],
+                );
+            }
+            let old_segments: Vec<_> = self
+                .client
+                .wal_segments(&generation)?
+                .into_iter()
+                .filter(|s| s.index < lowest)
+                .collect();
+            if !old_segments.is_empty() {
+                self.client.delete_wal_segments(&old_segments)?;
+                logging::info(
+                    "wal segments deleted",
+                    &[
+                        ("db", &self.db_label()),
+                        ("replica", &self.cfg.name),
+                        ("generation", &generation),
+                        ("below_index", &format!("{lowest:08x}")),
+                        ("count", &old_segments.len()),
+                    ],
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn upload_until(&mut self, target: &Position) -> Result<()> {
         loop {
             let pos = self
@@ -419,7 +615,6 @@ impl Replica {
     }
 }
 
-/// Exponential backoff with jitter, capped: 1s, 2s, 4s … 30s, each ±25 %.
 /// Reads the shared db file descriptor with `pread`, so no descriptor of the db file is
 /// ever opened and closed here (see `DbShared::db_file`).
 struct PositionalReader {
@@ -435,6 +630,7 @@ impl Read for PositionalReader {
     }
 }
 
+/// Exponential backoff with jitter, capped: 1s, 2s, 4s … 30s, each ±25 %.
 fn next_backoff(prev: Duration) -> Duration {
     let base = if prev.is_zero() {
         Duration::from_secs(1)
