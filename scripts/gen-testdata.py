@@ -3,12 +3,15 @@
 
 Each WAL is copied while its connection is still open, so SQLite has neither checkpointed
 nor deleted it. Damaged variants are cut or flipped copies of real files. Re-running gives
-files with the same shape (frame counts); salts differ run to run, so tests assert shapes,
-never bytes. See testdata/wal/README.md.
+files with the same shape (frame counts); salts differ run to run, so tests assert shapes and
+counts, never bytes. The script checks those counts itself (with its own checksum code, not
+ours) so that a SQLite whose page layout differs fails here instead of in `cargo test`.
+See testdata/wal/README.md.
 """
 import os
 import shutil
 import sqlite3
+import struct
 import sys
 import tempfile
 
@@ -34,6 +37,46 @@ def frames(path):
     return (os.path.getsize(path) - 32) // FRAME
 
 
+# name: (whole frames in the file, frames in the committed prefix). Mirrored in the tests in
+# src/wal.rs and in testdata/wal/README.md.
+EXPECTED = {
+    "valid.wal": (7, 7),
+    "torn.wal": (6, 3),
+    "bad-checksum.wal": (7, 3),
+    "uncommitted-tail.wal": (16, 3),
+    "stale-salt.wal": (14, 1),
+}
+
+
+def committed_frames(path):
+    """An independent reading of SPEC section 1: frames up to the last valid commit."""
+    d = open(path, "rb").read()
+    magic, _, page, _, salt1, salt2, c1, c2 = struct.unpack_from(">8I", d, 0)
+    order = ">II" if magic & 1 else "<II"
+
+    def cksum(data, s0, s1):
+        for x0, x1 in struct.iter_unpack(order, data):
+            s0 = (s0 + x0 + s1) & 0xFFFFFFFF
+            s1 = (s1 + x1 + s0) & 0xFFFFFFFF
+        return s0, s1
+
+    assert cksum(d[:24], 0, 0) == (c1, c2), path
+    size = 24 + page
+    chain, n, committed, off = (c1, c2), 0, 0, 32
+    while off + size <= len(d):
+        _, db_size, s1, s2, k1, k2 = struct.unpack_from(">6I", d, off)
+        if (s1, s2) != (salt1, salt2):
+            break
+        chain = cksum(d[off + 24 : off + size], *cksum(d[off : off + 8], *chain))
+        if chain != (k1, k2):
+            break
+        n += 1
+        if db_size:
+            committed = n
+        off += size
+    return committed
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     tmp = tempfile.mkdtemp()
@@ -52,7 +95,8 @@ def main():
         torn = os.path.join(OUT, "torn.wal")
         open(torn, "wb").write(data[: len(data) - FRAME // 2])
 
-        # bad-checksum.wal: one page byte flipped in the last transaction's first frame.
+        # bad-checksum.wal: one page byte flipped in the second of the last transaction's four
+        # frames, so the valid frame before it must be dropped too (it never commits).
         n = frames(valid)
         b = bytearray(data)
         b[32 + (n - 3) * FRAME + 24 + 1000] ^= 0xFF
@@ -85,10 +129,15 @@ def main():
         c.close()
     finally:
         shutil.rmtree(tmp)
-    for name in sorted(os.listdir(OUT)):
-        if name.endswith(".wal"):
-            p = os.path.join(OUT, name)
-            print(f"{name}: {os.path.getsize(p)} bytes, {frames(p)} whole frames")
+    ok = True
+    for name, want in sorted(EXPECTED.items()):
+        p = os.path.join(OUT, name)
+        got = (frames(p), committed_frames(p))
+        print(f"{name}: {os.path.getsize(p)} bytes, {got[0]} whole frames, {got[1]} committed")
+        if got != want:
+            print(f"{name}: expected {want[0]} whole frames, {want[1]} committed", file=sys.stderr)
+            ok = False
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

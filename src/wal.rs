@@ -259,8 +259,17 @@ mod tests {
             .unwrap_or_else(|e| panic!("{}: {e} (run scripts/gen-testdata.py)", p.display()))
     }
 
-    /// Frame counts written by scripts/gen-testdata.py (see testdata/wal/README.md).
+    /// Frame counts written by scripts/gen-testdata.py, which checks them on every run
+    /// (see testdata/wal/README.md). Every fixture's first life starts with the same three
+    /// committed frames (create table: 2, then one row: 1), hence `FIRST_TXS_FRAMES`.
     const VALID_FRAMES: u64 = 7;
+    const FIRST_TXS_FRAMES: u64 = 3;
+    const UNCOMMITTED_TAIL_FRAMES: u64 = 16;
+    const STALE_SALT_FRAMES: u64 = 14;
+
+    fn prefix_len(frames: u64) -> u64 {
+        WAL_HEADER_SIZE as u64 + frames * (FRAME_HEADER_SIZE as u64 + 4096)
+    }
 
     fn frames_in(wal: &[u8]) -> u64 {
         let h = WalHeader::parse(wal).unwrap();
@@ -283,8 +292,11 @@ mod tests {
         let valid = fixture("valid.wal");
         let torn = fixture("torn.wal");
         let (_, len, frames) = committed_prefix(&torn).unwrap();
-        assert!(len < valid.len() as u64);
-        assert!(frames < VALID_FRAMES && frames > 0);
+        assert_eq!(frames_in(&torn), VALID_FRAMES - 1);
+        assert_eq!(
+            (len, frames),
+            (prefix_len(FIRST_TXS_FRAMES), FIRST_TXS_FRAMES)
+        );
         // The prefix is exactly the valid file's prefix up to its previous commit.
         assert_eq!(&torn[..len as usize], &valid[..len as usize]);
     }
@@ -293,10 +305,10 @@ mod tests {
     fn uncommitted_tail_stops_at_last_commit() {
         let wal = fixture("uncommitted-tail.wal");
         let (h, len, frames) = committed_prefix(&wal).unwrap();
-        assert!(frames > 0);
-        assert!(
-            len < wal.len() as u64,
-            "the fixture must end with uncommitted frames"
+        assert_eq!(frames_in(&wal), UNCOMMITTED_TAIL_FRAMES);
+        assert_eq!(
+            (len, frames),
+            (prefix_len(FIRST_TXS_FRAMES), FIRST_TXS_FRAMES)
         );
         // Every frame after the prefix verifies but none commits.
         let mut v = FrameVerifier::new(&h);
@@ -315,11 +327,9 @@ mod tests {
     fn stale_salt_frames_end_the_prefix() {
         let wal = fixture("stale-salt.wal");
         let (h, len, frames) = committed_prefix(&wal).unwrap();
-        assert!(frames > 0);
-        assert!(
-            len < wal.len() as u64,
-            "old frames must follow the new life"
-        );
+        assert_eq!(frames_in(&wal), STALE_SALT_FRAMES);
+        // The restarted life holds one commit frame; the old life's 13 follow it.
+        assert_eq!((len, frames), (prefix_len(1), 1));
         let next = FrameHeader::parse(&wal[len as usize..]).unwrap();
         assert!(next.salt1 != h.salt1 || next.salt2 != h.salt2);
     }
@@ -330,9 +340,42 @@ mod tests {
         let bad = fixture("bad-checksum.wal");
         let (_, len, frames) = committed_prefix(&bad).unwrap();
         let (_, full, _) = committed_prefix(&valid).unwrap();
-        assert!(len < full && frames < VALID_FRAMES);
+        assert_eq!(full, bad.len() as u64);
+        assert_eq!(
+            (len, frames),
+            (prefix_len(FIRST_TXS_FRAMES), FIRST_TXS_FRAMES)
+        );
+        // The flipped byte sits in the second frame of the last transaction: its first frame
+        // still verifies, yet it is not in the prefix because its commit never arrives.
+        let h = WalHeader::parse(&bad).unwrap();
+        let mut v = FrameVerifier::new(&h);
+        let frame = |i: u64| &bad[prefix_len(i) as usize..prefix_len(i + 1) as usize];
+        for i in 0..=FIRST_TXS_FRAMES {
+            assert!(v.check(frame(i)).is_some(), "frame {i}");
+        }
+        let before = v.chain();
+        assert!(v.check(frame(FIRST_TXS_FRAMES + 1)).is_none());
+        assert_eq!(v.chain(), before);
         let first_diff = valid.iter().zip(&bad).position(|(a, b)| a != b).unwrap() as u64;
         assert!(len <= first_diff);
+    }
+
+    #[test]
+    fn every_fixture_header_parses() {
+        for name in [
+            "valid.wal",
+            "torn.wal",
+            "uncommitted-tail.wal",
+            "stale-salt.wal",
+            "bad-checksum.wal",
+        ] {
+            let h = WalHeader::parse(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                (h.magic, h.version, h.page_size),
+                (MAGIC_LE, WAL_VERSION, 4096)
+            );
+            assert_eq!(h.frame_size(), 4120);
+        }
     }
 
     #[test]
