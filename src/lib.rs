@@ -16,5 +16,6 @@ pub mod logging;
 pub mod position;
 pub mod replica;
 pub mod restore;
+pub mod validate;
 pub mod wal;
 pub mod watch;

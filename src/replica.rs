@@ -80,6 +80,10 @@ pub struct Replica {
     next_retention: Option<Instant>,
     /// When to look again at a due scheduled snapshot that had to wait for a new index.
     snapshot_recheck: Option<Instant>,
+    /// When validation runs next (`validation-interval`).
+    next_validation: Option<Instant>,
+    /// Validation results so far: (ok, failed).
+    pub validations: (u64, u64),
 }
 
 impl Replica {
@@ -102,6 +106,8 @@ impl Replica {
             newest_snapshot: None,
             next_retention: None,
             snapshot_recheck: None,
+            next_validation: None,
+            validations: (0, 0),
         }
     }
 
@@ -361,7 +367,10 @@ impl Replica {
     /// The next moment a scheduled snapshot or a retention check is due.
     fn next_scheduled(&self) -> Option<Instant> {
         let snapshot = self.snapshot_due();
-        [snapshot, self.next_retention].into_iter().flatten().min()
+        [snapshot, self.next_retention, self.next_validation]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// When the next scheduled snapshot is due: `snapshot-interval` after the newest one.
@@ -386,6 +395,17 @@ impl Replica {
             self.scheduled_snapshot()?;
         }
         let now = Instant::now();
+        let every = self.cfg.validation_interval;
+        if !every.is_zero() && self.has_snapshot {
+            match self.next_validation {
+                None => self.next_validation = Some(now + every),
+                Some(at) if at <= now => {
+                    self.validate();
+                    self.next_validation = Some(Instant::now() + every);
+                }
+                Some(_) => {}
+            }
+        }
         let check = self.cfg.retention_check_interval;
         if !check.is_zero() {
             match self.next_retention {
@@ -398,6 +418,64 @@ impl Replica {
             }
         }
         Ok(())
+    }
+
+    /// SPEC §5.5. A failure to validate (the store unreachable, the replica unreadable) counts
+    /// as a failed validation too: either way the replica would not restore.
+    fn validate(&mut self) {
+        let (db, client) = (self.db.clone(), self.client.clone());
+        let scratch = db.meta_dir.join(format!("validation-{}", self.slot));
+        let started = Instant::now();
+        let result = crate::validate::validate(&db, &client, &scratch, &mut |p| {
+            if self.pos.as_ref().map(|x| &x.generation) != Some(&p.generation) {
+                bail!("generation changed");
+            }
+            self.upload_until(p)
+        });
+        match result {
+            Ok((pos, crate::validate::Outcome::Ok { pages })) => {
+                self.validations.0 += 1;
+                logging::info(
+                    "validation ok",
+                    &[
+                        ("db", &self.db_label()),
+                        ("replica", &self.cfg.name),
+                        ("position", &pos),
+                        ("pages", &pages),
+                        ("elapsed", &format!("{:?}", started.elapsed())),
+                        ("ok_total", &self.validations.0),
+                    ],
+                );
+            }
+            Ok((pos, crate::validate::Outcome::Mismatch { detail, .. })) => {
+                self.validations.1 += 1;
+                logging::error(
+                    "validation failed",
+                    &[
+                        ("db", &self.db_label()),
+                        ("replica", &self.cfg.name),
+                        ("position", &pos),
+                        (
+                            "error",
+                            &format!("replica differs from the database: {detail}"),
+                        ),
+                        ("failed_total", &self.validations.1),
+                    ],
+                );
+            }
+            Err(err) => {
+                self.validations.1 += 1;
+                logging::error(
+                    "validation failed",
+                    &[
+                        ("db", &self.db_label()),
+                        ("replica", &self.cfg.name),
+                        ("error", &format!("{err:#}")),
+                        ("failed_total", &self.validations.1),
+                    ],
+                );
+            }
+        }
     }
 
     /// A snapshot is named by its index and restore replays that index from offset 0 anyway,

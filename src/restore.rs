@@ -698,6 +698,22 @@ fn apply_index(
     Ok(())
 }
 
+/// Checkpoints a WAL already in place at `<db>-wal` (committed frames only, `frames` of them)
+/// into `db`, with the same proof of completeness as a restore. Used by validation to rebuild
+/// the local state at a position from the shadow WAL.
+pub fn replay_wal_in_place(db: &Path, frames: u64) -> Result<()> {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let mut shm = db.as_os_str().to_owned();
+    shm.push("-shm");
+    let wal = PathBuf::from(wal);
+    let staged = Staged {
+        path: wal.clone(),
+        frames,
+    };
+    apply_index(db, &wal, Path::new(&shm), &staged, "local", 0)
+}
+
 fn open(db: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         db,
