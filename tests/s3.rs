@@ -540,3 +540,61 @@ fn s3_client_lists_pages_and_deletes_in_batches() {
         "expected batched DeleteObjects requests, saw {deletes}"
     );
 }
+
+/// Retention and scheduled snapshots against S3: the bucket stays bounded, deletions go
+/// through DeleteObjects, and the replica still restores.
+#[test]
+fn s3_retention_keeps_the_bucket_bounded() {
+    let Some((env, s3)) = setup("s3-retention") else {
+        return;
+    };
+    let y = format!(
+        "dbs:\n  - path: \"{}\"\n    monitor-interval: 100ms\n    min-checkpoint-page-count: 20\n    replicas:\n{}        retention: 2s\n        retention-check-interval: 1s\n        snapshot-interval: 1s\n",
+        env.db.display(),
+        s3.replica_yaml(SECRET_KEY, "100ms")
+    );
+    fs::write(&env.config, y).unwrap();
+    drop(create_app_db(&env.db, 4096));
+    let writer = Writer::start(&env.db, 1, Duration::from_millis(5));
+    let mut d = env.start("daemon");
+    let start = Instant::now();
+    let mut max_snapshots = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_secs(1));
+        d.assert_alive();
+        let dir = s3.replica_dir();
+        let gens = generations(&dir);
+        let snaps: usize = gens.iter().map(|g| snapshot_indexes(&dir, g).len()).sum();
+        let segs: usize = gens.iter().map(|g| wal_segments(&dir, g).len()).sum();
+        println!(
+            "t={:>4.1}s snapshots={snaps} generations={} wal segments={segs}",
+            start.elapsed().as_secs_f64(),
+            gens.len()
+        );
+        max_snapshots = max_snapshots.max(snaps);
+        assert!(gens.len() <= 1, "generations grew: {gens:?}");
+    }
+    let n = writer.finish() as i64;
+    let stopped = d.stop_ok();
+    assert!(
+        stopped.log.contains("wal segments deleted"),
+        "nothing deleted"
+    );
+    assert!(max_snapshots <= 6, "snapshots grew to {max_snapshots}");
+    let dir = s3.replica_dir();
+    for g in generations(&dir) {
+        let lowest = *snapshot_indexes(&dir, &g).iter().min().unwrap();
+        assert!(wal_segments(&dir, &g).iter().all(|s| s.0 >= lowest));
+    }
+    assert!(
+        s3.proxy
+            .requests()
+            .iter()
+            .any(|r| r.method == "POST" && r.target.contains("delete")),
+        "no DeleteObjects request"
+    );
+    let (o, out) = try_restore(&env);
+    o.assert_ok("restore after retention");
+    assert_integrity_ok(&out);
+    assert_eq!(id_summary(&out), (n, 1, n));
+}
