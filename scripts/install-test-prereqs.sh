@@ -2,6 +2,7 @@
 # Installs what the tests need beyond crates, on a bare Debian machine:
 # - the sqlite3 CLI and python3 (tests write databases from separate processes with them);
 # - promtool (Debian package `prometheus`), which checks the /metrics output;
+# - the lz4 CLI, which must read every LZ4 object we write;
 # - s3s-fs 0.14.1, a local S3 server that verifies SigV4 signatures (0.15+ needs rustc >= 1.96).
 # With --check-only, exits 0 when everything is present and 1 otherwise, installing nothing.
 set -euo pipefail
@@ -13,6 +14,7 @@ apt_missing=()
 command -v sqlite3 >/dev/null 2>&1 || apt_missing+=(sqlite3)
 command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
 command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
+command -v lz4 >/dev/null 2>&1 || apt_missing+=(lz4)
 need_s3s=0
 if ! s3s-fs --version 2>/dev/null | grep -q "$S3S_VERSION"; then need_s3s=1; fi
 
