@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -297,17 +298,23 @@ pub fn check_output(out: &Path) -> Result<()> {
 }
 
 /// Builds the database of `plan` at `out`. On error nothing is left at `out` or beside it.
+/// Everything is written owner-only while it is built; the finished file gets `mode` (the
+/// original db's, when known), else stays 0600: a backup never widens who can read the data.
 pub fn apply(
     client: &Arc<dyn ReplicaClient>,
     plan: &Plan,
     out: &Path,
     parallelism: usize,
+    mode: Option<u32>,
 ) -> Result<()> {
     let tmp = TempPaths::new(out)?;
     fs::create_dir_all(&tmp.dir)
         .with_context(|| format!("{}: cannot create output directory", tmp.dir.display()))?;
     tmp.remove_all();
     let result = build(client, plan, &tmp, parallelism.max(1)).and_then(|()| {
+        let mode = mode.unwrap_or(0o600) & 0o7777;
+        fs::set_permissions(&tmp.db, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("{}: cannot set mode {mode:o}", tmp.db.display()))?;
         publish(&tmp.db, out)?;
         Ok(())
     });
@@ -392,7 +399,7 @@ fn restore_snapshot(client: &dyn ReplicaClient, info: &SnapshotInfo, db: &Path) 
         .with_context(|| format!("cannot read snapshot {key}"))?;
     let mut reader =
         codec::decoder(info.compression, reader).with_context(|| format!("snapshot {key}"))?;
-    let file = File::create(db).with_context(|| format!("{}: cannot create", db.display()))?;
+    let file = create_private(db)?;
     let mut w = BufWriter::with_capacity(256 * 1024, file);
     let mut header = [0u8; 100];
     let n = read_full(&mut reader, &mut header)
@@ -488,8 +495,7 @@ fn stage_index(
     page_size: u32,
 ) -> std::result::Result<Staged, StageError> {
     let fatal = StageError::Fatal;
-    let file = File::create(staged)
-        .map_err(|e| fatal(anyhow!("{}: cannot create: {e}", staged.display())))?;
+    let file = create_private(staged).map_err(fatal)?;
     let mut w = BufWriter::with_capacity(256 * 1024, file);
     let write_err =
         |e: io::Error| StageError::Fatal(anyhow!("{}: cannot write: {e}", staged.display()));
@@ -783,6 +789,17 @@ fn publish(tmp: &Path, out: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .with_context(|| format!("{}: cannot fsync directory", dir.display()))?;
     Ok(())
+}
+
+/// A new file readable by the owner only.
+fn create_private(path: &Path) -> Result<File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("{}: cannot create", path.display()))
 }
 
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {

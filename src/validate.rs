@@ -99,7 +99,7 @@ fn run(
         )
     })?;
     let remote = scratch.join("replica.db");
-    restore::apply(client, &plan, &remote, 2)?;
+    restore::apply(client, &plan, &remote, 2, None)?;
     let outcome = compare(&local, &remote)?;
     Ok((pos, outcome))
 }

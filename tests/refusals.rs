@@ -378,3 +378,39 @@ fn command_line_refusals() {
         o.stdout
     );
 }
+
+#[test]
+fn restore_output_mode_and_symlinked_output() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new("refuse-mode");
+    make_replica(&env);
+    // From a URL (original unknown): owner-only.
+    let out = env.root.join("url-out.db");
+    restore_from(&env, &env.replica, &out, &[]).assert_ok("restore from URL");
+    assert_eq!(
+        fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // From the config: the original db's mode.
+    fs::set_permissions(&env.db, fs::Permissions::from_mode(0o640)).unwrap();
+    let out = env.restore_config();
+    assert_eq!(
+        fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    // -o through a symlink to an existing file is an existing output: refused, untouched.
+    let target = env.root.join("precious.db");
+    fs::write(&target, b"precious").unwrap();
+    let link = env.root.join("link.db");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let o = restore_from(&env, &env.replica, &link, &[]);
+    o.assert_fails("restore onto a symlink");
+    assert!(o.stderr.contains("already exists"), "{}", o.stderr);
+    assert_eq!(fs::read(&target).unwrap(), b"precious");
+    // A dangling symlink is refused too (it would write wherever it points).
+    let dangling = env.root.join("dangling.db");
+    std::os::unix::fs::symlink(env.root.join("nowhere.db"), &dangling).unwrap();
+    restore_from(&env, &env.replica, &dangling, &[])
+        .assert_fails("restore onto a dangling symlink");
+    assert!(!env.root.join("nowhere.db").exists());
+}

@@ -206,7 +206,13 @@ pub fn run(mut args: Arguments) -> Result<i32> {
             ("output", &out.display()),
         ],
     );
-    restore::apply(&source.client, &plan, &out, parallelism)
+    // The restored copy is as private as the original db (when it is still there), else 0600.
+    let mode = target
+        .db
+        .as_ref()
+        .and_then(|db| std::fs::metadata(&db.path).ok())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    restore::apply(&source.client, &plan, &out, parallelism, mode)
         .map_err(|e| anyhow!("restore: {e:#}"))?;
     logging::info(
         "restore complete",
