@@ -327,6 +327,10 @@ impl Replica {
         let generation = target.generation.clone();
         match &self.pos {
             Some(p) if p.generation == generation && p.index == target.index => {}
+            // A scheduled snapshot in a chain the store already holds: finish the earlier
+            // indexes first, so restores from older snapshots (points in time) stay whole.
+            Some(p)
+                if p.generation == generation && p.index < target.index && self.has_snapshot => {}
             _ => self.pos = Some(Position::new(generation.clone(), target.index, 0)),
         }
         self.upload_until(&target)?;
