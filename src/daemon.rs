@@ -1,23 +1,26 @@
 //! Wiring: builds one db thread per database and one replica thread per replica, connects them
-//! with bounded channels, waits for a signal, and shuts everything down in order (final db
-//! tick, then every replica uploads what it has, bounded by the shutdown timeout).
+//! with bounded channels, starts the metrics server, runs the `-exec` child, waits for a
+//! signal (or the child's exit), and shuts everything down in order (final db tick, then every
+//! replica uploads what it has, bounded by the shutdown timeout).
 //!
-//! This is the only place that spawns threads or handles signals. It holds no replication
-//! logic of its own.
+//! This is the only place that spawns threads, child processes or handles signals. It holds no
+//! replication logic of its own.
 
+use std::process::Command;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::client;
 use crate::config::Config;
 use crate::db::{default_meta_dir, Db, DbShared};
 use crate::logging;
+use crate::metrics::{self, DbMetrics, Registry};
 use crate::replica::{Replica, Semaphore};
 use crate::watch;
 
@@ -33,13 +36,16 @@ struct DbRuntime {
     replicas: Vec<(Sender<Instant>, JoinHandle<()>)>,
 }
 
-/// A running daemon: every db and replica thread.
+/// A running daemon: every db and replica thread, and the metrics server.
 pub struct Daemon {
     dbs: Vec<DbRuntime>,
+    registry: Arc<Registry>,
+    server: Option<metrics::Server>,
 }
 
 impl Daemon {
-    /// Opens every replica client and starts every thread.
+    /// Opens every replica client, binds the metrics address (when set) and starts every
+    /// thread.
     pub fn start(config: &Config) -> Result<Daemon> {
         let snapshots = Arc::new(Semaphore::new(config.snapshot_concurrency));
         // Build every client first, so a bad replica stops start-up before any thread runs.
@@ -53,8 +59,27 @@ impl Daemon {
             }
             clients.push(list);
         }
+        let db_metrics: Vec<Arc<DbMetrics>> = config
+            .dbs
+            .iter()
+            .map(|db| {
+                let names: Vec<String> = db.replicas.iter().map(|r| r.name.clone()).collect();
+                Arc::new(DbMetrics::new(db.path.display().to_string(), &names))
+            })
+            .collect();
+        let kinds: Vec<&'static str> = clients.iter().flatten().map(|c| c.kind()).collect();
+        let registry = Arc::new(Registry::new(db_metrics.clone(), &kinds));
+        // Bound before any thread starts: a taken port is a start-up error, not a late one.
+        let server = match &config.addr {
+            Some(addr) => Some(metrics::Server::start(
+                addr,
+                registry.clone(),
+                config.health_max_lag,
+            )?),
+            None => None,
+        };
         let mut dbs = Vec::new();
-        for (db_cfg, clients) in config.dbs.iter().zip(clients) {
+        for ((db_cfg, clients), db_metrics) in config.dbs.iter().zip(clients).zip(db_metrics) {
             let meta = db_cfg
                 .meta_path
                 .clone()
@@ -63,6 +88,7 @@ impl Daemon {
                 db_cfg.path.clone(),
                 meta,
                 db_cfg.replicas.len(),
+                db_metrics,
             ));
             let mut notices = Vec::new();
             let mut replicas = Vec::new();
@@ -83,7 +109,7 @@ impl Daemon {
                 let replica = Replica::new(
                     slot,
                     r_cfg.clone(),
-                    client,
+                    registry.counting(client),
                     shared.clone(),
                     snapshots.clone(),
                 );
@@ -109,11 +135,21 @@ impl Daemon {
                 replicas,
             });
         }
-        Ok(Daemon { dbs })
+        Ok(Daemon {
+            dbs,
+            registry,
+            server,
+        })
+    }
+
+    /// True once every db thread has run its first tick (initialised, or found the db file
+    /// missing, or failed and will retry).
+    pub fn first_ticks_done(&self) -> bool {
+        self.registry.dbs.iter().all(|d| d.first_tick_done())
     }
 
     /// Stops every db thread (each runs a final tick), then lets replicas upload what is left
-    /// until `timeout`.
+    /// until `timeout`. The metrics server answers until the end.
     pub fn stop(self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         for db in &self.dbs {
@@ -130,6 +166,9 @@ impl Daemon {
         for (_, thread) in replicas {
             let _ = thread.join();
         }
+        if let Some(server) = self.server {
+            server.stop();
+        }
     }
 }
 
@@ -141,21 +180,37 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .with_context(|| format!("cannot start thread {name}"))
 }
 
-/// Runs the daemon until SIGINT or SIGTERM; a second signal exits at once.
-pub fn run(config: &Config) -> Result<i32> {
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+/// Runs the daemon until SIGINT or SIGTERM, or, with `exec` (an argv), until that child exits
+/// (signals are forwarded to it). A second signal exits at once. Returns the exit code: 0, or
+/// the child's (128 + signal when a signal killed it).
+pub fn run(config: &Config, exec: Option<Vec<String>>) -> Result<i32> {
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGCHLD]).context("cannot install signal handlers")?;
     let daemon = Daemon::start(config)?;
-    let first = signals.forever().next();
-    logging::info(
-        "signal received, litestream shutting down",
-        &[("signal", &first.unwrap_or(0))],
-    );
+    let code = match exec {
+        None => {
+            let first = signals.forever().find(|s| *s == SIGINT || *s == SIGTERM);
+            logging::info(
+                "signal received, litestream shutting down",
+                &[("signal", &first.unwrap_or(0))],
+            );
+            0
+        }
+        Some(argv) => match supervise(&daemon, &mut signals, &argv) {
+            Ok(code) => code,
+            Err(err) => {
+                // The child never ran: still stop cleanly (final sync) before reporting.
+                daemon.stop(SHUTDOWN_TIMEOUT);
+                return Err(err);
+            }
+        },
+    };
     let handle = signals.handle();
     std::thread::Builder::new()
         .name("signals".into())
         .stack_size(THREAD_STACK)
         .spawn(move || {
-            if signals.forever().next().is_some() {
+            if signals.forever().any(|s| s == SIGINT || s == SIGTERM) {
                 logging::warn("second signal received, exiting immediately", &[]);
                 std::process::exit(1);
             }
@@ -163,6 +218,107 @@ pub fn run(config: &Config) -> Result<i32> {
         .context("cannot start signal thread")?;
     daemon.stop(SHUTDOWN_TIMEOUT);
     handle.close();
-    logging::info("litestream shut down", &[]);
-    Ok(0)
+    logging::info("litestream shut down", &[("exit_code", &code)]);
+    Ok(code)
+}
+
+/// `-exec`: starts the child once every db has had its first tick, forwards SIGINT/SIGTERM to
+/// it, and returns its exit code when it ends. Only this thread reaps the child, so a signal
+/// is never sent to a pid that was already reaped (and maybe reused).
+fn supervise(daemon: &Daemon, signals: &mut Signals, argv: &[String]) -> Result<i32> {
+    let Some((prog, args)) = argv.split_first() else {
+        anyhow::bail!("-exec: empty command (give the program to run, e.g. -exec \"myapp serve\")");
+    };
+    // The application should find its db replicated from its first write on.
+    while !daemon.first_ticks_done() {
+        for sig in signals.pending() {
+            if sig == SIGINT || sig == SIGTERM {
+                logging::info(
+                    "signal received before the subprocess started, litestream shutting down",
+                    &[("signal", &sig)],
+                );
+                return Ok(0);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut child = Command::new(prog).args(args).spawn().with_context(|| {
+        format!("-exec: cannot start {prog:?} (check the command and that it is on PATH)")
+    })?;
+    logging::info(
+        "subprocess started",
+        &[("cmd", &prog), ("pid", &child.id())],
+    );
+    let mut forwarded = 0;
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .context("-exec: cannot wait for the subprocess")?
+        {
+            let code = exit_code(status);
+            logging::info(
+                "subprocess exited, litestream shutting down",
+                &[("exit_code", &code)],
+            );
+            return Ok(code);
+        }
+        // SIGCHLD wakes us when the child ends; other signals are forwarded.
+        let Some(sig) = signals.forever().next() else {
+            // The iterator only ends when closed, which nothing here does; treat as an exit.
+            let status = child
+                .wait()
+                .context("-exec: cannot wait for the subprocess")?;
+            return Ok(exit_code(status));
+        };
+        if sig == SIGINT || sig == SIGTERM {
+            forwarded += 1;
+            if forwarded > 1 {
+                logging::warn("second signal received, exiting immediately", &[]);
+                // SAFETY: kill on the pid of our own unreaped child.
+                unsafe {
+                    libc::kill(child.id() as libc::pid_t, sig);
+                }
+                std::process::exit(1);
+            }
+            logging::info(
+                "signal received, forwarding to the subprocess",
+                &[("signal", &sig), ("pid", &child.id())],
+            );
+            // SAFETY: as above; the child is not reaped yet (only this loop reaps it).
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, sig);
+            }
+        }
+    }
+}
+
+/// The child's exit code; 128 + N when signal N killed it (as a shell reports it).
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes() {
+        use std::os::unix::process::ExitStatusExt;
+        // Raw wait statuses: exit code in the high byte, signal number in the low bits.
+        assert_eq!(exit_code(std::process::ExitStatus::from_raw(7 << 8)), 7);
+        assert_eq!(exit_code(std::process::ExitStatus::from_raw(0)), 0);
+        assert_eq!(
+            exit_code(std::process::ExitStatus::from_raw(libc::SIGTERM)),
+            143
+        );
+        assert_eq!(
+            exit_code(std::process::ExitStatus::from_raw(libc::SIGKILL)),
+            137
+        );
+    }
 }

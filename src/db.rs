@@ -28,6 +28,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::config::DbConfig;
 use crate::logging;
+use crate::metrics::DbMetrics;
 use crate::position::{self, Position, MAX_INDEX};
 use crate::wal::{FrameVerifier, WalHeader, WAL_HEADER_SIZE};
 
@@ -56,10 +57,12 @@ pub struct DbShared {
     /// application delete the WAL under it (corrupting the db). So the file is opened once,
     /// before the connection, and only closed after it (this struct outlives the db thread).
     db_file: Mutex<Option<Arc<File>>>,
+    /// Counters and gauges of this db and its replicas (atomics; never blocks).
+    pub metrics: Arc<DbMetrics>,
 }
 
 impl DbShared {
-    pub fn new(path: PathBuf, meta_dir: PathBuf, replicas: usize) -> Self {
+    pub fn new(path: PathBuf, meta_dir: PathBuf, replicas: usize, metrics: Arc<DbMetrics>) -> Self {
         DbShared {
             path,
             meta_dir,
@@ -69,6 +72,7 @@ impl DbShared {
             new_generation_requested: AtomicBool::new(false),
             file_mode: Mutex::new(0o600),
             db_file: Mutex::new(None),
+            metrics,
         }
     }
 
@@ -293,7 +297,12 @@ impl Db {
     /// One tick; errors are logged, never fatal: the next tick retries.
     /// Runs one tick, logging its error; `false` when it failed.
     pub fn tick_logged(&mut self) -> bool {
+        let started = Instant::now();
         let result = self.tick();
+        self.update_gauges();
+        self.shared
+            .metrics
+            .tick_done(result.is_ok(), started.elapsed());
         if let Err(err) = &result {
             logging::error(
                 "sync error",
@@ -309,6 +318,16 @@ impl Db {
             }
         }
         result.is_ok()
+    }
+
+    /// Sizes for the gauges of SPEC §9 (a missing file counts as 0).
+    fn update_gauges(&self) {
+        let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        self.shared.metrics.set_sizes(
+            size(&self.shared.path),
+            size(&wal_path(&self.shared.path)),
+            self.shadow.as_ref().map(|s| (s.index, s.size)),
+        );
     }
 
     fn read_tx_alive(&self) -> bool {
@@ -701,6 +720,9 @@ impl Db {
         out.sync_data()
             .with_context(|| format!("{}: cannot fsync shadow wal", shadow_path.display()))?;
         let grew = last_commit > shadow.size;
+        self.shared
+            .metrics
+            .add_wal_bytes(last_commit.saturating_sub(shadow.size));
         shadow.size = last_commit;
         shadow.chain = last_chain;
         if let Some((scan, _)) = shadow.scan {
@@ -714,8 +736,13 @@ impl Db {
     /// Publishes the shadow position and wakes every replica without ever blocking.
     fn publish(&self) {
         let pos = self.shadow.as_ref().map(Shadow::position);
+        let changed = self.shared.position() != pos;
         self.shared.set_position(pos.clone());
         if let Some(pos) = pos {
+            if changed {
+                // Before the wake-ups: a replica that wakes must see this publish's number.
+                self.shared.metrics.published(std::time::SystemTime::now());
+            }
             for tx in &self.replicas {
                 // A full channel already holds a wake-up; the replica reads the latest
                 // position from the shared state, so dropping this one loses nothing.
@@ -741,6 +768,9 @@ impl Db {
         let result = self.exec_checkpoint(mode);
         // Whatever happened, hold the read lock again before anything else.
         let relock = self.begin_read_tx();
+        self.shared
+            .metrics
+            .checkpoint_done(mode, result.is_ok(), started.elapsed());
         let (busy, log_frames, checkpointed) = result?;
         relock?;
         self.last_checkpoint = Instant::now();
@@ -758,8 +788,9 @@ impl Db {
             &[
                 ("db", &self.db_label()),
                 ("mode", &mode.name()),
-                ("busy", &busy),
+                ("result", &if busy { "busy" } else { "ok" }),
                 ("wal_frames", &log_frames),
+                ("checkpointed", &checkpointed),
                 ("elapsed", &format!("{:?}", started.elapsed())),
             ],
         );

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod db;
 pub mod layout;
 pub mod logging;
+pub mod metrics;
 pub mod position;
 pub mod replica;
 pub mod restore;

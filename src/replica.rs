@@ -234,8 +234,24 @@ impl Replica {
         }
     }
 
-    /// Brings the store up to the shadow's current position.
+    /// Brings the store up to the shadow's current position, and records the outcome in the
+    /// metrics (position, lag, last error).
     pub fn sync(&mut self) -> Result<()> {
+        let metrics = self.db.metrics.clone();
+        // Read before the target: what gets uploaded is at least what this number published.
+        let seq = metrics.publish_seq();
+        let result = self.sync_to_shadow();
+        match &result {
+            Ok(()) => metrics.replica_synced(self.slot, seq),
+            Err(err) => metrics.replica_failed(self.slot, &format!("{err:#}")),
+        }
+        if let Some(p) = &self.pos {
+            metrics.replica_position(self.slot, p.index, p.offset);
+        }
+        result
+    }
+
+    fn sync_to_shadow(&mut self) -> Result<()> {
         let Some(target) = self.db.position() else {
             return Ok(());
         };
@@ -439,6 +455,7 @@ impl Replica {
         match result {
             Ok((pos, crate::validate::Outcome::Ok { pages })) => {
                 self.validations.0 += 1;
+                self.db.metrics.replica_validation(self.slot, true);
                 logging::info(
                     "validation ok",
                     &[
@@ -453,6 +470,7 @@ impl Replica {
             }
             Ok((pos, crate::validate::Outcome::Mismatch { detail, .. })) => {
                 self.validations.1 += 1;
+                self.db.metrics.replica_validation(self.slot, false);
                 logging::error(
                     "validation failed",
                     &[
@@ -469,6 +487,7 @@ impl Replica {
             }
             Err(err) => {
                 self.validations.1 += 1;
+                self.db.metrics.replica_validation(self.slot, false);
                 logging::error(
                     "validation failed",
                     &[
@@ -680,6 +699,10 @@ impl Replica {
                 )
             })?;
         self.last_upload = Some(Instant::now());
+        self.db
+            .metrics
+            .replica_wal_bytes(self.slot, end - pos.offset);
+        self.db.metrics.replica_position(self.slot, pos.index, end);
         if logging::enabled(crate::config::LogLevel::Debug) {
             logging::debug(
                 "wal segment written",

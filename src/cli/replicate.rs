@@ -70,9 +70,13 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         dedupe_names(&mut db.replicas);
         Config::with_dbs(vec![db])
     };
-    if exec.is_some() || config.exec.is_some() {
-        bail!("replicate: -exec is not supported by this build yet");
-    }
+    // `-exec` wins over the config's `exec:`.
+    let exec = match exec.or_else(|| config.exec.clone()) {
+        Some(cmd) => Some(
+            split_command(&cmd).map_err(|e| anyhow::anyhow!("replicate: -exec {cmd:?}: {e}"))?,
+        ),
+        None => None,
+    };
     logging::init(
         config.logging.level,
         config.logging.json,
@@ -83,7 +87,81 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         "litestream",
         &[("version", &format!("v{}", env!("CARGO_PKG_VERSION")))],
     );
-    daemon::run(&config)
+    daemon::run(&config, exec)
+}
+
+/// Splits a command line into words the way a POSIX shell would, without running one: blanks
+/// separate words; `'…'` keeps everything literally; `"…"` keeps everything but `\"`, `\\`,
+/// `\$`, `` \` `` and backslash-newline; a backslash outside quotes escapes the next
+/// character. No expansion of variables, globs or `~` (the child gets our environment
+/// anyway). Errors on an unterminated quote and on an empty command.
+pub fn split_command(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    // A word exists once anything (even an empty quoted string) was seen.
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' | '\r' => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => return Err("unterminated single quote (close it with ')".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => word.push(c),
+                            Some('\n') => {}
+                            Some(c) => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                            None => {
+                                return Err("unterminated double quote (close it with \")".into())
+                            }
+                        },
+                        Some(c) => word.push(c),
+                        None => return Err("unterminated double quote (close it with \")".into()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                // A line continuation: removed, as if it was never there.
+                Some('\n') => {}
+                Some(c) => {
+                    in_word = true;
+                    word.push(c);
+                }
+                None => return Err("trailing backslash (escape it as \\\\)".into()),
+            },
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    if words.is_empty() {
+        return Err("empty command (give the program to run, e.g. -exec \"myapp serve\")".into());
+    }
+    Ok(words)
 }
 
 /// Ad-hoc replicas all default to their type as name; number the repeats so each is unique.
@@ -111,4 +189,45 @@ fn check_databases(config: &Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_command;
+
+    fn ok(s: &str) -> Vec<String> {
+        split_command(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    #[test]
+    fn splits_like_a_shell() {
+        assert_eq!(
+            ok("sh -c 'sleep 1; exit 7'"),
+            ["sh", "-c", "sleep 1; exit 7"]
+        );
+        assert_eq!(ok("  a\tb  c\n"), ["a", "b", "c"]);
+        assert_eq!(
+            ok(r#"echo "a \"b\" \\ \$HOME \x" 'it''s'"#),
+            ["echo", r#"a "b" \ $HOME \x"#, "its"]
+        );
+        assert_eq!(ok(r#"a\ b c\'d"#), ["a b", "c'd"]);
+        assert_eq!(ok(r#"x '' "" y"#), ["x", "", "", "y"]);
+        assert_eq!(ok("pre'fix'\"ed\"post"), ["prefixedpost"]);
+        assert_eq!(ok("a \\\nb"), ["a", "b"]);
+        assert_eq!(ok("a \\\n b"), ["a", "b"]);
+        assert_eq!(ok("$HOME *.db ~"), ["$HOME", "*.db", "~"]);
+    }
+
+    #[test]
+    fn rejects_broken_commands() {
+        assert!(split_command("sh -c 'oops")
+            .unwrap_err()
+            .contains("single quote"));
+        assert!(split_command("echo \"oops")
+            .unwrap_err()
+            .contains("double quote"));
+        assert!(split_command("echo \\").unwrap_err().contains("backslash"));
+        assert!(split_command("   ").unwrap_err().contains("empty command"));
+        assert!(split_command("").unwrap_err().contains("empty command"));
+    }
 }

@@ -48,6 +48,12 @@ pub struct Cfg {
     pub log_level: Option<&'static str>,
     /// Extra raw YAML lines under the db entry (indented by the caller with 4 spaces).
     pub extra_db: String,
+    /// `addr:` (metrics listen address), when set.
+    pub addr: Option<String>,
+    /// `exec:` (child command line), when set.
+    pub exec: Option<String>,
+    /// Extra raw top-level YAML lines (unindented), e.g. `health-max-lag: 1s`.
+    pub extra_global: String,
 }
 
 impl Default for Cfg {
@@ -59,6 +65,9 @@ impl Default for Cfg {
             sync_interval: "100ms",
             log_level: None,
             extra_db: String::new(),
+            addr: None,
+            exec: None,
+            extra_global: String::new(),
         }
     }
 }
@@ -114,6 +123,13 @@ impl Env {
         if let Some(level) = cfg.log_level {
             y.push_str(&format!("logging:\n  level: {level}\n"));
         }
+        if let Some(addr) = &cfg.addr {
+            y.push_str(&format!("addr: \"{addr}\"\n"));
+        }
+        if let Some(exec) = &cfg.exec {
+            y.push_str(&format!("exec: {exec:?}\n"));
+        }
+        y.push_str(&cfg.extra_global);
         y.push_str(&format!(
             "dbs:\n  - path: \"{db}\"\n    monitor-interval: {mi}\n    checkpoint-interval: {ci}\n    min-checkpoint-page-count: {minp}\n{extra}    replicas:\n      - type: file\n        path: \"{rep}\"\n        sync-interval: {si}\n",
             db = self.db.display(),
@@ -407,6 +423,40 @@ impl Daemon {
             s.log
         );
         s
+    }
+
+    /// Sends `sig` to the daemon (it keeps running unless the signal ends it).
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits (without signalling) up to `timeout` for the daemon to exit on its own, e.g.
+    /// when its `-exec` child ends. Panics (after a SIGKILL) if it does not.
+    pub fn wait_exit(mut self, timeout: Duration) -> Stopped {
+        let mut child = self.child.take().expect("daemon already reaped");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                break st;
+            }
+            self.sample_hwm();
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "daemon did not exit on its own within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Stopped {
+            code: status.code(),
+            peak_kb: self.peak_kb,
+            log: self.log_text(),
+        }
     }
 
     /// SIGKILL and reap.
@@ -1103,4 +1153,33 @@ pub fn local_generation(db: &Path) -> Option<String> {
     fs::read_to_string(meta_dir(db).join("generation"))
         .ok()
         .map(|s| s.trim().to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP (metrics)
+// ---------------------------------------------------------------------------------------------
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// `GET path` from `addr` (HTTP/1.0, no keep-alive): `(status, body)`, or `None` when nothing
+/// answers (not listening yet, connection refused, timeout).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }

@@ -1,0 +1,1163 @@
+//! Prometheus metrics (SPEC §9) and the health check, served on `addr` by one tiny_http
+//! thread: `GET /metrics` (text format 0.0.4), `GET /healthz`, 404 for anything else.
+//!
+//! The db and replica threads only store into atomics they were handed at start-up; the
+//! server thread loads them when scraped and renders the text with a pure function. No lock is
+//! taken on the replication path and a slow scraper only ever holds up the server thread.
+//! Nothing here may carry a secret: labels are db paths, replica names and replica types.
+//!
+//! Replica lag (`litestream_replica_lag_seconds`): the db thread numbers every shadow position
+//! it publishes and keeps the publish times of the last few in a ring; a replica records the
+//! number it has fully uploaded. The lag is the age of the first publish the replica has not
+//! uploaded yet, or 0 when it has them all. When that publish has left the ring, the replica
+//! keeps its older time, so the lag is overstated rather than understated.
+
+use std::fmt::Write as _;
+use std::io::Read;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+
+use crate::client::{self, ReplicaClient, SnapshotInfo, WalSegmentInfo};
+use crate::codec::Compression;
+use crate::db::{lock, CheckpointMode};
+use crate::logging;
+
+/// Publish times kept per db for the lag computation (2 KiB per db).
+const RING: u64 = 256;
+
+/// Checkpoint modes in label order.
+pub const MODES: [CheckpointMode; 3] = [
+    CheckpointMode::Passive,
+    CheckpointMode::Restart,
+    CheckpointMode::Truncate,
+];
+
+fn mode_slot(mode: CheckpointMode) -> usize {
+    match mode {
+        CheckpointMode::Passive => 0,
+        CheckpointMode::Restart => 1,
+        CheckpointMode::Truncate => 2,
+    }
+}
+
+/// Store operations counted per replica type.
+pub const OPERATIONS: [&str; 4] = ["GET", "PUT", "LIST", "DELETE"];
+const GET: usize = 0;
+const PUT: usize = 1;
+const LIST: usize = 2;
+const DELETE: usize = 3;
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct CheckpointCounters {
+    count: AtomicU64,
+    errors: AtomicU64,
+    nanos: AtomicU64,
+}
+
+/// One db's metrics; the db thread writes them, its replica threads write their own entries.
+pub struct DbMetrics {
+    /// The `db` label: the absolute db path.
+    pub path: String,
+    db_size: AtomicU64,
+    wal_size: AtomicU64,
+    shadow_wal_index: AtomicU64,
+    shadow_wal_size: AtomicU64,
+    total_wal_bytes: AtomicU64,
+    sync_count: AtomicU64,
+    sync_errors: AtomicU64,
+    sync_nanos: AtomicU64,
+    checkpoints: [CheckpointCounters; 3],
+    /// Number of the last published shadow position (0: none yet).
+    publish_seq: AtomicU64,
+    /// Publish time (unix ns) of position `n` at `n % RING`.
+    publish_times: Vec<AtomicU64>,
+    /// Set after the db thread's first tick, whatever its outcome (`-exec` waits for it).
+    first_tick_done: AtomicBool,
+    pub replicas: Vec<ReplicaMetrics>,
+}
+
+/// One replica's metrics.
+pub struct ReplicaMetrics {
+    /// The `name` label.
+    pub name: String,
+    wal_index: AtomicU64,
+    wal_offset: AtomicU64,
+    wal_bytes: AtomicU64,
+    validation_ok: AtomicU64,
+    validation_error: AtomicU64,
+    /// Publish number of the last position known to be entirely in the store.
+    synced_seq: AtomicU64,
+    /// Publish time (unix ns) of the first position not yet in the store.
+    behind_since: AtomicU64,
+    /// Why the last sync failed (cleared by a successful one); shown by `/healthz`.
+    last_error: Mutex<Option<String>>,
+}
+
+impl DbMetrics {
+    pub fn new(path: String, replica_names: &[String]) -> DbMetrics {
+        DbMetrics {
+            path,
+            db_size: AtomicU64::new(0),
+            wal_size: AtomicU64::new(0),
+            shadow_wal_index: AtomicU64::new(0),
+            shadow_wal_size: AtomicU64::new(0),
+            total_wal_bytes: AtomicU64::new(0),
+            sync_count: AtomicU64::new(0),
+            sync_errors: AtomicU64::new(0),
+            sync_nanos: AtomicU64::new(0),
+            checkpoints: Default::default(),
+            publish_seq: AtomicU64::new(0),
+            publish_times: (0..RING).map(|_| AtomicU64::new(0)).collect(),
+            first_tick_done: AtomicBool::new(false),
+            replicas: replica_names
+                .iter()
+                .map(|name| ReplicaMetrics {
+                    name: name.clone(),
+                    wal_index: AtomicU64::new(0),
+                    wal_offset: AtomicU64::new(0),
+                    wal_bytes: AtomicU64::new(0),
+                    validation_ok: AtomicU64::new(0),
+                    validation_error: AtomicU64::new(0),
+                    synced_seq: AtomicU64::new(0),
+                    behind_since: AtomicU64::new(0),
+                    last_error: Mutex::new(None),
+                })
+                .collect(),
+        }
+    }
+
+    // ---- db thread ----
+
+    /// The gauges read at the end of a tick.
+    pub fn set_sizes(&self, db_size: u64, wal_size: u64, shadow: Option<(u32, u64)>) {
+        self.db_size.store(db_size, Ordering::Relaxed);
+        self.wal_size.store(wal_size, Ordering::Relaxed);
+        if let Some((index, size)) = shadow {
+            self.shadow_wal_index
+                .store(u64::from(index), Ordering::Relaxed);
+            self.shadow_wal_size.store(size, Ordering::Relaxed);
+        }
+    }
+
+    pub fn add_wal_bytes(&self, n: u64) {
+        self.total_wal_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One tick (Litestream's "sync") and how long it took.
+    pub fn tick_done(&self, ok: bool, elapsed: Duration) {
+        self.sync_count.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.sync_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sync_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        self.first_tick_done.store(true, Ordering::SeqCst);
+    }
+
+    pub fn first_tick_done(&self) -> bool {
+        self.first_tick_done.load(Ordering::SeqCst)
+    }
+
+    pub fn checkpoint_done(&self, mode: CheckpointMode, ok: bool, elapsed: Duration) {
+        let c = &self.checkpoints[mode_slot(mode)];
+        c.count.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        c.nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// A new shadow position was published (call before waking the replicas). Only the db
+    /// thread calls this.
+    pub fn published(&self, now: SystemTime) {
+        let t = unix_nanos(now);
+        let k = self.publish_seq.load(Ordering::SeqCst) + 1;
+        self.publish_times[(k % RING) as usize].store(t, Ordering::SeqCst);
+        self.publish_seq.store(k, Ordering::SeqCst);
+        // A replica that had everything up to now starts being behind with this publish.
+        // (If it records k-1 just after this load, it sees k itself in `replica_synced`.)
+        for r in &self.replicas {
+            if r.synced_seq.load(Ordering::SeqCst) == k - 1 {
+                r.behind_since.store(t, Ordering::SeqCst);
+            }
+        }
+    }
+
+    // ---- replica threads ----
+
+    /// The publish number to pass to `replica_synced` after uploading the position read next.
+    pub fn publish_seq(&self) -> u64 {
+        self.publish_seq.load(Ordering::SeqCst)
+    }
+
+    /// Replica `slot` holds everything up to publish `seq` (read before its target).
+    pub fn replica_synced(&self, slot: usize, seq: u64) {
+        let Some(r) = self.replicas.get(slot) else {
+            return;
+        };
+        r.synced_seq.store(seq, Ordering::SeqCst);
+        *lock(&r.last_error) = None;
+        let latest = self.publish_seq.load(Ordering::SeqCst);
+        if latest > seq && latest - seq < RING {
+            let t = self.publish_times[((seq + 1) % RING) as usize].load(Ordering::SeqCst);
+            // Only if the slot was not reused while we read it; else keep the older time.
+            if self.publish_seq.load(Ordering::SeqCst) - seq < RING {
+                r.behind_since.store(t, Ordering::SeqCst);
+            }
+        }
+    }
+
+    pub fn replica_failed(&self, slot: usize, error: &str) {
+        if let Some(r) = self.replicas.get(slot) {
+            *lock(&r.last_error) = Some(one_line(error, 300));
+        }
+    }
+
+    pub fn replica_position(&self, slot: usize, index: u32, offset: u64) {
+        if let Some(r) = self.replicas.get(slot) {
+            r.wal_index.store(u64::from(index), Ordering::Relaxed);
+            r.wal_offset.store(offset, Ordering::Relaxed);
+        }
+    }
+
+    pub fn replica_wal_bytes(&self, slot: usize, n: u64) {
+        if let Some(r) = self.replicas.get(slot) {
+            r.wal_bytes.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn replica_validation(&self, slot: usize, ok: bool) {
+        if let Some(r) = self.replicas.get(slot) {
+            let c = if ok {
+                &r.validation_ok
+            } else {
+                &r.validation_error
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Plain values for rendering, lag computed against `now`.
+    fn snapshot(&self, now: SystemTime) -> DbSnapshot {
+        let latest = self.publish_seq.load(Ordering::SeqCst);
+        let now_ns = unix_nanos(now);
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DbSnapshot {
+            path: self.path.clone(),
+            db_size: ld(&self.db_size),
+            wal_size: ld(&self.wal_size),
+            shadow_wal_index: ld(&self.shadow_wal_index),
+            shadow_wal_size: ld(&self.shadow_wal_size),
+            total_wal_bytes: ld(&self.total_wal_bytes),
+            sync_count: ld(&self.sync_count),
+            sync_error_count: ld(&self.sync_errors),
+            sync_seconds: nanos_to_secs(ld(&self.sync_nanos)),
+            checkpoints: std::array::from_fn(|i| {
+                let c = &self.checkpoints[i];
+                (ld(&c.count), ld(&c.errors), nanos_to_secs(ld(&c.nanos)))
+            }),
+            replicas: self
+                .replicas
+                .iter()
+                .map(|r| ReplicaSnapshot {
+                    name: r.name.clone(),
+                    wal_index: ld(&r.wal_index),
+                    wal_offset: ld(&r.wal_offset),
+                    wal_bytes: ld(&r.wal_bytes),
+                    validation_ok: ld(&r.validation_ok),
+                    validation_error: ld(&r.validation_error),
+                    lag_seconds: lag_seconds(
+                        r.synced_seq.load(Ordering::SeqCst),
+                        latest,
+                        r.behind_since.load(Ordering::SeqCst),
+                        now_ns,
+                    ),
+                    last_error: lock(&r.last_error).clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Seconds since the first unsynced publish; 0 when the replica has every publish. Pure.
+pub fn lag_seconds(synced: u64, latest: u64, behind_since_ns: u64, now_ns: u64) -> f64 {
+    if synced >= latest || behind_since_ns == 0 {
+        return 0.0;
+    }
+    nanos_to_secs(now_ns.saturating_sub(behind_since_ns))
+}
+
+fn nanos_to_secs(n: u64) -> f64 {
+    n as f64 / 1e9
+}
+
+/// Store operations of one replica type (`litestream_replica_operation_*`).
+pub struct OpCounters {
+    pub replica_type: &'static str,
+    total: [AtomicU64; 4],
+    bytes: [AtomicU64; 4],
+}
+
+impl OpCounters {
+    fn new(replica_type: &'static str) -> OpCounters {
+        OpCounters {
+            replica_type,
+            total: Default::default(),
+            bytes: Default::default(),
+        }
+    }
+
+    fn count(&self, op: usize, bytes: u64) {
+        self.total[op].fetch_add(1, Ordering::Relaxed);
+        self.bytes[op].fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Everything the server renders. Built before any thread starts, then read-only apart from
+/// the atomics inside.
+pub struct Registry {
+    pub dbs: Vec<Arc<DbMetrics>>,
+    ops: Vec<Arc<OpCounters>>,
+}
+
+impl Registry {
+    pub fn new(dbs: Vec<Arc<DbMetrics>>, replica_types: &[&'static str]) -> Registry {
+        let mut ops: Vec<Arc<OpCounters>> = Vec::new();
+        for t in replica_types {
+            if !ops.iter().any(|o| o.replica_type == *t) {
+                ops.push(Arc::new(OpCounters::new(t)));
+            }
+        }
+        Registry { dbs, ops }
+    }
+
+    /// Wraps `inner` so its store operations are counted under its replica type.
+    pub fn counting(&self, inner: Arc<dyn ReplicaClient>) -> Arc<dyn ReplicaClient> {
+        match self.ops.iter().find(|o| o.replica_type == inner.kind()) {
+            Some(ops) => Arc::new(CountingClient {
+                inner,
+                ops: ops.clone(),
+            }),
+            None => inner,
+        }
+    }
+
+    pub fn snapshot(&self, now: SystemTime) -> Snapshot {
+        Snapshot {
+            dbs: self.dbs.iter().map(|d| d.snapshot(now)).collect(),
+            ops: self
+                .ops
+                .iter()
+                .map(|o| OpSnapshot {
+                    replica_type: o.replica_type,
+                    total: std::array::from_fn(|i| o.total[i].load(Ordering::Relaxed)),
+                    bytes: std::array::from_fn(|i| o.bytes[i].load(Ordering::Relaxed)),
+                })
+                .collect(),
+            process: ProcessStats::read(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain values and rendering
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub dbs: Vec<DbSnapshot>,
+    pub ops: Vec<OpSnapshot>,
+    /// `None` where `/proc/self` cannot be read.
+    pub process: Option<ProcessStats>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DbSnapshot {
+    pub path: String,
+    pub db_size: u64,
+    pub wal_size: u64,
+    pub shadow_wal_index: u64,
+    pub shadow_wal_size: u64,
+    pub total_wal_bytes: u64,
+    pub sync_count: u64,
+    pub sync_error_count: u64,
+    pub sync_seconds: f64,
+    /// (count, errors, seconds) per mode, in `MODES` order.
+    pub checkpoints: [(u64, u64, f64); 3],
+    pub replicas: Vec<ReplicaSnapshot>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaSnapshot {
+    pub name: String,
+    pub wal_index: u64,
+    pub wal_offset: u64,
+    pub wal_bytes: u64,
+    pub validation_ok: u64,
+    pub validation_error: u64,
+    pub lag_seconds: f64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct OpSnapshot {
+    pub replica_type: &'static str,
+    /// Per operation, in `OPERATIONS` order.
+    pub total: [u64; 4],
+    pub bytes: [u64; 4],
+}
+
+/// The `process_*` metrics, from `/proc/self`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub start_time_seconds: f64,
+    pub open_fds: u64,
+    pub max_fds: Option<u64>,
+}
+
+impl ProcessStats {
+    pub fn read() -> Option<ProcessStats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let boot = std::fs::read_to_string("/proc/stat").ok()?;
+        // SAFETY: sysconf only reads configuration values.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let mut p = parse_proc_stat(&stat, &boot, ticks.max(1) as u64, page.max(1) as u64)?;
+        p.open_fds = std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
+        p.max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|l| parse_max_fds(&l));
+        Some(p)
+    }
+}
+
+/// Parses `/proc/self/stat` (and `btime` from `/proc/stat`). Pure.
+pub fn parse_proc_stat(stat: &str, proc_stat: &str, ticks: u64, page: u64) -> Option<ProcessStats> {
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state), so field n is f[n - 3].
+    let num = |n: usize| f.get(n - 3).and_then(|s| s.parse::<u64>().ok());
+    let (utime, stime, start, vsize, rss) = (num(14)?, num(15)?, num(22)?, num(23)?, num(24)?);
+    let btime: u64 = proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())?;
+    Some(ProcessStats {
+        cpu_seconds: (utime + stime) as f64 / ticks as f64,
+        resident_bytes: rss * page,
+        virtual_bytes: vsize,
+        start_time_seconds: btime as f64 + start as f64 / ticks as f64,
+        open_fds: 0,
+        max_fds: None,
+    })
+}
+
+fn parse_max_fds(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Label value escaping of the text format: `\`, `"` and newline.
+fn label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A float the way Prometheus reads it back exactly.
+fn num(v: f64) -> String {
+    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+struct Family<'a> {
+    out: &'a mut String,
+    name: &'static str,
+}
+
+impl<'a> Family<'a> {
+    /// `# HELP` and `# TYPE`. Counters whose Litestream name lacks `_total` are typed
+    /// `untyped`: the names are fixed by Litestream compatibility, and Prometheus' own lint
+    /// (`promtool check metrics`) rejects a counter without that suffix. Queries (`rate()`)
+    /// work the same on either type.
+    fn new(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
+        let kind = if kind == "counter" && !name.ends_with("_total") {
+            "untyped"
+        } else {
+            kind
+        };
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        Family { out, name }
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(self.name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", label(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {}", num(value));
+    }
+}
+
+/// Renders a snapshot in the Prometheus text format 0.0.4. Pure.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::with_capacity(4096 + 2048 * s.dbs.len());
+    type DbValue = fn(&DbSnapshot) -> f64;
+    let db_families: [(&str, &str, &str, DbValue); 8] = [
+        (
+            "litestream_db_size",
+            "gauge",
+            "The current size of the database file in bytes.",
+            |d| d.db_size as f64,
+        ),
+        (
+            "litestream_wal_size",
+            "gauge",
+            "The current size of the real WAL file in bytes.",
+            |d| d.wal_size as f64,
+        ),
+        (
+            "litestream_shadow_wal_index",
+            "gauge",
+            "The current index of the shadow WAL.",
+            |d| d.shadow_wal_index as f64,
+        ),
+        (
+            "litestream_shadow_wal_size",
+            "gauge",
+            "The current size of the shadow WAL in bytes.",
+            |d| d.shadow_wal_size as f64,
+        ),
+        (
+            "litestream_total_wal_bytes",
+            "counter",
+            "Total number of bytes written to the shadow WAL.",
+            |d| d.total_wal_bytes as f64,
+        ),
+        (
+            "litestream_sync_count",
+            "counter",
+            "Number of sync operations performed.",
+            |d| d.sync_count as f64,
+        ),
+        (
+            "litestream_sync_error_count",
+            "counter",
+            "Number of sync errors that have occurred.",
+            |d| d.sync_error_count as f64,
+        ),
+        (
+            "litestream_sync_seconds",
+            "counter",
+            "Time spent syncing the shadow WAL, in seconds.",
+            |d| d.sync_seconds,
+        ),
+    ];
+    for (name, kind, help, value) in db_families {
+        let mut f = Family::new(&mut out, name, kind, help);
+        for d in &s.dbs {
+            f.sample(&[("db", &d.path)], value(d));
+        }
+    }
+    type CkValue = fn(&(u64, u64, f64)) -> f64;
+    let ck_families: [(&str, &str, CkValue); 3] = [
+        (
+            "litestream_checkpoint_count",
+            "Number of checkpoints performed.",
+            |c| c.0 as f64,
+        ),
+        (
+            "litestream_checkpoint_error_count",
+            "Number of checkpoint errors that have occurred.",
+            |c| c.1 as f64,
+        ),
+        (
+            "litestream_checkpoint_seconds",
+            "Time spent checkpointing, in seconds.",
+            |c| c.2,
+        ),
+    ];
+    for (name, help, value) in ck_families {
+        let mut f = Family::new(&mut out, name, "counter", help);
+        for d in &s.dbs {
+            for (mode, c) in MODES.iter().zip(&d.checkpoints) {
+                f.sample(&[("db", &d.path), ("mode", mode.name())], value(c));
+            }
+        }
+    }
+    type RValue = fn(&ReplicaSnapshot) -> f64;
+    let r_families: [(&str, &str, &str, RValue); 4] = [
+        ("litestream_replica_wal_index", "gauge", "The current WAL index of the replica.", |r| r.wal_index as f64),
+        ("litestream_replica_wal_offset", "gauge", "The current WAL offset of the replica.", |r| r.wal_offset as f64),
+        ("litestream_replica_lag_seconds", "gauge", "Seconds since the oldest committed data not yet on the replica was written to the shadow WAL; 0 when caught up.", |r| r.lag_seconds),
+        ("litestream_replica_wal_bytes", "counter", "Number of WAL bytes written to the replica (uncompressed).", |r| r.wal_bytes as f64),
+    ];
+    for (name, kind, help, value) in r_families {
+        let mut f = Family::new(&mut out, name, kind, help);
+        for d in &s.dbs {
+            for r in &d.replicas {
+                f.sample(&[("db", &d.path), ("name", &r.name)], value(r));
+            }
+        }
+    }
+    {
+        let mut f = Family::new(
+            &mut out,
+            "litestream_replica_validation_total",
+            "counter",
+            "Number of replica validations, by result.",
+        );
+        for d in &s.dbs {
+            for r in &d.replicas {
+                for (status, v) in [("ok", r.validation_ok), ("error", r.validation_error)] {
+                    f.sample(
+                        &[("db", &d.path), ("name", &r.name), ("status", status)],
+                        v as f64,
+                    );
+                }
+            }
+        }
+    }
+    for (name, help, bytes) in [
+        (
+            "litestream_replica_operation_total",
+            "Number of store operations, by replica type and operation.",
+            false,
+        ),
+        (
+            "litestream_replica_operation_bytes",
+            "Bytes moved by store operations (compressed), by replica type and operation.",
+            true,
+        ),
+    ] {
+        let mut f = Family::new(&mut out, name, "counter", help);
+        for o in &s.ops {
+            for (i, op) in OPERATIONS.iter().enumerate() {
+                if bytes && !matches!(i, GET | PUT) {
+                    continue;
+                }
+                let v = if bytes { o.bytes[i] } else { o.total[i] };
+                f.sample(
+                    &[("replica_type", o.replica_type), ("operation", op)],
+                    v as f64,
+                );
+            }
+        }
+    }
+    if let Some(p) = &s.process {
+        let mut fams: Vec<(&'static str, &str, &str, f64)> = vec![
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                p.cpu_seconds,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                p.resident_bytes as f64,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size in bytes.",
+                p.virtual_bytes as f64,
+            ),
+            (
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since unix epoch in seconds.",
+                p.start_time_seconds,
+            ),
+            (
+                "process_open_fds",
+                "gauge",
+                "Number of open file descriptors.",
+                p.open_fds as f64,
+            ),
+        ];
+        if let Some(max) = p.max_fds {
+            fams.push((
+                "process_max_fds",
+                "gauge",
+                "Maximum number of open file descriptors.",
+                max as f64,
+            ));
+        }
+        for (name, kind, help, v) in fams {
+            Family::new(&mut out, name, kind, help).sample(&[], v);
+        }
+    }
+    out
+}
+
+/// `Ok` when every replica's lag is under `max_lag`, else one line per lagging replica. Pure.
+pub fn health(s: &Snapshot, max_lag: Duration) -> std::result::Result<(), String> {
+    let mut bad = String::new();
+    for d in &s.dbs {
+        for r in &d.replicas {
+            if r.lag_seconds < max_lag.as_secs_f64() {
+                continue;
+            }
+            let _ = write!(
+                bad,
+                "db {} replica {}: {:.1}s behind (health-max-lag {:?})",
+                d.path, r.name, r.lag_seconds, max_lag
+            );
+            match &r.last_error {
+                Some(e) => {
+                    let _ = writeln!(bad, "; last error: {e}");
+                }
+                None => bad.push('\n'),
+            }
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad)
+    }
+}
+
+/// First line of `s`, at most `max` bytes (on a char boundary).
+fn one_line(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or("");
+    if line.len() <= max {
+        return line.to_string();
+    }
+    let mut end = max;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counting store operations
+// ---------------------------------------------------------------------------------------------
+
+/// A client that counts what passes through it; otherwise exactly the inner client. One call
+/// counts as one operation (an S3 listing of several pages counts once).
+struct CountingClient {
+    inner: Arc<dyn ReplicaClient>,
+    ops: Arc<OpCounters>,
+}
+
+/// Counts the bytes of a GET as they are read.
+struct CountingReader {
+    inner: Box<dyn Read + Send>,
+    ops: Arc<OpCounters>,
+}
+
+impl Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.ops.bytes[GET].fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl CountingClient {
+    fn get(&self, r: client::Result<Box<dyn Read + Send>>) -> client::Result<Box<dyn Read + Send>> {
+        self.ops.count(GET, 0);
+        let inner = r?;
+        Ok(Box::new(CountingReader {
+            inner,
+            ops: self.ops.clone(),
+        }))
+    }
+}
+
+impl ReplicaClient for CountingClient {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn generations(&self) -> client::Result<Vec<String>> {
+        self.ops.count(LIST, 0);
+        self.inner.generations()
+    }
+    fn snapshots(&self, generation: &str) -> client::Result<Vec<SnapshotInfo>> {
+        self.ops.count(LIST, 0);
+        self.inner.snapshots(generation)
+    }
+    fn wal_segments(&self, generation: &str) -> client::Result<Vec<WalSegmentInfo>> {
+        self.ops.count(LIST, 0);
+        self.inner.wal_segments(generation)
+    }
+    fn write_snapshot(
+        &self,
+        generation: &str,
+        index: u32,
+        compression: Compression,
+        data: &mut dyn Read,
+    ) -> client::Result<SnapshotInfo> {
+        let r = self
+            .inner
+            .write_snapshot(generation, index, compression, data);
+        self.ops.count(PUT, r.as_ref().map(|i| i.size).unwrap_or(0));
+        r
+    }
+    fn write_wal_segment(
+        &self,
+        generation: &str,
+        index: u32,
+        offset: u64,
+        compression: Compression,
+        data: &mut dyn Read,
+    ) -> client::Result<WalSegmentInfo> {
+        let r = self
+            .inner
+            .write_wal_segment(generation, index, offset, compression, data);
+        self.ops.count(PUT, r.as_ref().map(|i| i.size).unwrap_or(0));
+        r
+    }
+    fn open_snapshot(&self, info: &SnapshotInfo) -> client::Result<Box<dyn Read + Send>> {
+        self.get(self.inner.open_snapshot(info))
+    }
+    fn open_wal_segment(&self, info: &WalSegmentInfo) -> client::Result<Box<dyn Read + Send>> {
+        self.get(self.inner.open_wal_segment(info))
+    }
+    fn delete_generation(&self, generation: &str) -> client::Result<()> {
+        self.ops.count(DELETE, 0);
+        self.inner.delete_generation(generation)
+    }
+    fn delete_snapshots(&self, snapshots: &[SnapshotInfo]) -> client::Result<()> {
+        self.ops.count(DELETE, 0);
+        self.inner.delete_snapshots(snapshots)
+    }
+    fn delete_wal_segments(&self, segments: &[WalSegmentInfo]) -> client::Result<()> {
+        self.ops.count(DELETE, 0);
+        self.inner.delete_wal_segments(segments)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------------
+
+/// The metrics server: one thread answering requests in turn.
+pub struct Server {
+    http: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// `:9090` means every interface, as in Litestream (and Go's `net.Listen`).
+pub fn listen_addr(addr: &str) -> String {
+    if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_string()
+    }
+}
+
+impl Server {
+    /// Binds `addr` now (so a taken port stops start-up) and serves on a new thread.
+    pub fn start(addr: &str, registry: Arc<Registry>, max_lag: Duration) -> Result<Server> {
+        let listen = listen_addr(addr);
+        let listener = TcpListener::bind(&listen).with_context(|| {
+            format!("cannot listen on addr {addr:?} for metrics (free the port or change `addr` in the config)")
+        })?;
+        let bound = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or(listen);
+        let http = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr:?}: {e}"))?;
+        let http = Arc::new(http);
+        let h = http.clone();
+        let thread = std::thread::Builder::new()
+            .name("metrics".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                for req in h.incoming_requests() {
+                    respond(req, &registry, max_lag);
+                }
+            })
+            .context("cannot start the metrics thread")?;
+        logging::info("serving metrics", &[("addr", &bound)]);
+        Ok(Server {
+            http,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(mut self) {
+        self.http.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a request gets: status, content type, body. Pure apart from taking the snapshot.
+pub fn route(
+    method: &str,
+    url: &str,
+    registry: &Registry,
+    max_lag: Duration,
+) -> (u16, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let path = url.split('?').next().unwrap_or("");
+    let known = matches!(path, "/metrics" | "/healthz");
+    if !known {
+        return (404, TEXT, "404 page not found\n".into());
+    }
+    if method != "GET" && method != "HEAD" {
+        return (405, TEXT, "method not allowed\n".into());
+    }
+    let snap = registry.snapshot(SystemTime::now());
+    if path == "/metrics" {
+        return (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(&snap),
+        );
+    }
+    match health(&snap, max_lag) {
+        Ok(()) => (200, TEXT, "ok\n".into()),
+        Err(lines) => (503, TEXT, lines),
+    }
+}
+
+fn respond(req: tiny_http::Request, registry: &Registry, max_lag: Duration) {
+    let (code, ctype, body) = route(req.method().as_str(), req.url(), registry, max_lag);
+    let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
+    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes()) {
+        resp = resp.with_header(h);
+    }
+    // A client that went away is its own problem; the next request is served as usual.
+    let _ = req.respond(resp);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        Snapshot {
+            dbs: vec![DbSnapshot {
+                path: "/data/a \"b\".db".into(),
+                db_size: 8192,
+                wal_size: 4152,
+                shadow_wal_index: 3,
+                shadow_wal_size: 4152,
+                total_wal_bytes: 123456,
+                sync_count: 10,
+                sync_error_count: 1,
+                sync_seconds: 0.25,
+                checkpoints: [(2, 0, 0.5), (1, 1, 0.125), (0, 0, 0.0)],
+                replicas: vec![ReplicaSnapshot {
+                    name: "file".into(),
+                    wal_index: 3,
+                    wal_offset: 4152,
+                    wal_bytes: 100,
+                    validation_ok: 4,
+                    validation_error: 0,
+                    lag_seconds: 1.5,
+                    last_error: None,
+                }],
+            }],
+            ops: vec![OpSnapshot {
+                replica_type: "file",
+                total: [1, 2, 3, 4],
+                bytes: [10, 20, 0, 0],
+            }],
+            process: Some(ProcessStats {
+                cpu_seconds: 1.5,
+                resident_bytes: 4096,
+                virtual_bytes: 8192,
+                start_time_seconds: 1_700_000_000.5,
+                open_fds: 7,
+                max_fds: Some(1024),
+            }),
+        }
+    }
+
+    #[test]
+    fn renders_every_family_with_help_type_and_escaped_labels() {
+        let text = render(&sample());
+        for line in [
+            "# TYPE litestream_db_size gauge",
+            r#"litestream_db_size{db="/data/a \"b\".db"} 8192"#,
+            "# TYPE litestream_sync_count untyped",
+            r#"litestream_sync_seconds{db="/data/a \"b\".db"} 0.25"#,
+            r#"litestream_checkpoint_count{db="/data/a \"b\".db",mode="RESTART"} 1"#,
+            r#"litestream_checkpoint_error_count{db="/data/a \"b\".db",mode="TRUNCATE"} 0"#,
+            r#"litestream_replica_lag_seconds{db="/data/a \"b\".db",name="file"} 1.5"#,
+            r#"litestream_replica_validation_total{db="/data/a \"b\".db",name="file",status="ok"} 4"#,
+            "# TYPE litestream_replica_validation_total counter",
+            r#"litestream_replica_operation_total{replica_type="file",operation="DELETE"} 4"#,
+            r#"litestream_replica_operation_bytes{replica_type="file",operation="PUT"} 20"#,
+            "process_start_time_seconds 1700000000.5",
+            "process_max_fds 1024",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing line {line:?} in:\n{text}"
+            );
+        }
+        assert!(!text.contains("operation_bytes{replica_type=\"file\",operation=\"LIST\"}"));
+        // Every sample line belongs to a family announced just before.
+        let mut current = "";
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                current = rest.split(' ').next().unwrap();
+            } else if !l.starts_with('#') {
+                let name = l.split(['{', ' ']).next().unwrap();
+                assert_eq!(name, current, "sample outside its family: {l}");
+            }
+        }
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn health_lists_each_lagging_replica() {
+        let mut s = sample();
+        assert_eq!(health(&s, Duration::from_secs(60)), Ok(()));
+        s.dbs[0].replicas[0].lag_seconds = 75.0;
+        s.dbs[0].replicas[0].last_error = Some("disk full".into());
+        let mut r2 = s.dbs[0].replicas[0].clone();
+        r2.name = "s3".into();
+        r2.last_error = None;
+        s.dbs[0].replicas.push(r2);
+        let err = health(&s, Duration::from_secs(60)).unwrap_err();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(
+            lines[0].contains("replica file: 75.0s behind")
+                && lines[0].ends_with("last error: disk full")
+        );
+        assert!(lines[1].contains("replica s3: 75.0s behind (health-max-lag 60s)"));
+    }
+
+    #[test]
+    fn lag_follows_publishes_and_syncs() {
+        let m = DbMetrics::new("/a.db".into(), &["r".into()]);
+        let lag = |now: u64| {
+            let r = &m.replicas[0];
+            lag_seconds(
+                r.synced_seq.load(Ordering::SeqCst),
+                m.publish_seq(),
+                r.behind_since.load(Ordering::SeqCst),
+                now,
+            )
+        };
+        let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(lag(unix_nanos(t(5))), 0.0);
+        m.published(t(10)); // seq 1
+        assert_eq!(lag(unix_nanos(t(12))), 2.0);
+        // The replica read seq 1, and seq 2 arrived while it uploaded.
+        let seq = m.publish_seq();
+        m.published(t(11));
+        m.replica_synced(0, seq);
+        assert_eq!(lag(unix_nanos(t(15))), 4.0, "age of publish 2");
+        m.replica_synced(0, m.publish_seq());
+        assert_eq!(lag(unix_nanos(t(15))), 0.0);
+        m.published(t(20));
+        assert_eq!(lag(unix_nanos(t(21))), 1.0);
+        // Far behind: the ring forgot publish n+1, so the older time stays (overstated).
+        let seq = m.publish_seq();
+        for i in 0..RING + 5 {
+            m.published(t(30 + i));
+        }
+        m.replica_synced(0, seq);
+        assert_eq!(lag(unix_nanos(t(100))), 80.0);
+    }
+
+    #[test]
+    fn proc_stat_parsing() {
+        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 500 10485760 300 18446744073709551615";
+        let p = parse_proc_stat(stat, "cpu 1 2 3\nbtime 1700000000\n", 100, 4096).unwrap();
+        assert_eq!(p.cpu_seconds, 3.0);
+        assert_eq!(p.resident_bytes, 300 * 4096);
+        assert_eq!(p.virtual_bytes, 10_485_760);
+        assert_eq!(p.start_time_seconds, 1_700_000_005.0);
+        assert!(parse_proc_stat("garbage", "", 100, 4096).is_none());
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 524288               files\n";
+        assert_eq!(parse_max_fds(limits), Some(1024));
+        assert!(ProcessStats::read().is_some_and(|p| p.resident_bytes > 0 && p.open_fds > 0));
+    }
+
+    #[test]
+    fn routes() {
+        let reg = Registry::new(
+            vec![Arc::new(DbMetrics::new("/a.db".into(), &["file".into()]))],
+            &["file"],
+        );
+        let max = Duration::from_secs(60);
+        assert_eq!(route("GET", "/nope", &reg, max).0, 404);
+        assert_eq!(route("GET", "/debug/pprof/", &reg, max).0, 404);
+        assert_eq!(route("POST", "/metrics", &reg, max).0, 405);
+        let (code, ctype, body) = route("GET", "/metrics?x=1", &reg, max);
+        assert_eq!(
+            (code, ctype),
+            (200, "text/plain; version=0.0.4; charset=utf-8")
+        );
+        assert!(body.contains("litestream_db_size{db=\"/a.db\"} 0"));
+        assert_eq!(
+            route("GET", "/healthz", &reg, max),
+            (200, "text/plain; charset=utf-8", "ok\n".into())
+        );
+    }
+
+    #[test]
+    fn listen_addr_forms() {
+        assert_eq!(listen_addr(":9090"), "0.0.0.0:9090");
+        assert_eq!(listen_addr("127.0.0.1:9090"), "127.0.0.1:9090");
+        assert_eq!(listen_addr("[::1]:9090"), "[::1]:9090");
+    }
+
+    #[test]
+    fn one_line_cuts() {
+        assert_eq!(one_line("a\nb", 10), "a");
+        assert_eq!(one_line("ééé", 3), "é…");
+    }
+}
