@@ -413,6 +413,38 @@ mod tests {
         assert_eq!(c.wal_segments(G).unwrap().len(), 1);
     }
 
+    #[test]
+    fn wide_offsets_sort_numerically_and_missing_snapshot_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FileClient::new(dir.path().to_path_buf());
+        // A 9-digit offset sorts before `ffffffff` as a string; the listing must sort by value.
+        let wide = c
+            .write_wal_segment(G, 1, 0x1_0000_0000, Compression::Gzip, &mut &b"w"[..])
+            .unwrap();
+        let narrow = c
+            .write_wal_segment(G, 1, 0xffff_fff0, Compression::Lz4, &mut &b"n"[..])
+            .unwrap();
+        assert!(dir
+            .path()
+            .join("generations")
+            .join(G)
+            .join("wal/00000001_100000000.wal.gz")
+            .is_file());
+        let segs = c.wal_segments(G).unwrap();
+        assert_eq!(segs, vec![narrow, wide]);
+        assert_eq!(segs[0].compression, Compression::Lz4, "taken from the name");
+
+        let gone = SnapshotInfo {
+            generation: G.to_string(),
+            index: 9,
+            size: 0,
+            created: SystemTime::UNIX_EPOCH,
+            compression: Compression::Gzip,
+        };
+        assert!(is_not_found(&c.open_snapshot(&gone).err().unwrap()));
+        c.delete_snapshots(&[gone]).unwrap();
+    }
+
     struct FailingReader(usize);
 
     impl Read for FailingReader {
