@@ -24,6 +24,12 @@ test: prereqs
 prereqs:
 	@scripts/install-test-prereqs.sh --check-only || scripts/install-test-prereqs.sh
 
+# Release-built benchmarks (not part of `make test`): prints one table and writes BENCHMARKS.md.
+# `make bench BENCH_ARGS=--quick` (or BENCH_QUICK=1) for a short run. Source: bench/.
+bench:
+	$(CARGO) build --release
+	cd bench && $(CARGO) run --release -- $(BENCH_ARGS)
+
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
