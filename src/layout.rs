@@ -91,6 +91,25 @@ pub fn parse_wal_segment_name(name: &str) -> Option<(u32, u64, Compression)> {
     Some((index, offset, compression))
 }
 
+/// True for the name of an object write that a crash interrupted (`<name>.tmp`, file
+/// replicas): it is ours, never read, and replaced by the next write of that object.
+pub fn is_temp_name(name: &str) -> bool {
+    name.strip_suffix(".tmp")
+        .is_some_and(|n| parse_snapshot_name(n).is_some() || parse_wal_segment_name(n).is_some())
+}
+
+/// A name for messages: control characters escaped and at most 120 characters, so that a
+/// hostile listing cannot flood or garble a log line.
+pub fn display_name(name: &str) -> String {
+    let escaped: String = name.escape_debug().collect();
+    if escaped.chars().count() > 120 {
+        let head: String = escaped.chars().take(100).collect();
+        format!("{head}… ({} bytes)", name.len())
+    } else {
+        escaped
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +175,24 @@ mod tests {
             assert_eq!(parse_snapshot_name(bad), None, "{bad}");
             assert_eq!(parse_wal_segment_name(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn temp_names_are_ours_only_for_our_object_names() {
+        assert!(is_temp_name("00000001.snapshot.gz.tmp"));
+        assert!(is_temp_name("00000001_00000000000020a0.wal.lz4.tmp"));
+        assert!(!is_temp_name("00000001.snapshot.gz"));
+        assert!(!is_temp_name("x.tmp"));
+        assert!(!is_temp_name("../00000001.snapshot.gz.tmp"));
+    }
+
+    #[test]
+    fn display_names_are_escaped_and_bounded() {
+        assert_eq!(display_name("a\nb"), "a\\nb");
+        assert_eq!(display_name("a\u{1b}[31m"), "a\\u{1b}[31m");
+        let long = "0".repeat(5000);
+        let shown = display_name(&long);
+        assert!(shown.chars().count() < 130, "{shown}");
+        assert!(shown.ends_with("(5000 bytes)"), "{shown}");
     }
 }

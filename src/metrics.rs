@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::client::{self, ReplicaClient, SnapshotInfo, WalSegmentInfo};
+use crate::client::{self, Listing, ReplicaClient, SnapshotInfo, WalSegmentInfo};
 use crate::codec::Compression;
 use crate::db::{lock, CheckpointMode};
 use crate::logging;
@@ -820,17 +820,17 @@ impl ReplicaClient for CountingClient {
     fn describe(&self) -> String {
         self.inner.describe()
     }
-    fn generations(&self) -> client::Result<Vec<String>> {
+    fn list_generations(&self) -> client::Result<Listing<String>> {
         self.ops.count(LIST, 0);
-        self.inner.generations()
+        self.inner.list_generations()
     }
-    fn snapshots(&self, generation: &str) -> client::Result<Vec<SnapshotInfo>> {
+    fn list_snapshots(&self, generation: &str) -> client::Result<Listing<SnapshotInfo>> {
         self.ops.count(LIST, 0);
-        self.inner.snapshots(generation)
+        self.inner.list_snapshots(generation)
     }
-    fn wal_segments(&self, generation: &str) -> client::Result<Vec<WalSegmentInfo>> {
+    fn list_wal_segments(&self, generation: &str) -> client::Result<Listing<WalSegmentInfo>> {
         self.ops.count(LIST, 0);
-        self.inner.wal_segments(generation)
+        self.inner.list_wal_segments(generation)
     }
     fn write_snapshot(
         &self,

@@ -188,6 +188,8 @@ fn pick_snapshot<'a>(snapshots: &'a [SnapshotInfo], opts: &Options) -> Option<&'
 }
 
 /// Lists every generation of every source (filtered by `-replica` and `-generation`).
+/// Refuses a replica that holds names this tool never writes (see [`client::Listing`]): a
+/// restore must not guess around objects of unknown origin.
 pub fn list(sources: &[Source], opts: &Options) -> Result<Vec<GenerationListing>> {
     let mut out = Vec::new();
     for (i, src) in sources.iter().enumerate() {
@@ -195,28 +197,41 @@ pub fn list(sources: &[Source], opts: &Options) -> Result<Vec<GenerationListing>
             continue;
         }
         let ctx = |what: &str| format!("replica {}: cannot list {what}", src.name);
+        let mut foreign = Vec::new();
         let generations = src
             .client
-            .generations()
+            .list_generations()
             .with_context(|| ctx("generations"))?;
-        for generation in generations {
+        foreign.extend(generations.foreign);
+        for generation in generations.items {
             if opts.generation.as_deref().is_some_and(|g| g != generation) {
                 continue;
             }
             let snapshots = src
                 .client
-                .snapshots(&generation)
+                .list_snapshots(&generation)
                 .with_context(|| ctx("snapshots"))?;
             let segments = src
                 .client
-                .wal_segments(&generation)
+                .list_wal_segments(&generation)
                 .with_context(|| ctx("WAL segments"))?;
+            foreign.extend(snapshots.foreign);
+            foreign.extend(segments.foreign);
             out.push(GenerationListing {
                 replica: i,
                 generation,
-                snapshots,
-                segments,
+                snapshots: snapshots.items,
+                segments: segments.items,
             });
+        }
+        if let Some(first) = foreign.first() {
+            bail!(
+                "replica {} ({}) holds {} name(s) that litestream never writes, e.g. \"{}\"; refusing to restore from it (inspect the replica and remove them)",
+                src.name,
+                src.client.describe(),
+                foreign.len(),
+                layout::display_name(first)
+            );
         }
     }
     Ok(out)
@@ -411,6 +426,13 @@ fn restore_snapshot(client: &dyn ReplicaClient, info: &SnapshotInfo, db: &Path) 
         .ok_or_else(|| anyhow!("snapshot {key}: bad page size in header"))?;
     w.write_all(&header)
         .with_context(|| format!("{}: cannot write", db.display()))?;
+    // SQLite sizes a database by its header, and every database in WAL mode (SQLite 3.7.0
+    // or later) keeps that field valid; so we copy exactly that much. This also bounds what
+    // a hostile snapshot (a small object that decompresses to terabytes) can make us write.
+    let declared = declared_db_size(&header, page_size).ok_or_else(|| {
+        anyhow!("snapshot {key}: its header declares no valid database size, which no WAL-mode database lacks; the replica is corrupt")
+    })?;
+    let mut reader = reader.take(declared.saturating_sub(header.len() as u64));
     let mut copied = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -425,6 +447,17 @@ fn restore_snapshot(client: &dyn ReplicaClient, info: &SnapshotInfo, db: &Path) 
         copied += n as u64;
     }
     let total = copied + header.len() as u64;
+    if total == declared {
+        // Bytes past the declared size are pages SQLite no longer uses (a checkpoint that
+        // shrank the db could not truncate it yet); they are not read, let alone written.
+        let mut probe = [0u8; 1];
+        if matches!(reader.into_inner().read(&mut probe), Ok(1)) {
+            logging::info(
+                "snapshot holds bytes past the size its header declares; ignored",
+                &[("snapshot", &key), ("declared", &total)],
+            );
+        }
+    }
     if total % page_size as u64 != 0 {
         bail!("snapshot {key}: {total} bytes is not a whole number of {page_size}-byte pages; the replica is corrupt");
     }
@@ -434,6 +467,16 @@ fn restore_snapshot(client: &dyn ReplicaClient, info: &SnapshotInfo, db: &Path) 
     file.sync_all()
         .with_context(|| format!("{}: cannot fsync", db.display()))?;
     Ok(page_size)
+}
+
+/// The database size a db header declares (pages × page size), when the header marks that
+/// field valid (its version-valid-for number equals the change counter, SQLite ≥ 3.7.0).
+fn declared_db_size(header: &[u8; 100], page_size: u32) -> Option<u64> {
+    let be = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let pages = be(28);
+    (pages > 0 && be(24) == be(92)).then(|| u64::from(pages) * u64::from(page_size))
 }
 
 /// Downloads one index's segments into `staged` as one WAL file, verifying every frame.
@@ -500,8 +543,13 @@ fn stage_index(
     let write_err =
         |e: io::Error| StageError::Fatal(anyhow!("{}: cannot write: {e}", staged.display()));
     let mut stream = WalStream::new(page_size);
-    for seg in segments {
+    for (k, seg) in segments.iter().enumerate() {
         let key = layout::wal_segment_key(generation, index, seg.offset, seg.compression);
+        // A segment followed by another ends exactly where that one starts: decompressing
+        // more than that (a hostile, bomb-like object) is an error found after one frame.
+        let limit = segments
+            .get(k + 1)
+            .map(|next| next.offset.saturating_sub(seg.offset));
         if seg.offset != stream.offset {
             return Err(fatal(anyhow!(
                 "missing WAL segment before {key}: the previous segments of index {index:08x} end at offset {}",
@@ -523,24 +571,26 @@ fn stage_index(
         };
         let mut reader = codec::decoder(seg.compression, reader)
             .map_err(|e| fatal(anyhow!("WAL segment {key}: {e}")))?;
-        stream.segment(&mut reader, &mut w).map_err(|e| match e {
-            SegmentError::Write(e) => write_err(e),
-            SegmentError::Read(e)
-                if e.kind() == io::ErrorKind::InvalidData
-                    || e.kind() == io::ErrorKind::InvalidInput
-                    || e.kind() == io::ErrorKind::UnexpectedEof =>
-            {
-                fatal(anyhow!(
-                    "WAL segment {key}: cannot decompress: {e}; the replica is corrupt"
-                ))
-            }
-            SegmentError::Read(e) => {
-                StageError::Retry(anyhow!("WAL segment {key}: cannot read: {e}"))
-            }
-            SegmentError::Corrupt(msg) => {
-                fatal(anyhow!("WAL segment {key}: {msg}; the replica is corrupt"))
-            }
-        })?;
+        stream
+            .segment(&mut reader, &mut w, limit)
+            .map_err(|e| match e {
+                SegmentError::Write(e) => write_err(e),
+                SegmentError::Read(e)
+                    if e.kind() == io::ErrorKind::InvalidData
+                        || e.kind() == io::ErrorKind::InvalidInput
+                        || e.kind() == io::ErrorKind::UnexpectedEof =>
+                {
+                    fatal(anyhow!(
+                        "WAL segment {key}: cannot decompress: {e}; the replica is corrupt"
+                    ))
+                }
+                SegmentError::Read(e) => {
+                    StageError::Retry(anyhow!("WAL segment {key}: cannot read: {e}"))
+                }
+                SegmentError::Corrupt(msg) => {
+                    fatal(anyhow!("WAL segment {key}: {msg}; the replica is corrupt"))
+                }
+            })?;
     }
     let file = w
         .into_inner()
@@ -581,6 +631,32 @@ impl WalStream {
     }
 
     fn segment(
+        &mut self,
+        r: &mut dyn Read,
+        w: &mut dyn Write,
+        limit: Option<u64>,
+    ) -> std::result::Result<(), SegmentError> {
+        let start = self.offset;
+        let mut limited;
+        let r: &mut dyn Read = match limit {
+            Some(l) => {
+                limited = r.take(l.saturating_add(1));
+                &mut limited
+            }
+            None => r,
+        };
+        let result = self.frames_of(r, w);
+        if let Some(l) = limit {
+            if result.is_ok() && self.offset - start > l {
+                return Err(SegmentError::Corrupt(format!(
+                    "segment at offset {start} holds more than the {l} bytes before the next segment"
+                )));
+            }
+        }
+        result
+    }
+
+    fn frames_of(
         &mut self,
         r: &mut dyn Read,
         w: &mut dyn Write,
@@ -1153,10 +1229,11 @@ mod tests {
         let mut st = WalStream::new(4096);
         let mut out = Vec::new();
         for p in parts {
-            st.segment(&mut &p[..], &mut out).map_err(|e| match e {
-                SegmentError::Corrupt(m) => m,
-                SegmentError::Read(e) | SegmentError::Write(e) => e.to_string(),
-            })?;
+            st.segment(&mut &p[..], &mut out, None)
+                .map_err(|e| match e {
+                    SegmentError::Corrupt(m) => m,
+                    SegmentError::Read(e) | SegmentError::Write(e) => e.to_string(),
+                })?;
         }
         Ok((st, out))
     }
@@ -1187,7 +1264,45 @@ mod tests {
         let stale = fixture("stale-salt.wal");
         assert!(stream(&[&stale]).is_err());
         let mut other_page = WalStream::new(1024);
-        assert!(other_page.segment(&mut &wal[..], &mut Vec::new()).is_err());
+        assert!(other_page
+            .segment(&mut &wal[..], &mut Vec::new(), None)
+            .is_err());
+    }
+
+    #[test]
+    fn a_segment_longer_than_the_gap_to_the_next_one_is_corrupt() {
+        let wal = fixture("valid.wal");
+        let cut = commit_ends(&wal)[0];
+        // Exactly the gap: fine.
+        let mut st = WalStream::new(4096);
+        st.segment(&mut &wal[..cut], &mut Vec::new(), Some(cut as u64))
+            .map_err(|_| "exact gap rejected")
+            .unwrap();
+        // The whole WAL claimed to fit before a segment at `cut`: refused, having read at
+        // most one frame past the gap.
+        let mut st = WalStream::new(4096);
+        let mut out = Vec::new();
+        match st.segment(&mut &wal[..], &mut out, Some(cut as u64)) {
+            Err(SegmentError::Corrupt(m)) => {
+                assert!(m.contains("torn frame") || m.contains("more than"), "{m}")
+            }
+            _ => panic!("an over-long segment was accepted"),
+        }
+        assert!(out.len() <= cut + 4120, "{} bytes written", out.len());
+    }
+
+    #[test]
+    fn declared_size_comes_from_a_valid_header_only() {
+        let mut h = [0u8; 100];
+        h[28..32].copy_from_slice(&3u32.to_be_bytes());
+        h[24..28].copy_from_slice(&7u32.to_be_bytes());
+        h[92..96].copy_from_slice(&7u32.to_be_bytes());
+        assert_eq!(declared_db_size(&h, 4096), Some(3 * 4096));
+        h[92..96].copy_from_slice(&6u32.to_be_bytes());
+        assert_eq!(declared_db_size(&h, 4096), None, "stale in-header size");
+        h[92..96].copy_from_slice(&7u32.to_be_bytes());
+        h[28..32].copy_from_slice(&0u32.to_be_bytes());
+        assert_eq!(declared_db_size(&h, 4096), None, "zero pages");
     }
 
     #[test]

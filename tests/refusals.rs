@@ -4,75 +4,9 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::*;
-
-/// A small real replica: daemon, a few commits, graceful stop. Returns the source digest.
-fn make_replica(env: &Env) -> Digest {
-    env.write_config(&Cfg::default());
-    let app = create_app_db(&env.db, 4096);
-    let mut d = env.start("daemon");
-    let ok = wait_until(DEADLINE, || {
-        d.assert_alive();
-        generations(&env.replica)
-            .iter()
-            .any(|g| !snapshot_indexes(&env.replica, g).is_empty())
-    });
-    assert!(ok, "no snapshot within {DEADLINE:?}");
-    for chunk in 0..6 {
-        tx(&app, |c| {
-            for i in 0..5 {
-                let id = chunk * 5 + i + 1;
-                insert_row(c, id, 6000 + id as usize * 10);
-            }
-        });
-        std::thread::sleep(std::time::Duration::from_millis(150));
-    }
-    env.wait_restore(DEADLINE, "30 rows replicated", |p| {
-        id_summary(p) == (30, 1, 30)
-    });
-    let src = digest_conn(&app, "t");
-    d.stop_ok();
-    src
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for (rel, _) in list_tree(from) {
-        let dst = to.join(&rel);
-        fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        fs::copy(from.join(&rel), dst).unwrap();
-    }
-}
-
-/// Files in `dir` whose name starts with `stem` (the output, its `.tmp`, `-wal`, …).
-fn leftovers(dir: &Path, stem: &str) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(stem))
-        .collect()
-}
-
-fn restore_from(env: &Env, replica: &Path, out: &Path, extra: &[&str]) -> Out {
-    let url = format!("file://{}", replica.display());
-    let mut args = vec!["restore", "-o", out.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    args.push(&url);
-    env.run(&args)
-}
-
-fn one_line(o: &Out, what: &str) -> String {
-    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{what}: expected exactly one line on stderr, got:\n{}",
-        o.stderr
-    );
-    lines[0].to_string()
-}
 
 #[test]
 fn restore_refuses_existing_output_and_honours_if_db_not_exists() {

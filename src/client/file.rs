@@ -13,10 +13,13 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, Context};
 
-use super::{NotFound, ReplicaClient, Result, SnapshotInfo, WalSegmentInfo};
+use super::{Listing, NotFound, ReplicaClient, Result, SnapshotInfo, WalSegmentInfo};
 use crate::codec::Compression;
 use crate::layout;
 use crate::position::is_generation;
+
+/// A directory entry: its name and (lstat) metadata.
+type Entry = (String, fs::Metadata);
 
 pub struct FileClient {
     root: PathBuf,
@@ -31,24 +34,55 @@ impl FileClient {
         self.root.join(key)
     }
 
-    /// Entries of a directory as (name, metadata); a missing directory is empty.
-    fn entries(&self, dir: &Path) -> Result<Vec<(String, fs::Metadata)>> {
+    /// Entries of a directory as (name, metadata), plus the names that are not UTF-8 (never
+    /// ours); a missing directory is empty.
+    fn entries(&self, dir: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
         let rd = match fs::read_dir(dir) {
             Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
             Err(e) => return Err(anyhow!("{}: cannot list: {e}", dir.display())),
         };
         let mut out = Vec::new();
+        let mut not_utf8 = Vec::new();
         for entry in rd {
             let entry = entry.with_context(|| format!("{}: cannot list", dir.display()))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
+            let name = match entry.file_name().into_string() {
+                Ok(name) => name,
+                Err(raw) => {
+                    not_utf8.push(raw.to_string_lossy().into_owned());
+                    continue;
+                }
             };
             // A file removed between readdir and stat (retention elsewhere) is simply gone.
             let Ok(meta) = entry.metadata() else { continue };
             out.push((name, meta));
         }
-        Ok(out)
+        Ok((out, not_utf8))
+    }
+
+    /// Splits a directory's entries into what `parse` recognises (regular files, or
+    /// directories when `dirs`) and foreign names (relative to the root, under `rel`).
+    fn listing<T>(
+        &self,
+        rel: &str,
+        dirs: bool,
+        parse: impl Fn(&str, &fs::Metadata) -> Option<T>,
+    ) -> Result<Listing<T>> {
+        let (entries, not_utf8) = self.entries(&self.path(rel))?;
+        let mut items = Vec::new();
+        let mut foreign: Vec<String> = not_utf8.into_iter().map(|n| format!("{rel}/{n}")).collect();
+        for (name, meta) in entries {
+            // DirEntry metadata is lstat: a symlink is neither, so never followed out of
+            // the replica.
+            let right_kind = if dirs { meta.is_dir() } else { meta.is_file() };
+            match parse(&name, &meta).filter(|_| right_kind) {
+                Some(item) => items.push(item),
+                None if !dirs && meta.is_file() && layout::is_temp_name(&name) => {}
+                None => foreign.push(format!("{rel}/{name}")),
+            }
+        }
+        foreign.sort();
+        Ok(Listing { items, foreign })
     }
 
     /// Writes `data` to `key` atomically; returns (size, mtime).
@@ -179,56 +213,43 @@ impl ReplicaClient for FileClient {
         self.root.display().to_string()
     }
 
-    fn generations(&self) -> Result<Vec<String>> {
-        let mut out: Vec<String> = self
-            .entries(&self.path(layout::GENERATIONS_DIR))?
-            .into_iter()
-            .filter(|(name, meta)| meta.is_dir() && is_generation(name))
-            .map(|(name, _)| name)
-            .collect();
-        out.sort();
-        Ok(out)
+    fn list_generations(&self) -> Result<Listing<String>> {
+        let mut l = self.listing(layout::GENERATIONS_DIR, true, |name, _| {
+            is_generation(name).then(|| name.to_string())
+        })?;
+        l.items.sort();
+        Ok(l)
     }
 
-    fn snapshots(&self, generation: &str) -> Result<Vec<SnapshotInfo>> {
-        let mut out: Vec<SnapshotInfo> = self
-            .entries(&self.path(&layout::snapshots_dir(generation)))?
-            .into_iter()
-            .filter(|(_, meta)| meta.is_file())
-            .filter_map(|(name, meta)| {
-                let (index, compression) = layout::parse_snapshot_name(&name)?;
-                Some(SnapshotInfo {
-                    generation: generation.to_string(),
-                    index,
-                    size: meta.len(),
-                    created: mtime(&meta),
-                    compression,
-                })
+    fn list_snapshots(&self, generation: &str) -> Result<Listing<SnapshotInfo>> {
+        let mut l = self.listing(&layout::snapshots_dir(generation), false, |name, meta| {
+            let (index, compression) = layout::parse_snapshot_name(name)?;
+            Some(SnapshotInfo {
+                generation: generation.to_string(),
+                index,
+                size: meta.len(),
+                created: mtime(meta),
+                compression,
             })
-            .collect();
-        out.sort_by_key(|s| s.index);
-        Ok(out)
+        })?;
+        l.items.sort_by_key(|s| s.index);
+        Ok(l)
     }
 
-    fn wal_segments(&self, generation: &str) -> Result<Vec<WalSegmentInfo>> {
-        let mut out: Vec<WalSegmentInfo> = self
-            .entries(&self.path(&layout::wal_dir(generation)))?
-            .into_iter()
-            .filter(|(_, meta)| meta.is_file())
-            .filter_map(|(name, meta)| {
-                let (index, offset, compression) = layout::parse_wal_segment_name(&name)?;
-                Some(WalSegmentInfo {
-                    generation: generation.to_string(),
-                    index,
-                    offset,
-                    size: meta.len(),
-                    created: mtime(&meta),
-                    compression,
-                })
+    fn list_wal_segments(&self, generation: &str) -> Result<Listing<WalSegmentInfo>> {
+        let mut l = self.listing(&layout::wal_dir(generation), false, |name, meta| {
+            let (index, offset, compression) = layout::parse_wal_segment_name(name)?;
+            Some(WalSegmentInfo {
+                generation: generation.to_string(),
+                index,
+                offset,
+                size: meta.len(),
+                created: mtime(meta),
+                compression,
             })
-            .collect();
-        out.sort_by_key(|s| (s.index, s.offset));
-        Ok(out)
+        })?;
+        l.items.sort_by_key(|s| (s.index, s.offset));
+        Ok(l)
     }
 
     fn write_snapshot(

@@ -57,20 +57,42 @@ pub fn is_not_found(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.downcast_ref::<NotFound>().is_some())
 }
 
+/// One replica directory's listing: the objects this tool recognises, and every other name
+/// found there. `foreign` holds paths relative to the replica root (`generations/…/wal/x`),
+/// except our own interrupted writes (`layout::is_temp_name`). The daemon and the listing
+/// commands ignore foreign names; restore refuses a replica that holds any, because a name we
+/// never write (`..`, an absolute path, a non-hex index) means someone else writes there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    pub foreign: Vec<String>,
+}
+
 /// A replica store. Implementations must be usable from several threads at once (restore
 /// downloads in parallel). Listings are sorted: generations by id, snapshots by index, WAL
-/// segments by (index, offset). Names that do not parse are skipped, never an error.
+/// segments by (index, offset). Names that do not parse are reported as foreign, never an
+/// error.
 pub trait ReplicaClient: Send + Sync {
     /// `file` or `s3`.
     fn kind(&self) -> &'static str;
     /// Where the replica points (a path, `s3://bucket/prefix`), for logs. Never a secret.
     fn describe(&self) -> String;
 
-    fn generations(&self) -> Result<Vec<String>>;
+    fn list_generations(&self) -> Result<Listing<String>>;
     /// Snapshots of one generation; an unknown generation lists as empty.
-    fn snapshots(&self, generation: &str) -> Result<Vec<SnapshotInfo>>;
+    fn list_snapshots(&self, generation: &str) -> Result<Listing<SnapshotInfo>>;
     /// WAL segments of one generation; an unknown generation lists as empty.
-    fn wal_segments(&self, generation: &str) -> Result<Vec<WalSegmentInfo>>;
+    fn list_wal_segments(&self, generation: &str) -> Result<Listing<WalSegmentInfo>>;
+
+    fn generations(&self) -> Result<Vec<String>> {
+        Ok(self.list_generations()?.items)
+    }
+    fn snapshots(&self, generation: &str) -> Result<Vec<SnapshotInfo>> {
+        Ok(self.list_snapshots(generation)?.items)
+    }
+    fn wal_segments(&self, generation: &str) -> Result<Vec<WalSegmentInfo>> {
+        Ok(self.list_wal_segments(generation)?.items)
+    }
 
     /// Stores a snapshot atomically: readers see the whole object or none of it.
     /// `data` yields the compressed bytes.

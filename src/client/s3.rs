@@ -24,7 +24,7 @@ use s3::serde_types::{
 };
 use s3::{Bucket, Region};
 
-use super::{NotFound, ReplicaClient, Result, SnapshotInfo, WalSegmentInfo};
+use super::{Listing, NotFound, ReplicaClient, Result, SnapshotInfo, WalSegmentInfo};
 use crate::codec::Compression;
 use crate::config::S3Config;
 use crate::layout;
@@ -226,7 +226,8 @@ impl S3Client {
     }
 
     /// Every object under `rel_prefix` (relative to our prefix), across continuation pages.
-    /// With `delimiter`, the common prefixes instead.
+    /// With `delimiter`, the common prefixes (one level of "directories") and the objects
+    /// directly under `rel_prefix`.
     fn list(&self, rel_prefix: &str, delimiter: bool) -> Result<Vec<ListedObject>> {
         let prefix = self.key(rel_prefix);
         let mut out = Vec::new();
@@ -245,26 +246,24 @@ impl S3Client {
             let page: ListBucketResult = quick_xml::de::from_str(&body).map_err(|e| {
                 anyhow!("LIST {}: unreadable reply: {e}", self.describe_key(&prefix))
             })?;
-            if delimiter {
-                for p in page.common_prefixes.unwrap_or_default() {
-                    out.push(ListedObject {
-                        key: p.prefix,
-                        size: 0,
-                        created: UNIX_EPOCH,
-                    });
-                }
-            } else {
-                for o in page.contents {
-                    let created =
-                        humantime::parse_rfc3339_weak(o.last_modified.trim_end_matches('Z'))
-                            .or_else(|_| humantime::parse_rfc3339(&o.last_modified))
-                            .unwrap_or(UNIX_EPOCH);
-                    out.push(ListedObject {
-                        key: o.key,
-                        size: o.size,
-                        created,
-                    });
-                }
+            for p in page.common_prefixes.unwrap_or_default() {
+                out.push(ListedObject {
+                    key: p.prefix,
+                    size: 0,
+                    created: UNIX_EPOCH,
+                    is_prefix: true,
+                });
+            }
+            for o in page.contents {
+                let created = humantime::parse_rfc3339_weak(o.last_modified.trim_end_matches('Z'))
+                    .or_else(|_| humantime::parse_rfc3339(&o.last_modified))
+                    .unwrap_or(UNIX_EPOCH);
+                out.push(ListedObject {
+                    key: o.key,
+                    size: o.size,
+                    created,
+                    is_prefix: false,
+                });
             }
             match page.next_continuation_token {
                 Some(t) if page.is_truncated => token = Some(t),
@@ -272,6 +271,32 @@ impl S3Client {
             }
         }
         Ok(out)
+    }
+
+    /// Lists `dir` (relative, ending in `/`) and splits it into what `parse` recognises (by
+    /// the name after `dir`) and foreign keys (relative to the replica prefix).
+    fn listing<T>(
+        &self,
+        dir: &str,
+        delimiter: bool,
+        parse: impl Fn(&str, &ListedObject) -> Option<T>,
+    ) -> Result<Listing<T>> {
+        let base = self.key(dir);
+        let mut items = Vec::new();
+        let mut foreign = Vec::new();
+        for o in self.list(dir, delimiter)? {
+            let Some(name) = o.key.strip_prefix(&base) else {
+                // The store answered with a key outside the prefix asked for.
+                foreign.push(o.key.clone());
+                continue;
+            };
+            match parse(name, &o) {
+                Some(item) => items.push(item),
+                None => foreign.push(format!("{dir}{name}")),
+            }
+        }
+        foreign.sort();
+        Ok(Listing { items, foreign })
     }
 
     /// Stores `data` at `key`: one PUT up to `part_size`, else a multipart upload.
@@ -415,6 +440,8 @@ struct ListedObject {
     key: String,
     size: u64,
     created: SystemTime,
+    /// A common prefix of a delimited listing (a "directory"), not an object.
+    is_prefix: bool,
 }
 
 fn agent(skip_verify: bool) -> ureq::Agent {
@@ -564,64 +591,48 @@ impl ReplicaClient for S3Client {
         }
     }
 
-    fn generations(&self) -> Result<Vec<String>> {
-        let base = self.key(&format!("{}/", layout::GENERATIONS_DIR));
-        let mut out: Vec<String> = self
-            .list(&format!("{}/", layout::GENERATIONS_DIR), true)?
-            .into_iter()
-            .filter_map(|o| {
-                let g = o.key.strip_prefix(&base)?.trim_end_matches('/').to_string();
-                is_generation(&g).then_some(g)
-            })
-            .collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
+    fn list_generations(&self) -> Result<Listing<String>> {
+        let dir = format!("{}/", layout::GENERATIONS_DIR);
+        let mut l = self.listing(&dir, true, |name, o| {
+            let g = name.strip_suffix('/')?;
+            (o.is_prefix && is_generation(g)).then(|| g.to_string())
+        })?;
+        l.items.sort();
+        l.items.dedup();
+        Ok(l)
     }
 
-    fn snapshots(&self, generation: &str) -> Result<Vec<SnapshotInfo>> {
+    fn list_snapshots(&self, generation: &str) -> Result<Listing<SnapshotInfo>> {
         let dir = format!("{}/", layout::snapshots_dir(generation));
-        let base = self.key(&dir);
-        let mut out: Vec<SnapshotInfo> = self
-            .list(&dir, false)?
-            .into_iter()
-            .filter_map(|o| {
-                let name = o.key.strip_prefix(&base)?;
-                let (index, compression) = layout::parse_snapshot_name(name)?;
-                Some(SnapshotInfo {
-                    generation: generation.to_string(),
-                    index,
-                    size: o.size,
-                    created: o.created,
-                    compression,
-                })
+        let mut l = self.listing(&dir, false, |name, o| {
+            let (index, compression) = layout::parse_snapshot_name(name)?;
+            Some(SnapshotInfo {
+                generation: generation.to_string(),
+                index,
+                size: o.size,
+                created: o.created,
+                compression,
             })
-            .collect();
-        out.sort_by_key(|s| s.index);
-        Ok(out)
+        })?;
+        l.items.sort_by_key(|s| s.index);
+        Ok(l)
     }
 
-    fn wal_segments(&self, generation: &str) -> Result<Vec<WalSegmentInfo>> {
+    fn list_wal_segments(&self, generation: &str) -> Result<Listing<WalSegmentInfo>> {
         let dir = format!("{}/", layout::wal_dir(generation));
-        let base = self.key(&dir);
-        let mut out: Vec<WalSegmentInfo> = self
-            .list(&dir, false)?
-            .into_iter()
-            .filter_map(|o| {
-                let name = o.key.strip_prefix(&base)?;
-                let (index, offset, compression) = layout::parse_wal_segment_name(name)?;
-                Some(WalSegmentInfo {
-                    generation: generation.to_string(),
-                    index,
-                    offset,
-                    size: o.size,
-                    created: o.created,
-                    compression,
-                })
+        let mut l = self.listing(&dir, false, |name, o| {
+            let (index, offset, compression) = layout::parse_wal_segment_name(name)?;
+            Some(WalSegmentInfo {
+                generation: generation.to_string(),
+                index,
+                offset,
+                size: o.size,
+                created: o.created,
+                compression,
             })
-            .collect();
-        out.sort_by_key(|s| (s.index, s.offset));
-        Ok(out)
+        })?;
+        l.items.sort_by_key(|s| (s.index, s.offset));
+        Ok(l)
     }
 
     fn write_snapshot(

@@ -118,14 +118,35 @@ impl Drop for S3Server {
     }
 }
 
+/// How the proxy treats requests, besides going down (`Proxy::set_down`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward everything.
+    None,
+    /// Read each request, never answer it until the fault ends, then drop the connection.
+    Stall,
+    /// Answer every request with this HTTP status (500, 503 …) without forwarding it.
+    Status(u16),
+}
+
 /// A TCP proxy that records each HTTP request passing through and can go down (refusing new
-/// connections and cutting open ones) and come back.
+/// connections and cutting open ones) and come back, stall, answer errors, or add keys of its
+/// own to listings (a hostile store).
 pub struct Proxy {
     pub port: u16,
     up: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
     requests: Arc<Mutex<Vec<Req>>>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    shared: Arc<Shared>,
+}
+
+/// Settings the forwarding threads read per request.
+#[derive(Default)]
+struct Shared {
+    fault: Mutex<Option<Fault>>,
+    /// Keys added to every ListObjectsV2 reply without a delimiter whose prefix they match.
+    injected_keys: Mutex<Vec<String>>,
 }
 
 impl Proxy {
@@ -138,12 +159,14 @@ impl Proxy {
             closed: Arc::new(AtomicBool::new(false)),
             requests: Arc::new(Mutex::new(Vec::new())),
             conns: Arc::new(Mutex::new(Vec::new())),
+            shared: Arc::new(Shared::default()),
         };
-        let (up, closed, requests, conns) = (
+        let (up, closed, requests, conns, shared) = (
             p.up.clone(),
             p.closed.clone(),
             p.requests.clone(),
             p.conns.clone(),
+            p.shared.clone(),
         );
         std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -168,7 +191,10 @@ impl Proxy {
                 }
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let requests = requests.clone();
-                std::thread::spawn(move || forward_requests(client, server, requests));
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    forward_requests(client, server, upstream, requests, shared)
+                });
                 std::thread::spawn(move || {
                     let (mut from, mut to) = (s2, c2);
                     let _ = std::io::copy(&mut from, &mut to);
@@ -199,6 +225,16 @@ impl Proxy {
         self.up.store(true, Ordering::SeqCst);
     }
 
+    /// Sets how requests are treated from now on (`Fault::None` to heal).
+    pub fn set_fault(&self, fault: Fault) {
+        *self.shared.fault.lock().unwrap() = Some(fault);
+    }
+
+    /// Keys (full, with the replica prefix) that LIST replies will also name from now on.
+    pub fn inject_list_keys(&self, keys: Vec<String>) {
+        *self.shared.injected_keys.lock().unwrap() = keys;
+    }
+
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.set_down();
@@ -207,8 +243,18 @@ impl Proxy {
 }
 
 /// Copies HTTP/1.1 requests from `client` to `server`, recording each one. Requests carry a
-/// Content-Length (our client never sends chunked bodies), which frames them.
-fn forward_requests(client: TcpStream, mut server: TcpStream, requests: Arc<Mutex<Vec<Req>>>) {
+/// Content-Length (our client never sends chunked bodies), which frames them. Under a fault,
+/// or for a LIST that gets injected keys, the proxy answers itself.
+fn forward_requests(
+    client: TcpStream,
+    mut server: TcpStream,
+    upstream: u16,
+    requests: Arc<Mutex<Vec<Req>>>,
+    shared: Arc<Shared>,
+) {
+    let Ok(mut reply) = client.try_clone() else {
+        return;
+    };
     let mut r = BufReader::new(client);
     loop {
         let mut head = Vec::new();
@@ -239,7 +285,58 @@ fn forward_requests(client: TcpStream, mut server: TcpStream, requests: Arc<Mute
         let mut parts = first.split_whitespace();
         let method = parts.next().unwrap_or("").to_string();
         let target = parts.next().unwrap_or("").to_string();
-        requests.lock().unwrap().push(Req { method, target });
+        requests.lock().unwrap().push(Req {
+            method: method.clone(),
+            target: target.clone(),
+        });
+        let fault = shared.fault.lock().unwrap().clone().unwrap_or(Fault::None);
+        match fault {
+            Fault::None => {}
+            Fault::Status(code) => {
+                if std::io::copy(&mut (&mut r).take(len), &mut std::io::sink()).is_err() {
+                    return;
+                }
+                let body = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{}</Code><Message>injected by the test proxy</Message></Error>",
+                    if code == 503 { "SlowDown" } else { "InternalError" }
+                );
+                let resp = format!(
+                    "HTTP/1.1 {code} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if reply.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Fault::Stall => {
+                let _ = std::io::copy(&mut (&mut r).take(len), &mut std::io::sink());
+                while *shared.fault.lock().unwrap() == Some(Fault::Stall) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = reply.shutdown(Shutdown::Both);
+                let _ = server.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+        let injected = shared.injected_keys.lock().unwrap().clone();
+        if method == "GET"
+            && target.contains("list-type=2")
+            && !target.contains("delimiter")
+            && !injected.is_empty()
+        {
+            let mut body = Vec::new();
+            if (&mut r).take(len).read_to_end(&mut body).is_err() {
+                return;
+            }
+            match list_with_injected_keys(upstream, &head, &body, &target, &injected) {
+                Some(resp) if reply.write_all(&resp).is_ok() => continue,
+                _ => {
+                    let _ = reply.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+        }
         if server.write_all(&head).is_err() {
             return;
         }
@@ -248,4 +345,107 @@ fn forward_requests(client: TcpStream, mut server: TcpStream, requests: Arc<Mute
             return;
         }
     }
+}
+
+/// Sends a LIST on a connection of its own (the signed request unchanged but for
+/// `Connection: close`), and returns the reply with `keys` added where the requested prefix
+/// covers them.
+fn list_with_injected_keys(
+    upstream: u16,
+    head: &[u8],
+    body: &[u8],
+    target: &str,
+    keys: &[String],
+) -> Option<Vec<u8>> {
+    let mut conn = TcpStream::connect(("127.0.0.1", upstream)).ok()?;
+    let head = String::from_utf8_lossy(head);
+    let mut lines: Vec<&str> = head
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    lines.push("Connection: close");
+    let head = format!("{}\r\n\r\n", lines.join("\r\n"));
+    conn.write_all(head.as_bytes()).ok()?;
+    conn.write_all(body).ok()?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let (resp_head, rest) = (
+        String::from_utf8_lossy(&raw[..split]).to_string(),
+        &raw[split + 4..],
+    );
+    let chunked = resp_head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let mut xml = if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_vec()
+    };
+    let prefix = query_param(target, "prefix").unwrap_or_default();
+    let extra: String = keys
+        .iter()
+        .filter(|k| k.starts_with(&prefix))
+        .map(|k| {
+            format!(
+                "<Contents><Key>{}</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>\"0\"</ETag><Size>100</Size><StorageClass>STANDARD</StorageClass></Contents>",
+                xml_escape(k)
+            )
+        })
+        .collect();
+    let text = String::from_utf8_lossy(&xml).to_string();
+    if let Some(at) = text.rfind("</ListBucketResult>") {
+        xml = format!("{}{extra}{}", &text[..at], &text[at..]).into_bytes();
+    }
+    let status = resp_head.lines().next()?.to_string();
+    let mut out = format!(
+        "{status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
+        xml.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&xml);
+    Some(out)
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = String::from_utf8_lossy(&b[..eol]).to_string();
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+fn query_param(target: &str, name: &str) -> Option<String> {
+    let query = target.split_once('?')?.1;
+    let value = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))?;
+    let mut out = Vec::new();
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let h = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
