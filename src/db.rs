@@ -568,7 +568,7 @@ impl Db {
         read_at(&wal, 0, &mut hdr_bytes)?;
         let header = WalHeader::parse(&hdr_bytes).map_err(|e| anyhow!("{}: {e}", wal.display()))?;
         let dir = shadow_wal_dir(&self.shared.meta_dir, generation);
-        create_dir_all_like(&dir, &self.shared.meta_dir)?;
+        create_dir_like(&dir, &self.shared.path)?;
         let path = shadow_wal_path(&self.shared.meta_dir, generation, index);
         let mut f = create_file(&path, self.shared.file_mode())?;
         f.write_all(&hdr_bytes)
@@ -1218,20 +1218,21 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("{}: cannot fsync directory", dir.display()))
 }
 
-/// Creates `dir` with the mode (and, as root, the owner) of `like`'s directory.
+/// Creates the metadata dir `dir` with the db file's mode (plus `x` where it has `r`, see
+/// `client::file::dir_mode_for`) and, as root, the db file's owner: the shadow WAL holds the
+/// data, so no more people may read it than may read the db.
 fn create_dir_like(dir: &Path, db_path: &Path) -> Result<()> {
-    let parent = db_path.parent().unwrap_or_else(|| Path::new("/"));
-    create_dir_all_like(dir, parent)
+    let meta =
+        fs::metadata(db_path).with_context(|| format!("{}: cannot stat", db_path.display()))?;
+    create_dir_all_like(dir, &meta)
 }
 
-fn create_dir_all_like(dir: &Path, template: &Path) -> Result<()> {
+fn create_dir_all_like(dir: &Path, db_meta: &fs::Metadata) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    let meta =
-        fs::metadata(template).with_context(|| format!("{}: cannot stat", template.display()))?;
     if let Some(parent) = dir.parent() {
-        create_dir_all_like(parent, template)?;
+        create_dir_all_like(parent, db_meta)?;
     }
     match fs::create_dir(dir) {
         Ok(()) => {}
@@ -1240,9 +1241,11 @@ fn create_dir_all_like(dir: &Path, template: &Path) -> Result<()> {
             return Err(e).with_context(|| format!("{}: cannot create directory", dir.display()))
         }
     }
-    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(meta.mode() & 0o7777));
+    let mode = crate::client::file::dir_mode_for(db_meta.mode());
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("{}: cannot set mode {mode:o}", dir.display()))?;
     if unsafe { libc::geteuid() } == 0 {
-        let _ = std::os::unix::fs::chown(dir, Some(meta.uid()), Some(meta.gid()));
+        let _ = std::os::unix::fs::chown(dir, Some(db_meta.uid()), Some(db_meta.gid()));
     }
     Ok(())
 }

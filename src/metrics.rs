@@ -820,6 +820,9 @@ impl ReplicaClient for CountingClient {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn set_object_mode(&self, mode: u32) {
+        self.inner.set_object_mode(mode)
+    }
     fn list_generations(&self) -> client::Result<Listing<String>> {
         self.ops.count(LIST, 0);
         self.inner.list_generations()

@@ -240,6 +240,7 @@ impl Replica {
         let metrics = self.db.metrics.clone();
         // Read before the target: what gets uploaded is at least what this number published.
         let seq = metrics.publish_seq();
+        self.client.set_object_mode(self.db.file_mode());
         let result = self.sync_to_shadow();
         match &result {
             Ok(()) => metrics.replica_synced(self.slot, seq),

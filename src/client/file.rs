@@ -6,9 +6,11 @@
 //! (never holds an object in memory) and knows names only through `layout`; it never
 //! compresses, decompresses or interprets contents.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::SystemTime;
 
 use anyhow::{anyhow, Context};
@@ -23,11 +25,23 @@ type Entry = (String, fs::Metadata);
 
 pub struct FileClient {
     root: PathBuf,
+    /// Mode of the object files (the db file's, set by the replica); directories get it with
+    /// `x` wherever it has `r`. Owner-only until told otherwise.
+    mode: AtomicU32,
+}
+
+/// The directory mode that goes with a file mode: searchable by whoever may read.
+pub fn dir_mode_for(file_mode: u32) -> u32 {
+    let m = file_mode & 0o777;
+    m | ((m & 0o444) >> 2) | 0o700
 }
 
 impl FileClient {
     pub fn new(root: PathBuf) -> FileClient {
-        FileClient { root }
+        FileClient {
+            root,
+            mode: AtomicU32::new(0o600),
+        }
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -91,13 +105,22 @@ impl FileClient {
         let dir = path
             .parent()
             .ok_or_else(|| anyhow!("{}: no parent directory", path.display()))?;
-        create_dirs(dir)?;
+        let mode = self.mode.load(Ordering::Relaxed);
+        create_dirs(dir, dir_mode_for(mode))?;
         let mut tmp = path.clone().into_os_string();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let result = (|| -> Result<(u64, SystemTime)> {
-            let mut f =
-                File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&tmp)
+                .with_context(|| format!("{}: cannot create", tmp.display()))?;
+            // Exactly the db's mode: the umask must not widen nor a leftover keep its own.
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .with_context(|| format!("{}: cannot set mode", tmp.display()))?;
             let size = copy(data, &mut f, &tmp)?;
             f.sync_all()
                 .with_context(|| format!("{}: cannot fsync", tmp.display()))?;
@@ -176,14 +199,14 @@ fn copy(data: &mut dyn Read, f: &mut File, path: &Path) -> Result<u64> {
 
 /// Creates `dir` and missing parents, fsyncing each new entry's parent so the tree survives
 /// a crash together with the object written into it.
-fn create_dirs(dir: &Path) -> Result<()> {
+fn create_dirs(dir: &Path, mode: u32) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
-        create_dirs(parent)?;
+        create_dirs(parent, mode)?;
     }
-    match fs::create_dir(dir) {
+    match fs::DirBuilder::new().mode(mode).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(anyhow!("{}: cannot create directory: {e}", dir.display())),
@@ -207,6 +230,10 @@ fn mtime(meta: &fs::Metadata) -> SystemTime {
 impl ReplicaClient for FileClient {
     fn kind(&self) -> &'static str {
         "file"
+    }
+
+    fn set_object_mode(&self, mode: u32) {
+        self.mode.store(mode & 0o777, Ordering::Relaxed);
     }
 
     fn describe(&self) -> String {

@@ -78,6 +78,10 @@ pub trait ReplicaClient: Send + Sync {
     /// Where the replica points (a path, `s3://bucket/prefix`), for logs. Never a secret.
     fn describe(&self) -> String;
 
+    /// The mode new objects get where the store has modes (file replicas): the db file's,
+    /// so a replica never lets more people read the data than the database does.
+    fn set_object_mode(&self, _mode: u32) {}
+
     fn list_generations(&self) -> Result<Listing<String>>;
     /// Snapshots of one generation; an unknown generation lists as empty.
     fn list_snapshots(&self, generation: &str) -> Result<Listing<SnapshotInfo>>;
