@@ -1,0 +1,260 @@
+//! Row 2: the application's write throughput with the daemon replicating vs without it (same
+//! db, alternating phases in one run). Row 3: the daemon's CPU seconds per GiB of WAL.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection};
+
+use crate::harness::{self, Daemon, DbCfg, Gen, Metrics, GIB, MIB};
+use crate::lag::err_row;
+use crate::{Ctx, Met, Row};
+
+/// A daemon for `db` → file replica `replica`, default intervals, metrics on `port`.
+fn start_daemon(
+    dir: &Path,
+    db: &Path,
+    replica: &Path,
+    port: u16,
+    compression: Option<&str>,
+    log: &str,
+) -> Daemon {
+    let cfg = dir.join("litestream.yml");
+    harness::write_config(
+        &cfg,
+        Some(port),
+        &[DbCfg {
+            path: db.to_path_buf(),
+            monitor_interval: None,
+            extra: String::new(),
+            replicas: vec![harness::file_replica("file", replica, None, compression)],
+        }],
+    );
+    Daemon::start(&cfg, &dir.join(log))
+}
+
+/// Waits until the daemon has snapshotted every generation and uploaded all WAL.
+fn wait_ready(d: &Daemon, replica: &Path, port: u16) -> Result<(), String> {
+    let ok = harness::wait_for(Duration::from_secs(300), Duration::from_millis(50), || {
+        harness::all_generations_snapshotted(replica).then_some(())
+    })
+    .is_some()
+        && harness::wait_caught_up(port, Duration::from_secs(300));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("daemon not ready: {}", d.log_tail()))
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    big: bool,
+    pool: Vec<Vec<u8>>,
+    i: u64,
+}
+
+impl Writer {
+    fn new(db: &Path, big: bool) -> Writer {
+        let mut g = Gen::new(7);
+        let pool = if big {
+            (0..16).map(|i| g.row(i, 64 * 1024)).collect()
+        } else {
+            Vec::new()
+        };
+        Writer {
+            conn: harness::open_app(db),
+            big,
+            pool,
+            i: 0,
+        }
+    }
+
+    /// One transaction: a ~100-byte text row, or a 64 KiB row (alternately random and text).
+    fn commit(&mut self) {
+        self.i += 1;
+        let mut st = self
+            .conn
+            .prepare_cached("INSERT OR REPLACE INTO t (id, v) VALUES (?1, ?2)")
+            .unwrap();
+        if self.big {
+            let v = &self.pool[(self.i % self.pool.len() as u64) as usize];
+            st.execute(params![(self.i % 256) as i64, v]).unwrap();
+        } else {
+            let v = format!("small row {:>12} the quick brown fox jumps over the lazy dog, lorem ipsum dolor sit amet", self.i);
+            st.execute(params![(self.i % 100_000) as i64, v.into_bytes()])
+                .unwrap();
+        }
+    }
+
+    /// Commits for `d`; returns transactions per second.
+    fn run_for(&mut self, d: Duration) -> (u64, Duration) {
+        let start = Instant::now();
+        let mut n = 0;
+        while start.elapsed() < d {
+            self.commit();
+            n += 1;
+        }
+        (n, start.elapsed())
+    }
+}
+
+fn overhead_one(ctx: &Ctx, big: bool) -> Result<(f64, f64, usize), String> {
+    let dir = ctx.dir(if big {
+        "overhead-64k"
+    } else {
+        "overhead-small"
+    });
+    let db = dir.join("app.db");
+    let replica = dir.join("replica");
+    let port = harness::free_port();
+    let mut w = Writer::new(&db, big);
+    let (pairs, phase) = if ctx.quick {
+        (2, Duration::from_millis(1500))
+    } else {
+        (4, Duration::from_secs(5))
+    };
+    // Warm-up: the table reaches its steady size before anything is measured.
+    w.run_for(if ctx.quick {
+        phase
+    } else {
+        Duration::from_secs(3)
+    });
+    let (mut on_n, mut on_t, mut off_n, mut off_t) = (0u64, 0f64, 0u64, 0f64);
+    for p in 0..pairs {
+        // ABBA order: off,on,on,off,… so drift over the run cancels.
+        let order = if p % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for with in order {
+            if with {
+                let d = start_daemon(&dir, &db, &replica, port, None, &format!("daemon-{p}.log"));
+                wait_ready(&d, &replica, port)?;
+                std::thread::sleep(Duration::from_millis(500));
+                let (n, t) = w.run_for(phase);
+                if !harness::wait_caught_up(port, Duration::from_secs(120)) {
+                    return Err(format!("daemon fell behind: {}", d.log_tail()));
+                }
+                d.stop();
+                on_n += n;
+                on_t += t.as_secs_f64();
+            } else {
+                std::thread::sleep(Duration::from_millis(500));
+                let (n, t) = w.run_for(phase);
+                off_n += n;
+                off_t += t.as_secs_f64();
+            }
+        }
+    }
+    Ok((on_n as f64 / on_t, off_n as f64 / off_t, pairs))
+}
+
+pub fn overhead(ctx: &mut Ctx) {
+    for big in [false, true] {
+        let metric = if big {
+            "application throughput with daemon / without (64 KiB rows)"
+        } else {
+            "application throughput with daemon / without (small rows)"
+        };
+        match overhead_one(ctx, big) {
+            Ok((on, off, pairs)) => {
+                let ratio = on / off;
+                let phase = if ctx.quick { "1.5 s" } else { "5 s" };
+                let w = format!(
+                    "one writer thread, one autocommit `INSERT OR REPLACE` per transaction ({}), back to back; {} phases of {phase} with the daemon (default intervals, file replica, gzip; started before and stopped after its phase, measured once it has caught up) alternating ABBA with {} phases without it, same db",
+                    if big {
+                        "64 KiB row, alternately random and text, ids cycling over 256"
+                    } else {
+                        "~100-byte text row, ids cycling over 100,000"
+                    },
+                    pairs,
+                    pairs
+                );
+                ctx.push(Row::new(
+                    metric,
+                    format!("{ratio:.3} ({on:.0} vs {off:.0} tx/s)"),
+                    if big { "–" } else { "≥ 0.98" },
+                    if big { "–" } else { "0.94–0.96" },
+                    if big {
+                        Met::Na
+                    } else {
+                        Row::met_if(ratio >= 0.98)
+                    },
+                    w,
+                ));
+            }
+            Err(e) => err_row(ctx, metric, &e),
+        }
+    }
+}
+
+fn cpu_one(ctx: &Ctx, compression: &str) -> Result<(f64, f64, f64), String> {
+    let dir = ctx.dir(&format!("cpu-{compression}"));
+    let db = dir.join("app.db");
+    let replica = dir.join("replica");
+    let port = harness::free_port();
+    let conn = harness::open_app(&db);
+    conn.execute("INSERT INTO t (v) VALUES (x'00')", [])
+        .unwrap();
+    let d = start_daemon(&dir, &db, &replica, port, Some(compression), "daemon.log");
+    wait_ready(&d, &replica, port)?;
+    let m0 = Metrics::scrape(port).ok_or("no metrics")?;
+    let cpu0 = d.cpu_seconds();
+    let target = if ctx.quick { 128.0 * MIB } else { GIB };
+    let mut g = Gen::new(3);
+    let pool: Vec<Vec<u8>> = (0..32).map(|i| g.row(i, 64 * 1024)).collect();
+    let start = Instant::now();
+    let mut written = 0f64;
+    let mut i = 0u64;
+    let mut conn = conn;
+    while written < target {
+        let tx = conn.transaction().unwrap();
+        {
+            let mut st = tx
+                .prepare_cached("INSERT OR REPLACE INTO t (id, v) VALUES (?1, ?2)")
+                .unwrap();
+            for _ in 0..16 {
+                i += 1;
+                st.execute(params![(i % 1024) as i64, &pool[(i % 32) as usize]])
+                    .unwrap();
+                written += 64.0 * 1024.0;
+            }
+        }
+        tx.commit().unwrap();
+    }
+    if !harness::wait_caught_up(port, Duration::from_secs(600)) {
+        return Err(format!("daemon did not catch up: {}", d.log_tail()));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu1 = d.cpu_seconds();
+    let m1 = Metrics::scrape(port).ok_or("no metrics")?;
+    d.stop();
+    let wal = m1.sum("litestream_total_wal_bytes") - m0.sum("litestream_total_wal_bytes");
+    Ok((cpu1 - cpu0, wal, elapsed))
+}
+
+pub fn cpu_per_gib(ctx: &mut Ctx) {
+    for c in ["gzip", "lz4"] {
+        let metric = format!("CPU s per GiB WAL ({c})");
+        match cpu_one(ctx, c) {
+            Ok((cpu, wal, elapsed)) => {
+                let per = cpu / (wal / GIB);
+                let w = format!(
+                    "{:.0} MiB of WAL (transactions of 16 × 64 KiB rows, alternately random and text, `INSERT OR REPLACE` over 1,024 ids) written as fast as possible, replicated to a file replica ({c}, default intervals); daemon utime+stime from /proc/PID/stat from before the first write to fully caught up ({elapsed:.1} s); WAL bytes from litestream_total_wal_bytes",
+                    wal / MIB
+                );
+                ctx.push(Row::new(
+                    &metric,
+                    format!("{per:.2} s/GiB ({cpu:.2} s for {:.2} GiB)", wal / GIB),
+                    "≤ 3",
+                    "10.4–11.4 (its lz4)",
+                    Row::met_if(per <= 3.0),
+                    w,
+                ));
+            }
+            Err(e) => err_row(ctx, &metric, &e),
+        }
+    }
+}

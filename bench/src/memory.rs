@@ -1,0 +1,171 @@
+//! Row 4: RSS of an idle daemon with one db; peak RSS (VmHWM) of one daemon with 100 dbs under
+//! 15,000 commits spread over 15 s; then that daemon's idle CPU.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::params;
+
+use crate::harness::{self, Daemon, DbCfg};
+use crate::lag::err_row;
+use crate::{Ctx, Row};
+
+fn idle_one(ctx: &Ctx) -> Result<(u64, f64), String> {
+    let dir = ctx.dir("mem-idle");
+    let db = dir.join("app.db");
+    let replica = dir.join("replica");
+    let conn = harness::open_app(&db);
+    for i in 0..10 {
+        conn.execute("INSERT INTO t (v) VALUES (?1)", params![format!("row {i}")])
+            .unwrap();
+    }
+    let cfg = dir.join("litestream.yml");
+    harness::write_config(
+        &cfg,
+        None,
+        &[DbCfg {
+            path: db.clone(),
+            monitor_interval: None,
+            extra: String::new(),
+            replicas: vec![harness::file_replica("file", &replica, None, None)],
+        }],
+    );
+    let d = Daemon::start(&cfg, &dir.join("daemon.log"));
+    harness::wait_for(Duration::from_secs(60), Duration::from_millis(20), || {
+        harness::all_generations_snapshotted(&replica).then_some(())
+    })
+    .ok_or_else(|| format!("no snapshot: {}", d.log_tail()))?;
+    let settle = if ctx.quick { 3.0 } else { 10.0 };
+    std::thread::sleep(Duration::from_secs_f64(settle));
+    let rss = d.status_kib("VmRSS");
+    d.stop();
+    Ok((rss, settle))
+}
+
+struct Many {
+    hwm_kib: u64,
+    rss_after_kib: u64,
+    idle_cpu_pct: f64,
+    idle_s: f64,
+    commits: usize,
+    write_s: f64,
+    dbs: usize,
+}
+
+fn many(ctx: &Ctx) -> Result<Many, String> {
+    let dir = ctx.dir("mem-100");
+    let dbs = 100;
+    let (commits, span, idle) = if ctx.quick {
+        (3_000, 3.0, 10.0)
+    } else {
+        (15_000, 15.0, 60.0)
+    };
+    let mut conns = Vec::new();
+    let mut cfgs = Vec::new();
+    let mut replicas = Vec::new();
+    for i in 0..dbs {
+        let db = dir.join(format!("db{i:03}.db"));
+        let replica = dir.join(format!("replica{i:03}"));
+        let c = harness::open_app(&db);
+        c.execute("INSERT INTO t (v) VALUES (x'00')", []).unwrap();
+        conns.push(c);
+        cfgs.push(DbCfg {
+            path: db,
+            monitor_interval: None,
+            extra: String::new(),
+            replicas: vec![harness::file_replica("file", &replica, None, None)],
+        });
+        replicas.push(replica);
+    }
+    let cfg = dir.join("litestream.yml");
+    harness::write_config(&cfg, None, &cfgs);
+    let d = Daemon::start(&cfg, &dir.join("daemon.log"));
+    harness::wait_for(Duration::from_secs(300), Duration::from_millis(100), || {
+        replicas
+            .iter()
+            .all(|r| harness::all_generations_snapshotted(r))
+            .then_some(())
+    })
+    .ok_or_else(|| format!("not every db snapshotted: {}", d.log_tail()))?;
+    let start = Instant::now();
+    for i in 0..commits {
+        let due = start + Duration::from_secs_f64(span * i as f64 / commits as f64);
+        if let Some(w) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(w);
+        }
+        conns[i % dbs]
+            .execute(
+                "INSERT INTO t (v) VALUES (?1)",
+                params![format!("commit {i} of the memory benchmark, a small row").into_bytes()],
+            )
+            .unwrap();
+    }
+    let write_s = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(5));
+    let hwm_kib = d.status_kib("VmHWM");
+    let rss_after_kib = d.status_kib("VmRSS");
+    let cpu0 = d.cpu_seconds();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(idle));
+    let cpu = d.cpu_seconds() - cpu0;
+    let idle_s = t0.elapsed().as_secs_f64();
+    d.stop();
+    Ok(Many {
+        hwm_kib,
+        rss_after_kib,
+        idle_cpu_pct: cpu / idle_s * 100.0,
+        idle_s,
+        commits,
+        write_s,
+        dbs,
+    })
+}
+
+pub fn run(ctx: &mut Ctx) {
+    let metric = "idle RSS, 1 db";
+    match idle_one(ctx) {
+        Ok((rss, settle)) => {
+            let mib = rss as f64 / 1024.0;
+            ctx.push(Row::new(
+                metric,
+                format!("{mib:.1} MiB"),
+                "≤ 8 MiB",
+                "23.8–23.9 MiB",
+                Row::met_if(mib <= 8.0),
+                format!("one db (10 small rows), file replica, default intervals, no metrics; VmRSS from /proc/PID/status {settle:.0} s after the first snapshot"),
+            ));
+        }
+        Err(e) => err_row(ctx, metric, &e),
+    }
+    let metric = "peak RSS, 100 dbs under writes";
+    match many(ctx) {
+        Ok(m) => {
+            let mib = m.hwm_kib as f64 / 1024.0;
+            ctx.push(Row::new(
+                metric,
+                format!(
+                    "{mib:.1} MiB (VmRSS after: {:.1} MiB)",
+                    m.rss_after_kib as f64 / 1024.0
+                ),
+                "≤ 40 MiB",
+                "177–226 MiB",
+                Row::met_if(mib <= 40.0),
+                format!(
+                    "one daemon, {} dbs, each with its own file replica, default intervals; {} single-row commits round-robin over the dbs, evenly paced over {:.1} s; VmHWM (peak since start, includes the 100 initial snapshots) read 5 s after the last commit",
+                    m.dbs, m.commits, m.write_s
+                ),
+            ));
+            ctx.push(Row::new(
+                "idle CPU, same daemon (100 dbs)",
+                format!("{:.2}% of a core", m.idle_cpu_pct),
+                "≤ 0.5% of a core",
+                "–",
+                Row::met_if(m.idle_cpu_pct <= 0.5),
+                format!(
+                    "the daemon above, starting 5 s after the writes stop: utime+stime over {:.0} s of no writes",
+                    m.idle_s
+                ),
+            ));
+        }
+        Err(e) => err_row(ctx, metric, &e),
+    }
+}

@@ -1,0 +1,441 @@
+//! Row 5: the first snapshot of a 512 MiB db (half random, half repeated text) into a fresh
+//! file replica, timed from daemon start. Row 6: restores of those replicas, snapshot only and
+//! snapshot + 200 MiB of WAL over 20 indexes, from a file replica and from the local S3 server.
+//! Row 8: the size of the `make static` binary.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::params;
+
+use crate::harness::{self, Daemon, DbCfg, Gen, Metrics, MIB};
+use crate::lag::err_row;
+use crate::{Ctx, Met, Row};
+
+const ROW: usize = 64 * 1024;
+
+/// Builds the db: 64 KiB rows, alternately random and text, until the file reaches `size`.
+/// Returns the number of rows. The WAL is checkpointed away and the connection closed.
+fn build_db(db: &Path, size: u64) -> i64 {
+    let mut conn = harness::open_app(db);
+    let mut g = Gen::new(11);
+    let mut id = 0i64;
+    loop {
+        let tx = conn.transaction().unwrap();
+        {
+            let mut st = tx
+                .prepare_cached("INSERT INTO t (id, v) VALUES (?1, ?2)")
+                .unwrap();
+            for _ in 0..64 {
+                id += 1;
+                st.execute(params![id, g.row(id as u64, ROW)]).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        if pages as u64 * 4096 >= size {
+            break;
+        }
+    }
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    id
+}
+
+struct Snap {
+    secs: f64,
+    hwm_kib: u64,
+    db_bytes: u64,
+    object_bytes: u64,
+}
+
+fn snapshot_once(dir: &Path, db: &Path, compression: &str) -> Result<(Snap, PathBuf), String> {
+    let _ = fs::remove_dir_all(harness::meta_dir(db));
+    let replica = dir.join(format!("snap-{compression}"));
+    let cfg = dir.join(format!("snap-{compression}.yml"));
+    let comp = (compression != "gzip").then_some(compression);
+    harness::write_config(
+        &cfg,
+        None,
+        &[DbCfg {
+            path: db.to_path_buf(),
+            monitor_interval: None,
+            extra: String::new(),
+            replicas: vec![harness::file_replica("file", &replica, None, comp)],
+        }],
+    );
+    let t0 = Instant::now();
+    let d = Daemon::start(&cfg, &dir.join(format!("snap-{compression}.log")));
+    let obj = harness::wait_for(Duration::from_secs(900), Duration::from_millis(2), || {
+        harness::snapshots(&replica).pop()
+    })
+    .ok_or_else(|| format!("no snapshot after 900 s: {}", d.log_tail()))?;
+    let secs = t0.elapsed().as_secs_f64();
+    let hwm_kib = d.status_kib("VmHWM");
+    d.stop();
+    Ok((
+        Snap {
+            secs,
+            hwm_kib,
+            db_bytes: fs::metadata(db).map(|m| m.len()).unwrap_or(0),
+            object_bytes: fs::metadata(&obj).map(|m| m.len()).unwrap_or(0),
+        },
+        replica,
+    ))
+}
+
+struct Restored {
+    secs: f64,
+    maxrss_kib: u64,
+    bytes: u64,
+}
+
+fn restore(dir: &Path, url: &str, env: &[(&str, &str)], label: &str) -> Result<Restored, String> {
+    let out = dir.join(format!("restored-{label}.db"));
+    let _ = fs::remove_file(&out);
+    let r = harness::run_measured(
+        &["restore", "-o", out.to_str().unwrap(), url],
+        env,
+        &dir.join(format!("restore-{label}.log")),
+    );
+    let bytes = fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let _ = fs::remove_file(&out);
+    if !r.ok {
+        return Err(format!("restore failed: {}", r.stderr.trim()));
+    }
+    Ok(Restored {
+        secs: r.elapsed.as_secs_f64(),
+        maxrss_kib: r.maxrss_kib,
+        bytes,
+    })
+}
+
+fn mibs(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / MIB / secs
+}
+
+fn restore_row(
+    ctx: &mut Ctx,
+    metric: &str,
+    r: Result<Restored, String>,
+    workload: String,
+) -> Option<f64> {
+    match r {
+        Ok(r) => {
+            let speed = mibs(r.bytes, r.secs);
+            let peak = r.maxrss_kib as f64 / 1024.0;
+            ctx.push(Row::new(
+                metric,
+                format!("{speed:.0} MiB/s, {peak:.1} MiB peak ({:.2} s)", r.secs),
+                "≥ 500 MiB/s, ≤ 24 MiB peak",
+                "211–237 MiB/s, 29 MiB peak",
+                Row::met_if(speed >= 500.0 && peak <= 24.0),
+                workload,
+            ));
+            Some(r.secs)
+        }
+        Err(e) => {
+            err_row(ctx, metric, &e);
+            None
+        }
+    }
+}
+
+fn s3_restore_row(
+    ctx: &mut Ctx,
+    metric: &str,
+    r: Result<Restored, String>,
+    file_secs: Option<f64>,
+    workload: String,
+) {
+    match r {
+        Ok(r) => {
+            let speed = mibs(r.bytes, r.secs);
+            let peak = r.maxrss_kib as f64 / 1024.0;
+            let (ratio, met) = match file_secs {
+                Some(f) => (
+                    format!(", {:.2}× the file replica's time", r.secs / f),
+                    Row::met_if(r.secs <= 1.5 * f),
+                ),
+                None => (String::new(), Met::Na),
+            };
+            ctx.push(Row::new(
+                metric,
+                format!(
+                    "{speed:.0} MiB/s, {peak:.1} MiB peak ({:.2} s{ratio})",
+                    r.secs
+                ),
+                "within 1.5× of the file replica",
+                "–",
+                met,
+                workload,
+            ));
+        }
+        Err(e) => err_row(ctx, metric, &e),
+    }
+}
+
+pub fn run(ctx: &mut Ctx) {
+    let size: u64 = if ctx.quick { 64 << 20 } else { 512 << 20 };
+    let (n_idx, per_idx_rows) = if ctx.quick { (4, 160) } else { (20, 160) };
+    let dir = ctx.dir("snapshot");
+    let db = dir.join("app.db");
+    let t = Instant::now();
+    let rows = build_db(&db, size);
+    let db_mib = fs::metadata(&db).map(|m| m.len()).unwrap_or(0) as f64 / MIB;
+    println!(
+        "  built a {db_mib:.0} MiB db ({rows} rows) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Row 5: first snapshot from daemon start.
+    let mut snap_replicas = Vec::new();
+    for c in ["gzip", "lz4"] {
+        let metric = format!("snapshot {db_mib:.0} MiB db, from daemon start ({c})");
+        match snapshot_once(&dir, &db, c) {
+            Ok((s, replica)) => {
+                let speed = mibs(s.db_bytes, s.secs);
+                let peak = s.hwm_kib as f64 / 1024.0;
+                ctx.push(Row::new(
+                    &metric,
+                    format!("{speed:.0} MiB/s, {peak:.1} MiB peak ({:.2} s)", s.secs),
+                    "≥ 400 MiB/s, ≤ 24 MiB peak",
+                    "124–131 MiB/s, 30 MiB peak",
+                    Row::met_if(speed >= 400.0 && peak <= 24.0),
+                    format!(
+                        "{:.0} MiB db of {rows} 64 KiB rows (alternately random and repeated text), no metadata dir, fresh file replica, `compression: {c}`{}; from spawning `litestream replicate` to the snapshot object renamed into place (2 ms poll); object {:.0} MiB; VmHWM of the daemon",
+                        s.db_bytes as f64 / MIB,
+                        if c == "gzip" { " (the default, not written in the config)" } else { "" },
+                        s.object_bytes as f64 / MIB
+                    ),
+                ));
+                snap_replicas.push((c, replica));
+            }
+            Err(e) => err_row(ctx, &metric, &e),
+        }
+    }
+
+    // Row 6, snapshot only, file replicas.
+    let mut file_snap_secs = Vec::new();
+    for (c, replica) in &snap_replicas {
+        let r = restore(
+            &dir,
+            &format!("file://{}", replica.display()),
+            &[],
+            &format!("snap-{c}"),
+        );
+        let secs = restore_row(
+            ctx,
+            &format!("restore, snapshot only, file replica ({c})"),
+            r,
+            "`litestream restore -o OUT file://…` of the replica above (snapshot + the few-page WAL of index 0), default -parallelism 8, integrity_check included; MiB/s of the restored db; ru_maxrss from wait4".to_string(),
+        );
+        file_snap_secs.push((*c, secs));
+    }
+
+    // Row 6, S3 snapshot only, then snapshot + WAL (file and S3).
+    let port = harness::free_port();
+    let _ = fs::remove_dir_all(harness::meta_dir(&db));
+    let mut reps = vec![
+        harness::file_replica("file-gzip", &dir.join("wal-gzip"), None, None),
+        harness::file_replica("file-lz4", &dir.join("wal-lz4"), None, Some("lz4")),
+    ];
+    let mut roots = vec![dir.join("wal-gzip"), dir.join("wal-lz4")];
+    if let Some(s3) = &ctx.s3 {
+        reps.push(s3.replica_yaml("s3-gzip", "restore-gzip", None, None));
+        reps.push(s3.replica_yaml("s3-lz4", "restore-lz4", None, Some("lz4")));
+        roots.push(s3.prefix_dir("restore-gzip"));
+        roots.push(s3.prefix_dir("restore-lz4"));
+    }
+    let cfg = dir.join("wal.yml");
+    harness::write_config(
+        &cfg,
+        Some(port),
+        &[DbCfg {
+            path: db.clone(),
+            monitor_interval: None,
+            extra: String::new(),
+            replicas: reps,
+        }],
+    );
+    let ready = |d: &Daemon| -> Result<(), String> {
+        let ok = harness::wait_for(Duration::from_secs(900), Duration::from_millis(100), || {
+            roots
+                .iter()
+                .all(|r| harness::all_generations_snapshotted(r))
+                .then_some(())
+        })
+        .is_some()
+            && harness::wait_caught_up(port, Duration::from_secs(600));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("replicas not ready: {}", d.log_tail()))
+        }
+    };
+    let d = Daemon::start(&cfg, &dir.join("wal-1.log"));
+    if let Err(e) = ready(&d) {
+        err_row(ctx, "restore, snapshot + WAL", &e);
+        return;
+    }
+    d.stop();
+    if ctx.s3.is_some() {
+        for c in ["gzip", "lz4"] {
+            let s3 = ctx.s3.as_ref().unwrap();
+            let r = restore(
+                &dir,
+                &s3.url(&format!("restore-{c}")),
+                &s3.env(),
+                &format!("s3-snap-{c}"),
+            );
+            let file = file_snap_secs
+                .iter()
+                .find(|(fc, _)| *fc == c)
+                .and_then(|x| x.1);
+            s3_restore_row(
+                ctx,
+                &format!("restore from local S3, snapshot only ({c})"),
+                r,
+                file,
+                "as the file row, from `s3://bkt/…?endpoint=http://127.0.0.1:PORT` (s3s-fs behind the proxy), a replica the daemon uploaded; compared with the file replica's snapshot-only restore".to_string(),
+            );
+        }
+    }
+
+    // Add the WAL: one 10 MiB transaction per index; the daemon's PASSIVE checkpoint (at 1000
+    // pages) after each lets the next transaction restart the WAL, i.e. start a new index.
+    let d = Daemon::start(&cfg, &dir.join("wal-2.log"));
+    if let Err(e) = ready(&d) {
+        err_row(ctx, "restore, snapshot + WAL", &e);
+        return;
+    }
+    let m0 = Metrics::scrape(port).unwrap_or(Metrics(Default::default()));
+    let mut conn = harness::open_app(&db);
+    let mut g = Gen::new(99);
+    let mut id = 0i64;
+    for _ in 0..n_idx {
+        let ck0 = Metrics::scrape(port)
+            .map(|m| m.sum("litestream_checkpoint_count"))
+            .unwrap_or(0.0);
+        let tx = conn.transaction().unwrap();
+        {
+            let mut st = tx
+                .prepare_cached("UPDATE t SET v = ?1 WHERE id = ?2")
+                .unwrap();
+            for _ in 0..per_idx_rows {
+                id = id % rows + 1;
+                st.execute(params![g.row(id as u64 + 1, ROW), id]).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let ok = harness::wait_for(Duration::from_secs(120), Duration::from_millis(20), || {
+            Metrics::scrape(port)
+                .filter(|m| m.sum("litestream_checkpoint_count") > ck0)
+                .map(|_| ())
+        });
+        if ok.is_none() {
+            err_row(
+                ctx,
+                "restore, snapshot + WAL",
+                &format!("no checkpoint: {}", d.log_tail()),
+            );
+            return;
+        }
+    }
+    drop(conn);
+    if !harness::wait_caught_up(port, Duration::from_secs(900)) {
+        err_row(
+            ctx,
+            "restore, snapshot + WAL",
+            &format!("replicas behind: {}", d.log_tail()),
+        );
+        return;
+    }
+    let m1 = Metrics::scrape(port).unwrap_or(Metrics(Default::default()));
+    d.stop();
+    let wal_mib =
+        (m1.sum("litestream_total_wal_bytes") - m0.sum("litestream_total_wal_bytes")) / MIB;
+    let gens = harness::generations(&roots[0]);
+    let indexes: std::collections::BTreeSet<u32> = gens
+        .iter()
+        .flat_map(|g| harness::wal_segments(g))
+        .filter_map(|p| harness::segment_index(&p))
+        .collect();
+    let shape = format!(
+        "snapshot + {wal_mib:.0} MiB of WAL over {} indexes (one 10 MiB transaction of 160 rewritten 64 KiB rows per index; {} generation(s))",
+        indexes.len(),
+        gens.len()
+    );
+    let mut file_wal_secs = Vec::new();
+    for c in ["gzip", "lz4"] {
+        let r = restore(
+            &dir,
+            &format!("file://{}", dir.join(format!("wal-{c}")).display()),
+            &[],
+            &format!("wal-{c}"),
+        );
+        let secs = restore_row(
+            ctx,
+            &format!("restore, snapshot + WAL, file replica ({c})"),
+            r,
+            format!("`litestream restore -o OUT file://…`: {shape}; default -parallelism 8, integrity_check included; MiB/s of the restored db; ru_maxrss from wait4"),
+        );
+        file_wal_secs.push((c, secs));
+    }
+    if ctx.s3.is_some() {
+        for c in ["gzip", "lz4"] {
+            let s3 = ctx.s3.as_ref().unwrap();
+            let r = restore(
+                &dir,
+                &s3.url(&format!("restore-{c}")),
+                &s3.env(),
+                &format!("s3-wal-{c}"),
+            );
+            let file = file_wal_secs
+                .iter()
+                .find(|(fc, _)| *fc == c)
+                .and_then(|x| x.1);
+            s3_restore_row(
+                ctx,
+                &format!("restore from local S3, snapshot + WAL ({c})"),
+                r,
+                file,
+                format!("as the file row ({shape}), from the local S3 server; compared with the file replica's restore of the same data"),
+            );
+        }
+    }
+}
+
+pub fn static_binary(ctx: &mut Ctx) {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/litestream-static");
+    match fs::metadata(&p) {
+        Ok(m) => {
+            let mb = m.len() as f64 / 1e6;
+            let age = m
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .map(|e| format!("built {:.1} h before this run", e.as_secs_f64() / 3600.0))
+                .unwrap_or_default();
+            ctx.push(Row::new(
+                "static binary",
+                format!("{mb:.2} MB ({:.2} MiB)", m.len() as f64 / MIB),
+                "≤ 6 MB",
+                "26.2 MB",
+                Row::met_if(mb <= 6.0),
+                format!("size of target/litestream-static from `make static` ({age}; rerun it to refresh)"),
+            ));
+        }
+        Err(_) => ctx.push(Row::new(
+            "static binary",
+            "run make static".into(),
+            "≤ 6 MB",
+            "26.2 MB",
+            Met::Na,
+            "target/litestream-static not found".into(),
+        )),
+    }
+}
