@@ -5,7 +5,7 @@ SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 TARGET_GNU := x86_64-unknown-linux-gnu
 TARGET_MUSL := x86_64-unknown-linux-musl
 
-.PHONY: build run test lint bench soak static install clean prereqs
+.PHONY: build run test lint bench soak static install clean prereqs fuzz
 
 build:
 	$(CARGO) build --release
@@ -69,3 +69,24 @@ install: build
 clean:
 	$(CARGO) clean
 	rm -rf data
+
+# Fuzzing with cargo-fuzz (libFuzzer, nightly; see fuzz/README.md): each target in turn for
+# FUZZ_SECONDS, one job, seeded from testdata/fuzz/<target>/ and its saved regressions. New
+# inputs go to fuzz/corpus/<target>/, crashes to fuzz/artifacts/<target>/ (both gitignored),
+# the full log to fuzz/target/logs/<target>.log; the final stats lines are printed.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := wal_parser replica_names config_parser restore_segment
+FUZZ_CARGO ?= cargo +nightly
+fuzz:
+	@scripts/install-fuzz-prereqs.sh --check-only || scripts/install-fuzz-prereqs.sh
+	@mkdir -p fuzz/target/logs
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t; \
+		reg=testdata/fuzz/regressions/$$t; [ -d $$reg ] || reg=; \
+		log=fuzz/target/logs/$$t.log; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS)s (log: $$log)"; \
+		$(FUZZ_CARGO) fuzz run $$t fuzz/corpus/$$t testdata/fuzz/$$t $$reg -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=30 -print_final_stats=1 \
+			>$$log 2>&1 || { tail -n 60 $$log; echo "fuzz: $$t FAILED (inputs: fuzz/artifacts/$$t/)"; exit 1; }; \
+		grep -E '^#[0-9]+[[:space:]]+DONE|^Done |^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' $$log; \
+	done
