@@ -105,11 +105,17 @@ impl App {
                 } else {
                     (rng.range(1, 5), rng.range(50, 1500) as usize)
                 };
-                tx(c, |c| {
-                    for i in 0..rows as i64 {
-                        insert_row(c, next + i, len);
-                    }
-                });
+                // Like any application beside a RESTART/TRUNCATE checkpoint (which holds
+                // the write lock while it waits for readers), retry a busy BEGIN.
+                let mut tries = 0;
+                while let Err(e) = c.execute_batch("BEGIN IMMEDIATE") {
+                    tries += 1;
+                    assert!(tries < 20, "writer: BEGIN kept failing: {e}");
+                }
+                for i in 0..rows as i64 {
+                    insert_row(c, next + i, len);
+                }
+                c.execute_batch("COMMIT").expect("writer: COMMIT");
                 next += rows as i64;
                 commits.lock().unwrap().insert(next - 1);
                 committed.store(next - 1, Ordering::SeqCst);
@@ -372,6 +378,8 @@ fn soak() {
                 let mode = kind.rsplit('-').next().unwrap().to_uppercase();
                 std::thread::sleep(Duration::from_millis(rng.range(0, 500)));
                 let c = open_app(&soak.env.db);
+                // Shorter than the writer's: this is the one that gives up on a busy db.
+                c.busy_timeout(Duration::from_secs(1)).unwrap();
                 let _: (i64, i64, i64) = c
                     .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
