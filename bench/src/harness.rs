@@ -136,6 +136,27 @@ impl Drop for Daemon {
     }
 }
 
+/// Seconds of the first `msg` event's `elapsed=` field in a daemon log (Go-style duration).
+pub fn logged_elapsed(log: &Path, msg: &str) -> Option<f64> {
+    let text = fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains(msg))?;
+    let v = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("elapsed="))?;
+    let units = [
+        ("ms", 1e-3),
+        ("µs", 1e-6),
+        ("us", 1e-6),
+        ("ns", 1e-9),
+        ("s", 1.0),
+    ];
+    units.iter().find_map(|(u, k)| {
+        v.strip_suffix(u)
+            .and_then(|n| n.parse::<f64>().ok())
+            .map(|n| n * k)
+    })
+}
+
 pub fn proc_cpu_seconds(pid: i32) -> f64 {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the `(comm)`: state is field 3, utime 14, stime 15.

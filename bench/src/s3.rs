@@ -87,6 +87,11 @@ impl S3Server {
         }
     }
 
+    /// CPU seconds s3s-fs has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        crate::harness::proc_cpu_seconds(self.child.id() as i32)
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.proxy.port)
     }
