@@ -99,7 +99,7 @@ impl Writer {
     }
 }
 
-fn overhead_one(ctx: &Ctx, big: bool) -> Result<(f64, f64, usize), String> {
+fn overhead_one(ctx: &Ctx, big: bool) -> Result<(f64, f64, usize, f64), String> {
     let dir = ctx.dir(if big {
         "overhead-64k"
     } else {
@@ -121,6 +121,7 @@ fn overhead_one(ctx: &Ctx, big: bool) -> Result<(f64, f64, usize), String> {
         Duration::from_secs(3)
     });
     let (mut on_n, mut on_t, mut off_n, mut off_t) = (0u64, 0f64, 0u64, 0f64);
+    let mut on_cpu = 0f64;
     for p in 0..pairs {
         // ABBA order: off,on,on,off,… so drift over the run cancels.
         let order = if p % 2 == 0 {
@@ -133,7 +134,9 @@ fn overhead_one(ctx: &Ctx, big: bool) -> Result<(f64, f64, usize), String> {
                 let d = start_daemon(&dir, &db, &replica, port, None, &format!("daemon-{p}.log"));
                 wait_ready(&d, &replica, port)?;
                 std::thread::sleep(Duration::from_millis(500));
+                let c0 = d.cpu_seconds();
                 let (n, t) = w.run_for(phase);
+                on_cpu += d.cpu_seconds() - c0;
                 if !harness::wait_caught_up(port, Duration::from_secs(120)) {
                     return Err(format!("daemon fell behind: {}", d.log_tail()));
                 }
@@ -148,7 +151,12 @@ fn overhead_one(ctx: &Ctx, big: bool) -> Result<(f64, f64, usize), String> {
             }
         }
     }
-    Ok((on_n as f64 / on_t, off_n as f64 / off_t, pairs))
+    Ok((
+        on_n as f64 / on_t,
+        off_n as f64 / off_t,
+        pairs,
+        on_cpu / on_t,
+    ))
 }
 
 pub fn overhead(ctx: &mut Ctx) {
@@ -159,7 +167,7 @@ pub fn overhead(ctx: &mut Ctx) {
             "application throughput with daemon / without (small rows)"
         };
         match overhead_one(ctx, big) {
-            Ok((on, off, pairs)) => {
+            Ok((on, off, pairs, daemon_cores)) => {
                 let ratio = on / off;
                 let phase = if ctx.quick { "1.5 s" } else { "5 s" };
                 let w = format!(
@@ -174,7 +182,10 @@ pub fn overhead(ctx: &mut Ctx) {
                 );
                 ctx.push(Row::new(
                     metric,
-                    format!("{ratio:.3} ({on:.0} vs {off:.0} tx/s)"),
+                    format!(
+                        "{ratio:.3} ({on:.0} vs {off:.0} tx/s; the daemon used {:.0}% of a core meanwhile)",
+                        daemon_cores * 100.0
+                    ),
                     if big { "–" } else { "≥ 0.98" },
                     if big { "–" } else { "0.94–0.96" },
                     if big {
@@ -190,7 +201,7 @@ pub fn overhead(ctx: &mut Ctx) {
     }
 }
 
-fn cpu_one(ctx: &Ctx, compression: &str) -> Result<(f64, f64, f64), String> {
+fn cpu_one(ctx: &Ctx, compression: &str) -> Result<(f64, f64, f64, String), String> {
     let dir = ctx.dir(&format!("cpu-{compression}"));
     let db = dir.join("app.db");
     let replica = dir.join("replica");
@@ -202,6 +213,7 @@ fn cpu_one(ctx: &Ctx, compression: &str) -> Result<(f64, f64, f64), String> {
     wait_ready(&d, &replica, port)?;
     let m0 = Metrics::scrape(port).ok_or("no metrics")?;
     let cpu0 = d.cpu_seconds();
+    let threads0 = harness::thread_cpu(d.pid);
     let target = if ctx.quick { 128.0 * MIB } else { GIB };
     let mut g = Gen::new(3);
     let pool: Vec<Vec<u8>> = (0..32).map(|i| g.row(i, 64 * 1024)).collect();
@@ -229,17 +241,18 @@ fn cpu_one(ctx: &Ctx, compression: &str) -> Result<(f64, f64, f64), String> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu1 = d.cpu_seconds();
+    let threads = harness::thread_cpu_delta(&threads0, &harness::thread_cpu(d.pid));
     let m1 = Metrics::scrape(port).ok_or("no metrics")?;
     d.stop();
     let wal = m1.sum("litestream_total_wal_bytes") - m0.sum("litestream_total_wal_bytes");
-    Ok((cpu1 - cpu0, wal, elapsed))
+    Ok((cpu1 - cpu0, wal, elapsed, threads))
 }
 
 pub fn cpu_per_gib(ctx: &mut Ctx) {
     for c in ["gzip", "lz4"] {
         let metric = format!("CPU s per GiB WAL ({c})");
         match cpu_one(ctx, c) {
-            Ok((cpu, wal, elapsed)) => {
+            Ok((cpu, wal, elapsed, threads)) => {
                 let per = cpu / (wal / GIB);
                 let w = format!(
                     "{:.0} MiB of WAL (transactions of 16 × 64 KiB rows, alternately random and text, `INSERT OR REPLACE` over 1,024 ids) written as fast as possible, replicated to a file replica ({c}, default intervals); daemon utime+stime from /proc/PID/stat from before the first write to fully caught up ({elapsed:.1} s); WAL bytes from litestream_total_wal_bytes",
@@ -247,7 +260,10 @@ pub fn cpu_per_gib(ctx: &mut Ctx) {
                 );
                 ctx.push(Row::new(
                     &metric,
-                    format!("{per:.2} s/GiB ({cpu:.2} s for {:.2} GiB)", wal / GIB),
+                    format!(
+                        "{per:.2} s/GiB ({cpu:.2} s for {:.2} GiB; by thread: {threads})",
+                        wal / GIB
+                    ),
                     "≤ 3",
                     "10.4–11.4 (its lz4)",
                     Row::met_if(per <= 3.0),

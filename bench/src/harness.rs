@@ -2,7 +2,7 @@
 //! config files, application connections, deterministic page contents, replica-tree helpers,
 //! a metrics scrape, inotify, and restore runs measured with wait4.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
@@ -168,6 +168,41 @@ pub fn proc_cpu_seconds(pid: i32) -> f64 {
         + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks / hz
+}
+
+/// utime + stime per thread name (`comm`), seconds, summed over threads of that name.
+pub fn thread_cpu(pid: i32) -> BTreeMap<String, f64> {
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut out = BTreeMap::new();
+    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in rd.flatten() {
+        let s = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let (Some(a), Some(b)) = (s.find('('), s.rfind(')')) else {
+            continue;
+        };
+        let name = s[a + 1..b].to_string();
+        let f: Vec<&str> = s[b + 2..].split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        *out.entry(name).or_insert(0.0) += ticks / hz;
+    }
+    out
+}
+
+/// "name s, …" of the growth of each thread group's CPU between two [`thread_cpu`] readings.
+pub fn thread_cpu_delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> String {
+    let mut v: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, a)| (k.clone(), a - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d >= 0.01)
+        .collect();
+    v.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    v.iter()
+        .map(|(k, d)| format!("{k} {d:.2} s"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn proc_status_kib(pid: i32, field: &str) -> u64 {
