@@ -1,6 +1,6 @@
 //! What every benchmark row needs: the daemon as a child process (CPU and memory from /proc),
 //! config files, application connections, deterministic page contents, replica-tree helpers,
-//! a metrics scrape, inotify, and restore runs measured with wait4.
+//! a metrics scrape, inotify, and one-shot runs with their peak RSS.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
@@ -590,12 +590,13 @@ impl Drop for DirWatch {
 pub struct Run {
     pub ok: bool,
     pub elapsed: Duration,
-    /// ru_maxrss from wait4, KiB.
-    pub maxrss_kib: u64,
+    /// Highest VmHWM seen (polled every 2 ms), KiB. Not wait4's ru_maxrss: Linux carries the
+    /// spawning process's high-water mark across exec, so it would report this bench's RSS.
+    pub peak_kib: u64,
     pub stderr: String,
 }
 
-/// Runs the binary with `args` and `env`, measuring wall time and peak RSS (wait4).
+/// Runs the binary with `args` and `env`, measuring wall time and peak RSS (VmHWM polled).
 pub fn run_measured(args: &[&str], env: &[(&str, &str)], log: &Path) -> Run {
     let err = fs::File::create(log).unwrap();
     let start = Instant::now();
@@ -607,18 +608,20 @@ pub fn run_measured(args: &[&str], env: &[(&str, &str)], log: &Path) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("spawn litestream");
+    let mut child = cmd.spawn().expect("spawn litestream");
     let pid = child.id() as i32;
-    let mut status = 0i32;
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    let elapsed = start.elapsed();
-    drop(child);
-    let ok = r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let mut peak_kib = 0;
+    let status = loop {
+        peak_kib = peak_kib.max(proc_status_kib(pid, "VmHWM"));
+        if let Some(st) = child.try_wait().expect("wait for litestream") {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
     Run {
-        ok,
-        elapsed,
-        maxrss_kib: ru.ru_maxrss as u64,
+        ok: status.success(),
+        elapsed: start.elapsed(),
+        peak_kib,
         stderr: fs::read_to_string(log).unwrap_or_default(),
     }
 }

@@ -98,7 +98,7 @@ struct Restored {
     secs: f64,
     /// CPU seconds the S3 server spent meanwhile.
     server_cpu: Option<f64>,
-    maxrss_kib: u64,
+    peak_kib: u64,
     bytes: u64,
 }
 
@@ -118,7 +118,7 @@ fn restore(dir: &Path, url: &str, env: &[(&str, &str)], label: &str) -> Result<R
     Ok(Restored {
         secs: r.elapsed.as_secs_f64(),
         server_cpu: None,
-        maxrss_kib: r.maxrss_kib,
+        peak_kib: r.peak_kib,
         bytes,
     })
 }
@@ -136,7 +136,7 @@ fn restore_row(
     match r {
         Ok(r) => {
             let speed = mibs(r.bytes, r.secs);
-            let peak = r.maxrss_kib as f64 / 1024.0;
+            let peak = r.peak_kib as f64 / 1024.0;
             ctx.push(Row::new(
                 metric,
                 format!("{speed:.0} MiB/s, {peak:.1} MiB peak ({:.2} s)", r.secs),
@@ -164,7 +164,7 @@ fn s3_restore_row(
     match r {
         Ok(r) => {
             let speed = mibs(r.bytes, r.secs);
-            let peak = r.maxrss_kib as f64 / 1024.0;
+            let peak = r.peak_kib as f64 / 1024.0;
             let (ratio, met) = match file_secs {
                 Some(f) => (
                     format!(", {:.2}× the file replica's time", r.secs / f),
@@ -248,7 +248,7 @@ pub fn run(ctx: &mut Ctx) {
             ctx,
             &format!("restore, snapshot only, file replica ({c})"),
             r,
-            "`litestream restore -o OUT file://…` of the replica above (snapshot + the few-page WAL of index 0), default -parallelism 8, integrity_check included; MiB/s of the restored db; ru_maxrss from wait4".to_string(),
+            "`litestream restore -o OUT file://…` of the replica above (snapshot + the few-page WAL of index 0), default -parallelism 8, integrity_check included; MiB/s of the restored db; peak RSS = VmHWM of the restore process polled every 2 ms".to_string(),
         );
         file_snap_secs.push((*c, secs));
     }
@@ -405,7 +405,7 @@ pub fn run(ctx: &mut Ctx) {
             ctx,
             &format!("restore, snapshot + WAL, file replica ({c})"),
             r,
-            format!("`litestream restore -o OUT file://…`: {shape}; default -parallelism 8, integrity_check included; MiB/s of the restored db; ru_maxrss from wait4"),
+            format!("`litestream restore -o OUT file://…`: {shape}; default -parallelism 8, integrity_check included; MiB/s of the restored db; peak RSS = VmHWM of the restore process polled every 2 ms"),
         );
         file_wal_secs.push((c, secs));
     }
