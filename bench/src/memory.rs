@@ -43,8 +43,10 @@ fn idle_one(ctx: &Ctx) -> Result<(u64, f64), String> {
 
 struct Many {
     hwm_kib: u64,
+    hwm_writes_kib: u64,
     rss_after_kib: u64,
-    idle_cpu_pct: f64,
+    /// First idle window, then the second.
+    idle_cpu_pct: [f64; 2],
     idle_s: f64,
     commits: usize,
     write_s: f64,
@@ -101,18 +103,27 @@ fn many(ctx: &Ctx) -> Result<Many, String> {
     }
     let write_s = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(5));
+    let hwm_writes_kib = d.status_kib("VmHWM");
+    // Two idle windows: the first holds the one-off checkpoint-interval (1m) checkpoint of
+    // every db after its writes (and the WAL restart and upload that follow); the second is
+    // the steady state.
+    let mut pct = [0.0; 2];
+    let mut idle_s = 0.0;
+    for p in pct.iter_mut() {
+        let cpu0 = d.cpu_seconds();
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(idle));
+        idle_s = t0.elapsed().as_secs_f64();
+        *p = (d.cpu_seconds() - cpu0) / idle_s * 100.0;
+    }
     let hwm_kib = d.status_kib("VmHWM");
     let rss_after_kib = d.status_kib("VmRSS");
-    let cpu0 = d.cpu_seconds();
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(idle));
-    let cpu = d.cpu_seconds() - cpu0;
-    let idle_s = t0.elapsed().as_secs_f64();
     d.stop();
     Ok(Many {
         hwm_kib,
+        hwm_writes_kib,
         rss_after_kib,
-        idle_cpu_pct: cpu / idle_s * 100.0,
+        idle_cpu_pct: pct,
         idle_s,
         commits,
         write_s,
@@ -143,26 +154,31 @@ pub fn run(ctx: &mut Ctx) {
             ctx.push(Row::new(
                 metric,
                 format!(
-                    "{mib:.1} MiB (VmRSS after: {:.1} MiB)",
+                    "{mib:.1} MiB ({:.1} MiB 5 s after the writes; VmRSS at the end {:.1} MiB)",
+                    m.hwm_writes_kib as f64 / 1024.0,
                     m.rss_after_kib as f64 / 1024.0
                 ),
                 "≤ 40 MiB",
                 "177–226 MiB",
                 Row::met_if(mib <= 40.0),
                 format!(
-                    "one daemon, {} dbs, each with its own file replica, default intervals; {} single-row commits round-robin over the dbs, evenly paced over {:.1} s; VmHWM (peak since start, includes the 100 initial snapshots) read 5 s after the last commit",
+                    "one daemon, {} dbs, each with its own file replica, default intervals; {} single-row commits round-robin over the dbs, evenly paced over {:.1} s; VmHWM (peak since start: the 100 initial snapshots, the writes, and the two idle windows below with their checkpoints), read at the end",
                     m.dbs, m.commits, m.write_s
                 ),
             ));
             ctx.push(Row::new(
                 "idle CPU, same daemon (100 dbs)",
-                format!("{:.2}% of a core", m.idle_cpu_pct),
+                format!(
+                    "{:.2}% of a core (first window: {:.2}%)",
+                    m.idle_cpu_pct[1], m.idle_cpu_pct[0]
+                ),
                 "≤ 0.5% of a core",
                 "–",
-                Row::met_if(m.idle_cpu_pct <= 0.5),
+                Row::met_if(m.idle_cpu_pct[1] <= 0.5),
                 format!(
-                    "the daemon above, starting 5 s after the writes stop: utime+stime over {:.0} s of no writes",
-                    m.idle_s
+                    "the daemon above, no writes: utime+stime over a second window of {:.0} s, after a first one starting 5 s after the last commit{}",
+                    m.idle_s,
+                    if m.idle_s >= 60.0 { " (the first holds each db's one-off checkpoint-interval (1m) checkpoint after its writes)" } else { "" }
                 ),
             ));
         }
