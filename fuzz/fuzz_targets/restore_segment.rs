@@ -93,6 +93,16 @@ extern "C" fn remove_scratch() {
     }
 }
 
+/// Rust's scoped threads (restore downloads with them) are detached once their closure
+/// returns, so one may still be running its thread-local destructors when libFuzzer checks
+/// for leaks after an input; glibc's record of those destructors (32 bytes from
+/// `__cxa_thread_atexit_impl`) then looks leaked, although the thread frees it on exit. Seen
+/// once in 22,711 executions and never on replay of the same input.
+#[no_mangle]
+pub extern "C" fn __lsan_default_suppressions() -> *const std::ffi::c_char {
+    c"leak:__cxa_thread_atexit_impl\n".as_ptr()
+}
+
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(build_fixture)
