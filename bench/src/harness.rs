@@ -593,6 +593,8 @@ pub struct Run {
     /// Highest VmHWM seen (polled every 2 ms), KiB. Not wait4's ru_maxrss: Linux carries the
     /// spawning process's high-water mark across exec, so it would report this bench's RSS.
     pub peak_kib: u64,
+    /// utime + stime of the process (wait4's rusage), seconds.
+    pub cpu: f64,
     pub stderr: String,
 }
 
@@ -608,20 +610,28 @@ pub fn run_measured(args: &[&str], env: &[(&str, &str)], log: &Path) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn litestream");
+    let child = cmd.spawn().expect("spawn litestream");
     let pid = child.id() as i32;
     let mut peak_kib = 0;
-    let status = loop {
+    let mut status = 0i32;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
         peak_kib = peak_kib.max(proc_status_kib(pid, "VmHWM"));
-        if let Some(st) = child.try_wait().expect("wait for litestream") {
-            break st;
+        // Reaped here (not by `child`), so the rusage of this child comes with it.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            break;
         }
+        assert!(r == 0, "wait4 failed");
         std::thread::sleep(Duration::from_millis(2));
-    };
+    }
+    drop(child);
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Run {
-        ok: status.success(),
+        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         elapsed: start.elapsed(),
         peak_kib,
+        cpu: secs(ru.ru_utime) + secs(ru.ru_stime),
         stderr: fs::read_to_string(log).unwrap_or_default(),
     }
 }

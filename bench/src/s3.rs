@@ -57,6 +57,7 @@ impl Req {
 
 pub struct S3Server {
     child: Child,
+    port: u16,
     pub dir: PathBuf,
     pub proxy: Proxy,
 }
@@ -82,6 +83,7 @@ impl S3Server {
         assert!(up, "s3s-fs did not start on port {port}");
         S3Server {
             child,
+            port,
             dir: dir.to_path_buf(),
             proxy: Proxy::start(port),
         }
@@ -106,8 +108,13 @@ impl S3Server {
         self.dir.join(req.path())
     }
 
-    pub fn url(&self, prefix: &str) -> String {
-        format!("s3://{BUCKET}/{prefix}?endpoint={}", self.endpoint())
+    /// A replica URL straight to s3s-fs, bypassing the proxy (for restores: the proxy's
+    /// extra copy through this process would be counted against our client).
+    pub fn direct_url(&self, prefix: &str) -> String {
+        format!(
+            "s3://{BUCKET}/{prefix}?endpoint=http://127.0.0.1:{}",
+            self.port
+        )
     }
 
     /// Environment with the credentials, for `litestream restore URL`.

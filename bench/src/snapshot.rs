@@ -96,6 +96,8 @@ fn snapshot_once(dir: &Path, db: &Path, compression: &str) -> Result<(Snap, Path
 
 struct Restored {
     secs: f64,
+    /// CPU seconds of the restore process.
+    cpu: f64,
     /// CPU seconds the S3 server spent meanwhile.
     server_cpu: Option<f64>,
     peak_kib: u64,
@@ -117,6 +119,7 @@ fn restore(dir: &Path, url: &str, env: &[(&str, &str)], label: &str) -> Result<R
     }
     Ok(Restored {
         secs: r.elapsed.as_secs_f64(),
+        cpu: r.cpu,
         server_cpu: None,
         peak_kib: r.peak_kib,
         bytes,
@@ -139,7 +142,10 @@ fn restore_row(
             let peak = r.peak_kib as f64 / 1024.0;
             ctx.push(Row::new(
                 metric,
-                format!("{speed:.0} MiB/s, {peak:.1} MiB peak ({:.2} s)", r.secs),
+                format!(
+                    "{speed:.0} MiB/s, {peak:.1} MiB peak ({:.2} s, {:.2} s CPU)",
+                    r.secs, r.cpu
+                ),
                 "≥ 500 MiB/s, ≤ 24 MiB peak",
                 "211–237 MiB/s, 29 MiB peak",
                 Row::met_if(speed >= 500.0 && peak <= 24.0),
@@ -175,8 +181,9 @@ fn s3_restore_row(
             ctx.push(Row::new(
                 metric,
                 format!(
-                    "{speed:.0} MiB/s, {peak:.1} MiB peak ({:.2} s{ratio}; s3s-fs used {:.2} s CPU)",
+                    "{speed:.0} MiB/s, {peak:.1} MiB peak ({:.2} s, {:.2} s CPU{ratio}; s3s-fs used {:.2} s CPU)",
                     r.secs,
+                    r.cpu,
                     r.server_cpu.unwrap_or(f64::NAN)
                 ),
                 "within 1.5× of the file replica",
@@ -305,7 +312,7 @@ pub fn run(ctx: &mut Ctx) {
             let cpu0 = s3.cpu_seconds();
             let r = restore(
                 &dir,
-                &s3.url(&format!("restore-{c}")),
+                &s3.direct_url(&format!("restore-{c}")),
                 &s3.env(),
                 &format!("s3-snap-{c}"),
             )
@@ -322,7 +329,7 @@ pub fn run(ctx: &mut Ctx) {
                 &format!("restore from local S3, snapshot only ({c})"),
                 r,
                 file,
-                "as the file row, from `s3://bkt/…?endpoint=http://127.0.0.1:PORT` (s3s-fs behind the proxy), a replica the daemon uploaded; compared with the file replica's snapshot-only restore".to_string(),
+                "as the file row, from `s3://bkt/…?endpoint=http://127.0.0.1:PORT` straight to s3s-fs (not through the proxy), a replica the daemon uploaded; compared with the file replica's snapshot-only restore".to_string(),
             );
         }
     }
@@ -415,7 +422,7 @@ pub fn run(ctx: &mut Ctx) {
             let cpu0 = s3.cpu_seconds();
             let r = restore(
                 &dir,
-                &s3.url(&format!("restore-{c}")),
+                &s3.direct_url(&format!("restore-{c}")),
                 &s3.env(),
                 &format!("s3-wal-{c}"),
             )
@@ -432,7 +439,7 @@ pub fn run(ctx: &mut Ctx) {
                 &format!("restore from local S3, snapshot + WAL ({c})"),
                 r,
                 file,
-                format!("as the file row ({shape}), from the local S3 server; compared with the file replica's restore of the same data"),
+                format!("as the file row ({shape}), straight from the local s3s-fs; compared with the file replica's restore of the same data"),
             );
         }
     }
