@@ -290,8 +290,8 @@ fn main() {
         "Written by `make bench` (source: `bench/`): the release binary `target/release/litestream` \
 driven as a real daemon against real SQLite databases, beside the targets of the performance \
 issue and Litestream v0.3.13's measured figures (from the issue). Everything runs on 127.0.0.1; \
-S3 rows use a local s3s-fs server behind a request-timing proxy, so they measure our client and \
-the protocol, not a network. The application writes with `journal_mode=WAL`, `synchronous=NORMAL` \
+S3 rows use a local s3s-fs server (lag and request counts through a request-timing proxy, \
+restores straight to it), so they measure our client and the protocol, not a network. The application writes with `journal_mode=WAL`, `synchronous=NORMAL` \
 and table `t(id INTEGER PRIMARY KEY, v BLOB)`; \"half random, half text\" means alternate rows are \
 random bytes and repeated English text. Page cache is warm (databases were just written).\n\n",
     );
