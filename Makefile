@@ -25,7 +25,8 @@ prereqs:
 	@scripts/install-test-prereqs.sh --check-only || scripts/install-test-prereqs.sh
 
 # Release-built benchmarks (not part of `make test`): prints one table and writes BENCHMARKS.md.
-# `make bench BENCH_ARGS=--quick` (or BENCH_QUICK=1) for a short run. Source: bench/.
+# `make bench BENCH_ARGS=--quick` (or BENCH_QUICK=1): a short run, written to
+# bench/target/BENCHMARKS.quick.md instead. Source: bench/.
 bench:
 	$(CARGO) build --release
 	cd bench && $(CARGO) run --release -- $(BENCH_ARGS)
