@@ -359,11 +359,11 @@ fn soak() {
             }
         }
         let kind = round.pop().unwrap();
-        let hold = Duration::from_millis(rng.range(200, 1500));
+        let hold = Duration::from_millis(rng.range(150, 1000));
         step += 1;
         match kind {
             "sigkill-restart" => {
-                std::thread::sleep(Duration::from_millis(rng.range(0, 800)));
+                std::thread::sleep(Duration::from_millis(rng.range(0, 300)));
                 soak.sample();
                 soak.daemon.take().unwrap().kill();
                 std::thread::sleep(Duration::from_millis(rng.range(0, 500)));
