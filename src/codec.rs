@@ -70,9 +70,29 @@ pub fn decoder<'a, R: Read + Send + 'a>(
         Compression::Gzip => Ok(Box::new(MultiGzDecoder::new(io::BufReader::new(
             compressed,
         )))),
-        Compression::Lz4 => Ok(Box::new(lz4_flex::frame::FrameDecoder::new(
+        Compression::Lz4 => Ok(Box::new(Lz4Decoder(lz4_flex::frame::FrameDecoder::new(
             io::BufReader::new(compressed),
-        ))),
+        )))),
+    }
+}
+
+/// lz4_flex reports a corrupt frame as `ErrorKind::Other`, like a failing store; this says
+/// `InvalidData` instead, so callers treat it as corruption (fail at once), not as a network
+/// error worth retrying.
+struct Lz4Decoder<R: Read>(lz4_flex::frame::FrameDecoder<R>);
+
+impl<R: Read> Read for Lz4Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            let corrupt = e
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<lz4_flex::frame::Error>().is_some());
+            if corrupt {
+                io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+            } else {
+                e
+            }
+        })
     }
 }
 
@@ -227,7 +247,23 @@ mod tests {
         let r = decoder(Compression::Lz4, &b"\x04\x22\x4d\x18garbage-garbage"[..])
             .unwrap()
             .read_to_end(&mut back);
-        assert!(r.is_err());
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        // A corrupt block inside a valid frame header (found by fuzz/restore_segment, input
+        // in testdata/fuzz/regressions/): corruption too, never "the store failed, retry".
+        let mut frame = Vec::new();
+        {
+            let mut e = lz4_flex::frame::FrameEncoder::new(&mut frame);
+            std::io::Write::write_all(&mut e, &[7u8; 5000]).unwrap();
+            e.finish().unwrap();
+        }
+        let last = frame.len() - 10;
+        for b in &mut frame[11..last] {
+            *b = 0xff;
+        }
+        let r = decoder(Compression::Lz4, &frame[..])
+            .unwrap()
+            .read_to_end(&mut back);
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

@@ -12,6 +12,10 @@ use std::path::Path;
 
 use crossbeam_channel::Sender;
 
+/// The shortest gap between two wake-ups: small against the lag target, large against the
+/// cost of a tick.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Watches the db's directory for writes to `<db>-wal` and sends a wake-up for each burst.
 pub fn watch_wal(db_path: &Path, wake: Sender<()>) -> io::Result<()> {
     let dir = db_path.parent().unwrap_or_else(|| Path::new("/"));
@@ -49,6 +53,11 @@ pub fn watch_wal(db_path: &Path, wake: Sender<()>) -> io::Result<()> {
                         // The db thread is gone: stop watching.
                         Err(crossbeam_channel::TrySendError::Disconnected(())) => break,
                     }
+                    // An application writes the WAL page by page: one event each. Pausing
+                    // lets the kernel merge a transaction's events into one, so we wake (and
+                    // tick) at most every COALESCE instead of per page, which would slow the
+                    // application's own writes.
+                    std::thread::sleep(COALESCE);
                 }
             }
             unsafe { libc::close(fd) };
