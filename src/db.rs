@@ -272,8 +272,13 @@ impl Db {
     pub fn run(mut self, stop: Receiver<()>, wake: Receiver<()>) {
         let interval = self.cfg.monitor_interval;
         let mut failed = false;
+        // The first tick runs at once: initialisation (and the first snapshot) should not
+        // wait a monitor interval after start.
+        let mut first = true;
         loop {
-            if failed {
+            if std::mem::take(&mut first) {
+                // Tick now.
+            } else if failed {
                 // After an error, wait a whole interval: our own recovery writes touch the
                 // WAL and would otherwise wake us into a busy loop of retries.
                 crossbeam_channel::select! {
