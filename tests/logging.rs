@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
 
 use common::*;
 
@@ -31,30 +29,7 @@ for n, line in enumerate(sys.stdin.read().split("\n"), 1):
             sys.exit("line %d lacks string %s: %r" % (n, k, line))
     print(o["msg"])
 "#;
-    let child = Command::new("python3")
-        .args(["-c", CHECK])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "python3 missing under CI ({e}); run scripts/install-test-prereqs.sh"
-            );
-            eprintln!("SKIP JSON parsing: python3 not found ({e})");
-            return None;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(log.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = pipe_through_tool("python3", &["-c", CHECK], log.as_bytes())?;
     assert!(
         out.status.success(),
         "log is not one JSON object per line: {}\n---- log ----\n{log}",

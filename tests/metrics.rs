@@ -6,8 +6,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -109,30 +107,9 @@ fn scrape(addr: &str) -> String {
 /// `promtool check metrics` on `text`; skipped (with a note) only when promtool is missing
 /// outside CI.
 fn promtool_check(text: &str) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "promtool missing under CI ({e}); run scripts/install-test-prereqs.sh"
-            );
-            eprintln!("SKIP promtool check: promtool not found ({e})");
-            return;
-        }
+    let Some(out) = pipe_through_tool("promtool", &["check", "metrics"], text.as_bytes()) else {
+        return;
     };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "promtool check metrics failed ({:?}):\n{}{}\n---- scrape ----\n{text}",

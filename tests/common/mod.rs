@@ -588,6 +588,36 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Runs `program args` with `input` on stdin and returns its output; `None` (with a SKIP
+/// line) when the program is missing outside CI. Under CI a missing tool fails the test: the
+/// prerequisites script installs it.
+pub fn pipe_through_tool(
+    program: &str,
+    args: &[&str],
+    input: &[u8],
+) -> Option<std::process::Output> {
+    use std::io::Write;
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{program} missing under CI ({e}); run scripts/install-test-prereqs.sh"
+            );
+            eprintln!("SKIP: {program} not found ({e})");
+            return None;
+        }
+    };
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    Some(child.wait_with_output().unwrap())
+}
+
 /// VmHWM (peak resident set, KiB) of a live process; `None` once it has exited.
 pub fn vm_hwm_kb(pid: u32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
