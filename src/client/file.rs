@@ -250,14 +250,7 @@ impl ReplicaClient for FileClient {
 
     fn list_snapshots(&self, generation: &str) -> Result<Listing<SnapshotInfo>> {
         let mut l = self.listing(&layout::snapshots_dir(generation), false, |name, meta| {
-            let (index, compression) = layout::parse_snapshot_name(name)?;
-            Some(SnapshotInfo {
-                generation: generation.to_string(),
-                index,
-                size: meta.len(),
-                created: mtime(meta),
-                compression,
-            })
+            SnapshotInfo::from_name(generation, name, meta.len(), mtime(meta))
         })?;
         l.items.sort_by_key(|s| s.index);
         Ok(l)
@@ -265,15 +258,7 @@ impl ReplicaClient for FileClient {
 
     fn list_wal_segments(&self, generation: &str) -> Result<Listing<WalSegmentInfo>> {
         let mut l = self.listing(&layout::wal_dir(generation), false, |name, meta| {
-            let (index, offset, compression) = layout::parse_wal_segment_name(name)?;
-            Some(WalSegmentInfo {
-                generation: generation.to_string(),
-                index,
-                offset,
-                size: meta.len(),
-                created: mtime(meta),
-                compression,
-            })
+            WalSegmentInfo::from_name(generation, name, meta.len(), mtime(meta))
         })?;
         l.items.sort_by_key(|s| (s.index, s.offset));
         Ok(l)

@@ -28,6 +28,21 @@ pub struct SnapshotInfo {
     pub compression: Compression,
 }
 
+impl SnapshotInfo {
+    /// The snapshot a store lists under `name` (a file name in `snapshots/`); `None` for a
+    /// name that is not one of ours.
+    pub fn from_name(generation: &str, name: &str, size: u64, created: SystemTime) -> Option<Self> {
+        let (index, compression) = crate::layout::parse_snapshot_name(name)?;
+        Some(SnapshotInfo {
+            generation: generation.to_string(),
+            index,
+            size,
+            created,
+            compression,
+        })
+    }
+}
+
 /// A WAL segment object as listed by a store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalSegmentInfo {
@@ -38,6 +53,22 @@ pub struct WalSegmentInfo {
     pub size: u64,
     pub created: SystemTime,
     pub compression: Compression,
+}
+
+impl WalSegmentInfo {
+    /// The WAL segment a store lists under `name` (a file name in `wal/`); `None` for a name
+    /// that is not one of ours.
+    pub fn from_name(generation: &str, name: &str, size: u64, created: SystemTime) -> Option<Self> {
+        let (index, offset, compression) = crate::layout::parse_wal_segment_name(name)?;
+        Some(WalSegmentInfo {
+            generation: generation.to_string(),
+            index,
+            offset,
+            size,
+            created,
+            compression,
+        })
+    }
 }
 
 /// The error for an object or generation that is not in the store.

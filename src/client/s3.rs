@@ -605,14 +605,7 @@ impl ReplicaClient for S3Client {
     fn list_snapshots(&self, generation: &str) -> Result<Listing<SnapshotInfo>> {
         let dir = format!("{}/", layout::snapshots_dir(generation));
         let mut l = self.listing(&dir, false, |name, o| {
-            let (index, compression) = layout::parse_snapshot_name(name)?;
-            Some(SnapshotInfo {
-                generation: generation.to_string(),
-                index,
-                size: o.size,
-                created: o.created,
-                compression,
-            })
+            SnapshotInfo::from_name(generation, name, o.size, o.created)
         })?;
         l.items.sort_by_key(|s| s.index);
         Ok(l)
@@ -621,15 +614,7 @@ impl ReplicaClient for S3Client {
     fn list_wal_segments(&self, generation: &str) -> Result<Listing<WalSegmentInfo>> {
         let dir = format!("{}/", layout::wal_dir(generation));
         let mut l = self.listing(&dir, false, |name, o| {
-            let (index, offset, compression) = layout::parse_wal_segment_name(name)?;
-            Some(WalSegmentInfo {
-                generation: generation.to_string(),
-                index,
-                offset,
-                size: o.size,
-                created: o.created,
-                compression,
-            })
+            WalSegmentInfo::from_name(generation, name, o.size, o.created)
         })?;
         l.items.sort_by_key(|s| (s.index, s.offset));
         Ok(l)
