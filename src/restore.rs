@@ -429,7 +429,7 @@ fn restore_snapshot(client: &dyn ReplicaClient, info: &SnapshotInfo, db: &Path) 
     // SQLite sizes a database by its header, and every database in WAL mode (SQLite 3.7.0
     // or later) keeps that field valid; so we copy exactly that much. This also bounds what
     // a hostile snapshot (a small object that decompresses to terabytes) can make us write.
-    let declared = declared_db_size(&header, page_size).ok_or_else(|| {
+    let declared = wal::db_declared_size(&header, page_size).ok_or_else(|| {
         anyhow!("snapshot {key}: its header declares no valid database size, which no WAL-mode database lacks; the replica is corrupt")
     })?;
     let mut reader = reader.take(declared.saturating_sub(header.len() as u64));
@@ -467,16 +467,6 @@ fn restore_snapshot(client: &dyn ReplicaClient, info: &SnapshotInfo, db: &Path) 
     file.sync_all()
         .with_context(|| format!("{}: cannot fsync", db.display()))?;
     Ok(page_size)
-}
-
-/// The database size a db header declares (pages × page size), when the header marks that
-/// field valid (its version-valid-for number equals the change counter, SQLite ≥ 3.7.0).
-fn declared_db_size(header: &[u8; 100], page_size: u32) -> Option<u64> {
-    let be = |at: usize| {
-        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    let pages = be(28);
-    (pages > 0 && be(24) == be(92)).then(|| u64::from(pages) * u64::from(page_size))
 }
 
 /// Downloads one index's segments into `staged` as one WAL file, verifying every frame.
@@ -1289,20 +1279,6 @@ mod tests {
             _ => panic!("an over-long segment was accepted"),
         }
         assert!(out.len() <= cut + 4120, "{} bytes written", out.len());
-    }
-
-    #[test]
-    fn declared_size_comes_from_a_valid_header_only() {
-        let mut h = [0u8; 100];
-        h[28..32].copy_from_slice(&3u32.to_be_bytes());
-        h[24..28].copy_from_slice(&7u32.to_be_bytes());
-        h[92..96].copy_from_slice(&7u32.to_be_bytes());
-        assert_eq!(declared_db_size(&h, 4096), Some(3 * 4096));
-        h[92..96].copy_from_slice(&6u32.to_be_bytes());
-        assert_eq!(declared_db_size(&h, 4096), None, "stale in-header size");
-        h[92..96].copy_from_slice(&7u32.to_be_bytes());
-        h[28..32].copy_from_slice(&0u32.to_be_bytes());
-        assert_eq!(declared_db_size(&h, 4096), None, "zero pages");
     }
 
     #[test]

@@ -246,6 +246,19 @@ pub fn db_page_size(db_header: &[u8]) -> Option<u32> {
     ((512..=65536).contains(&size) && size.is_power_of_two()).then_some(size)
 }
 
+/// The database size a SQLite header declares (page count × page size), when the header
+/// marks that field valid: its version-valid-for number (offset 92) equals the change counter
+/// (offset 24), as in every database written by SQLite 3.7.0 or later (so every WAL-mode one).
+pub fn db_declared_size(db_header: &[u8], page_size: u32) -> Option<u64> {
+    let be = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(
+            db_header.get(at..at + 4)?.try_into().ok()?,
+        ))
+    };
+    let pages = be(28)?;
+    (pages > 0 && be(24)? == be(92)?).then(|| u64::from(pages) * u64::from(page_size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,5 +500,19 @@ mod tests {
         h[16..18].copy_from_slice(&1000u16.to_be_bytes());
         assert_eq!(db_page_size(&h), None);
         assert_eq!(db_page_size(&h[..10]), None);
+    }
+
+    #[test]
+    fn declared_size_comes_from_a_valid_header_only() {
+        let mut h = [0u8; 100];
+        h[28..32].copy_from_slice(&3u32.to_be_bytes());
+        h[24..28].copy_from_slice(&7u32.to_be_bytes());
+        h[92..96].copy_from_slice(&7u32.to_be_bytes());
+        assert_eq!(db_declared_size(&h, 4096), Some(3 * 4096));
+        h[92..96].copy_from_slice(&6u32.to_be_bytes());
+        assert_eq!(db_declared_size(&h, 4096), None, "stale in-header size");
+        h[92..96].copy_from_slice(&7u32.to_be_bytes());
+        h[28..32].copy_from_slice(&0u32.to_be_bytes());
+        assert_eq!(db_declared_size(&h, 4096), None, "zero pages");
     }
 }
