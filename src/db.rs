@@ -18,7 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,7 @@ pub struct DbShared {
     /// fresh generation resolves).
     new_generation_requested: AtomicBool,
     /// Mode of the db file, given to every file we create next to it.
-    pub file_mode: Mutex<u32>,
+    pub file_mode: AtomicU32,
     /// The one descriptor through which we read the db file (snapshots). POSIX drops every
     /// fcntl lock a process holds on a file when *any* of its descriptors for that file is
     /// closed, which would silently release our SQLite connection's SHARED lock and let the
@@ -70,7 +70,7 @@ impl DbShared {
             checkpoint_lock: RwLock::new(()),
             replica_positions: Mutex::new(vec![None; replicas]),
             new_generation_requested: AtomicBool::new(false),
-            file_mode: Mutex::new(0o600),
+            file_mode: AtomicU32::new(0o600),
             db_file: Mutex::new(None),
             metrics,
         }
@@ -100,7 +100,7 @@ impl DbShared {
     }
 
     pub fn file_mode(&self) -> u32 {
-        *lock(&self.file_mode)
+        self.file_mode.load(Ordering::Relaxed)
     }
 
     /// The db file, for positional reads only (see `db_file`); never close a clone early.
@@ -396,7 +396,9 @@ impl Db {
         }
         let meta = fs::metadata(&path)
             .with_context(|| format!("{}: cannot stat database", path.display()))?;
-        *lock(&self.shared.file_mode) = meta.permissions().mode() & 0o7777;
+        self.shared
+            .file_mode
+            .store(meta.permissions().mode() & 0o7777, Ordering::Relaxed);
 
         self.shared.open_db_file()?;
         let conn = open_connection(&path, self.cfg.busy_timeout)?;
@@ -1227,6 +1229,9 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 /// `client::file::dir_mode_for`) and, as root, the db file's owner: the shadow WAL holds the
 /// data, so no more people may read it than may read the db.
 fn create_dir_like(dir: &Path, db_path: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
     let meta =
         fs::metadata(db_path).with_context(|| format!("{}: cannot stat", db_path.display()))?;
     create_dir_all_like(dir, &meta)
