@@ -244,6 +244,34 @@ pub struct Db {
     /// After a RESTART checkpoint came back busy, use PASSIVE until this instant.
     restart_backoff_until: Option<Instant>,
     restart_backoff: Duration,
+    /// The WAL file as the last successful full tick found it before reading it.
+    wal_seen: Option<WalStat>,
+    /// The generation and first kept index `clean_up_shadow` last acted on.
+    cleaned_for: Option<(String, u32)>,
+}
+
+/// What a `stat` of the WAL file says about its contents: which file, how long, when changed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct WalStat {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl WalStat {
+    fn of(path: &Path) -> Option<WalStat> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path).ok()?;
+        Some(WalStat {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
 
 impl Db {
@@ -260,6 +288,8 @@ impl Db {
             waiting_logged: false,
             restart_backoff_until: None,
             restart_backoff: Duration::from_secs(1),
+            wal_seen: None,
+            cleaned_for: None,
         }
     }
 
@@ -268,14 +298,18 @@ impl Db {
     }
 
     /// The thread body: initialise (retrying), then tick until `stop` says so; a final tick
-    /// and a clean close on the way out.
-    pub fn run(mut self, stop: Receiver<()>, wake: Receiver<()>) {
+    /// and a clean close on the way out. `wake` fires when the WAL is written (None: the WAL
+    /// cannot be watched, and every tick is a full one).
+    pub fn run(mut self, stop: Receiver<()>, wake: Option<Receiver<()>>) {
         let interval = self.cfg.monitor_interval;
+        let mut watched = wake.is_some();
+        let mut wake = wake.unwrap_or_else(crossbeam_channel::never);
         let mut failed = false;
         // The first tick runs at once: initialisation (and the first snapshot) should not
         // wait a monitor interval after start.
         let mut first = true;
         loop {
+            let mut woken = true;
             if std::mem::take(&mut first) {
                 // Tick now.
             } else if failed {
@@ -289,21 +323,29 @@ impl Db {
             } else {
                 crossbeam_channel::select! {
                     recv(stop) -> _ => break,
-                    recv(wake) -> _ => {},
-                    default(interval) => {},
+                    recv(wake) -> msg => if msg.is_err() {
+                        // The watcher is gone: poll from now on instead of spinning.
+                        wake = crossbeam_channel::never();
+                        watched = false;
+                    },
+                    default(interval) => woken = !watched,
                 }
             }
-            failed = !self.tick_logged();
+            failed = !self.tick_logged(!woken);
         }
-        let _ = self.tick_logged();
+        let _ = self.tick_logged(false);
         self.close();
     }
 
     /// One tick; errors are logged, never fatal: the next tick retries.
     /// Runs one tick, logging its error; `false` when it failed.
-    pub fn tick_logged(&mut self) -> bool {
+    pub fn tick_logged(&mut self, unwoken: bool) -> bool {
         let started = Instant::now();
-        let result = self.tick();
+        let result = if unwoken && self.unchanged_since_last_tick() {
+            self.clean_up_shadow()
+        } else {
+            self.tick()
+        };
         self.update_gauges();
         self.shared
             .metrics
@@ -342,8 +384,40 @@ impl Db {
         }
     }
 
+    /// The polling tick of a watched db, when no write woke it: true if the WAL file is as
+    /// the last full tick found it and no checkpoint is due, so there is nothing to copy.
+    /// That tick recorded the file's identity, size and change times before it read the WAL,
+    /// so a later write shows here, or else (a write within the same timestamp granule that
+    /// left the size unchanged) through the watch, whose wake-up makes the next tick full.
+    fn unchanged_since_last_tick(&self) -> bool {
+        let (Some(seen), Some(shadow)) = (&self.wal_seen, &self.shadow) else {
+            return false;
+        };
+        if self.conn.is_none() || self.shared.new_generation_requested.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Some(now) = WalStat::of(&wal_path(&self.shared.path)) else {
+            return false;
+        };
+        if now != *seen {
+            return false;
+        }
+        let wal_frames =
+            now.len.saturating_sub(WAL_HEADER_SIZE as u64) / shadow.header.frame_size() as u64;
+        checkpoint_decision(
+            &self.cfg,
+            wal_frames,
+            shadow.frames(),
+            self.last_checkpoint.elapsed(),
+        )
+        .is_none()
+    }
+
     /// Initialises if needed, then copies new frames, notifies replicas and checkpoints.
     pub fn tick(&mut self) -> Result<()> {
+        // Before anything reads the WAL: see `unchanged_since_last_tick`.
+        self.wal_seen = None;
+        let seen = WalStat::of(&wal_path(&self.shared.path));
         if self.conn.is_none() && !self.init()? {
             return Ok(());
         }
@@ -377,6 +451,7 @@ impl Db {
             self.checkpoint(mode)?;
         }
         self.clean_up_shadow()?;
+        self.wal_seen = seen;
         Ok(())
     }
 
@@ -653,22 +728,34 @@ impl Db {
         let mut committed: Option<(u64, (u32, u32))> = None;
         let mut wal_file =
             File::open(&wal).with_context(|| format!("{}: cannot open wal", wal.display()))?;
+        let mut chunk: Vec<u8> = Vec::new();
         for attempt in 0..2 {
-            wal_file.seek(SeekFrom::Start(scan_off))?;
-            let mut r = BufReader::with_capacity(COPY_BUFFER, &mut wal_file);
             let mut verifier = FrameVerifier::resume(&shadow.header, scan_chain);
             let mut off = scan_off;
-            let mut progressed = false;
-            while read_full(&mut r, &mut frame)? {
-                let Some(fh) = verifier.check(&frame) else {
-                    break;
-                };
-                off += frame_size as u64;
-                progressed = true;
-                if fh.is_commit() {
-                    committed = Some((off, verifier.chain()));
+            // Chunks grow from one frame: on most ticks nothing is new, and the bytes past
+            // our end are often a previous WAL life's frames; reading a whole buffer of those
+            // on every tick was most of an idle daemon's work, and a transient buffer per db.
+            let mut frames = 1;
+            'scan: loop {
+                let want = (frames * frame_size).min(COPY_BUFFER / frame_size * frame_size);
+                chunk.resize(want.max(frame_size), 0);
+                let got = read_at_most(&wal_file, off, &mut chunk)?;
+                for f in chunk[..got - got % frame_size].chunks_exact(frame_size) {
+                    let Some(fh) = verifier.check(f) else {
+                        break 'scan;
+                    };
+                    off += frame_size as u64;
+                    if fh.is_commit() {
+                        committed = Some((off, verifier.chain()));
+                    }
                 }
+                if got < chunk.len() {
+                    break;
+                }
+                frames *= 8;
             }
+            drop(std::mem::take(&mut chunk));
+            let progressed = off > scan_off;
             if !progressed && attempt == 0 && scan_off > shadow.size {
                 // The remembered scan point no longer continues the chain (an open
                 // transaction was rolled back and overwritten): rescan from the shadow's end.
@@ -688,13 +775,14 @@ impl Db {
 
         // Pass 2: copy [size, end), verifying again.
         wal_file.seek(SeekFrom::Start(shadow.size))?;
-        let mut r = BufReader::with_capacity(COPY_BUFFER, &mut wal_file);
+        let buffer = buffer_for(end - shadow.size, frame_size);
+        let mut r = BufReader::with_capacity(buffer, &mut wal_file);
         let mut out = OpenOptions::new()
             .write(true)
             .open(&shadow_path)
             .with_context(|| format!("{}: cannot open shadow wal", shadow_path.display()))?;
         out.seek(SeekFrom::Start(shadow.size))?;
-        let mut w = BufWriter::with_capacity(COPY_BUFFER, out);
+        let mut w = BufWriter::with_capacity(buffer, out);
         let mut verifier = FrameVerifier::resume(&shadow.header, shadow.chain);
         let mut off = shadow.size;
         let mut last_commit = shadow.size;
@@ -958,6 +1046,11 @@ impl Db {
             }
         }
         let keep_from = min.saturating_sub(1);
+        let key = (shadow.generation.clone(), keep_from);
+        if self.cleaned_for.as_ref() == Some(&key) {
+            // Nothing below keep_from was created since: no need to list the directory.
+            return Ok(());
+        }
         let dir = shadow_wal_dir(&self.shared.meta_dir, &shadow.generation);
         let Ok(entries) = fs::read_dir(&dir) else {
             return Ok(());
@@ -975,6 +1068,7 @@ impl Db {
                 let _ = fs::remove_file(entry.path());
             }
         }
+        self.cleaned_for = Some(key);
         Ok(())
     }
 
@@ -997,6 +1091,30 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_URI,
     )
     .with_context(|| format!("{}: cannot open database", path.display()))?;
+    // This connection runs a handful of tiny statements and checkpoints (which bypass the page
+    // cache), so SQLite's per-connection preallocations would be waste: the lookaside arena
+    // and the page cache's first bulk allocation (about 20 pages) were most of a db's
+    // resident memory in a daemon with many databases. Both must be set before the first
+    // statement. Memory-only settings: nothing about the db changes.
+    // SAFETY: the handle is valid while `conn` lives; no statement has run, so no lookaside
+    // memory is in use, which SQLITE_DBCONFIG_LOOKASIDE requires.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            0 as std::ffi::c_int,
+            0 as std::ffi::c_int,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        logging::warn(
+            "cannot turn off sqlite lookaside memory",
+            &[("db", &path.display()), ("code", &rc)],
+        );
+    }
+    conn.execute_batch("PRAGMA cache_size = -64")
+        .with_context(|| format!("{}: cannot set cache_size", path.display()))?;
     conn.busy_timeout(busy_timeout)?;
     // The -wal must outlive our connection so a restart can resume from it.
     let mut persist: std::ffi::c_int = 1;
@@ -1016,7 +1134,6 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     }
     conn.execute_batch(
         "PRAGMA wal_autocheckpoint = 0;
-         PRAGMA cache_size = -256;
          PRAGMA journal_size_limit = 4194304;
          CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER);
          CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER);",
@@ -1063,6 +1180,27 @@ fn read_header(wal: &Path) -> Result<Option<[u8; WAL_HEADER_SIZE]>> {
 }
 
 /// Number of whole frames in the real WAL file (committed or not).
+/// A copy buffer for `bytes` of frames: large for bulk copies, no larger than the work (most
+/// ticks copy a frame or two, and a daemon with many databases runs many ticks at once).
+fn buffer_for(bytes: u64, frame_size: usize) -> usize {
+    (bytes.min(COPY_BUFFER as u64) as usize).max(frame_size)
+}
+
+/// Fills `buf` from `offset` with `pread`; fewer bytes only at the end of the file.
+fn read_at_most(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 fn wal_frames(wal: &Path, frame_size: usize) -> u64 {
     let len = fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
     len.saturating_sub(WAL_HEADER_SIZE as u64) / frame_size as u64
