@@ -774,7 +774,9 @@ impl Db {
                 if got < want {
                     break;
                 }
-                frames *= 8;
+                // Capped: unbounded, it wrapped to 0 after 21 full chunks of a large WAL
+                // (release builds), and a zero-length read looped forever.
+                frames = frames.saturating_mul(8).min(max_chunk / frame_size);
             }
             let progressed = off > scan_off;
             if !progressed && attempt == 0 && scan_off > shadow.size {

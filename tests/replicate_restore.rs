@@ -305,3 +305,35 @@ fn writer_in_a_separate_sqlite3_process() {
         stopped.log
     );
 }
+
+/// A backlog far larger than the copy buffer, found in one tick: the daemon is stopped
+/// (SIGSTOP) while the application writes ~12 MiB of WAL in many small commits, then resumes.
+/// The scan of that backlog once looped forever in release builds (its read size grew by ×8
+/// per buffer-full and wrapped to zero after 21 of them; debug builds panicked).
+#[test]
+fn a_large_backlog_is_copied_in_one_tick() {
+    let env = Env::new("backlog");
+    let app = create_app_db(&env.db, 4096);
+    env.write_config(&Cfg::default());
+    let mut d = env.start("daemon-backlog");
+    wait_first_snapshot(&env, &mut d);
+
+    d.signal(libc::SIGSTOP);
+    let mut rng = Rng::new(77);
+    for id in 1..=3000i64 {
+        // ~4 KiB each: a frame or two per commit, no transaction near the buffer's size.
+        insert_row(&app, id, rng.range(3_000, 4_001) as usize);
+    }
+    let wal_len = fs::metadata(env.db.with_extension("db-wal")).unwrap().len();
+    assert!(wal_len > 10 << 20, "the backlog is only {wal_len} bytes");
+    d.signal(libc::SIGCONT);
+
+    let src = digest_conn(&app, "t");
+    let out = env.wait_restore(DEADLINE, "restore holds the whole backlog", |p| {
+        table_digest(p, "t") == src
+    });
+    assert_integrity_ok(&out);
+    assert_blobs_match_hash(&out);
+    d.assert_alive();
+    d.stop_ok();
+}
