@@ -647,10 +647,33 @@ impl Db {
         if index + 1 >= MAX_INDEX {
             return self.new_generation("max index exceeded");
         }
+        self.cut_open_transaction_tail()?;
         let shadow = self.create_shadow(&generation, index + 1)?;
         self.shadow = Some(shadow);
         // The old index is complete: replicas may now upload its tail and move on.
         self.publish();
+        Ok(())
+    }
+
+    /// A closed index's shadow must end at its last commit: replicas take a closed file's
+    /// length as its end. `copy_frames` may have written an open transaction's frames past
+    /// it; cut them (durably, before the next index exists, so a crash cannot leave a closed
+    /// index with a tail).
+    fn cut_open_transaction_tail(&mut self) -> Result<()> {
+        let Some(s) = &mut self.shadow else {
+            return Ok(());
+        };
+        s.scan = None;
+        let path = self.shared.shadow_wal_path(&s.generation, s.index);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("{}: cannot open shadow wal", path.display()))?;
+        if f.metadata()?.len() > s.size {
+            f.set_len(s.size)
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("{}: cannot truncate shadow wal", path.display()))?;
+        }
         Ok(())
     }
 
@@ -711,10 +734,14 @@ impl Db {
         Ok(())
     }
 
-    /// Appends the WAL's newly committed frames to the shadow. Two passes over new bytes:
-    /// the first finds the last commit frame (remembering how far it got, so an open
-    /// transaction is scanned once), the second copies up to it, re-verifying every frame so
-    /// nothing that changed between the passes reaches the shadow. `Ok(true)` if it grew.
+    /// Appends the WAL's newly committed frames to the shadow in one pass: each frame is
+    /// verified (salts and checksum chain) in the buffer it was read into and written from
+    /// that buffer at the same offset in the shadow. Frames past the last commit (an open
+    /// transaction) are written too, but the shadow's size stays at the last commit: nothing
+    /// reads a shadow past its size, `load_shadow` cuts such a tail after a crash, and
+    /// `start_next_index` before the index is closed. The scan point is remembered, so an open
+    /// transaction's frames are read and verified once, not on every tick. `Ok(true)` if the
+    /// shadow grew.
     fn copy_to_shadow(&mut self) -> Result<bool> {
         self.copy_frames(true)
     }
@@ -740,116 +767,112 @@ impl Db {
         // (of many) should hold none.
         let mut chunk = std::mem::take(&mut self.copy_buffer);
 
-        // Pass 1: find the committed end.
-        let (mut scan_off, mut scan_chain) = match shadow.scan {
+        // Frames in [size, scan point) were verified and written by an earlier tick.
+        let (mut start, mut start_chain) = match shadow.scan {
             Some((off, chain)) if off > shadow.size => (off, chain),
             _ => (shadow.size, shadow.chain),
         };
-        let mut committed: Option<(u64, (u32, u32))> = None;
         let wal_file =
             File::open(&wal).with_context(|| format!("{}: cannot open wal", wal.display()))?;
+        let mut out: Option<File> = None;
         let max_chunk = (COPY_BUFFER / frame_size).max(1) * frame_size;
+        let mut committed: Option<(u64, (u32, u32))> = None;
+        let mut stale_tail = false;
+        let mut progressed = false;
         for attempt in 0..2 {
-            let mut verifier = FrameVerifier::resume(&shadow.header, scan_chain);
-            let mut off = scan_off;
+            let mut verifier = FrameVerifier::resume(&shadow.header, start_chain);
+            let mut off = start;
             // Reads grow from one frame: on most ticks nothing is new, and the bytes past our
             // end are often a previous WAL life's frames; reading a whole buffer of those on
             // every tick was most of an idle daemon's work.
-            let mut frames = 1;
-            'scan: loop {
+            let mut frames = 1usize;
+            loop {
                 let want = (frames * frame_size).min(max_chunk);
                 if chunk.len() < want {
                     chunk.resize(want, 0);
                 }
                 let got = read_at_most(&wal_file, off, &mut chunk[..want])?;
+                let mut good = 0;
+                let mut broken = false;
                 for f in chunk[..got - got % frame_size].chunks_exact(frame_size) {
                     let Some(fh) = verifier.check(f) else {
-                        break 'scan;
+                        broken = true;
+                        break;
                     };
-                    off += frame_size as u64;
+                    good += frame_size;
                     if fh.is_commit() {
-                        committed = Some((off, verifier.chain()));
+                        committed = Some((off + good as u64, verifier.chain()));
                     }
                 }
-                if got < want {
+                if good > 0 {
+                    let file = match out.as_mut() {
+                        Some(f) => f,
+                        None => out.insert(
+                            OpenOptions::new()
+                                .write(true)
+                                .open(&shadow_path)
+                                .with_context(|| {
+                                    format!("{}: cannot open shadow wal", shadow_path.display())
+                                })?,
+                        ),
+                    };
+                    file.write_all_at(&chunk[..good], off).with_context(|| {
+                        format!("{}: cannot write shadow wal", shadow_path.display())
+                    })?;
+                    off += good as u64;
+                    progressed = true;
+                }
+                if broken || got < want {
                     break;
                 }
                 // Capped: unbounded, it wrapped to 0 after 21 full chunks of a large WAL
                 // (release builds), and a zero-length read looped forever.
                 frames = frames.saturating_mul(8).min(max_chunk / frame_size);
             }
-            let progressed = off > scan_off;
-            if !progressed && attempt == 0 && scan_off > shadow.size {
+            if off == start && attempt == 0 && start > shadow.size {
                 // The remembered scan point no longer continues the chain (an open
-                // transaction was rolled back and overwritten): rescan from the shadow's end.
-                scan_off = shadow.size;
-                scan_chain = shadow.chain;
+                // transaction was rolled back and overwritten): rescan from the shadow's end,
+                // and drop what the earlier ticks wrote past it.
+                stale_tail = true;
+                start = shadow.size;
+                start_chain = shadow.chain;
                 continue;
             }
             shadow.scan = Some((off, verifier.chain()));
             break;
         }
-        let end = match committed {
-            Some((end, _)) if end > shadow.size => end,
-            _ => return Ok(false),
+        if progressed {
+            self.copy_buffer = chunk;
+        }
+        if stale_tail {
+            let end = shadow.scan.map_or(shadow.size, |(off, _)| off);
+            OpenOptions::new()
+                .write(true)
+                .open(&shadow_path)
+                .and_then(|f| f.set_len(end))
+                .with_context(|| {
+                    format!("{}: cannot truncate shadow wal", shadow_path.display())
+                })?;
+        }
+        let Some((end, chain)) = committed.filter(|(end, _)| *end > shadow.size) else {
+            return Ok(false);
         };
-
-        // Pass 2: copy [size, end), verifying again.
-        let out = OpenOptions::new()
-            .write(true)
-            .open(&shadow_path)
-            .with_context(|| format!("{}: cannot open shadow wal", shadow_path.display()))?;
-        let mut verifier = FrameVerifier::resume(&shadow.header, shadow.chain);
-        let mut off = shadow.size;
-        let mut last_commit = shadow.size;
-        let mut last_chain = shadow.chain;
-        let want_max = ((end - off) as usize).min(max_chunk);
-        if chunk.len() < want_max {
-            chunk.resize(want_max, 0);
-        }
-        'copy: while off < end {
-            let want = ((end - off) as usize).min(max_chunk);
-            let got = read_at_most(&wal_file, off, &mut chunk[..want])?;
-            let mut good = 0;
-            let mut changed = false;
-            for f in chunk[..got - got % frame_size].chunks_exact(frame_size) {
-                let Some(fh) = verifier.check(f) else {
-                    changed = true;
-                    break;
-                };
-                good += frame_size;
-                if fh.is_commit() {
-                    last_commit = off + good as u64;
-                    last_chain = verifier.chain();
-                }
-            }
-            out.write_all_at(&chunk[..good], off)
-                .with_context(|| format!("{}: cannot write shadow wal", shadow_path.display()))?;
-            off += good as u64;
-            if changed || good < want {
-                break 'copy;
-            }
-        }
-        self.copy_buffer = chunk;
-        if off > last_commit {
-            out.set_len(last_commit)?;
-        }
         if sync {
-            out.sync_data()
-                .with_context(|| format!("{}: cannot fsync shadow wal", shadow_path.display()))?;
+            if let Some(file) = &out {
+                file.sync_data().with_context(|| {
+                    format!("{}: cannot fsync shadow wal", shadow_path.display())
+                })?;
+            }
         }
-        let grew = last_commit > shadow.size;
-        self.shared
-            .metrics
-            .add_wal_bytes(last_commit.saturating_sub(shadow.size));
-        shadow.size = last_commit;
-        shadow.chain = last_chain;
+        self.shared.metrics.add_wal_bytes(end - shadow.size);
+        shadow.size = end;
+        shadow.chain = chain;
         if let Some((scan, _)) = shadow.scan {
-            if scan < last_commit {
+            if scan <= end {
                 shadow.scan = None;
             }
         }
-        Ok(grew)
+        Ok(true)
     }
 
     /// Publishes the shadow position and wakes every replica without ever blocking.

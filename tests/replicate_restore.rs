@@ -337,3 +337,65 @@ fn a_large_backlog_is_copied_in_one_tick() {
     d.assert_alive();
     d.stop_ok();
 }
+
+/// Transactions too big for the application's page cache spill uncommitted frames into the
+/// WAL, which the daemon copies ahead of their commit. Rolled back, those frames are
+/// overwritten by the next transactions: the replica must hold only committed data, and
+/// closed indexes (the app checkpoints with TRUNCATE meanwhile) must end at a commit.
+#[test]
+fn spilled_and_rolled_back_transactions_never_reach_a_restore() {
+    let env = Env::new("spill");
+    let app = create_app_db(&env.db, 4096);
+    app.execute_batch("PRAGMA cache_size = 50;").unwrap();
+    env.write_config(&Cfg::default());
+    let mut d = env.start("daemon-spill");
+    wait_first_snapshot(&env, &mut d);
+
+    let mut rng = Rng::new(91);
+    let mut next_id = 1i64;
+    for round in 0..6 {
+        // A large transaction left open across several ticks, then rolled back or committed.
+        app.execute_batch("BEGIN").unwrap();
+        for _ in 0..300 {
+            insert_row(&app, next_id, rng.range(8_000, 12_001) as usize);
+            next_id += 1;
+        }
+        std::thread::sleep(Duration::from_millis(350));
+        if round == 0 {
+            // The open transaction really spilled frames into the WAL.
+            let wal = fs::metadata(env.db.with_extension("db-wal")).unwrap().len();
+            assert!(wal > 2 << 20, "no spill: the WAL is {wal} bytes");
+        }
+        for _ in 0..100 {
+            insert_row(&app, next_id, rng.range(8_000, 12_001) as usize);
+            next_id += 1;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        if round % 2 == 0 {
+            app.execute_batch("ROLLBACK").unwrap();
+        } else {
+            app.execute_batch("COMMIT").unwrap();
+        }
+        // Small commits that overwrite the rolled-back frames.
+        for _ in 0..5 {
+            insert_row(&app, next_id, rng.range(500, 2_001) as usize);
+            next_id += 1;
+        }
+        if round == 2 {
+            app.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let src = digest_conn(&app, "t");
+    let out = env.wait_restore(DEADLINE, "restore equals the committed state", |p| {
+        table_digest(p, "t") == src
+    });
+    assert_integrity_ok(&out);
+    assert_blobs_match_hash(&out);
+    d.stop_ok();
+    assert_replica_tree_valid(&env.replica);
+    let out2 = env.restore_url(&[]);
+    assert_integrity_ok(&out2);
+    assert_eq!(table_digest(&out2, "t"), src);
+}
