@@ -487,16 +487,31 @@ impl Metrics {
     }
 }
 
-/// Waits until the daemon's one db is fully replicated (two agreeing scrapes 300 ms apart).
+/// Waits until the daemon's one db is fully replicated: caught up, and the WAL bytes it has
+/// copied unchanged for `quiet`. The quiet window must outlast anything the db thread can be
+/// busy with while the metrics stand still (a checkpoint of a WAL that grew for a whole
+/// monitor-interval under a fast writer takes about a second), or a writer's last frames,
+/// not yet seen, look replicated.
 pub fn wait_caught_up(port: u16, deadline: Duration) -> bool {
-    let mut last: Option<f64> = None;
-    wait_for(deadline, Duration::from_millis(300), || {
+    wait_caught_up_quiet(port, deadline, Duration::from_secs(3))
+}
+
+pub fn wait_caught_up_quiet(port: u16, deadline: Duration, quiet: Duration) -> bool {
+    let mut since: Option<(f64, Instant)> = None;
+    wait_for(deadline, Duration::from_millis(100), || {
         let m = Metrics::scrape(port)?;
         let total = m.sum("litestream_total_wal_bytes");
-        let ok = m.caught_up();
-        let stable = last == Some(total);
-        last = Some(total);
-        (ok && stable).then_some(())
+        if !m.caught_up() {
+            since = None;
+            return None;
+        }
+        match since {
+            Some((t, at)) if t == total => (at.elapsed() >= quiet).then_some(()),
+            _ => {
+                since = Some((total, Instant::now()));
+                None
+            }
+        }
     })
     .is_some()
 }
