@@ -683,7 +683,19 @@ impl Replica {
             .with_context(|| format!("{}: cannot open shadow wal", path.display()))?;
         f.seek(SeekFrom::Start(pos.offset))?;
         let raw = f.take(end - pos.offset);
-        let mut data = codec::encoder(self.cfg.compression, raw)?;
+        // A small segment (the usual case) is compressed into memory first, so the encoder
+        // (a few hundred KiB of deflate state) lives for microseconds, not through the write,
+        // fsync and rename or the PUT: with a hundred databases syncing together, encoders
+        // held across I/O were most of the daemon's peak memory. Larger segments stream.
+        let mut data: Box<dyn Read + Send> = if end - pos.offset <= SMALL_SEGMENT {
+            let mut compressed = Vec::new();
+            codec::encoder(self.cfg.compression, raw)?
+                .read_to_end(&mut compressed)
+                .with_context(|| format!("{}: cannot read shadow wal", path.display()))?;
+            Box::new(io::Cursor::new(compressed))
+        } else {
+            codec::encoder(self.cfg.compression, raw)?
+        };
         let info = self
             .client
             .write_wal_segment(
@@ -735,6 +747,9 @@ impl Read for PositionalReader {
         Ok(n)
     }
 }
+
+/// Segments up to this size are compressed in memory before they are written.
+const SMALL_SEGMENT: u64 = 256 * 1024;
 
 /// Exponential backoff with jitter, capped: 1s, 2s, 4s … 30s, each ±25 %.
 fn next_backoff(prev: Duration) -> Duration {
