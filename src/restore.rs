@@ -338,10 +338,12 @@ pub fn apply(
 /// Verified WAL frames a worker hands the applier at once: large enough that each hand-off
 /// costs little (one channel message, a few positional writes), small enough that
 /// `parallelism` indexes decoded ahead fit the memory budget (each holds at most two).
-const WAL_CHUNK: usize = 512 * 1024;
-/// Snapshot bytes per write: few syscalls, and two of them in flight stay a small part of
-/// the memory budget.
+const WAL_CHUNK: usize = 256 * 1024;
+/// Snapshot bytes per write: few syscalls, and `SNAPSHOT_BUFFERS` of them stay a small part
+/// of the memory budget.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// Snapshot buffers: one being decoded into, one being written, one waiting between them.
+const SNAPSHOT_BUFFERS: usize = 3;
 
 /// Builds the database at `tmp.db`: one thread decodes the snapshot, up to `parallelism`
 /// workers download, decode and verify the WAL indexes ahead (at most `parallelism` beyond
@@ -359,7 +361,7 @@ fn build(
     let n = plan.indexes.len();
     let window = Window::new(n, parallelism);
     let abort = AtomicBool::new(false);
-    let pool = BufferPool::default();
+    let pool = BufferPool::new(parallelism);
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..n)
         .map(|_| {
             let (tx, rx) = bounded::<WalMsg>(1);
@@ -370,8 +372,13 @@ fn build(
     // it, whatever happened: the applier never waits on a sender nobody holds.
     let senders = Mutex::new(senders);
     std::thread::scope(|scope| -> Result<()> {
-        let (snap_tx, snap_rx) = bounded::<SnapMsg>(2);
-        let (free_tx, free_rx) = bounded::<Vec<u8>>(2);
+        let (snap_tx, snap_rx) = bounded::<SnapMsg>(1);
+        // The snapshot's buffers circulate between the decoder and the writer: a fixed set,
+        // so the steady state allocates (and page-faults) nothing.
+        let (free_tx, free_rx) = bounded::<Vec<u8>>(SNAPSHOT_BUFFERS);
+        for _ in 0..SNAPSHOT_BUFFERS - 1 {
+            let _ = free_tx.try_send(vec![0u8; SNAPSHOT_CHUNK]);
+        }
         scope.spawn(move || decode_snapshot(client.as_ref(), &plan.snapshot, snap_tx, free_rx));
         for _ in 0..parallelism.min(n) {
             let (window, abort, senders, pool) = (&window, &abort, &senders, &pool);
@@ -510,9 +517,8 @@ fn decode_snapshot_into(
         total += n as u64;
         let eof = len < buf.len();
         if len > 0 {
-            let next = free
-                .try_recv()
-                .unwrap_or_else(|_| vec![0u8; SNAPSHOT_CHUNK]);
+            // Blocks until the writer hands a buffer back; fails only when it stopped.
+            let next = free.recv().map_err(|_| anyhow!("restore stopped"))?;
             let full = std::mem::replace(&mut buf, next);
             tx.send(SnapMsg::Data(full, len))
                 .map_err(|_| anyhow!("restore stopped"))?;
@@ -553,7 +559,7 @@ fn write_snapshot(
                 file.write_all_at(&buf[..len], offset)
                     .with_context(|| format!("{}: cannot write", db.display()))?;
                 offset += len as u64;
-                // Back to the decoder for reuse; dropped if it already has enough.
+                // Back to the decoder (the channel holds every buffer, so this never blocks).
                 let _ = free.try_send(buf);
             }
             Ok(SnapMsg::Done(page_size)) => return Ok(page_size),
@@ -578,19 +584,29 @@ enum WalMsg {
 }
 
 /// Chunk buffers handed back by the applier for workers to reuse, so steady state allocates
-/// (and page-faults) nothing. Only a cache: memory is bounded by the channels, not by this.
-#[derive(Default)]
-struct BufferPool(Mutex<Vec<Vec<u8>>>);
+/// (and page-faults) nothing. Only a cache: memory is bounded by the channels and the window
+/// (at most two chunks per index in flight), and the pool keeps no more than that.
+struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+    keep: usize,
+}
 
 impl BufferPool {
+    fn new(parallelism: usize) -> BufferPool {
+        BufferPool {
+            free: Mutex::new(Vec::new()),
+            keep: 2 * parallelism + 1,
+        }
+    }
+
     fn take(&self) -> Vec<u8> {
-        let reused = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
         reused.unwrap_or_else(|| vec![0u8; WAL_CHUNK])
     }
 
     fn give(&self, buf: Vec<u8>) {
-        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if v.len() < 4 {
+        let mut v = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() < self.keep {
             v.push(buf);
         }
     }
