@@ -1723,6 +1723,98 @@ mod tests {
         assert!(out.kept.len() <= cut, "{} bytes kept", out.kept.len());
     }
 
+    /// Serves `data`, failing once with `fail` after `fail_at` bytes.
+    struct Flaky {
+        data: Vec<u8>,
+        pos: usize,
+        fail_at: Option<(usize, io::ErrorKind)>,
+    }
+
+    impl Read for Flaky {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let mut end = self.data.len();
+            if let Some((at, kind)) = self.fail_at {
+                if self.pos >= at {
+                    self.fail_at = None;
+                    return Err(io::Error::new(kind, "injected"));
+                }
+                end = at;
+            }
+            let n = buf.len().min(end - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn resumable_reopens_after_a_store_failure_and_skips_what_was_read() {
+        use std::sync::atomic::AtomicU32;
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let read_with = |kind: io::ErrorKind| {
+            let opens = AtomicU32::new(0);
+            let mut r = Resumable::open("obj", || {
+                let first = opens.fetch_add(1, Ordering::SeqCst) == 0;
+                Ok(Box::new(Flaky {
+                    data: data.clone(),
+                    pos: 0,
+                    fail_at: first.then_some((30_000, kind)),
+                }) as Box<dyn Read + Send>)
+            })
+            .unwrap();
+            let mut out = Vec::new();
+            let result = r.read_to_end(&mut out).map(|_| out);
+            drop(r);
+            (result, opens.load(Ordering::SeqCst))
+        };
+        // A connection reset: reopened once, every byte delivered exactly once.
+        let (out, opens) = read_with(io::ErrorKind::ConnectionReset);
+        assert_eq!(out.unwrap(), data);
+        assert_eq!(opens, 2);
+        // Bad data: never retried.
+        let (out, opens) = read_with(io::ErrorKind::InvalidData);
+        assert_eq!(out.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(opens, 1);
+    }
+
+    #[test]
+    fn frames_land_at_their_pages_in_order() {
+        const PS: usize = 512;
+        let frame = |page: u32, commit: u32, fill: u8| {
+            let mut f = vec![fill; FRAME_HEADER_SIZE + PS];
+            f[..4].copy_from_slice(&page.to_be_bytes());
+            f[4..8].copy_from_slice(&commit.to_be_bytes());
+            f
+        };
+        // Pages 1-3 form one run; page 2 is written again later and must win.
+        let frames: Vec<u8> = [
+            frame(1, 0, 1),
+            frame(2, 0, 2),
+            frame(3, 0, 3),
+            frame(5, 0, 5),
+            frame(2, 5, 9),
+        ]
+        .concat();
+        let dir = tempfile::tempdir().unwrap();
+        let file = create_private(&dir.path().join("db")).unwrap();
+        let mut commit = None;
+        let n = write_frames(&file, &frames, PS as u32, &mut commit)
+            .map_err(|_| "write failed")
+            .unwrap();
+        assert_eq!((n, commit), (5, Some(5)));
+        let written = fs::read(dir.path().join("db")).unwrap();
+        assert_eq!(written.len(), 5 * PS);
+        for (no, fill) in [(1usize, 1u8), (2, 9), (3, 3), (4, 0), (5, 5)] {
+            let page = &written[(no - 1) * PS..no * PS];
+            assert!(page.iter().all(|&b| b == fill), "page {no}");
+        }
+        let zero = frame(0, 1, 7);
+        assert!(matches!(
+            write_frames(&file, &zero, PS as u32, &mut commit),
+            Err(FramesError::PageZero)
+        ));
+    }
+
     #[test]
     fn output_checks() {
         let dir = tempfile::tempdir().unwrap();
