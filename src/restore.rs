@@ -2,13 +2,14 @@
 //! database beside its final path and move it into place only once it is proven sound.
 //!
 //! Choosing is pure ([`choose`] over listings, unit-tested); applying touches only files named
-//! after the output (`<out>.tmp`, `<out>.tmp-wal`, `<out>.tmp-shm`, `<out>.tmp-XXXXXXXX.wal`)
-//! and never the output itself until the final no-clobber link. Every WAL byte is verified
-//! (frame salts and checksum chain, segment contiguity, commit boundaries) before SQLite sees
-//! it, because SQLite's own WAL recovery silently stops at the first bad frame and would turn a
-//! corrupt replica into a shorter database instead of an error. Memory is bounded: objects
-//! stream through a decoder one frame at a time; parallel downloads stage whole indexes on disk
-//! with a bounded look-ahead.
+//! after the output (`<out>.tmp`, and SQLite's `<out>.tmp-wal`/`-shm` while it checks it) and
+//! never the output itself until the final no-clobber link. Every WAL frame is verified (salts
+//! and checksum chain) before its page is written, and a segment that breaks contiguity or ends
+//! inside a transaction fails the whole restore, temp file removed: SQLite's own WAL recovery
+//! would silently stop at the first bad frame and turn a corrupt replica into a shorter
+//! database instead of an error. Memory is bounded: objects stream through their decoders
+//! into a few fixed-size buffers; WAL indexes are decoded at most `-parallelism` ahead of the
+//! one being applied, two chunks each.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -29,7 +30,8 @@ use crate::layout;
 use crate::logging;
 use crate::wal::{self, FrameHeader, FrameVerifier, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
 
-/// Attempts per WAL index download before giving up (stores fail transiently).
+/// Opens of one object (the first and each reopen after a store failure) before a failure is
+/// final: stores fail transiently.
 const DOWNLOAD_ATTEMPTS: u32 = 3;
 
 /// What to restore; all optional filters.
@@ -42,7 +44,7 @@ pub struct Options {
     pub index: Option<u32>,
     /// Restore the state as of this moment (exclusive with `index`).
     pub timestamp: Option<SystemTime>,
-    /// Indexes downloaded at once (and staged ahead of the one being applied).
+    /// Indexes downloaded at once (and decoded ahead of the one being applied).
     pub parallelism: usize,
 }
 
