@@ -2,33 +2,36 @@
 //! database beside its final path and move it into place only once it is proven sound.
 //!
 //! Choosing is pure ([`choose`] over listings, unit-tested); applying touches only files named
-//! after the output (`<out>.tmp`, `<out>.tmp-wal`, `<out>.tmp-shm`, `<out>.tmp-XXXXXXXX.wal`)
-//! and never the output itself until the final no-clobber link. Every WAL byte is verified
-//! (frame salts and checksum chain, segment contiguity, commit boundaries) before SQLite sees
-//! it, because SQLite's own WAL recovery silently stops at the first bad frame and would turn a
-//! corrupt replica into a shorter database instead of an error. Memory is bounded: objects
-//! stream through a decoder one frame at a time; parallel downloads stage whole indexes on disk
-//! with a bounded look-ahead.
+//! after the output (`<out>.tmp`, and SQLite's `<out>.tmp-wal`/`-shm` while it checks it) and
+//! never the output itself until the final no-clobber link. Every WAL frame is verified (salts
+//! and checksum chain) before its page is written, and a segment that breaks contiguity or ends
+//! inside a transaction fails the whole restore, temp file removed: SQLite's own WAL recovery
+//! would silently stop at the first bad frame and turn a corrupt replica into a shorter
+//! database instead of an error. Memory is bounded: objects stream through their decoders
+//! into a few fixed-size buffers; WAL indexes are decoded at most `-parallelism` ahead of the
+//! one being applied, two chunks each.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::client::{self, ReplicaClient, SnapshotInfo, WalSegmentInfo};
 use crate::codec;
 use crate::layout;
 use crate::logging;
-use crate::wal::{self, FrameHeader, FrameVerifier, WalHeader, WAL_HEADER_SIZE};
+use crate::wal::{self, FrameHeader, FrameVerifier, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
 
-/// Attempts per WAL index download before giving up (stores fail transiently).
+/// Opens of one object (the first and each reopen after a store failure) before a failure is
+/// final: stores fail transiently.
 const DOWNLOAD_ATTEMPTS: u32 = 3;
 
 /// What to restore; all optional filters.
@@ -41,7 +44,7 @@ pub struct Options {
     pub index: Option<u32>,
     /// Restore the state as of this moment (exclusive with `index`).
     pub timestamp: Option<SystemTime>,
-    /// Indexes downloaded at once (and staged ahead of the one being applied).
+    /// Indexes downloaded at once (and decoded ahead of the one being applied).
     pub parallelism: usize,
 }
 
@@ -267,12 +270,9 @@ impl TempPaths {
         })
     }
 
-    fn staged(&self, index: u32) -> PathBuf {
-        self.dir.join(format!("{}-{index:08x}.wal", self.stem))
-    }
-
-    /// Removes every temp file of this output, including staged indexes of an earlier,
-    /// interrupted restore (they are ours by name).
+    /// Removes every temp file of this output: SQLite's `-wal` and `-shm` beside the temp db
+    /// (the integrity check opens it), and the staged indexes (`<out>.tmp-XXXXXXXX.wal`) an
+    /// earlier version left when it was interrupted (they are ours by name).
     fn remove_all(&self) {
         for p in [&self.db, &self.wal, &self.shm] {
             let _ = fs::remove_file(p);
@@ -337,203 +337,328 @@ pub fn apply(
     result
 }
 
+/// Verified WAL frames a worker hands the applier at once: large enough that each hand-off
+/// costs little (one channel message, a few positional writes), small enough that
+/// `parallelism` indexes decoded ahead fit the memory budget (each holds at most two).
+const WAL_CHUNK: usize = 256 * 1024;
+/// Snapshot bytes per write: few syscalls, and `SNAPSHOT_BUFFERS` of them stay a small part
+/// of the memory budget.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// Snapshot buffers: one being decoded into, one being written, one waiting between them.
+const SNAPSHOT_BUFFERS: usize = 3;
+
+/// Builds the database at `tmp.db`: one thread decodes the snapshot, up to `parallelism`
+/// workers download, decode and verify the WAL indexes ahead (at most `parallelism` beyond
+/// the one being applied, each holding at most two chunks), and this thread writes the
+/// snapshot, then each index's pages in order, straight into the file with positional
+/// writes. Nothing is fsynced until the end: the file is a temp file that only becomes the
+/// output once it is whole, checked and fsynced (`finish`, `publish`).
 fn build(
     client: &Arc<dyn ReplicaClient>,
     plan: &Plan,
     tmp: &TempPaths,
     parallelism: usize,
 ) -> Result<()> {
-    let page_size = restore_snapshot(client.as_ref(), &plan.snapshot, &tmp.db)?;
-    if plan.indexes.is_empty() {
-        return finish(&tmp.db);
-    }
-
-    let window = Window::new(plan.indexes.len(), parallelism);
+    let file = create_private(&tmp.db)?;
+    let n = plan.indexes.len();
+    let window = Window::new(n, parallelism);
     let abort = AtomicBool::new(false);
-    let result = std::thread::scope(|scope| -> Result<()> {
-        for _ in 0..parallelism.min(plan.indexes.len()) {
-            let (window, abort) = (&window, &abort);
+    let pool = BufferPool::new(parallelism);
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..n)
+        .map(|_| {
+            let (tx, rx) = bounded::<WalMsg>(1);
+            (Some(tx), rx)
+        })
+        .unzip();
+    // A worker takes its index's sender, so the channel closes when the worker is done with
+    // it, whatever happened: the applier never waits on a sender nobody holds.
+    let senders = Mutex::new(senders);
+    std::thread::scope(|scope| -> Result<()> {
+        let (snap_tx, snap_rx) = bounded::<SnapMsg>(1);
+        // The snapshot's buffers circulate between the decoder and the writer: a fixed set,
+        // so the steady state allocates (and page-faults) nothing.
+        let (free_tx, free_rx) = bounded::<Vec<u8>>(SNAPSHOT_BUFFERS);
+        for _ in 0..SNAPSHOT_BUFFERS - 1 {
+            let _ = free_tx.try_send(vec![0u8; SNAPSHOT_CHUNK]);
+        }
+        scope.spawn(move || decode_snapshot(client.as_ref(), &plan.snapshot, snap_tx, free_rx));
+        for _ in 0..parallelism.min(n) {
+            let (window, abort, senders, pool) = (&window, &abort, &senders, &pool);
             scope.spawn(move || {
                 while let Some(k) = window.next_job() {
+                    let tx = senders
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_mut(k)
+                        .and_then(Option::take);
+                    let Some(tx) = tx else { continue };
                     if abort.load(Ordering::SeqCst) {
-                        window.done(k, Err(anyhow!("aborted")));
                         continue;
                     }
                     let (index, segments) = &plan.indexes[k];
-                    let staged = tmp.staged(*index);
-                    let r = download_index(
+                    stream_index(
                         client.as_ref(),
                         &plan.generation,
                         *index,
                         segments,
-                        &staged,
-                        page_size,
+                        &tx,
+                        pool,
                         abort,
                     );
-                    if r.is_err() {
-                        let _ = fs::remove_file(&staged);
-                    }
-                    window.done(k, r);
                 }
             });
         }
-        let applied = (|| -> Result<()> {
-            for (k, (index, _)) in plan.indexes.iter().enumerate() {
-                let staged = window.wait(k)?;
-                apply_index(
-                    &tmp.db,
-                    &tmp.wal,
-                    &tmp.shm,
-                    &staged,
-                    &plan.generation,
-                    *index,
-                )?;
-                window.applied(k);
-            }
-            Ok(())
-        })();
-        if applied.is_err() {
+        // The receivers move into `apply_all` and are dropped when it returns, so on an
+        // error every worker blocked on a full channel wakes up and stops.
+        let result = apply_all(
+            &file, &tmp.db, plan, snap_rx, free_tx, receivers, &window, &pool,
+        );
+        if result.is_err() {
             abort.store(true, Ordering::SeqCst);
         }
         window.close();
-        applied
-    });
-    result?;
-    finish(&tmp.db)
+        result
+    })?;
+    finish(&tmp.db, &file)
 }
 
-/// Streams the snapshot into `db`; returns its page size.
-fn restore_snapshot(client: &dyn ReplicaClient, info: &SnapshotInfo, db: &Path) -> Result<u32> {
+/// The applier: the snapshot, then every WAL index strictly in order.
+#[allow(clippy::too_many_arguments)]
+fn apply_all(
+    file: &File,
+    db: &Path,
+    plan: &Plan,
+    snapshot: Receiver<SnapMsg>,
+    free: Sender<Vec<u8>>,
+    indexes: Vec<Receiver<WalMsg>>,
+    window: &Window,
+    pool: &BufferPool,
+) -> Result<()> {
+    let page_size = write_snapshot(file, db, snapshot, free)?;
+    for (k, rx) in indexes.into_iter().enumerate() {
+        let (index, segments) = &plan.indexes[k];
+        let first = segments
+            .first()
+            .map(|s| layout::wal_segment_key(&plan.generation, *index, s.offset, s.compression));
+        apply_wal_index(
+            file,
+            db,
+            page_size,
+            rx,
+            &plan.generation,
+            *index,
+            first.as_deref().unwrap_or("?"),
+            pool,
+        )?;
+        window.applied(k);
+    }
+    Ok(())
+}
+
+/// From the snapshot decoder to the applier.
+enum SnapMsg {
+    /// The next `.1` bytes of the database, in a buffer of `SNAPSHOT_CHUNK`.
+    Data(Vec<u8>, usize),
+    /// The whole snapshot was delivered; its page size.
+    Done(u32),
+    Failed(anyhow::Error),
+}
+
+/// Decodes the snapshot into `tx` (buffers come back through `free`). Runs on its own thread
+/// so decompression never waits for a write, nor a write for decompression.
+fn decode_snapshot(
+    client: &dyn ReplicaClient,
+    info: &SnapshotInfo,
+    tx: Sender<SnapMsg>,
+    free: Receiver<Vec<u8>>,
+) {
+    let msg = match decode_snapshot_into(client, info, &tx, &free) {
+        Ok(page_size) => SnapMsg::Done(page_size),
+        Err(e) => SnapMsg::Failed(e),
+    };
+    // The applier is gone when this fails: it stopped on an error of its own.
+    let _ = tx.send(msg);
+}
+
+fn decode_snapshot_into(
+    client: &dyn ReplicaClient,
+    info: &SnapshotInfo,
+    tx: &Sender<SnapMsg>,
+    free: &Receiver<Vec<u8>>,
+) -> Result<u32> {
     let key = layout::snapshot_key(&info.generation, info.index, info.compression);
-    logging::info(
-        "restoring snapshot",
-        &[("snapshot", &key), ("path", &db.display())],
-    );
-    let reader = client
-        .open_snapshot(info)
-        .with_context(|| format!("cannot read snapshot {key}"))?;
-    let mut reader =
-        codec::decoder(info.compression, reader).with_context(|| format!("snapshot {key}"))?;
-    let file = create_private(db)?;
-    let mut w = BufWriter::with_capacity(256 * 1024, file);
-    let mut header = [0u8; 100];
-    let n = read_full(&mut reader, &mut header)
+    logging::info("restoring snapshot", &[("snapshot", &key)]);
+    let compression = info.compression;
+    let mut reader = Resumable::open(&key, move || {
+        let raw = client.open_snapshot(info)?;
+        Ok(codec::decoder(compression, raw)?)
+    })
+    .with_context(|| format!("cannot read snapshot {key}"))?;
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+    const HEADER: usize = 100;
+    let n = read_full(&mut reader, &mut buf[..HEADER])
         .with_context(|| format!("snapshot {key}: cannot decompress"))?;
-    if n < header.len() || &header[..16] != b"SQLite format 3\0" {
+    if n < HEADER || &buf[..16] != b"SQLite format 3\0" {
         bail!("snapshot {key} is not a SQLite database (bad header); the replica is corrupt");
     }
-    let page_size = wal::db_page_size(&header)
+    let page_size = wal::db_page_size(&buf[..HEADER])
         .ok_or_else(|| anyhow!("snapshot {key}: bad page size in header"))?;
-    w.write_all(&header)
-        .with_context(|| format!("{}: cannot write", db.display()))?;
     // SQLite sizes a database by its header, and every database in WAL mode (SQLite 3.7.0
     // or later) keeps that field valid; so we copy exactly that much. This also bounds what
     // a hostile snapshot (a small object that decompresses to terabytes) can make us write.
-    let declared = wal::db_declared_size(&header, page_size).ok_or_else(|| {
+    let declared = wal::db_declared_size(&buf[..HEADER], page_size).ok_or_else(|| {
         anyhow!("snapshot {key}: its header declares no valid database size, which no WAL-mode database lacks; the replica is corrupt")
     })?;
-    let mut reader = reader.take(declared.saturating_sub(header.len() as u64));
-    let mut copied = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut body = reader.take(declared.saturating_sub(HEADER as u64));
+    let mut total = HEADER as u64;
+    let mut len = HEADER;
     loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => bail!("snapshot {key}: cannot read or decompress: {e}"),
-        };
-        w.write_all(&buf[..n])
-            .with_context(|| format!("{}: cannot write", db.display()))?;
-        copied += n as u64;
+        let n = read_full(&mut body, &mut buf[len..])
+            .map_err(|e| anyhow!("snapshot {key}: cannot read or decompress: {e}"))?;
+        len += n;
+        total += n as u64;
+        let eof = len < buf.len();
+        if len > 0 {
+            // Blocks until the writer hands a buffer back; fails only when it stopped.
+            let next = free.recv().map_err(|_| anyhow!("restore stopped"))?;
+            let full = std::mem::replace(&mut buf, next);
+            tx.send(SnapMsg::Data(full, len))
+                .map_err(|_| anyhow!("restore stopped"))?;
+            len = 0;
+        }
+        if eof {
+            break;
+        }
     }
-    let total = copied + header.len() as u64;
     if total == declared {
         // Bytes past the declared size are pages SQLite no longer uses (a checkpoint that
         // shrank the db could not truncate it yet); they are not read, let alone written.
         let mut probe = [0u8; 1];
-        if matches!(reader.into_inner().read(&mut probe), Ok(1)) {
+        if matches!(body.into_inner().read(&mut probe), Ok(1)) {
             logging::info(
                 "snapshot holds bytes past the size its header declares; ignored",
                 &[("snapshot", &key), ("declared", &total)],
             );
         }
     }
-    if total % page_size as u64 != 0 {
+    if total % u64::from(page_size) != 0 {
         bail!("snapshot {key}: {total} bytes is not a whole number of {page_size}-byte pages; the replica is corrupt");
     }
-    let file = w
-        .into_inner()
-        .map_err(|e| anyhow!("{}: cannot write: {}", db.display(), e.error()))?;
-    file.sync_all()
-        .with_context(|| format!("{}: cannot fsync", db.display()))?;
     Ok(page_size)
 }
 
-/// Downloads one index's segments into `staged` as one WAL file, verifying every frame.
-fn download_index(
-    client: &dyn ReplicaClient,
-    generation: &str,
-    index: u32,
-    segments: &[WalSegmentInfo],
-    staged: &Path,
-    page_size: u32,
-    abort: &AtomicBool,
-) -> Result<Staged> {
-    let mut attempt = 1;
+/// Writes the decoded snapshot at the start of `file`; returns its page size.
+fn write_snapshot(
+    file: &File,
+    db: &Path,
+    rx: Receiver<SnapMsg>,
+    free: Sender<Vec<u8>>,
+) -> Result<u32> {
+    let mut offset = 0u64;
     loop {
-        match stage_index(client, generation, index, segments, staged, page_size) {
-            Ok(s) => return Ok(s),
-            Err(StageError::Fatal(e)) => return Err(e),
-            Err(StageError::Retry(e))
-                if attempt >= DOWNLOAD_ATTEMPTS || abort.load(Ordering::SeqCst) =>
-            {
-                return Err(e)
+        match rx.recv() {
+            Ok(SnapMsg::Data(buf, len)) => {
+                file.write_all_at(&buf[..len], offset)
+                    .with_context(|| format!("{}: cannot write", db.display()))?;
+                offset += len as u64;
+                // Back to the decoder (the channel holds every buffer, so this never blocks).
+                let _ = free.try_send(buf);
             }
-            Err(StageError::Retry(e)) => {
-                logging::warn(
-                    "WAL download failed, retrying",
-                    &[
-                        ("index", &format!("{index:08x}")),
-                        ("attempt", &attempt),
-                        ("error", &format!("{e:#}")),
-                    ],
-                );
-                std::thread::sleep(Duration::from_millis(250 * u64::from(attempt)));
-                attempt += 1;
-            }
+            Ok(SnapMsg::Done(page_size)) => return Ok(page_size),
+            Ok(SnapMsg::Failed(e)) => return Err(e),
+            Err(_) => bail!("the snapshot decoder stopped without a result"),
         }
     }
 }
 
-/// A WAL index verified and written to disk, ready to apply.
-#[derive(Debug)]
-struct Staged {
-    path: PathBuf,
-    frames: u64,
+/// From a WAL worker to the applier, for one index.
+enum WalMsg {
+    /// Verified frames (`.len` bytes of `buf`, whole frames) of a WAL with this page size.
+    Frames {
+        page_size: u32,
+        buf: Vec<u8>,
+        len: usize,
+    },
+    /// Every segment of the index was delivered and verified; the WAL's page size, if it
+    /// had a header.
+    End(Option<u32>),
+    Failed(anyhow::Error),
 }
 
-enum StageError {
-    /// The store failed to deliver (network, I/O): worth another try.
-    Retry(anyhow::Error),
-    /// The data itself is wrong or missing: retrying cannot help.
-    Fatal(anyhow::Error),
+/// Chunk buffers handed back by the applier for workers to reuse, so steady state allocates
+/// (and page-faults) nothing. Only a cache: memory is bounded by the channels and the window
+/// (at most two chunks per index in flight), and the pool keeps no more than that.
+struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+    keep: usize,
 }
 
-fn stage_index(
+impl BufferPool {
+    fn new(parallelism: usize) -> BufferPool {
+        BufferPool {
+            free: Mutex::new(Vec::new()),
+            keep: 2 * parallelism + 1,
+        }
+    }
+
+    fn take(&self) -> Vec<u8> {
+        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        reused.unwrap_or_else(|| vec![0u8; WAL_CHUNK])
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut v = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() < self.keep {
+            v.push(buf);
+        }
+    }
+}
+
+/// Downloads, decodes and verifies one index's segments into `tx`, ending with `End` or
+/// `Failed`.
+fn stream_index(
     client: &dyn ReplicaClient,
     generation: &str,
     index: u32,
     segments: &[WalSegmentInfo],
-    staged: &Path,
-    page_size: u32,
-) -> std::result::Result<Staged, StageError> {
-    let fatal = StageError::Fatal;
-    let file = create_private(staged).map_err(fatal)?;
-    let mut w = BufWriter::with_capacity(256 * 1024, file);
-    let write_err =
-        |e: io::Error| StageError::Fatal(anyhow!("{}: cannot write: {e}", staged.display()));
-    let mut stream = WalStream::new(page_size);
+    tx: &Sender<WalMsg>,
+    pool: &BufferPool,
+    abort: &AtomicBool,
+) {
+    let mut sink = ChunkSink {
+        tx,
+        pool,
+        buf: Vec::new(),
+        len: 0,
+        page_size: None,
+    };
+    let result =
+        stream_segments(client, generation, index, segments, &mut sink, abort).and_then(|()| {
+            sink.flush()
+                .map_err(|_| anyhow!("restore stopped"))
+                .map(|()| sink.page_size)
+        });
+    let msg = match result {
+        Ok(page_size) => WalMsg::End(page_size),
+        Err(e) => WalMsg::Failed(e),
+    };
+    // The applier is gone when this fails: it stopped on an error of its own.
+    let _ = tx.send(msg);
+}
+
+fn stream_segments(
+    client: &dyn ReplicaClient,
+    generation: &str,
+    index: u32,
+    segments: &[WalSegmentInfo],
+    sink: &mut ChunkSink<'_>,
+    abort: &AtomicBool,
+) -> Result<()> {
+    let mut stream = WalStream::new();
     for (k, seg) in segments.iter().enumerate() {
+        if abort.load(Ordering::SeqCst) {
+            bail!("restore stopped");
+        }
         let key = layout::wal_segment_key(generation, index, seg.offset, seg.compression);
         // A segment followed by another ends exactly where that one starts: decompressing
         // more than that (a hostile, bomb-like object) is an error found after one frame.
@@ -541,55 +666,378 @@ fn stage_index(
             .get(k + 1)
             .map(|next| next.offset.saturating_sub(seg.offset));
         if seg.offset != stream.offset {
-            return Err(fatal(anyhow!(
+            bail!(
                 "missing WAL segment before {key}: the previous segments of index {index:08x} end at offset {}",
                 stream.offset
-            )));
+            );
         }
-        let reader = match client.open_wal_segment(seg) {
-            Ok(r) => r,
-            Err(e) if client::is_not_found(&e) => {
-                return Err(fatal(anyhow!(
-                    "WAL segment {key} disappeared from the replica during the restore"
-                )))
+        let compression = seg.compression;
+        let mut reader = Resumable::open(&key, move || {
+            let raw = client.open_wal_segment(seg)?;
+            Ok(codec::decoder(compression, raw)?)
+        })
+        .map_err(|e| {
+            if client::is_not_found(&e) {
+                anyhow!("WAL segment {key} disappeared from the replica during the restore")
+            } else {
+                e.context(format!("cannot read WAL segment {key}"))
             }
-            Err(e) => {
-                return Err(StageError::Retry(
-                    e.context(format!("cannot read WAL segment {key}")),
-                ))
-            }
-        };
-        let mut reader = codec::decoder(seg.compression, reader)
-            .map_err(|e| fatal(anyhow!("WAL segment {key}: {e}")))?;
+        })?;
         stream
-            .segment(&mut reader, &mut w, limit)
+            .segment(&mut reader, sink, limit)
             .map_err(|e| match e {
-                SegmentError::Write(e) => write_err(e),
-                SegmentError::Read(e)
-                    if e.kind() == io::ErrorKind::InvalidData
-                        || e.kind() == io::ErrorKind::InvalidInput
-                        || e.kind() == io::ErrorKind::UnexpectedEof =>
-                {
-                    fatal(anyhow!(
-                        "WAL segment {key}: cannot decompress: {e}; the replica is corrupt"
-                    ))
+                SegmentError::Write(e) => anyhow!("restore stopped: {e}"),
+                SegmentError::Read(e) if is_corrupt(&e) => {
+                    anyhow!("WAL segment {key}: cannot decompress: {e}; the replica is corrupt")
                 }
-                SegmentError::Read(e) => {
-                    StageError::Retry(anyhow!("WAL segment {key}: cannot read: {e}"))
-                }
+                SegmentError::Read(e) => anyhow!("WAL segment {key}: cannot read: {e}"),
                 SegmentError::Corrupt(msg) => {
-                    fatal(anyhow!("WAL segment {key}: {msg}; the replica is corrupt"))
+                    anyhow!("WAL segment {key}: {msg}; the replica is corrupt")
                 }
             })?;
     }
-    let file = w
-        .into_inner()
-        .map_err(|e| write_err(io::Error::other(e.error().to_string())))?;
-    file.sync_all().map_err(write_err)?;
-    Ok(Staged {
-        path: staged.to_path_buf(),
-        frames: stream.frames,
-    })
+    Ok(())
+}
+
+/// A read error that means the data is bad (retrying cannot help), not that the store failed.
+fn is_corrupt(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// A decoded object read from a store that may fail part-way: a read failing for any reason
+/// but bad data reopens the object (at most `DOWNLOAD_ATTEMPTS` opens in all) and skips the
+/// bytes already delivered, so the reader sees one unbroken stream and a flaky store costs a
+/// re-download of that object, never bytes delivered twice or the restore. A store serving
+/// other bytes on the retry is caught like any corruption: the WAL checksum chain continues
+/// across the seam, and the snapshot is integrity-checked.
+struct Resumable<'a> {
+    what: String,
+    open: Box<dyn FnMut() -> Result<Box<dyn Read + Send + 'a>> + Send + 'a>,
+    inner: Box<dyn Read + Send + 'a>,
+    pos: u64,
+    opens: u32,
+}
+
+impl<'a> Resumable<'a> {
+    /// Opens the object, retrying failures other than [`client::NotFound`].
+    fn open(
+        what: &str,
+        open: impl FnMut() -> Result<Box<dyn Read + Send + 'a>> + Send + 'a,
+    ) -> Result<Resumable<'a>> {
+        let mut open: Box<dyn FnMut() -> Result<Box<dyn Read + Send + 'a>> + Send + 'a> =
+            Box::new(open);
+        let mut opens = 1;
+        let inner = loop {
+            match open() {
+                Ok(r) => break r,
+                Err(e) if client::is_not_found(&e) || opens >= DOWNLOAD_ATTEMPTS => return Err(e),
+                Err(e) => {
+                    retry_pause(what, opens, &format!("{e:#}"));
+                    opens += 1;
+                }
+            }
+        };
+        Ok(Resumable {
+            what: what.to_string(),
+            open,
+            inner,
+            pos: 0,
+            opens,
+        })
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        let mut r = (self.open)().map_err(|e| io::Error::other(format!("{e:#}")))?;
+        let skipped = io::copy(&mut (&mut r).take(self.pos), &mut io::sink())?;
+        if skipped != self.pos {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} bytes on a second read, {} before", skipped, self.pos),
+            ));
+        }
+        self.inner = r;
+        Ok(())
+    }
+}
+
+impl Read for Resumable<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let err = match self.inner.read(buf) {
+                Ok(n) => {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => e,
+            };
+            if is_corrupt(&err) || self.opens >= DOWNLOAD_ATTEMPTS {
+                return Err(err);
+            }
+            retry_pause(&self.what, self.opens, &err.to_string());
+            self.opens += 1;
+            if let Err(e) = self.reopen() {
+                if is_corrupt(&e) || self.opens >= DOWNLOAD_ATTEMPTS {
+                    return Err(e);
+                }
+                self.inner = Box::new(FailOnce(Some(e)));
+            }
+        }
+    }
+}
+
+/// A stream that could not be reopened: its next read fails with why, so the retry loop
+/// counts the failure and tries again.
+struct FailOnce(Option<io::Error>);
+
+impl Read for FailOnce {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(self
+            .0
+            .take()
+            .unwrap_or_else(|| io::Error::other("store read failed")))
+    }
+}
+
+fn retry_pause(what: &str, attempt: u32, error: &str) {
+    logging::warn(
+        "download failed, retrying",
+        &[("object", &what), ("attempt", &attempt), ("error", &error)],
+    );
+    std::thread::sleep(Duration::from_millis(250 * u64::from(attempt)));
+}
+
+/// Collects verified frames into `WAL_CHUNK` buffers for the applier.
+struct ChunkSink<'a> {
+    tx: &'a Sender<WalMsg>,
+    pool: &'a BufferPool,
+    buf: Vec<u8>,
+    len: usize,
+    page_size: Option<u32>,
+}
+
+impl ChunkSink<'_> {
+    fn flush(&mut self) -> io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let Some(page_size) = self.page_size else {
+            return Ok(());
+        };
+        let buf = std::mem::take(&mut self.buf);
+        let len = std::mem::replace(&mut self.len, 0);
+        self.tx
+            .send(WalMsg::Frames {
+                page_size,
+                buf,
+                len,
+            })
+            .map_err(|_| io::Error::other("restore stopped"))
+    }
+}
+
+impl FrameSink for ChunkSink<'_> {
+    fn header(&mut self, header: &WalHeader, _raw: &[u8]) -> io::Result<()> {
+        self.page_size = Some(header.page_size);
+        Ok(())
+    }
+
+    fn frame_buf(&mut self, len: usize) -> io::Result<&mut [u8]> {
+        if self.len + len > self.buf.len() {
+            self.flush()?;
+            self.buf = self.pool.take();
+            if self.buf.len() < len {
+                self.buf.resize(len, 0);
+            }
+        }
+        Ok(&mut self.buf[self.len..self.len + len])
+    }
+
+    fn keep(&mut self, len: usize) -> io::Result<()> {
+        self.len += len;
+        Ok(())
+    }
+}
+
+/// Where [`WalStream`] puts what it verified.
+trait FrameSink {
+    /// The (verified) WAL header that starts the index.
+    fn header(&mut self, header: &WalHeader, raw: &[u8]) -> io::Result<()>;
+    /// Room for the next frame, exactly `len` bytes; it is read and verified in place.
+    fn frame_buf(&mut self, len: usize) -> io::Result<&mut [u8]>;
+    /// The frame last read into `frame_buf` is verified: keep it.
+    fn keep(&mut self, len: usize) -> io::Result<()>;
+}
+
+/// Applies one index as it arrives: each verified frame's page is written at its place in
+/// the database (runs of consecutive pages in one positional write), in frame order, so the
+/// last version of each page wins; then the file takes the size the last commit declares.
+/// That is what a SQLite checkpoint of the whole WAL does, without staging the WAL on disk
+/// and reading it back.
+#[allow(clippy::too_many_arguments)]
+fn apply_wal_index(
+    file: &File,
+    db: &Path,
+    snapshot_page_size: u32,
+    rx: Receiver<WalMsg>,
+    generation: &str,
+    index: u32,
+    first_key: &str,
+    pool: &BufferPool,
+) -> Result<()> {
+    let check = |page_size: u32| -> Result<()> {
+        if page_size != snapshot_page_size {
+            bail!(
+                "WAL segment {first_key}: page size {page_size} differs from the snapshot's {snapshot_page_size}; the replica is corrupt"
+            );
+        }
+        Ok(())
+    };
+    let mut commit_pages: Option<u32> = None;
+    let mut frames = 0u64;
+    loop {
+        match rx.recv() {
+            Ok(WalMsg::Frames {
+                page_size,
+                buf,
+                len,
+            }) => {
+                check(page_size)?;
+                frames += write_frames(file, &buf[..len], page_size, &mut commit_pages)
+                    .map_err(|e| match e {
+                        FramesError::PageZero => anyhow!(
+                            "WAL index {generation}/{index:08x} holds a frame for page 0; the replica is corrupt"
+                        ),
+                        FramesError::Write(e) => anyhow!("{}: cannot write: {e}", db.display()),
+                    })?;
+                pool.give(buf);
+            }
+            Ok(WalMsg::End(page_size)) => {
+                if let Some(p) = page_size {
+                    check(p)?;
+                }
+                break;
+            }
+            Ok(WalMsg::Failed(e)) => return Err(e),
+            Err(_) => bail!("the download of WAL index {index:08x} stopped without a result"),
+        }
+    }
+    if let Some(pages) = commit_pages {
+        file.set_len(u64::from(pages) * u64::from(snapshot_page_size))
+            .with_context(|| format!("{}: cannot resize", db.display()))?;
+    }
+    logging::info(
+        "applied WAL index",
+        &[
+            ("generation", &generation),
+            ("index", &format!("{index:08x}")),
+            ("frames", &frames),
+        ],
+    );
+    Ok(())
+}
+
+enum FramesError {
+    PageZero,
+    Write(io::Error),
+}
+
+/// Writes the pages of `frames` (whole frames) into `file`; returns how many frames.
+/// `commit_pages` becomes the db size of the last commit frame seen.
+fn write_frames(
+    file: &File,
+    frames: &[u8],
+    page_size: u32,
+    commit_pages: &mut Option<u32>,
+) -> std::result::Result<u64, FramesError> {
+    let page_size = page_size as usize;
+    let frame_size = FRAME_HEADER_SIZE + page_size;
+    let mut run: Vec<&[u8]> = Vec::with_capacity(frames.len() / frame_size);
+    let mut run_start = 0u64;
+    let mut count = 0u64;
+    for frame in frames.chunks_exact(frame_size) {
+        let Some(fh) = FrameHeader::parse(frame) else {
+            continue;
+        };
+        if fh.page_no == 0 {
+            return Err(FramesError::PageZero);
+        }
+        if fh.is_commit() {
+            *commit_pages = Some(fh.db_size);
+        }
+        let page_no = u64::from(fh.page_no);
+        if run.is_empty() || run_start + run.len() as u64 != page_no || run.len() >= MAX_IOV {
+            if !run.is_empty() {
+                pwrite_all(file, &run, (run_start - 1) * page_size as u64)
+                    .map_err(FramesError::Write)?;
+                run.clear();
+            }
+            run_start = page_no;
+        }
+        run.push(&frame[FRAME_HEADER_SIZE..]);
+        count += 1;
+    }
+    if !run.is_empty() {
+        pwrite_all(file, &run, (run_start - 1) * page_size as u64).map_err(FramesError::Write)?;
+    }
+    Ok(count)
+}
+
+/// Slices per `pwritev` (Linux's IOV_MAX).
+const MAX_IOV: usize = 1024;
+
+/// Writes `parts` back to back at `offset` with one `pwritev` (the pages of a run sit apart in
+/// the frame buffer, between frame headers; this writes them without copying them together).
+fn pwrite_all(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let iov: Vec<libc::iovec> = parts
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    let off = libc::off_t::try_from(offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+    let written = loop {
+        // SAFETY: every iovec points into a slice of `parts`, alive and unmodified for the
+        // duration of the call; the count is at most MAX_IOV (callers bound `parts`).
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                off,
+            )
+        };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    if written == total {
+        return Ok(());
+    }
+    // A short write (a signal, a nearly full disk): the rest one part at a time.
+    let mut at = offset;
+    let mut skip = written;
+    for p in parts {
+        if skip >= p.len() {
+            skip -= p.len();
+        } else {
+            file.write_all_at(&p[skip..], at + skip as u64)?;
+            skip = 0;
+        }
+        at += p.len() as u64;
+    }
+    Ok(())
 }
 
 enum SegmentError {
@@ -601,29 +1049,25 @@ enum SegmentError {
 /// Follows one WAL index across its segments: header, frame chain, commit boundaries.
 #[derive(Debug)]
 struct WalStream {
-    page_size: u32,
     /// Decompressed bytes seen so far: the offset the next segment must start at.
     offset: u64,
     verifier: Option<(WalHeader, FrameVerifier)>,
     frames: u64,
-    frame: Vec<u8>,
 }
 
 impl WalStream {
-    fn new(page_size: u32) -> WalStream {
+    fn new() -> WalStream {
         WalStream {
-            page_size,
             offset: 0,
             verifier: None,
             frames: 0,
-            frame: Vec::new(),
         }
     }
 
     fn segment(
         &mut self,
         r: &mut dyn Read,
-        w: &mut dyn Write,
+        sink: &mut dyn FrameSink,
         limit: Option<u64>,
     ) -> std::result::Result<(), SegmentError> {
         let start = self.offset;
@@ -635,7 +1079,7 @@ impl WalStream {
             }
             None => r,
         };
-        let result = self.frames_of(r, w);
+        let result = self.frames_of(r, sink);
         if let Some(l) = limit {
             if result.is_ok() && self.offset - start > l {
                 return Err(SegmentError::Corrupt(format!(
@@ -649,7 +1093,7 @@ impl WalStream {
     fn frames_of(
         &mut self,
         r: &mut dyn Read,
-        w: &mut dyn Write,
+        sink: &mut dyn FrameSink,
     ) -> std::result::Result<(), SegmentError> {
         if self.verifier.is_none() {
             let mut hdr = [0u8; WAL_HEADER_SIZE];
@@ -661,40 +1105,35 @@ impl WalStream {
             }
             let header =
                 WalHeader::parse(&hdr).map_err(|e| SegmentError::Corrupt(e.to_string()))?;
-            if header.page_size != self.page_size {
-                return Err(SegmentError::Corrupt(format!(
-                    "page size {} differs from the snapshot's {}",
-                    header.page_size, self.page_size
-                )));
-            }
-            w.write_all(&hdr).map_err(SegmentError::Write)?;
+            sink.header(&header, &hdr).map_err(SegmentError::Write)?;
             self.offset += WAL_HEADER_SIZE as u64;
-            self.frame = vec![0u8; header.frame_size()];
             self.verifier = Some((header, FrameVerifier::new(&header)));
         }
-        let Some((_, verifier)) = self.verifier.as_mut() else {
+        let Some((header, verifier)) = self.verifier.as_mut() else {
             return Err(SegmentError::Corrupt("no WAL header".into()));
         };
+        let frame_size = header.frame_size();
         let mut last: Option<FrameHeader> = None;
         loop {
-            let n = read_full(r, &mut self.frame).map_err(SegmentError::Read)?;
+            let frame = sink.frame_buf(frame_size).map_err(SegmentError::Write)?;
+            let n = read_full(r, frame).map_err(SegmentError::Read)?;
             if n == 0 {
                 break;
             }
-            if n < self.frame.len() {
+            if n < frame_size {
                 return Err(SegmentError::Corrupt(format!(
                     "torn frame at offset {} ({n} bytes)",
                     self.offset
                 )));
             }
-            let Some(fh) = verifier.check(&self.frame) else {
+            let Some(fh) = verifier.check(frame) else {
                 return Err(SegmentError::Corrupt(format!(
                     "frame at offset {} fails its salt or checksum check",
                     self.offset
                 )));
             };
-            w.write_all(&self.frame).map_err(SegmentError::Write)?;
-            self.offset += self.frame.len() as u64;
+            sink.keep(frame_size).map_err(SegmentError::Write)?;
+            self.offset += frame_size as u64;
             self.frames += 1;
             last = Some(fh);
         }
@@ -708,25 +1147,19 @@ impl WalStream {
     }
 }
 
-/// Applies a staged index: it becomes `<out>.tmp-wal` and SQLite checkpoints it into the db.
-fn apply_index(
+/// Applies a WAL at `wal_path` (`frames` committed frames) to `db` with a SQLite checkpoint
+/// whose frame count must match.
+fn checkpoint_wal(
     db: &Path,
     wal_path: &Path,
     shm: &Path,
-    staged: &Staged,
+    frames: u64,
     generation: &str,
     index: u32,
 ) -> Result<()> {
-    if staged.frames == 0 {
-        let _ = fs::remove_file(&staged.path);
+    if frames == 0 {
         return Ok(());
     }
-    fs::rename(&staged.path, wal_path).with_context(|| {
-        format!(
-            "{}: cannot move staged WAL into place",
-            staged.path.display()
-        )
-    })?;
     let conn = open(db)?;
     // A fresh connection learns the db is in WAL mode (and opens the WAL) only when it first
     // reads; until then the checkpoint pragma is a no-op.
@@ -745,28 +1178,19 @@ fn apply_index(
     };
     // RESTART reports how many frames SQLite found and copied (TRUNCATE reports 0 once the
     // file is emptied), which proves SQLite used every frame we verified; TRUNCATE then
-    // empties the WAL before the next index replaces it.
+    // empties the WAL.
     let (busy, log, checkpointed) = checkpoint("RESTART")?;
     let (busy_truncate, _, _) = checkpoint("TRUNCATE")?;
     let busy = busy.max(busy_truncate);
     drop(conn);
-    if busy != 0 || log < 0 || log as u64 != staged.frames || checkpointed != log {
+    if busy != 0 || log < 0 || log as u64 != frames || checkpointed != log {
         bail!(
-            "{}: applying WAL index {generation}/{index:08x} checkpointed {checkpointed} of {} frames (busy={busy}, wal frames={log})",
+            "{}: applying WAL index {generation}/{index:08x} checkpointed {checkpointed} of {frames} frames (busy={busy}, wal frames={log})",
             db.display(),
-            staged.frames
         );
     }
     let _ = fs::remove_file(wal_path);
     let _ = fs::remove_file(shm);
-    logging::info(
-        "applied WAL index",
-        &[
-            ("generation", &generation),
-            ("index", &format!("{index:08x}")),
-            ("frames", &staged.frames),
-        ],
-    );
     Ok(())
 }
 
@@ -778,12 +1202,7 @@ pub fn replay_wal_in_place(db: &Path, frames: u64) -> Result<()> {
     wal.push("-wal");
     let mut shm = db.as_os_str().to_owned();
     shm.push("-shm");
-    let wal = PathBuf::from(wal);
-    let staged = Staged {
-        path: wal.clone(),
-        frames,
-    };
-    apply_index(db, &wal, Path::new(&shm), &staged, "local", 0)
+    checkpoint_wal(db, Path::new(&wal), Path::new(&shm), frames, "local", 0)
 }
 
 fn open(db: &Path) -> Result<Connection> {
@@ -798,8 +1217,28 @@ fn open(db: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// `PRAGMA integrity_check`, then fsync: only a sound database leaves the temp name.
-fn finish(db: &Path) -> Result<()> {
+/// `PRAGMA integrity_check` and fsync: only a sound database, durably on disk, leaves the
+/// temp name. The fsync (writing back everything the restore wrote) runs beside the check,
+/// which reads the pages back from the page cache; a second fsync afterwards covers anything
+/// SQLite itself wrote while it had the file open, and costs nothing when that is nothing.
+fn finish(db: &Path, file: &File) -> Result<()> {
+    let (synced, checked) = std::thread::scope(|scope| {
+        let sync = scope.spawn(|| file.sync_all());
+        let checked = integrity_check(db);
+        let synced = sync
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("fsync thread failed")));
+        (synced, checked)
+    });
+    checked?;
+    synced
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("{}: cannot fsync", db.display()))?;
+    Ok(())
+}
+
+fn integrity_check(db: &Path) -> Result<()> {
+    let started = std::time::Instant::now();
     let conn = open(db)?;
     let mut stmt = conn.prepare("PRAGMA integrity_check")?;
     let problems: Vec<String> = stmt
@@ -816,9 +1255,13 @@ fn finish(db: &Path) -> Result<()> {
             problems.len()
         );
     }
-    File::open(db)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("{}: cannot fsync", db.display()))?;
+    logging::info(
+        "integrity check passed",
+        &[(
+            "elapsed",
+            &format!("{:.3}s", started.elapsed().as_secs_f64()),
+        )],
+    );
     Ok(())
 }
 
@@ -881,9 +1324,9 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Hands index downloads to workers in order, at most `ahead` beyond the one being applied
-/// (staged indexes wait on disk, so this bounds disk use, not memory), and returns results
-/// to the applier in order.
+/// Hands index downloads to workers in order, at most `ahead` beyond the one being applied:
+/// with each index's channel holding at most one chunk (and its worker filling one more),
+/// this is what bounds the memory of the WAL read-ahead.
 struct Window {
     state: Mutex<WindowState>,
     cv: Condvar,
@@ -895,7 +1338,6 @@ struct WindowState {
     total: usize,
     applied: usize,
     closed: bool,
-    results: BTreeMap<usize, Result<Staged>>,
 }
 
 impl Window {
@@ -906,7 +1348,6 @@ impl Window {
                 total,
                 applied: 0,
                 closed: false,
-                results: BTreeMap::new(),
             }),
             cv: Condvar::new(),
             ahead: ahead.max(1),
@@ -926,21 +1367,6 @@ impl Window {
             if s.next < s.applied + self.ahead {
                 s.next += 1;
                 return Some(s.next - 1);
-            }
-            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn done(&self, k: usize, r: Result<Staged>) {
-        self.lock().results.insert(k, r);
-        self.cv.notify_all();
-    }
-
-    fn wait(&self, k: usize) -> Result<Staged> {
-        let mut s = self.lock();
-        loop {
-            if let Some(r) = s.results.remove(&k) {
-                return r;
             }
             s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
         }
@@ -1184,8 +1610,6 @@ mod tests {
         let w = Window::new(5, 2);
         assert_eq!(w.next_job(), Some(0));
         assert_eq!(w.next_job(), Some(1));
-        w.done(0, Err(anyhow!("x")));
-        assert!(w.wait(0).is_err());
         w.applied(0);
         assert_eq!(w.next_job(), Some(2));
         w.close();
@@ -1215,9 +1639,33 @@ mod tests {
             .collect()
     }
 
+    /// Collects what a WalStream keeps: the header, then each verified frame.
+    #[derive(Default)]
+    struct Collect {
+        kept: Vec<u8>,
+        pending: Vec<u8>,
+    }
+
+    impl FrameSink for Collect {
+        fn header(&mut self, _: &WalHeader, raw: &[u8]) -> io::Result<()> {
+            self.kept.extend_from_slice(raw);
+            Ok(())
+        }
+
+        fn frame_buf(&mut self, len: usize) -> io::Result<&mut [u8]> {
+            self.pending.resize(len, 0);
+            Ok(&mut self.pending)
+        }
+
+        fn keep(&mut self, len: usize) -> io::Result<()> {
+            self.kept.extend_from_slice(&self.pending[..len]);
+            Ok(())
+        }
+    }
+
     fn stream(parts: &[&[u8]]) -> std::result::Result<(WalStream, Vec<u8>), String> {
-        let mut st = WalStream::new(4096);
-        let mut out = Vec::new();
+        let mut st = WalStream::new();
+        let mut out = Collect::default();
         for p in parts {
             st.segment(&mut &p[..], &mut out, None)
                 .map_err(|e| match e {
@@ -1225,7 +1673,7 @@ mod tests {
                     SegmentError::Read(e) | SegmentError::Write(e) => e.to_string(),
                 })?;
         }
-        Ok((st, out))
+        Ok((st, out.kept))
     }
 
     #[test]
@@ -1253,10 +1701,6 @@ mod tests {
         // Frames of another WAL life (stale salts) are never accepted.
         let stale = fixture("stale-salt.wal");
         assert!(stream(&[&stale]).is_err());
-        let mut other_page = WalStream::new(1024);
-        assert!(other_page
-            .segment(&mut &wal[..], &mut Vec::new(), None)
-            .is_err());
     }
 
     #[test]
@@ -1264,21 +1708,113 @@ mod tests {
         let wal = fixture("valid.wal");
         let cut = commit_ends(&wal)[0];
         // Exactly the gap: fine.
-        let mut st = WalStream::new(4096);
-        st.segment(&mut &wal[..cut], &mut Vec::new(), Some(cut as u64))
+        let mut st = WalStream::new();
+        st.segment(&mut &wal[..cut], &mut Collect::default(), Some(cut as u64))
             .map_err(|_| "exact gap rejected")
             .unwrap();
         // The whole WAL claimed to fit before a segment at `cut`: refused, having read at
         // most one frame past the gap.
-        let mut st = WalStream::new(4096);
-        let mut out = Vec::new();
+        let mut st = WalStream::new();
+        let mut out = Collect::default();
         match st.segment(&mut &wal[..], &mut out, Some(cut as u64)) {
             Err(SegmentError::Corrupt(m)) => {
                 assert!(m.contains("torn frame") || m.contains("more than"), "{m}")
             }
             _ => panic!("an over-long segment was accepted"),
         }
-        assert!(out.len() <= cut + 4120, "{} bytes written", out.len());
+        assert!(out.kept.len() <= cut, "{} bytes kept", out.kept.len());
+    }
+
+    /// Serves `data`, failing once with `fail` after `fail_at` bytes.
+    struct Flaky {
+        data: Vec<u8>,
+        pos: usize,
+        fail_at: Option<(usize, io::ErrorKind)>,
+    }
+
+    impl Read for Flaky {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let mut end = self.data.len();
+            if let Some((at, kind)) = self.fail_at {
+                if self.pos >= at {
+                    self.fail_at = None;
+                    return Err(io::Error::new(kind, "injected"));
+                }
+                end = at;
+            }
+            let n = buf.len().min(end - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn resumable_reopens_after_a_store_failure_and_skips_what_was_read() {
+        use std::sync::atomic::AtomicU32;
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let read_with = |kind: io::ErrorKind| {
+            let opens = AtomicU32::new(0);
+            let mut r = Resumable::open("obj", || {
+                let first = opens.fetch_add(1, Ordering::SeqCst) == 0;
+                Ok(Box::new(Flaky {
+                    data: data.clone(),
+                    pos: 0,
+                    fail_at: first.then_some((30_000, kind)),
+                }) as Box<dyn Read + Send>)
+            })
+            .unwrap();
+            let mut out = Vec::new();
+            let result = r.read_to_end(&mut out).map(|_| out);
+            drop(r);
+            (result, opens.load(Ordering::SeqCst))
+        };
+        // A connection reset: reopened once, every byte delivered exactly once.
+        let (out, opens) = read_with(io::ErrorKind::ConnectionReset);
+        assert_eq!(out.unwrap(), data);
+        assert_eq!(opens, 2);
+        // Bad data: never retried.
+        let (out, opens) = read_with(io::ErrorKind::InvalidData);
+        assert_eq!(out.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(opens, 1);
+    }
+
+    #[test]
+    fn frames_land_at_their_pages_in_order() {
+        const PS: usize = 512;
+        let frame = |page: u32, commit: u32, fill: u8| {
+            let mut f = vec![fill; FRAME_HEADER_SIZE + PS];
+            f[..4].copy_from_slice(&page.to_be_bytes());
+            f[4..8].copy_from_slice(&commit.to_be_bytes());
+            f
+        };
+        // Pages 1-3 form one run; page 2 is written again later and must win.
+        let frames: Vec<u8> = [
+            frame(1, 0, 1),
+            frame(2, 0, 2),
+            frame(3, 0, 3),
+            frame(5, 0, 5),
+            frame(2, 5, 9),
+        ]
+        .concat();
+        let dir = tempfile::tempdir().unwrap();
+        let file = create_private(&dir.path().join("db")).unwrap();
+        let mut commit = None;
+        let n = write_frames(&file, &frames, PS as u32, &mut commit)
+            .map_err(|_| "write failed")
+            .unwrap();
+        assert_eq!((n, commit), (5, Some(5)));
+        let written = fs::read(dir.path().join("db")).unwrap();
+        assert_eq!(written.len(), 5 * PS);
+        for (no, fill) in [(1usize, 1u8), (2, 9), (3, 3), (4, 0), (5, 5)] {
+            let page = &written[(no - 1) * PS..no * PS];
+            assert!(page.iter().all(|&b| b == fill), "page {no}");
+        }
+        let zero = frame(0, 1, 7);
+        assert!(matches!(
+            write_frames(&file, &zero, PS as u32, &mut commit),
+            Err(FramesError::PageZero)
+        ));
     }
 
     #[test]

@@ -456,6 +456,10 @@ fn agent(skip_verify: bool) -> ureq::Agent {
         .timeout_per_read(Some(Duration::from_secs(60)))
         .timeout_per_write(Some(Duration::from_secs(60)))
         .max_redirects(0)
+        // Restore downloads up to -parallelism WAL segments at once (8 by default); pooling
+        // that many connections saves a TCP (and TLS) handshake per segment.
+        .max_idle_connections(16)
+        .max_idle_connections_per_host(16)
         .tls_config(tls)
         .build();
     ureq::Agent::new_with_config(config)
