@@ -7,10 +7,14 @@
 //! directory made unwritable, and the S3 proxy dropping connections, stalling or answering
 //! 500/503. Before each step the daemon is asked, through `/metrics`, which committed point it
 //! has synced (a db tick after that commit, then zero lag on the replica); after each step a
-//! restore (alternately from the file and the S3 replica) must pass integrity_check, equal
-//! the application's state at some commit, and be no older than that synced point. At the end,
-//! after a graceful stop, both replicas restore to the final state. The summary prints the
-//! steps per kind, restores checked, rows committed and lost, peak RSS and the seed.
+//! restore (alternately from the file and the S3 replica, into tmpfs when there is one) must
+//! pass integrity_check, hold exactly ids 1..=N for a committed N with every row equal to what
+//! the writer stored (columns, blob length and CRC-32, recorded per row as it was written), and
+//! be no older than that synced point. At the end, after a graceful stop, both replicas restore
+//! to the final state. The summary prints the steps per kind, restores checked, rows committed
+//! and lost, peak RSS and the seed, plus evidence that the replica faults met syncs (sync
+//! errors the daemon logged in the window, S3 requests that got the fault) and the time per
+//! phase of a step.
 //!
 //! `SOAK_SECONDS` (default 60) and `SOAK_SEED` (default: from the clock) drive it.
 
@@ -262,6 +266,20 @@ impl Soak {
         self.daemon.as_mut().expect("daemon running")
     }
 
+    /// How many times the running daemon has logged a failed sync of `replica`.
+    fn sync_errors(&self, replica: &str) -> usize {
+        let needle = format!(" replica={replica} ");
+        self.daemon
+            .as_ref()
+            .map(|d| {
+                d.log_text()
+                    .lines()
+                    .filter(|l| l.contains("msg=\"replica sync error\"") && l.contains(&needle))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     fn sample(&mut self) {
         if let Some(d) = self.daemon.as_mut() {
             d.assert_alive();
@@ -480,6 +498,8 @@ fn soak() {
     // S3 requests that met a stall or an injected 500/503, per kind: evidence that the
     // windows overlapped the daemon's syncs.
     let mut faulted: BTreeMap<&str, u64> = BTreeMap::new();
+    // Replica-fault steps during which the daemon logged a failed sync of that replica.
+    let mut failed_syncs: BTreeMap<&str, u64> = BTreeMap::new();
     let mut barrier_misses = 0u64;
     let mut round: Vec<&str> = Vec::new();
     let start = Instant::now();
@@ -498,6 +518,13 @@ fn soak() {
             }
         }
         let kind = round.pop().unwrap();
+        // The replica a fault of this kind is aimed at, and its sync errors so far.
+        let target = match kind {
+            "file-replica-unwritable" => Some("file"),
+            k if k.starts_with("s3-") => Some("s3"),
+            _ => None,
+        };
+        let errors_before = target.map(|r| soak.sync_errors(r));
         // How long a fault lasts: at least 300 ms, i.e. more than a sync-interval plus a
         // monitor tick, so every replica fault meets at least one sync attempt (and a
         // SIGSTOP several ticks), and under a second, so the run spends its time on steps.
@@ -549,12 +576,12 @@ fn soak() {
                 soak.s3.proxy.set_up();
             }
             "s3-stall" | "s3-http-500" | "s3-http-503" => {
+                let before = soak.s3.proxy.requests().len();
                 soak.s3.proxy.set_fault(match kind {
                     "s3-stall" => Fault::Stall,
                     "s3-http-500" => Fault::Status(500),
                     _ => Fault::Status(503),
                 });
-                let before = soak.s3.proxy.requests().len();
                 std::thread::sleep(hold);
                 soak.s3.proxy.set_fault(Fault::None);
                 let n = soak.s3.proxy.requests().len() - before;
@@ -583,6 +610,13 @@ fn soak() {
             &what,
         );
         restores += 1;
+        // Counted after the restore: a stalled or refused request may fail (and be logged)
+        // only when the window ends, or after the client's own retries.
+        if let (Some(r), Some(n)) = (target, errors_before) {
+            if soak.sync_errors(r) > n {
+                *failed_syncs.entry(kind).or_default() += 1;
+            }
+        }
         if step % 10 == 0 {
             println!(
                 "  step {step} at {:.0} s: {kind}; committed {}, restored {got} from {name} (synced before: {})",
@@ -640,6 +674,15 @@ fn soak() {
         faulted
             .iter()
             .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  replica faults that failed a sync {}",
+        steps
+            .iter()
+            .filter(|(k, _)| **k == "file-replica-unwritable" || k.starts_with("s3-"))
+            .map(|(k, n)| format!("{k} {}/{n}", failed_syncs.get(k).unwrap_or(&0)))
             .collect::<Vec<_>>()
             .join(", ")
     );
