@@ -500,6 +500,8 @@ fn soak() {
     let mut faulted: BTreeMap<&str, u64> = BTreeMap::new();
     // Replica-fault steps during which the daemon logged a failed sync of that replica.
     let mut failed_syncs: BTreeMap<&str, u64> = BTreeMap::new();
+    // S3 faults held past the client's retries, and how many of them failed a sync.
+    let (mut long_steps, mut long_failed) = (0u64, 0u64);
     let mut barrier_misses = 0u64;
     let mut round: Vec<&str> = Vec::new();
     let start = Instant::now();
@@ -528,8 +530,18 @@ fn soak() {
         // How long a fault lasts: at least 300 ms, i.e. more than a sync-interval plus a
         // monitor tick, so every replica fault meets at least one sync attempt (and a
         // SIGSTOP several ticks), and under a second, so the run spends its time on steps.
-        let hold = Duration::from_millis(rng.range(300, 900));
+        // The S3 client retries a failed request itself (waits of 0.4, 0.8, 1.6, 3.2 s,
+        // ±25%), so a short S3 fault only meets those retries; one S3 fault in 16 lasts
+        // 8-9 s, past them, so the sync fails and the replica's own error, backoff and
+        // resume path runs too (a stall holds one request for the whole window instead).
+        let long = target == Some("s3") && rng.range(0, 16) == 0;
+        let hold = Duration::from_millis(if long {
+            rng.range(8000, 9000)
+        } else {
+            rng.range(300, 900)
+        });
         step += 1;
+        long_steps += long as u64;
         match kind {
             "sigkill-restart" => {
                 std::thread::sleep(Duration::from_millis(rng.range(0, 300)));
@@ -615,6 +627,7 @@ fn soak() {
         if let (Some(r), Some(n)) = (target, errors_before) {
             if soak.sync_errors(r) > n {
                 *failed_syncs.entry(kind).or_default() += 1;
+                long_failed += long as u64;
             }
         }
         if step % 10 == 0 {
@@ -686,6 +699,7 @@ fn soak() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    println!("  long S3 faults (8-9 s)    {long_steps}, {long_failed} failed a sync");
     // Where the time went, per step (the two final restores count under restore/check).
     let per = |d: Duration| d.as_secs_f64() * 1000.0 / step.max(1) as f64;
     println!(
