@@ -1117,6 +1117,71 @@ mod tests {
         drop(r); // joins the workers; a hang here fails the test by timeout
     }
 
+    /// CPU seconds of the calling thread.
+    fn thread_cpu() -> f64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime only writes the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    }
+
+    /// Not a test: the replica thread's CPU per GiB of WAL segments, half random and half
+    /// text pages as in the bench (`cargo test --release --lib wal_segment_cpu -- --ignored
+    /// --nocapture`), beside flate2's level-1 GzEncoder that it replaces.
+    #[test]
+    #[ignore]
+    fn wal_segment_cpu_per_gib() {
+        // One 1 MiB transaction: 256 frames of 24-byte header + 4 KiB page; pages come from
+        // 64 KiB rows, alternately random and text.
+        let rows = mixed(1 << 20);
+        let mut segment = Vec::new();
+        for page in rows.chunks(4096) {
+            segment.extend_from_slice(&[0x5a; 24]);
+            segment.extend_from_slice(page);
+        }
+        let rounds = 256; // ~257 MiB
+        let gib = (segment.len() * rounds) as f64 / (1u64 << 30) as f64;
+        let mut sink = vec![0u8; 64 * 1024];
+        let measure = |f: &mut dyn FnMut() -> usize| {
+            let t = thread_cpu();
+            let mut out = 0;
+            for _ in 0..rounds {
+                out += f();
+            }
+            (
+                (thread_cpu() - t) / gib,
+                out as f64 / (segment.len() * rounds) as f64,
+            )
+        };
+        let (ours, ratio) = measure(&mut || {
+            let mut e = encoder(Compression::Gzip, &segment[..]).unwrap();
+            let mut n = 0;
+            loop {
+                match e.read(&mut sink).unwrap() {
+                    0 => break n,
+                    k => n += k,
+                }
+            }
+        });
+        let (old, old_ratio) = measure(&mut || {
+            let mut e =
+                flate2::read::GzEncoder::new(&segment[..], flate2::Compression::new(GZIP_LEVEL));
+            let mut n = 0;
+            loop {
+                match e.read(&mut sink).unwrap() {
+                    0 => break n,
+                    k => n += k,
+                }
+            }
+        });
+        println!(
+            "encoder: {ours:.2} CPU s/GiB (ratio {ratio:.3}); flate2 GzEncoder level 1: {old:.2} CPU s/GiB (ratio {old_ratio:.3})"
+        );
+    }
+
     #[test]
     fn corrupt_gzip_is_an_error_not_a_panic() {
         let mut back = Vec::new();
