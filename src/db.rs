@@ -774,7 +774,9 @@ impl Db {
                 if got < want {
                     break;
                 }
-                frames *= 8;
+                // Capped at a full buffer: unbounded, it overflowed after ~21 full reads
+                // (panic in debug; in release it wrapped to 0 and this loop spun forever).
+                frames = (frames * 8).min(max_chunk / frame_size);
             }
             let progressed = off > scan_off;
             if !progressed && attempt == 0 && scan_off > shadow.size {
