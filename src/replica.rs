@@ -357,7 +357,9 @@ impl Replica {
             .db
             .db_file()
             .ok_or_else(|| anyhow!("database file not open yet"))?;
-        let mut data = codec::encoder(self.cfg.compression, PositionalReader { file, offset: 0 })?;
+        // Compressed on worker threads while this one reads the file and feeds the store.
+        let mut data =
+            codec::snapshot_encoder(self.cfg.compression, PositionalReader { file, offset: 0 })?;
         let info = self
             .client
             .write_snapshot(&generation, target.index, self.cfg.compression, &mut data)
