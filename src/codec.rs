@@ -222,7 +222,9 @@ fn put_stored(data: &[u8], out: &mut Vec<u8>) {
 /// so stored blocks written by hand can follow; the compressor's history no longer matches
 /// the stream after one, so it is reset before the next deflated run.
 struct Deflater {
-    comp: Compress,
+    /// Created for the first run worth deflating: a stream of random pages never pays for
+    /// the compressor's few hundred KiB.
+    comp: Option<Compress>,
     /// The compressor has seen bytes the stream does not continue from.
     stale: bool,
 }
@@ -230,14 +232,16 @@ struct Deflater {
 impl Deflater {
     fn new() -> Self {
         Deflater {
-            comp: Compress::new(flate2::Compression::new(GZIP_LEVEL), false),
+            comp: None,
             stale: false,
         }
     }
 
     /// Starts a new stream (a new member).
     fn reset(&mut self) {
-        self.comp.reset();
+        if let Some(comp) = &mut self.comp {
+            comp.reset();
+        }
         self.stale = false;
     }
 
@@ -269,19 +273,22 @@ impl Deflater {
 
     fn run(&mut self, data: &[u8], deflate: bool, out: &mut Vec<u8>) -> io::Result<()> {
         if deflate {
-            if self.stale {
-                self.comp.reset();
+            let stale = self.stale;
+            let comp = self
+                .comp
+                .get_or_insert_with(|| Compress::new(flate2::Compression::new(GZIP_LEVEL), false));
+            if stale {
+                comp.reset();
                 self.stale = false;
             }
             let before = out.len();
             // Level 1's static Huffman codes expand a byte by at most 9/8; anything near that
             // is stored instead, so the run never needs more room than this.
             out.reserve(stored_len(data.len()) + 64);
-            let in0 = self.comp.total_in();
-            self.comp
-                .compress_vec(data, out, FlushCompress::Sync)
+            let in0 = comp.total_in();
+            comp.compress_vec(data, out, FlushCompress::Sync)
                 .map_err(io::Error::other)?;
-            let consumed = self.comp.total_in() - in0;
+            let consumed = comp.total_in() - in0;
             // A full output buffer may mean an unfinished flush: not smaller than stored.
             let complete = consumed == data.len() as u64 && out.len() < out.capacity();
             if complete && out.len() - before < stored_len(data.len()) {
@@ -340,7 +347,8 @@ impl<R: Read> GzStreamEncoder<R> {
             deflater: Deflater::new(),
             crc: Crc::new(),
             len: 0,
-            chunk: vec![0u8; RUN],
+            // Grows ×4 per full read up to RUN: most WAL segments are a few pages.
+            chunk: vec![0u8; 4 * UNIT],
             out: PLAIN_HEADER.to_vec(),
             pos: 0,
             done: false,
@@ -367,7 +375,9 @@ impl<R: Read> Read for GzStreamEncoder<R> {
             self.crc.update(data);
             self.len += n as u64;
             self.deflater.push(data, &mut self.out)?;
-            if n < self.chunk.len() {
+            if n == self.chunk.len() && n < RUN {
+                self.chunk.resize((n * 4).min(RUN), 0);
+            } else if n < self.chunk.len() {
                 self.out.extend_from_slice(&FINAL_BLOCK);
                 self.out.extend_from_slice(&self.crc.sum().to_le_bytes());
                 // ISIZE is the length mod 2^32 by definition.
