@@ -9,14 +9,17 @@
 //! would silently stop at the first bad frame and turn a corrupt replica into a shorter
 //! database instead of an error. Memory is bounded: objects stream through their decoders
 //! into a few fixed-size buffers; WAL indexes are decoded at most `-parallelism` ahead of the
-//! one being applied, two chunks each.
+//! one being applied, two chunks each. From a remote store (S3) each of those indexes is first
+//! downloaded whole, still compressed, into an anonymous spool file beside the output, so the
+//! downloads run in parallel instead of at the pace of the applier; disk use is then bounded
+//! by the compressed size of `-parallelism` indexes, and nothing of it survives the process.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -361,6 +364,13 @@ fn build(
 ) -> Result<()> {
     let file = create_private(&tmp.db)?;
     let n = plan.indexes.len();
+    // A file replica reads as fast as it decodes: streaming is best. Over a network, a worker
+    // reading only as fast as the applier consumes serialises the downloads; spooling each
+    // index lets them all proceed at once.
+    let spool = client.is_remote().then_some(SpoolDir {
+        dir: tmp.dir.as_path(),
+        stem: tmp.stem.as_str(),
+    });
     let window = Window::new(n, parallelism);
     let abort = AtomicBool::new(false);
     let pool = BufferPool::new(parallelism);
@@ -384,6 +394,7 @@ fn build(
         scope.spawn(move || decode_snapshot(client.as_ref(), &plan.snapshot, snap_tx, free_rx));
         for _ in 0..parallelism.min(n) {
             let (window, abort, senders, pool) = (&window, &abort, &senders, &pool);
+            let spool = spool.as_ref();
             scope.spawn(move || {
                 while let Some(k) = window.next_job() {
                     let tx = senders
@@ -404,6 +415,7 @@ fn build(
                         &tx,
                         pool,
                         abort,
+                        spool,
                     );
                 }
             });
@@ -615,7 +627,8 @@ impl BufferPool {
 }
 
 /// Downloads, decodes and verifies one index's segments into `tx`, ending with `End` or
-/// `Failed`.
+/// `Failed`. With `spool`, the index is downloaded whole into a spool file first.
+#[allow(clippy::too_many_arguments)]
 fn stream_index(
     client: &dyn ReplicaClient,
     generation: &str,
@@ -624,6 +637,7 @@ fn stream_index(
     tx: &Sender<WalMsg>,
     pool: &BufferPool,
     abort: &AtomicBool,
+    spool: Option<&SpoolDir<'_>>,
 ) {
     let mut sink = ChunkSink {
         tx,
@@ -632,8 +646,8 @@ fn stream_index(
         len: 0,
         page_size: None,
     };
-    let result =
-        stream_segments(client, generation, index, segments, &mut sink, abort).and_then(|()| {
+    let result = stream_segments(client, generation, index, segments, &mut sink, abort, spool)
+        .and_then(|()| {
             sink.flush()
                 .map_err(|_| anyhow!("restore stopped"))
                 .map(|()| sink.page_size)
@@ -653,7 +667,15 @@ fn stream_segments(
     segments: &[WalSegmentInfo],
     sink: &mut ChunkSink<'_>,
     abort: &AtomicBool,
+    spool: Option<&SpoolDir<'_>>,
 ) -> Result<()> {
+    // Dropped (and so freed on disk) when this index is done, whatever happened.
+    let spooled = match spool {
+        Some(dir) => Some(spool_index(
+            client, generation, index, segments, dir, abort,
+        )?),
+        None => None,
+    };
     let mut stream = WalStream::new();
     for (k, seg) in segments.iter().enumerate() {
         if abort.load(Ordering::SeqCst) {
@@ -672,17 +694,25 @@ fn stream_segments(
             );
         }
         let compression = seg.compression;
-        let mut reader = Resumable::open(&key, move || {
-            let raw = client.open_wal_segment(seg)?;
-            Ok(codec::decoder(compression, raw)?)
-        })
-        .map_err(|e| {
-            if client::is_not_found(&e) {
-                anyhow!("WAL segment {key} disappeared from the replica during the restore")
-            } else {
-                e.context(format!("cannot read WAL segment {key}"))
+        let mut reader: Box<dyn Read + Send + '_> = match &spooled {
+            Some(sp) => {
+                let (pos, end) = sp.ranges[k];
+                let raw = SpoolReader {
+                    file: &sp.file,
+                    pos,
+                    end,
+                };
+                codec::decoder(compression, raw)
+                    .with_context(|| format!("cannot read WAL segment {key}"))?
             }
-        })?;
+            None => Box::new(
+                Resumable::open(&key, move || {
+                    let raw = client.open_wal_segment(seg)?;
+                    Ok(codec::decoder(compression, raw)?)
+                })
+                .map_err(|e| segment_open_error(e, &key))?,
+            ),
+        };
         stream
             .segment(&mut reader, sink, limit)
             .map_err(|e| match e {
@@ -697,6 +727,159 @@ fn stream_segments(
             })?;
     }
     Ok(())
+}
+
+fn segment_open_error(e: anyhow::Error, key: &str) -> anyhow::Error {
+    if client::is_not_found(&e) {
+        anyhow!("WAL segment {key} disappeared from the replica during the restore")
+    } else {
+        e.context(format!("cannot read WAL segment {key}"))
+    }
+}
+
+/// Where spool files go: the output's directory, which is known to be writable and (unlike a
+/// tmpfs `/tmp`) holds disk rather than memory; `stem` names the fallback files.
+struct SpoolDir<'a> {
+    dir: &'a Path,
+    stem: &'a str,
+}
+
+/// One index's compressed segments, downloaded back to back into an anonymous file: segment
+/// `k` is `ranges[k]` (start, end) of `file`.
+struct Spool {
+    file: File,
+    ranges: Vec<(u64, u64)>,
+}
+
+/// Bytes per read of a download: few syscalls, and `-parallelism` of them stay a small part
+/// of the memory budget.
+const SPOOL_BUF: usize = 64 * 1024;
+
+/// Downloads every segment of one index into a spool file, with the retry/resume of
+/// [`Resumable`]. A store that sends more than the size it listed is refused after that many
+/// bytes: the listed sizes are what bounds the disk a restore uses.
+fn spool_index(
+    client: &dyn ReplicaClient,
+    generation: &str,
+    index: u32,
+    segments: &[WalSegmentInfo],
+    dir: &SpoolDir<'_>,
+    abort: &AtomicBool,
+) -> Result<Spool> {
+    let file = spool_file(dir)?;
+    let mut buf = vec![0u8; SPOOL_BUF];
+    let mut ranges = Vec::with_capacity(segments.len());
+    let mut at = 0u64;
+    for seg in segments {
+        let key = layout::wal_segment_key(generation, index, seg.offset, seg.compression);
+        let mut reader = Resumable::open(&key, move || client.open_wal_segment(seg))
+            .map_err(|e| segment_open_error(e, &key))?;
+        let start = at;
+        loop {
+            // Checked per read so a failed restore does not finish its downloads first.
+            if abort.load(Ordering::SeqCst) {
+                bail!("restore stopped");
+            }
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => bail!("WAL segment {key}: cannot download: {e}"),
+            };
+            if at - start + n as u64 > seg.size {
+                bail!(
+                    "WAL segment {key}: the store sends more than the {} bytes it lists; the replica changed during the restore or the store is broken",
+                    seg.size
+                );
+            }
+            file.write_all_at(&buf[..n], at).with_context(|| {
+                format!(
+                    "cannot spool WAL segment {key} in {} (is the disk full?)",
+                    dir.dir.display()
+                )
+            })?;
+            at += n as u64;
+        }
+        ranges.push((start, at));
+    }
+    Ok(Spool { file, ranges })
+}
+
+/// Fallback spool files get distinct names within the process.
+static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A new read-write file in `dir` that has no name, so no error, crash or `kill -9` can leave
+/// it behind: `O_TMPFILE` where the filesystem supports it; elsewhere a file created
+/// exclusively and unlinked at once, whose name (`<stem>-spool-….wal`) is one that
+/// [`TempPaths::remove_all`] clears should the process die between the two calls.
+fn spool_file(dir: &SpoolDir<'_>) -> Result<File> {
+    match fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir.dir)
+    {
+        Ok(f) => return Ok(f),
+        // The filesystem (or kernel) has no O_TMPFILE; anything else is a real failure.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) => {}
+        Err(e) => {
+            return Err(anyhow!(e).context(format!(
+                "{}: cannot create a spool file for WAL downloads",
+                dir.dir.display()
+            )))
+        }
+    }
+    spool_file_named(dir)
+}
+
+fn spool_file_named(dir: &SpoolDir<'_>) -> Result<File> {
+    let name = format!(
+        "{}-spool-{}-{}.wal",
+        dir.stem,
+        std::process::id(),
+        SPOOL_SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = dir.dir.join(name);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("{}: cannot create spool file", path.display()))?;
+    fs::remove_file(&path)
+        .with_context(|| format!("{}: cannot unlink spool file", path.display()))?;
+    Ok(file)
+}
+
+/// Reads `pos..end` of a spool file with positional reads (no shared file offset).
+struct SpoolReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for SpoolReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = usize::try_from(self.end - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            // The file is ours and was written to `end`: shorter means the disk lost data.
+            return Err(io::Error::other("spool file shorter than what was written"));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// A read error that means the data is bad (retrying cannot help), not that the store failed.
@@ -1815,6 +1998,29 @@ mod tests {
             write_frames(&file, &zero, PS as u32, &mut commit),
             Err(FramesError::PageZero)
         ));
+    }
+
+    #[test]
+    fn spool_files_have_no_name_and_are_private() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sd = SpoolDir {
+            dir: dir.path(),
+            stem: "out.db.tmp",
+        };
+        for f in [spool_file(&sd).unwrap(), spool_file_named(&sd).unwrap()] {
+            f.write_all_at(b"compressed bytes", 0).unwrap();
+            let mut r = SpoolReader {
+                file: &f,
+                pos: 11,
+                end: 16,
+            };
+            let mut back = Vec::new();
+            r.read_to_end(&mut back).unwrap();
+            assert_eq!(back, b"bytes");
+            assert_eq!(f.metadata().unwrap().mode() & 0o777, 0o600);
+            assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
     }
 
     #[test]

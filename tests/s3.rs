@@ -598,3 +598,131 @@ fn s3_retention_keeps_the_bucket_bounded() {
     assert_integrity_ok(&out);
     assert_eq!(id_summary(&out), (n, 1, n));
 }
+
+/// Names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Copies the tree at `from` into `to` (objects s3s-fs then serves).
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// Restore from S3 downloads each WAL index into a spool file beside the output before
+/// decoding it. A restore of several indexes equals the source; neither it nor a restore that
+/// fails on a corrupt segment leaves anything in the output directory or the temp dir.
+#[test]
+fn s3_restore_of_several_indexes_leaves_no_spool_file() {
+    let Some((env, s3)) = setup("s3-spool") else {
+        return;
+    };
+    // A file replica with several indexes (a small min-checkpoint-page-count makes the daemon
+    // checkpoint after each batch), then served as is by the S3 server.
+    env.write_config(&Cfg {
+        min_checkpoint_page_count: 10,
+        ..Cfg::default()
+    });
+    let app = create_app_db(&env.db, 4096);
+    let mut d = env.start("daemon-spool");
+    let ok = wait_until(DEADLINE, || {
+        d.assert_alive();
+        generations(&env.replica)
+            .iter()
+            .any(|g| !snapshot_indexes(&env.replica, g).is_empty())
+    });
+    assert!(ok, "no snapshot within {DEADLINE:?}");
+    let gen = generations(&env.replica)[0].clone();
+    let indexes = |env: &Env| {
+        let mut v: Vec<u32> = wal_segments(&env.replica, &gen)
+            .iter()
+            .map(|s| s.0)
+            .collect();
+        v.dedup();
+        v
+    };
+    let mut next = 1i64;
+    for batch in 0..15 {
+        for id in next..next + 20 {
+            insert_row(&app, id, 5000);
+        }
+        next += 20;
+        let n = next - 1;
+        env.wait_restore(DEADLINE, &format!("batch {batch} replicated"), |p| {
+            id_summary(p) == (n, 1, n)
+        });
+        if indexes(&env).len() >= 5 {
+            break;
+        }
+        // A tick for the daemon to checkpoint before the next batch restarts the WAL.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let src = digest_conn(&app, "t");
+    d.stop_ok();
+    let idx = indexes(&env);
+    assert!(idx.len() >= 4, "expected several WAL indexes, got {idx:?}");
+    copy_tree(&env.replica, &s3.replica_dir());
+
+    let out_dir = env.root.join("out");
+    let tmp_dir = env.root.join("tmp");
+    fs::create_dir_all(&out_dir).unwrap();
+    fs::create_dir_all(&tmp_dir).unwrap();
+    let restore = |name: &str| {
+        let out = out_dir.join(name);
+        let o = Command::new(BIN)
+            .args(["restore", "-parallelism", "3", "-o"])
+            .arg(&out)
+            .arg(s3.url())
+            .env("LITESTREAM_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("LITESTREAM_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("TMPDIR", &tmp_dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (o, out)
+    };
+
+    let (o, out) = restore("restored.db");
+    assert!(
+        o.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(table_digest(&out, "t"), src);
+    assert_integrity_ok(&out);
+    assert_eq!(names_in(&out_dir), vec!["restored.db".to_string()]);
+    assert!(names_in(&tmp_dir).is_empty(), "{:?}", names_in(&tmp_dir));
+
+    // A corrupt segment of a middle index: the restore fails and leaves nothing behind.
+    let segs = wal_segments(&s3.replica_dir(), &gen);
+    let mid = idx[idx.len() / 2];
+    let (_, _, path) = segs.iter().find(|s| s.0 == mid).unwrap();
+    let len = fs::metadata(path).unwrap().len() as usize;
+    fs::write(path, vec![0x5au8; len.max(64)]).unwrap();
+    let (o, out) = restore("second.db");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("corrupt"), "{stderr}");
+    assert!(!out.exists());
+    assert_eq!(names_in(&out_dir), vec!["restored.db".to_string()]);
+    assert!(names_in(&tmp_dir).is_empty(), "{:?}", names_in(&tmp_dir));
+}

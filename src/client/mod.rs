@@ -113,6 +113,14 @@ pub trait ReplicaClient: Send + Sync {
     /// so a replica never lets more people read the data than the database does.
     fn set_object_mode(&self, _mode: u32) {}
 
+    /// Whether objects come over a network (S3) rather than from a local directory: restore
+    /// then downloads each WAL index whole into a local spool file before decoding it, so
+    /// downloads run in parallel instead of at the pace of the applier. Derived from `kind`
+    /// so that wrappers which forward `kind` (the counting client) need nothing more.
+    fn is_remote(&self) -> bool {
+        self.kind() != "file"
+    }
+
     fn list_generations(&self) -> Result<Listing<String>>;
     /// Snapshots of one generation; an unknown generation lists as empty.
     fn list_snapshots(&self, generation: &str) -> Result<Listing<SnapshotInfo>>;
