@@ -151,8 +151,9 @@ pub fn decoder<'a, R: Read + Send + 'a>(
     }
 }
 
-/// Reads until `buf` is full or the end of the stream; returns how much was read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads until `buf` is full or the end of the stream; returns how much was read. (Shared with
+/// the restore pipeline and the S3 client, which read objects in fixed-size pieces.)
+pub(crate) fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

@@ -28,7 +28,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::client::{self, ReplicaClient, SnapshotInfo, WalSegmentInfo};
-use crate::codec;
+use crate::codec::{self, read_full};
 use crate::layout;
 use crate::logging;
 use crate::wal::{self, FrameHeader, FrameVerifier, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
@@ -1492,19 +1492,6 @@ fn create_private(path: &Path) -> Result<File> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("{}: cannot create", path.display()))
-}
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Hands index downloads to workers in order, at most `ahead` beyond the one being applied:

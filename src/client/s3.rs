@@ -10,7 +10,7 @@
 //! replica, the operation, the key and the HTTP status. Secrets and signatures never appear
 //! in an error: only the store's own error code and message do.
 
-use std::io::{self, Read};
+use std::io::Read;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
@@ -25,7 +25,7 @@ use s3::serde_types::{
 use s3::{Bucket, Region};
 
 use super::{Listing, NotFound, ReplicaClient, Result, SnapshotInfo, WalSegmentInfo};
-use crate::codec::Compression;
+use crate::codec::{read_full, Compression};
 use crate::config::S3Config;
 use crate::layout;
 use crate::position::is_generation;
@@ -567,19 +567,6 @@ fn between(s: &str, open: &str, close: &str) -> Option<String> {
     let start = s.find(open)? + open.len();
     let end = s[start..].find(close)? + start;
     Some(s[start..end].to_string())
-}
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 impl ReplicaClient for S3Client {
