@@ -391,11 +391,17 @@ fn build(
         for _ in 0..SNAPSHOT_BUFFERS - 1 {
             let _ = free_tx.try_send(vec![0u8; SNAPSHOT_CHUNK]);
         }
-        scope.spawn(move || decode_snapshot(client.as_ref(), &plan.snapshot, snap_tx, free_rx));
+        // Joined explicitly below: the scope's own wait ends when each closure returns, while
+        // the thread may still be running its thread-local destructors (seen by the fuzzer's
+        // leak checker); joining waits for the threads themselves to exit.
+        let mut threads = Vec::with_capacity(parallelism.min(n) + 1);
+        threads.push(
+            scope.spawn(move || decode_snapshot(client.as_ref(), &plan.snapshot, snap_tx, free_rx)),
+        );
         for _ in 0..parallelism.min(n) {
             let (window, abort, senders, pool) = (&window, &abort, &senders, &pool);
             let spool = spool.as_ref();
-            scope.spawn(move || {
+            threads.push(scope.spawn(move || {
                 while let Some(k) = window.next_job() {
                     let tx = senders
                         .lock()
@@ -418,7 +424,7 @@ fn build(
                         spool,
                     );
                 }
-            });
+            }));
         }
         // The receivers move into `apply_all` and are dropped when it returns, so on an
         // error every worker blocked on a full channel wakes up and stops.
@@ -429,6 +435,12 @@ fn build(
             abort.store(true, Ordering::SeqCst);
         }
         window.close();
+        for t in threads {
+            // Joined by hand, a panicking worker is no longer re-raised by the scope.
+            if let Err(panic) = t.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
         result
     })?;
     finish(&tmp.db, &file)
