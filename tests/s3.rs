@@ -639,13 +639,7 @@ fn s3_restore_of_several_indexes_leaves_no_spool_file() {
     });
     let app = create_app_db(&env.db, 4096);
     let mut d = env.start("daemon-spool");
-    let ok = wait_until(DEADLINE, || {
-        d.assert_alive();
-        generations(&env.replica)
-            .iter()
-            .any(|g| !snapshot_indexes(&env.replica, g).is_empty())
-    });
-    assert!(ok, "no snapshot within {DEADLINE:?}");
+    wait_for_a_snapshot(&env, &mut d);
     let gen = generations(&env.replica)[0].clone();
     let indexes = |env: &Env| {
         let mut v: Vec<u32> = wal_segments(&env.replica, &gen)

@@ -1224,11 +1224,9 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 // Small replicas for restore error paths
 // ---------------------------------------------------------------------------------------------
 
-/// A small real replica: daemon, a few commits, graceful stop. Returns the source digest.
-pub fn make_replica(env: &Env) -> Digest {
-    env.write_config(&Cfg::default());
-    let app = create_app_db(&env.db, 4096);
-    let mut d = env.start("daemon");
+/// Waits until the file replica holds a generation with a snapshot (the daemon is up and has
+/// synced once); panics if the daemon dies or none appears within DEADLINE.
+pub fn wait_for_a_snapshot(env: &Env, d: &mut Daemon) {
     let ok = wait_until(DEADLINE, || {
         d.assert_alive();
         generations(&env.replica)
@@ -1236,6 +1234,14 @@ pub fn make_replica(env: &Env) -> Digest {
             .any(|g| !snapshot_indexes(&env.replica, g).is_empty())
     });
     assert!(ok, "no snapshot within {DEADLINE:?}");
+}
+
+/// A small real replica: daemon, a few commits, graceful stop. Returns the source digest.
+pub fn make_replica(env: &Env) -> Digest {
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let mut d = env.start("daemon");
+    wait_for_a_snapshot(env, &mut d);
     for chunk in 0..6 {
         tx(&app, |c| {
             for i in 0..5 {
