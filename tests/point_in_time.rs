@@ -7,16 +7,6 @@ use std::time::{Duration, SystemTime};
 use common::*;
 use rusqlite::Connection;
 
-fn wait_first_snapshot(env: &Env, d: &mut Daemon) {
-    let ok = wait_until(DEADLINE, || {
-        d.assert_alive();
-        generations(&env.replica)
-            .iter()
-            .any(|g| !snapshot_indexes(&env.replica, g).is_empty())
-    });
-    assert!(ok, "no snapshot in the replica within {DEADLINE:?}");
-}
-
 fn insert_ids(app: &Connection, from: i64, to: i64, len: usize) {
     let mut id = from;
     while id <= to {
@@ -36,7 +26,7 @@ fn restore_to_timestamp_between_two_batches() {
     env.write_config(&Cfg::default());
     let app = create_app_db(&env.db, 4096);
     let mut d = env.start("daemon");
-    wait_first_snapshot(&env, &mut d);
+    wait_for_a_snapshot(&env, &mut d);
 
     // Batch A, fully replicated.
     insert_ids(&app, 1, 40, 5000);
@@ -98,7 +88,7 @@ fn restore_to_intermediate_index() {
     });
     let app = create_app_db(&env.db, 4096);
     let mut d = env.start("daemon");
-    wait_first_snapshot(&env, &mut d);
+    wait_for_a_snapshot(&env, &mut d);
     let gen = generations(&env.replica)[0].clone();
 
     let max_index = |env: &Env| {

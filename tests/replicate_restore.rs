@@ -9,21 +9,6 @@ use std::time::Duration;
 use common::*;
 use rusqlite::{params, Connection};
 
-/// Waits until the replica holds a generation with a snapshot (the daemon is up and synced).
-fn wait_first_snapshot(env: &Env, d: &mut Daemon) {
-    let ok = wait_until(DEADLINE, || {
-        d.assert_alive();
-        generations(&env.replica)
-            .iter()
-            .any(|g| !snapshot_indexes(&env.replica, g).is_empty())
-    });
-    assert!(
-        ok,
-        "no snapshot in the replica within {DEADLINE:?}; tree: {:?}",
-        list_tree(&env.replica)
-    );
-}
-
 /// `n` transactions mixing inserts of 10–20 KB blobs (multi-page at 4 KiB pages), updates of
 /// counters and blobs, and deletes. Ids are never reused.
 fn mixed_workload(
@@ -88,7 +73,7 @@ fn replicate_with_config_then_restore_by_config_and_by_url() {
     let app = create_app_db(&env.db, 4096);
 
     let mut d = env.start("daemon");
-    wait_first_snapshot(&env, &mut d);
+    wait_for_a_snapshot(&env, &mut d);
 
     let (mut next_id, mut live) = (1i64, BTreeSet::new());
     mixed_workload(&app, 320, 7, &mut next_id, &mut live);
@@ -198,7 +183,7 @@ fn replicate_adhoc_form_with_file_url() {
     let env = Env::new("adhoc");
     let app = create_app_db(&env.db, 4096);
     let mut d = env.start_adhoc("daemon-adhoc");
-    wait_first_snapshot(&env, &mut d);
+    wait_for_a_snapshot(&env, &mut d);
 
     let (mut next_id, mut live) = (1i64, BTreeSet::new());
     mixed_workload(&app, 60, 11, &mut next_id, &mut live);
@@ -242,7 +227,7 @@ fn writer_in_a_separate_sqlite3_process() {
     env.write_config(&Cfg::default());
     drop(create_app_db(&env.db, 4096));
     let mut d = env.start("daemon");
-    wait_first_snapshot(&env, &mut d);
+    wait_for_a_snapshot(&env, &mut d);
 
     let mut rng = Rng::new(99);
     let mut next_id = 1i64;
@@ -316,7 +301,7 @@ fn a_large_backlog_is_copied_in_one_tick() {
     let app = create_app_db(&env.db, 4096);
     env.write_config(&Cfg::default());
     let mut d = env.start("daemon-backlog");
-    wait_first_snapshot(&env, &mut d);
+    wait_for_a_snapshot(&env, &mut d);
 
     d.signal(libc::SIGSTOP);
     let mut rng = Rng::new(77);
@@ -349,7 +334,7 @@ fn spilled_and_rolled_back_transactions_never_reach_a_restore() {
     app.execute_batch("PRAGMA cache_size = 50;").unwrap();
     env.write_config(&Cfg::default());
     let mut d = env.start("daemon-spill");
-    wait_first_snapshot(&env, &mut d);
+    wait_for_a_snapshot(&env, &mut d);
 
     let mut rng = Rng::new(91);
     let mut next_id = 1i64;

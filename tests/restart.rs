@@ -9,16 +9,6 @@ use std::time::Duration;
 use common::*;
 use rusqlite::Connection;
 
-fn wait_first_snapshot(env: &Env, d: &mut Daemon) {
-    let ok = wait_until(DEADLINE, || {
-        d.assert_alive();
-        generations(&env.replica)
-            .iter()
-            .any(|g| !snapshot_indexes(&env.replica, g).is_empty())
-    });
-    assert!(ok, "no snapshot in the replica within {DEADLINE:?}");
-}
-
 /// Inserts ids `from..=to`, a few rows per transaction.
 fn insert_ids(app: &Connection, from: i64, to: i64) {
     let mut id = from;
@@ -55,7 +45,7 @@ fn restart_without_writes_uploads_nothing_then_resumes_in_same_generation() {
     let app = create_app_db(&env.db, 4096);
 
     let mut d1 = env.start("daemon-1");
-    wait_first_snapshot(&env, &mut d1);
+    wait_for_a_snapshot(&env, &mut d1);
     insert_ids(&app, 1, 30);
     wait_rows(&env, 30);
     d1.stop_ok();
@@ -133,7 +123,7 @@ fn restart_after_sigkill_without_writes_keeps_generation() {
     let app = create_app_db(&env.db, 4096);
 
     let mut d1 = env.start("daemon-1");
-    wait_first_snapshot(&env, &mut d1);
+    wait_for_a_snapshot(&env, &mut d1);
     insert_ids(&app, 1, 20);
     wait_rows(&env, 20);
     let gen = generations(&env.replica)[0].clone();
@@ -163,7 +153,7 @@ fn external_truncate_checkpoint_while_stopped_starts_new_generation() {
     let app = create_app_db(&env.db, 4096);
 
     let mut d1 = env.start("daemon-1");
-    wait_first_snapshot(&env, &mut d1);
+    wait_for_a_snapshot(&env, &mut d1);
     insert_ids(&app, 1, 20);
     wait_rows(&env, 20);
     d1.stop_ok();

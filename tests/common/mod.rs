@@ -1233,7 +1233,11 @@ pub fn wait_for_a_snapshot(env: &Env, d: &mut Daemon) {
             .iter()
             .any(|g| !snapshot_indexes(&env.replica, g).is_empty())
     });
-    assert!(ok, "no snapshot within {DEADLINE:?}");
+    assert!(
+        ok,
+        "no snapshot in the replica within {DEADLINE:?}; tree: {:?}",
+        list_tree(&env.replica)
+    );
 }
 
 /// A small real replica: daemon, a few commits, graceful stop. Returns the source digest.
