@@ -384,3 +384,50 @@ fn spilled_and_rolled_back_transactions_never_reach_a_restore() {
     assert_integrity_ok(&out2);
     assert_eq!(table_digest(&out2, "t"), src);
 }
+
+/// RESTART checkpoints while a writer commits steadily: each restarts the WAL (a new index)
+/// without losing a frame to the replica, which would force a new generation and a full
+/// snapshot, and the replica restores to exactly what was committed.
+#[test]
+fn restart_checkpoints_under_a_steady_writer_stay_in_one_generation() {
+    let env = Env::new("restart-under-load");
+    let app = create_app_db(&env.db, 4096);
+    env.write_config(&Cfg {
+        min_checkpoint_page_count: 50,
+        extra_db: "    max-checkpoint-page-count: 200\n    truncate-page-count: 1000\n".into(),
+        ..Cfg::default()
+    });
+    let mut d = env.start("daemon-restart-under-load");
+    wait_for_a_snapshot(&env, &mut d);
+    let gen = generations(&env.replica).pop().unwrap();
+
+    // A short pause between commits: back to back, the writer would keep the write lock
+    // nearly all the time and a RESTART (which needs it) would give way on every try.
+    let w = Writer::start(&env.db, 1, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_secs(5));
+    let last = w.finish();
+    let src = digest_conn(&app, "t");
+    let out = env.wait_restore(DEADLINE, "restore equals the committed state", |p| {
+        table_digest(p, "t") == src
+    });
+    assert_integrity_ok(&out);
+    assert_blobs_match_hash(&out);
+    let log = d.log_text();
+    d.stop_ok();
+    let indexes: BTreeSet<u32> = wal_segments(&env.replica, &gen)
+        .into_iter()
+        .map(|(index, _, _)| index)
+        .collect();
+    assert!(
+        indexes.len() >= 3,
+        "the WAL restarted {} times under {last} commits:\n{log}",
+        indexes.len().saturating_sub(1)
+    );
+    assert_eq!(
+        log.matches("msg=\"new generation\"").count(),
+        1,
+        "a checkpoint under load started a new generation:\n{log}"
+    );
+    assert_eq!(generations(&env.replica), vec![gen]);
+    assert_replica_tree_valid(&env.replica);
+}
