@@ -1,7 +1,11 @@
 //! Row 2: the application's write throughput with the daemon replicating vs without it (same
-//! db, alternating phases in one run). Row 3: the daemon's CPU seconds per GiB of WAL.
+//! db, alternating phases in one run), and beside it the same ratio with only a read lock held
+//! the way Litestream v0.3 holds it (no copying at all): the floor any replicator that pins the
+//! WAL with a read transaction pays. Row 3: the daemon's CPU seconds per GiB of WAL.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
@@ -99,11 +103,62 @@ impl Writer {
     }
 }
 
-fn overhead_one(ctx: &Ctx, big: bool) -> Result<(f64, f64, usize, f64), String> {
-    let dir = ctx.dir(if big {
-        "overhead-64k"
-    } else {
-        "overhead-small"
+/// What runs beside the writer in the "with" phases.
+#[derive(Clone, Copy, PartialEq)]
+enum Beside {
+    Daemon,
+    /// Litestream v0.3's lock alone: a read transaction held all the time, released once a
+    /// second for a PASSIVE checkpoint (its default monitor-interval and min page count).
+    ReadLockOnly,
+}
+
+/// Holds v0.3's read lock on `db` until dropped.
+struct ReadLockHolder {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReadLockHolder {
+    fn start(db: PathBuf) -> ReadLockHolder {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let c = harness::open_app(&db);
+            c.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
+            while !flag.load(Ordering::SeqCst) {
+                c.execute_batch("BEGIN").unwrap();
+                c.query_row("SELECT COUNT(1) FROM sqlite_master", [], |_| Ok(()))
+                    .unwrap();
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_secs(1) && !flag.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                c.execute_batch("ROLLBACK").unwrap();
+                c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    .unwrap();
+            }
+        });
+        ReadLockHolder {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ReadLockHolder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn overhead_one(ctx: &Ctx, big: bool, beside: Beside) -> Result<(f64, f64, usize, f64), String> {
+    let dir = ctx.dir(match (big, beside) {
+        (true, _) => "overhead-64k",
+        (false, Beside::Daemon) => "overhead-small",
+        (false, Beside::ReadLockOnly) => "overhead-small-readlock",
     });
     let db = dir.join("app.db");
     let replica = dir.join("replica");
@@ -130,7 +185,14 @@ fn overhead_one(ctx: &Ctx, big: bool) -> Result<(f64, f64, usize, f64), String> 
             [true, false]
         };
         for with in order {
-            if with {
+            if with && beside == Beside::ReadLockOnly {
+                let holder = ReadLockHolder::start(db.clone());
+                std::thread::sleep(Duration::from_millis(500));
+                let (n, t) = w.run_for(phase);
+                drop(holder);
+                on_n += n;
+                on_t += t.as_secs_f64();
+            } else if with {
                 let d = start_daemon(&dir, &db, &replica, port, None, &format!("daemon-{p}.log"));
                 wait_ready(&d, &replica, port)?;
                 std::thread::sleep(Duration::from_millis(500));
@@ -160,18 +222,28 @@ fn overhead_one(ctx: &Ctx, big: bool) -> Result<(f64, f64, usize, f64), String> 
 }
 
 pub fn overhead(ctx: &mut Ctx) {
-    for big in [false, true] {
-        let metric = if big {
-            "application throughput with daemon / without (64 KiB rows)"
-        } else {
-            "application throughput with daemon / without (small rows)"
+    for (big, beside) in [
+        (false, Beside::Daemon),
+        (false, Beside::ReadLockOnly),
+        (true, Beside::Daemon),
+    ] {
+        let metric = match (big, beside) {
+            (true, _) => "application throughput with daemon / without (64 KiB rows)",
+            (false, Beside::Daemon) => "application throughput with daemon / without (small rows)",
+            (false, Beside::ReadLockOnly) => {
+                "application throughput with only v0.3's read lock held / without (small rows)"
+            }
         };
-        match overhead_one(ctx, big) {
+        match overhead_one(ctx, big, beside) {
             Ok((on, off, pairs, daemon_cores)) => {
                 let ratio = on / off;
                 let phase = if ctx.quick { "1.5 s" } else { "5 s" };
+                let what = match beside {
+                    Beside::Daemon => "the daemon (default intervals, file replica, gzip; started before and stopped after its phase, measured once it has caught up)",
+                    Beside::ReadLockOnly => "no daemon but a second connection doing what Litestream v0.3 does to the WAL, minus all copying: a read transaction held throughout, released once a second for `PRAGMA wal_checkpoint(PASSIVE)` (the floor for any replicator that pins the WAL; information only)",
+                };
                 let w = format!(
-                    "one writer thread, one autocommit `INSERT OR REPLACE` per transaction ({}), back to back; {} phases of {phase} with the daemon (default intervals, file replica, gzip; started before and stopped after its phase, measured once it has caught up) alternating ABBA with {} phases without it, same db",
+                    "one writer thread, one autocommit `INSERT OR REPLACE` per transaction ({}), back to back; {} phases of {phase} with {what} alternating ABBA with {} phases without it, same db",
                     if big {
                         "64 KiB row, alternately random and text, ids cycling over 256"
                     } else {
@@ -180,18 +252,23 @@ pub fn overhead(ctx: &mut Ctx) {
                     pairs,
                     pairs
                 );
-                ctx.push(Row::new(
-                    metric,
-                    format!(
+                let value = match beside {
+                    Beside::Daemon => format!(
                         "{ratio:.3} ({on:.0} vs {off:.0} tx/s; the daemon used {:.0}% of a core meanwhile)",
                         daemon_cores * 100.0
                     ),
-                    if big { "–" } else { "≥ 0.98" },
-                    if big { "–" } else { "0.94–0.96" },
-                    if big {
-                        Met::Na
-                    } else {
+                    Beside::ReadLockOnly => format!("{ratio:.3} ({on:.0} vs {off:.0} tx/s)"),
+                };
+                let headline = !big && beside == Beside::Daemon;
+                ctx.push(Row::new(
+                    metric,
+                    value,
+                    if headline { "≥ 0.98" } else { "–" },
+                    if headline { "0.94–0.96" } else { "–" },
+                    if headline {
                         Row::met_if(ratio >= 0.98)
+                    } else {
+                        Met::Na
                     },
                     w,
                 ));
