@@ -565,22 +565,42 @@ fn inflate_job(_: &mut (), mut job: Job) {
 }
 
 fn inflate_member(member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-    out.clear();
-    // ISIZE (the trailer's last 4 bytes) is only a hint for the allocation, capped.
+    // Inflate into `out` as it is (a recycled buffer keeps the length of its last member) and
+    // grow it only when full: `read_to_end` would zero its whole spare capacity first, for
+    // every member. ISIZE (the trailer's last 4 bytes) is only a hint for the size, plus one
+    // byte so that the end of the member is seen without growing the buffer.
     if let Some(t) = member.len().checked_sub(4).and_then(|i| member.get(i..)) {
         let isize = u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as usize;
-        out.reserve(isize.min(MAX_MEMBER_RAW));
+        let want = isize.saturating_add(1).min(MAX_MEMBER_RAW + 1);
+        if out.len() < want {
+            out.resize(want, 0);
+        }
     }
     let mut d = flate2::bufread::GzDecoder::new(member);
-    let n = (&mut d)
-        .take(MAX_MEMBER_RAW as u64 + 1)
-        .read_to_end(out)
-        .map_err(|e| corrupt(format!("corrupt gzip member: {e}")))?;
+    let mut n = 0;
+    loop {
+        if n == out.len() {
+            if n > MAX_MEMBER_RAW {
+                break;
+            }
+            let grown = (n * 2).clamp(64 * 1024, MAX_MEMBER_RAW + 1);
+            out.resize(grown, 0);
+        }
+        // One byte past the cap is enough to tell a bomb; never more.
+        let end = out.len().min(MAX_MEMBER_RAW + 1);
+        match d.read(&mut out[n..end]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(corrupt(format!("corrupt gzip member: {e}"))),
+        }
+    }
     if n > MAX_MEMBER_RAW {
         return Err(corrupt(format!(
             "gzip member inflates past {MAX_MEMBER_RAW} bytes"
         )));
     }
+    out.truncate(n);
     if !d.into_inner().is_empty() {
         return Err(corrupt(
             "gzip member ends before its recorded length".to_string(),
@@ -707,10 +727,13 @@ impl<'a, R: Read + Send + 'a> GzDecoder<'a, R> {
             )));
         }
         let (mut input, output) = self.free.pop().unwrap_or_default();
-        input.clear();
-        input.extend_from_slice(&header);
-        input.resize(len, 0);
-        let got = read_full(r, &mut input[header.len()..])?;
+        // A recycled buffer keeps its length: zeroing a MiB per member only to overwrite it
+        // cost as much CPU as copying the member out of the HTTP body.
+        if input.len() < len {
+            input.resize(len, 0);
+        }
+        input[..header.len()].copy_from_slice(&header);
+        let got = read_full(r, &mut input[header.len()..len])?;
         if got < len - header.len() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
