@@ -249,6 +249,8 @@ pub struct Db {
     shadow: Option<Shadow>,
     last_checkpoint: Instant,
     waiting_logged: bool,
+    /// `flock` on `<meta dir>/lock`, held for as long as this process replicates the db.
+    meta_lock: Option<File>,
     /// After a RESTART checkpoint came back busy, use PASSIVE until this instant.
     restart_backoff_until: Option<Instant>,
     restart_backoff: Duration,
@@ -296,6 +298,7 @@ impl Db {
             shadow: None,
             last_checkpoint: Instant::now(),
             waiting_logged: false,
+            meta_lock: None,
             restart_backoff_until: None,
             restart_backoff: Duration::from_secs(1),
             wal_seen: None,
@@ -486,14 +489,17 @@ impl Db {
             .file_mode
             .store(meta.permissions().mode() & 0o7777, Ordering::Relaxed);
 
+        let meta_dir = self.shared.meta_dir.clone();
+        create_dir_like(&meta_dir, &path)?;
+        if self.meta_lock.is_none() {
+            self.meta_lock = Some(lock_meta_dir(&meta_dir, &path, self.shared.file_mode())?);
+        }
         self.shared.open_db_file()?;
         let conn = open_connection(&path, self.cfg.busy_timeout)?;
         self.conn = Some(conn);
         self.in_read_tx = false;
         self.begin_read_tx()?;
 
-        let meta_dir = self.shared.meta_dir.clone();
-        create_dir_like(&meta_dir, &path)?;
         remove_tmp_files(&meta_dir);
 
         match self.resume()? {
@@ -1549,6 +1555,31 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 /// Creates the metadata dir `dir` with the db file's mode (plus `x` where it has `r`, see
 /// `client::file::dir_mode_for`) and, as root, the db file's owner: the shadow WAL holds the
 /// data, so no more people may read it than may read the db.
+/// Takes an exclusive `flock` on `<meta dir>/lock`. Two daemons replicating one db would each
+/// take the other's WAL restarts for lost frames and remove the other's generations; the
+/// second one waits here instead (retried every monitor-interval, so it takes over when the
+/// first exits). The kernel drops the lock when the process dies, even by SIGKILL.
+fn lock_meta_dir(meta_dir: &Path, db_path: &Path, mode: u32) -> Result<File> {
+    let path = meta_dir.join("lock");
+    // Always empty, so truncating it under another holder is harmless; the db file's mode, as
+    // every file here has.
+    let file = create_file(&path, mode)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor owned by `file`; flock has no memory effects.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!(
+                "{}: another litestream process is already replicating this database (it holds {}); waiting for it to exit",
+                db_path.display(),
+                path.display()
+            );
+        }
+        return Err(err).with_context(|| format!("{}: cannot lock", path.display()));
+    }
+    Ok(file)
+}
+
 fn create_dir_like(dir: &Path, db_path: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());

@@ -214,3 +214,40 @@ fn external_truncate_checkpoint_while_stopped_starts_new_generation() {
     );
     assert_eq!(id_summary(&out), (39, 1, 40));
 }
+
+/// A second daemon on the same db must not fight the first (each would take the other's WAL
+/// restarts for lost frames and remove its generations): it waits on the metadata dir's lock,
+/// says why, and takes over in the same generation once the first one exits.
+#[test]
+fn a_second_daemon_on_the_same_db_waits_then_takes_over() {
+    let env = Env::new("second-daemon");
+    let app = create_app_db(&env.db, 4096);
+    insert_ids(&app, 1, 20);
+    env.write_config(&Cfg::default());
+    let first = env.start("daemon-first");
+    wait_rows(&env, 20);
+    let gens = generations(&env.replica);
+    assert_eq!(gens.len(), 1);
+
+    let mut second = env.start("daemon-second");
+    second.wait_log(
+        "another litestream process is already replicating this database",
+        DEADLINE,
+    );
+    insert_ids(&app, 21, 60);
+    wait_rows(&env, 60);
+    first.stop_ok();
+
+    second.wait_log("resuming generation", DEADLINE);
+    insert_ids(&app, 61, 100);
+    let out = wait_rows(&env, 100);
+    assert_integrity_ok(&out);
+    let log = second.log_text();
+    second.stop_ok();
+    assert_eq!(
+        generations(&env.replica),
+        gens,
+        "second daemon's log:\n{log}"
+    );
+    assert!(!log.contains("new generation"), "{log}");
+}
