@@ -117,6 +117,51 @@ impl S3Server {
         )
     }
 
+    /// Seconds curl takes to GET, one after the other and into /dev/null, every object under
+    /// `prefix` whose key holds `part`: what s3s-fs alone needs to serve them, the floor of any
+    /// client's restore from it on this machine. None if curl is missing or a GET failed.
+    pub fn curl_download_secs(&self, prefix: &str, part: &str) -> Option<f64> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        let bucket = self.dir.join(BUCKET);
+        let mut files = Vec::new();
+        walk(&self.prefix_dir(prefix), &mut files);
+        let keys: Vec<String> = files
+            .iter()
+            .filter_map(|f| f.strip_prefix(&bucket).ok())
+            .map(|k| k.to_string_lossy().into_owned())
+            .filter(|k| k.contains(part) && (k.ends_with(".gz") || k.ends_with(".lz4")))
+            .collect();
+        if keys.is_empty() {
+            return None;
+        }
+        let user = format!("{ACCESS_KEY}:{SECRET_KEY}");
+        let t = Instant::now();
+        for k in &keys {
+            let ok = Command::new("curl")
+                .args(["-sS", "--fail", "-o", "/dev/null"])
+                .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", &user])
+                .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+                .arg(format!("http://127.0.0.1:{}/{BUCKET}/{k}", self.port))
+                .stdin(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                return None;
+            }
+        }
+        Some(t.elapsed().as_secs_f64())
+    }
+
     /// Environment with the credentials, for `litestream restore URL`.
     pub fn env(&self) -> [(&'static str, &'static str); 2] {
         [

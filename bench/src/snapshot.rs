@@ -165,6 +165,7 @@ fn s3_restore_row(
     metric: &str,
     r: Result<Restored, String>,
     file_secs: Option<f64>,
+    curl_secs: Option<f64>,
     workload: String,
 ) {
     match r {
@@ -178,10 +179,18 @@ fn s3_restore_row(
                 ),
                 None => (String::new(), Met::Na),
             };
+            // The server's own floor: serving the snapshot to curl, which decodes nothing.
+            let floor = match (curl_secs, file_secs) {
+                (Some(c), Some(f)) => format!(
+                    "; s3s-fs serves the snapshot object alone to curl in {c:.2} s = {:.2}× the file restore",
+                    c / f
+                ),
+                _ => String::new(),
+            };
             ctx.push(Row::new(
                 metric,
                 format!(
-                    "{speed:.0} MiB/s, {peak:.1} MiB peak ({:.2} s, {:.2} s CPU{ratio}; s3s-fs used {:.2} s CPU)",
+                    "{speed:.0} MiB/s, {peak:.1} MiB peak ({:.2} s, {:.2} s CPU{ratio}; s3s-fs used {:.2} s CPU{floor})",
                     r.secs,
                     r.cpu,
                     r.server_cpu.unwrap_or(f64::NAN)
@@ -324,12 +333,14 @@ pub fn run(ctx: &mut Ctx) {
                 .iter()
                 .find(|(fc, _)| *fc == c)
                 .and_then(|x| x.1);
+            let curl = s3.curl_download_secs(&format!("restore-{c}"), "/snapshots/");
             s3_restore_row(
                 ctx,
                 &format!("restore from local S3, snapshot only ({c})"),
                 r,
                 file,
-                "as the file row, from `s3://bkt/…?endpoint=http://127.0.0.1:PORT` straight to s3s-fs (not through the proxy), a replica the daemon uploaded; compared with the file replica's snapshot-only restore".to_string(),
+                curl,
+                "as the file row, from `s3://bkt/…?endpoint=http://127.0.0.1:PORT` straight to s3s-fs (not through the proxy), a replica the daemon uploaded; compared with the file replica's snapshot-only restore; floor = `curl --aws-sigv4 … -o /dev/null` of the snapshot object from the same server right after".to_string(),
             );
         }
     }
@@ -439,6 +450,7 @@ pub fn run(ctx: &mut Ctx) {
                 &format!("restore from local S3, snapshot + WAL ({c})"),
                 r,
                 file,
+                None,
                 format!("as the file row ({shape}), straight from the local s3s-fs; compared with the file replica's restore of the same data"),
             );
         }
