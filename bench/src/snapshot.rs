@@ -165,7 +165,7 @@ fn s3_restore_row(
     metric: &str,
     r: Result<Restored, String>,
     file_secs: Option<f64>,
-    curl_secs: Option<f64>,
+    curl: Option<(f64, &str)>,
     workload: String,
 ) {
     match r {
@@ -180,9 +180,9 @@ fn s3_restore_row(
                 None => (String::new(), Met::Na),
             };
             // The server's own floor: serving the snapshot to curl, which decodes nothing.
-            let floor = match (curl_secs, file_secs) {
-                (Some(c), Some(f)) => format!(
-                    "; s3s-fs serves the snapshot object alone to curl in {c:.2} s = {:.2}× the file restore",
+            let floor = match (curl, file_secs) {
+                (Some((c, what)), Some(f)) => format!(
+                    "; s3s-fs serves {what} to curl in {c:.2} s = {:.2}× the file restore",
                     c / f
                 ),
                 _ => String::new(),
@@ -333,7 +333,9 @@ pub fn run(ctx: &mut Ctx) {
                 .iter()
                 .find(|(fc, _)| *fc == c)
                 .and_then(|x| x.1);
-            let curl = s3.curl_download_secs(&format!("restore-{c}"), "/snapshots/");
+            let curl = s3
+                .curl_download_secs(&format!("restore-{c}"), "/snapshots/")
+                .map(|t| (t, "the snapshot object alone"));
             s3_restore_row(
                 ctx,
                 &format!("restore from local S3, snapshot only ({c})"),
@@ -450,8 +452,9 @@ pub fn run(ctx: &mut Ctx) {
                 &format!("restore from local S3, snapshot + WAL ({c})"),
                 r,
                 file,
-                None,
-                format!("as the file row ({shape}), straight from the local s3s-fs; compared with the file replica's restore of the same data"),
+                s3.curl_download_secs(&format!("restore-{c}"), "/")
+                    .map(|t| (t, "every object (8 at a time)")),
+                format!("as the file row ({shape}), straight from the local s3s-fs; compared with the file replica's restore of the same data; floor = `curl --aws-sigv4 … -o /dev/null` of every object under the replica's prefix, up to 8 at once (`-Z`), right after"),
             );
         }
     }
