@@ -1552,18 +1552,21 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("{}: cannot fsync directory", dir.display()))
 }
 
-/// Creates the metadata dir `dir` with the db file's mode (plus `x` where it has `r`, see
-/// `client::file::dir_mode_for`) and, as root, the db file's owner: the shadow WAL holds the
-/// data, so no more people may read it than may read the db.
 /// Takes an exclusive `flock` on `<meta dir>/lock`. Two daemons replicating one db would each
 /// take the other's WAL restarts for lost frames and remove the other's generations; the
 /// second one waits here instead (retried every monitor-interval, so it takes over when the
 /// first exits). The kernel drops the lock when the process dies, even by SIGKILL.
 fn lock_meta_dir(meta_dir: &Path, db_path: &Path, mode: u32) -> Result<File> {
     let path = meta_dir.join("lock");
-    // Always empty, so truncating it under another holder is harmless; the db file's mode, as
-    // every file here has.
-    let file = create_file(&path, mode)?;
+    // Read-only is enough for flock. A missing one gets the db file's mode, as every file
+    // here has; it stays empty, so two daemons creating it at once truncate nothing.
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_file(&path, mode)?,
+        Err(e) => {
+            return Err(e).with_context(|| format!("{}: cannot open lock file", path.display()))
+        }
+    };
     use std::os::fd::AsRawFd;
     // SAFETY: a valid descriptor owned by `file`; flock has no memory effects.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -1580,6 +1583,9 @@ fn lock_meta_dir(meta_dir: &Path, db_path: &Path, mode: u32) -> Result<File> {
     Ok(file)
 }
 
+/// Creates the metadata dir `dir` with the db file's mode (plus `x` where it has `r`, see
+/// `client::file::dir_mode_for`) and, as root, the db file's owner: the shadow WAL holds the
+/// data, so no more people may read it than may read the db.
 fn create_dir_like(dir: &Path, db_path: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
