@@ -288,6 +288,7 @@ fn cpu_one(ctx: &Ctx, compression: &str) -> Result<(f64, f64, f64, String), Stri
         .unwrap();
     let d = start_daemon(&dir, &db, &replica, port, Some(compression), "daemon.log");
     wait_ready(&d, &replica, port)?;
+    harness::settle();
     let m0 = Metrics::scrape(port).ok_or("no metrics")?;
     let cpu0 = d.cpu_seconds();
     let threads0 = harness::thread_cpu(d.pid);

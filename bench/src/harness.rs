@@ -614,6 +614,18 @@ pub struct Run {
 }
 
 /// Runs the binary with `args` and `env`, measuring wall time and peak RSS (VmHWM polled).
+/// Writes back every dirty page on the machine (`sync`) and lets the disk settle, so that the
+/// measurement that follows does not pay for the previous row's writeback: with a GiB of
+/// another row's files still being written back, the kernel's copies into new page-cache
+/// pages cost several times their quiet CPU (seen as a 2–3× swing of the db thread's CPU in
+/// the lz4 row, which ran right after the gzip one, and of the first restore after a daemon
+/// wrote its replicas).
+pub fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 pub fn run_measured(args: &[&str], env: &[(&str, &str)], log: &Path) -> Run {
     let err = fs::File::create(log).unwrap();
     let start = Instant::now();

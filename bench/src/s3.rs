@@ -146,7 +146,7 @@ impl S3Server {
         // One curl process for all of them, up to 8 at once (as restore's -parallelism 8):
         // per-process start-up would otherwise be counted once per object.
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--fail", "-Z", "--parallel-max", "8"])
+        cmd.args(["-sS", "--no-progress-meter", "--fail", "-Z", "--parallel-max", "8"])
             .args(["--aws-sigv4", "aws:amz:us-east-1:s3"])
             .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
             .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]);
@@ -157,6 +157,8 @@ impl S3Server {
         let t = Instant::now();
         let ok = cmd
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status()
             .map(|s| s.success())
             .unwrap_or(false);

@@ -59,6 +59,7 @@ struct Snap {
 
 fn snapshot_once(dir: &Path, db: &Path, compression: &str) -> Result<(Snap, PathBuf), String> {
     let _ = fs::remove_dir_all(harness::meta_dir(db));
+    harness::settle();
     let replica = dir.join(format!("snap-{compression}"));
     let cfg = dir.join(format!("snap-{compression}.yml"));
     let comp = (compression != "gzip").then_some(compression);
@@ -107,6 +108,7 @@ struct Restored {
 fn restore(dir: &Path, url: &str, env: &[(&str, &str)], label: &str) -> Result<Restored, String> {
     let out = dir.join(format!("restored-{label}.db"));
     let _ = fs::remove_file(&out);
+    harness::settle();
     let r = harness::run_measured(
         &["restore", "-o", out.to_str().unwrap(), url],
         env,
