@@ -671,10 +671,7 @@ impl Db {
         };
         s.scan = None;
         let path = self.shared.shadow_wal_path(&s.generation, s.index);
-        let f = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("{}: cannot open shadow wal", path.display()))?;
+        let f = open_shadow(&path)?;
         if f.metadata()?.len() > s.size {
             f.set_len(s.size)
                 .and_then(|()| f.sync_all())
@@ -813,14 +810,7 @@ impl Db {
                 if good > 0 {
                     let file = match out.as_mut() {
                         Some(f) => f,
-                        None => out.insert(
-                            OpenOptions::new()
-                                .write(true)
-                                .open(&shadow_path)
-                                .with_context(|| {
-                                    format!("{}: cannot open shadow wal", shadow_path.display())
-                                })?,
-                        ),
+                        None => out.insert(open_shadow(&shadow_path)?),
                     };
                     file.write_all_at(&chunk[..good], off).with_context(|| {
                         format!("{}: cannot write shadow wal", shadow_path.display())
@@ -852,13 +842,13 @@ impl Db {
         }
         if stale_tail {
             let end = shadow.scan.map_or(shadow.size, |(off, _)| off);
-            OpenOptions::new()
-                .write(true)
-                .open(&shadow_path)
-                .and_then(|f| f.set_len(end))
-                .with_context(|| {
-                    format!("{}: cannot truncate shadow wal", shadow_path.display())
-                })?;
+            let file = match out.as_mut() {
+                Some(f) => f,
+                None => out.insert(open_shadow(&shadow_path)?),
+            };
+            file.set_len(end).with_context(|| {
+                format!("{}: cannot truncate shadow wal", shadow_path.display())
+            })?;
         }
         let Some((end, chain)) = committed.filter(|(end, _)| *end > shadow.size) else {
             return Ok(false);
@@ -1114,10 +1104,8 @@ impl Db {
             return Ok(());
         };
         let path = self.shared.shadow_wal_path(&s.generation, s.index);
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.sync_data())
+        open_shadow(&path)?
+            .sync_data()
             .with_context(|| format!("{}: cannot fsync shadow wal", path.display()))
     }
 
@@ -1350,6 +1338,14 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// Opens an existing shadow WAL file for writing.
+fn open_shadow(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open shadow wal", path.display()))
 }
 
 fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> Result<()> {
