@@ -26,6 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::codec;
 use crate::config::{DbConfig, LogLevel};
 use crate::logging;
 use crate::metrics::DbMetrics;
@@ -1327,17 +1328,8 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
 
 /// Reads exactly `buf.len()` bytes; `Ok(false)` at end of file (a partial frame counts as end:
 /// it is a write in progress or a torn tail).
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => return Ok(false),
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
+fn read_whole(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    Ok(codec::read_full(r, buf)? == buf.len())
 }
 
 /// Opens an existing shadow WAL file for writing.
@@ -1423,7 +1415,7 @@ fn load_shadow(
         }
     };
     let mut hdr_bytes = [0u8; WAL_HEADER_SIZE];
-    if !read_full(&mut f, &mut hdr_bytes)? {
+    if !read_whole(&mut f, &mut hdr_bytes)? {
         return Ok(Err("short shadow wal".into()));
     }
     let header = match WalHeader::parse(&hdr_bytes) {
@@ -1436,7 +1428,7 @@ fn load_shadow(
     let mut frame = vec![0u8; frame_size];
     let mut off = WAL_HEADER_SIZE as u64;
     let mut committed = (off, verifier.chain());
-    while read_full(&mut r, &mut frame)? {
+    while read_whole(&mut r, &mut frame)? {
         let Some(fh) = verifier.check(&frame) else {
             break;
         };
