@@ -74,7 +74,8 @@ impl Default for Cfg {
 
 /// One test's world: a temp dir holding `app.db`, `replica/`, `litestream.yml` and logs.
 pub struct Env {
-    _tmp: tempfile::TempDir,
+    /// Removed on drop, except when the test failed: then it is kept for a post-mortem.
+    tmp: Option<tempfile::TempDir>,
     pub root: PathBuf,
     pub db: PathBuf,
     pub replica: PathBuf,
@@ -95,7 +96,7 @@ impl Env {
             replica: root.join("replica"),
             config: root.join("litestream.yml"),
             root,
-            _tmp: tmp,
+            tmp: Some(tmp),
             logs: Arc::new(Mutex::new(Vec::new())),
             counter: AtomicU64::new(0),
         }
@@ -260,7 +261,13 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("==== test failed; temp dir {} ====", self.root.display());
+            if let Some(tmp) = self.tmp.take() {
+                let _ = tmp.keep();
+            }
+            eprintln!(
+                "==== test failed; temp dir {} (kept) ====",
+                self.root.display()
+            );
             for log in self.logs.lock().unwrap().iter() {
                 let text =
                     fs::read_to_string(log).unwrap_or_else(|e| format!("(cannot read: {e})"));
