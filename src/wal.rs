@@ -215,6 +215,52 @@ impl FrameVerifier {
     }
 }
 
+/// True when `new` heads the WAL life right after `old`'s: SQLite adds one to salt-1 on every
+/// restart, so any other step means at least one life in between went unseen.
+pub fn is_next_life(old: &WalHeader, new: &WalHeader) -> bool {
+    new.salt1 == old.salt1.wrapping_add(1)
+}
+
+/// Whether a WAL restart that happened out of our sight provably left the old life whole in
+/// our copy. `next` is what the WAL file holds now, under the write lock, where the copy of the
+/// old life stopped: the bytes of the frame after the last committed one we copied, or `None`
+/// past the end of the file.
+///
+/// The new life overwrites the file from its first frame on, strictly in order, so the first
+/// position it has not reached still holds whatever was there before. If that position is at or
+/// before our copy's end, the old life's frames past the copy are intact and the copy (which
+/// reads until the chain breaks) took them all. If the new life reached it, a frame there has
+/// the new life's salts, or zero salts (SQLite writes those until a transaction that rewrote a
+/// page in place commits), and what it overwrote cannot be known. A file that ends there was
+/// not overwritten, but it may have been truncated: `truncated` says whether it was ever seen
+/// longer. `Err` carries the reason for a log line.
+pub fn old_life_copied_whole(
+    old: &WalHeader,
+    new: &WalHeader,
+    next: Option<&[u8]>,
+    truncated: bool,
+) -> Result<(), String> {
+    if !is_next_life(old, new) {
+        return Err(format!(
+            "the wal restarted more than once out of sight (salt-1 {:#x} -> {:#x})",
+            old.salt1, new.salt1
+        ));
+    }
+    match next.and_then(FrameHeader::parse) {
+        None if truncated => Err("the wal file was truncated after a restart out of sight".into()),
+        None => Ok(()),
+        Some(fh)
+            if (fh.salt1, fh.salt2) == (new.salt1, new.salt2) || (fh.salt1, fh.salt2) == (0, 0) =>
+        {
+            Err(
+                "the wal was restarted out of sight and overwritten past the last copied frame"
+                    .into(),
+            )
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// The committed prefix of an in-memory WAL: (header, byte length ending at the last valid
 /// commit frame — at least the header — and the number of frames in it).
 pub fn committed_prefix(wal: &[u8]) -> Result<(WalHeader, u64, u64), WalError> {
@@ -514,5 +560,76 @@ mod tests {
         h[92..96].copy_from_slice(&7u32.to_be_bytes());
         h[28..32].copy_from_slice(&0u32.to_be_bytes());
         assert_eq!(db_declared_size(&h, 4096), None, "zero pages");
+    }
+
+    fn frame_header(salt1: u32, salt2: u32) -> [u8; FRAME_HEADER_SIZE] {
+        let mut f = [0u8; FRAME_HEADER_SIZE];
+        f[0..4].copy_from_slice(&2u32.to_be_bytes());
+        f[8..12].copy_from_slice(&salt1.to_be_bytes());
+        f[12..16].copy_from_slice(&salt2.to_be_bytes());
+        f[16..24].copy_from_slice(&[0xab; 8]);
+        f
+    }
+
+    #[test]
+    fn an_unseen_restart_is_proven_harmless_only_where_the_new_life_did_not_reach() {
+        let old = WalHeader::parse(&fixture("valid.wal")).unwrap();
+        let new = WalHeader {
+            salt1: old.salt1.wrapping_add(1),
+            salt2: 0x1234_5678,
+            ..old
+        };
+        let ok =
+            |next: Option<&[u8]>, truncated| old_life_copied_whole(&old, &new, next, truncated);
+
+        // The position after our copy holds an old-life frame that does not chain (or one of an
+        // older life): the new life never got there, so the copy saw the old life's real end.
+        assert_eq!(ok(Some(&frame_header(old.salt1, old.salt2)), false), Ok(()));
+        assert_eq!(
+            ok(Some(&frame_header(old.salt1.wrapping_sub(3), 9)), false),
+            Ok(())
+        );
+        // The file ends there and was never seen longer.
+        assert_eq!(ok(None, false), Ok(()));
+        // A piece of a frame header is no frame.
+        assert_eq!(
+            ok(Some(&frame_header(new.salt1, new.salt2)[..10]), false),
+            Ok(())
+        );
+
+        // The new life reached it: whatever the old life had there and beyond is unknown.
+        assert!(ok(Some(&frame_header(new.salt1, new.salt2)), false).is_err());
+        // Zero salts: a new-life frame of a transaction that rewrote a page in place.
+        assert!(ok(Some(&frame_header(0, 0)), false).is_err());
+        // The file ends there but was longer before: truncated, maybe over old frames.
+        assert!(ok(None, true).is_err());
+    }
+
+    #[test]
+    fn salt1_counts_restarts_so_a_skipped_life_is_seen() {
+        let old = WalHeader::parse(&fixture("valid.wal")).unwrap();
+        let next = WalHeader {
+            salt1: old.salt1.wrapping_add(1),
+            ..old
+        };
+        let after_next = WalHeader {
+            salt1: old.salt1.wrapping_add(2),
+            ..old
+        };
+        assert!(is_next_life(&old, &next));
+        assert!(!is_next_life(&old, &after_next));
+        assert!(!is_next_life(&old, &old));
+        let last = WalHeader {
+            salt1: u32::MAX,
+            ..old
+        };
+        let wrapped = WalHeader { salt1: 0, ..old };
+        assert!(
+            is_next_life(&last, &wrapped),
+            "salt-1 wraps like SQLite's u32"
+        );
+        let far = frame_header(old.salt1, old.salt2);
+        let e = old_life_copied_whole(&old, &after_next, Some(&far), false).unwrap_err();
+        assert!(e.contains("more than once"), "{e}");
     }
 }
