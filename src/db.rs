@@ -11,8 +11,10 @@
 //! when no reader uses it. Our open read transaction either pins WAL frames (so no restart can
 //! happen) or, when the WAL was fully checkpointed as it began, blocks every checkpoint (so no
 //! frame appended after it can be checkpointed, and no restart can drop an uncopied frame).
-//! The only windows left are around our own checkpoints, which compare the checkpoint's frame
-//! count with what the shadow holds and start a new generation on any shortfall.
+//! Our connection must leave it to checkpoint; a second connection, the pin, holds one across
+//! that gap (see `Db::checkpoint`). A restart seen when neither held a lock (after an error
+//! closed the transaction, say) is checked against the WAL itself (`old_life_proof`), and
+//! continues in the next index only when the old life is provably whole in the shadow.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
@@ -31,7 +33,7 @@ use crate::config::{DbConfig, LogLevel};
 use crate::logging;
 use crate::metrics::DbMetrics;
 use crate::position::{self, Position, MAX_INDEX};
-use crate::wal::{FrameVerifier, WalHeader, WAL_HEADER_SIZE};
+use crate::wal::{self, FrameVerifier, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
 
 /// Buffer size for streaming WAL bytes; bounds memory whatever the transaction size.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -243,10 +245,17 @@ pub struct Db {
     shared: Arc<DbShared>,
     replicas: Vec<Sender<Notice>>,
     conn: Option<Connection>,
+    /// A second connection that holds a read transaction while ours cannot (see `checkpoint`);
+    /// opened on first use.
+    pin: Option<Connection>,
     in_read_tx: bool,
-    /// True when, since the current read transaction began, the first copy saw the shadow's
-    /// WAL header: a later restart by another writer cannot then have dropped uncopied frames.
+    /// True when, since the current read transaction began, a copy ran and the WAL still had
+    /// the shadow's header after it: a later restart by another writer cannot then have dropped
+    /// uncopied frames (see `after_read_tx_begun`).
     clean_read_tx: bool,
+    /// The longest the WAL file was seen since the shadow's current index began: a file shorter
+    /// than that was truncated, maybe over frames not copied yet (see `old_life_proof`).
+    wal_len_max: u64,
     shadow: Option<Shadow>,
     last_checkpoint: Instant,
     waiting_logged: bool,
@@ -294,8 +303,10 @@ impl Db {
             shared,
             replicas,
             conn: None,
+            pin: None,
             in_read_tx: false,
             clean_read_tx: false,
+            wal_len_max: 0,
             shadow: None,
             last_checkpoint: Instant::now(),
             waiting_logged: false,
@@ -566,6 +577,7 @@ impl Db {
     fn sync(&mut self) -> Result<()> {
         let wal = wal_path(&self.shared.path);
         let wal_len = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        self.wal_len_max = self.wal_len_max.max(wal_len);
         let shared = self.shared.clone();
         let mut _guard = None;
         if wal_len < WAL_HEADER_SIZE as u64 {
@@ -580,6 +592,8 @@ impl Db {
         if let Some(reason) = self.verify()? {
             if reason == RESTART {
                 self.finish_and_restart()?;
+            } else if reason == UNSEEN_RESTART {
+                self.finish_restart_locked()?;
             } else {
                 self.new_generation(&reason)?;
             }
@@ -591,7 +605,8 @@ impl Db {
     }
 
     /// `Some(reason)` when the shadow no longer follows the WAL; `Some(RESTART)` for a WAL
-    /// restart whose old life we can finish.
+    /// restart whose old life we can finish, `Some(UNSEEN_RESTART)` for one that must be
+    /// checked first (`finish_restart_locked`).
     fn verify(&mut self) -> Result<Option<String>> {
         let Some(shadow) = &self.shadow else {
             return Ok(Some("no generation".into()));
@@ -611,25 +626,36 @@ impl Db {
         }
         let wal = wal_path(&self.shared.path);
         let wal_len = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        if shadow.size > wal_len {
+        if wal_len < WAL_HEADER_SIZE as u64 {
             return Ok(Some("wal truncated by another process".into()));
         }
         let mut hdr = [0u8; WAL_HEADER_SIZE];
         read_at(&wal, 0, &mut hdr)?;
         let restarted = hdr != shadow.header_bytes;
+        if !restarted && shadow.size > wal_len {
+            return Ok(Some("wal truncated by another process".into()));
+        }
         if restarted && shadow.size == WAL_HEADER_SIZE as u64 {
             return Ok(Some("wal header only, mismatched".into()));
         }
-        if !last_frame_matches(&path, &wal, shadow)? {
-            return Ok(Some("wal overwritten by another process".into()));
-        }
         if restarted {
             if !self.clean_read_tx {
+                // Maybe before our read lock was taken: only the WAL can tell.
+                return Ok(Some(UNSEEN_RESTART.into()));
+            }
+            // Our read lock allows one restart at most, and only of a life we copied whole (so
+            // the new life may well have overwritten our last frame already). A salt-1 more
+            // than one ahead, or a header that does not parse, says something else happened.
+            let next = WalHeader::parse(&hdr).is_ok_and(|h| wal::is_next_life(&shadow.header, &h));
+            if !next {
                 return Ok(Some(
-                    "wal restarted by another process before it was copied".into(),
+                    "wal restarted more than once before it was copied".into(),
                 ));
             }
             return Ok(Some(RESTART.into()));
+        }
+        if !last_frame_matches(&path, &wal, shadow)? {
+            return Ok(Some("wal overwritten by another process".into()));
         }
         Ok(None)
     }
@@ -657,6 +683,7 @@ impl Db {
         self.cut_open_transaction_tail()?;
         let shadow = self.create_shadow(&generation, index + 1)?;
         self.shadow = Some(shadow);
+        self.wal_len_max = self.wal_len();
         // The old index is complete: replicas may now upload its tail and move on.
         self.publish();
         Ok(())
@@ -716,10 +743,11 @@ impl Db {
         let generation = position::new_generation().context("cannot draw a generation id")?;
         let shadow = self.create_shadow(&generation, 0)?;
         self.shadow = Some(shadow);
+        self.wal_len_max = self.wal_len();
         // Whatever the WAL holds now belongs to the new generation's index 0: the snapshot
         // the replicas take will be replayed with it.
-        self.clean_read_tx = true;
         self.copy_to_shadow()?;
+        self.clean_read_tx = self.in_read_tx && self.wal_header_is_shadows()?;
         write_atomic(
             &self.shared.meta_dir.join("generation"),
             format!("{generation}\n").as_bytes(),
@@ -890,9 +918,28 @@ impl Db {
         }
     }
 
-    /// SPEC §4.2 step 5: checkpoint with our read lock released, then check whether the WAL
-    /// restarted and, if so, finish the old index under the write lock and begin the next.
+    /// SPEC §4.2 step 5: checkpoint, and restart the WAL when that emptied it.
+    ///
+    /// Our connection must leave its read transaction to checkpoint. A second connection, the
+    /// pin, holds one across that gap. While the pin reads at a mark in the WAL nobody can
+    /// restart the WAL; while it reads at mark 0 (the WAL was fully checkpointed as it began)
+    /// no checkpoint can run, so one restart at most can happen, of a life we had copied
+    /// whole. Without the pin, a stall of this thread in the gap (a busy machine, or a read
+    /// lock SQLite keeps retrying while the application checkpoints) let the application's own
+    /// auto-checkpoint backfill frames we had not copied and its next write restart the WAL
+    /// over them, or over a whole life we never saw.
     fn checkpoint(&mut self, mode: CheckpointMode) -> Result<()> {
+        // The argument above needs the shadow to hold the WAL as of our read lock. After an
+        // error (or `write_seq`) that is not known: take the lock afresh and copy; if the WAL
+        // restarted meanwhile, the next tick's `verify` deals with it first.
+        if !(self.clean_read_tx && self.read_tx_alive()) {
+            self.end_read_tx()?;
+            self.begin_read_tx()?;
+            self.after_read_tx_begun()?;
+            if !self.clean_read_tx {
+                return Ok(());
+            }
+        }
         // A snapshot in progress reads the db file; it must not see our checkpoint.
         let shared = self.shared.clone();
         let Ok(_guard) = shared.checkpoint_lock.try_write() else {
@@ -900,37 +947,24 @@ impl Db {
         };
         self.copy_to_shadow()?;
         self.publish();
-        let before = read_header(&wal_path(&self.shared.path))?;
+        let wal = wal_path(&self.shared.path);
+        let before = read_header(&wal)?;
         let started = Instant::now();
-
-        self.end_read_tx()?;
-        // RESTART (and our TRUNCATE) holds the write lock while it backfills, so an application
-        // writing meanwhile waits for all of it: after a monitor-interval of heavy writes, that
-        // was 170 ms for 44,000 frames. A PASSIVE pass first backfills without blocking anyone,
-        // and leaves the locked pass only the frames committed since.
-        let result = match mode {
-            CheckpointMode::Passive => self.exec_checkpoint(mode),
-            CheckpointMode::Restart | CheckpointMode::Truncate => {
-                match self.exec_checkpoint(CheckpointMode::Passive) {
-                    // The checkpoint lock was taken (see `lock_busy` below): the locked pass
-                    // would do all the backfill itself, so leave it to the next tick.
-                    Ok((true, log, _)) if log < 0 => Ok((true, -1, -1)),
-                    Ok(_) => self.exec_checkpoint(mode),
-                    Err(e) => Err(e),
-                }
-            }
-        };
+        self.pin()?;
+        let outcome = self
+            .end_read_tx()
+            .and_then(|()| self.checkpoint_pinned(mode, before));
+        // Our own read transaction first, then the pin may go.
+        let relocked = self.begin_read_tx();
+        let unpinned = self.unpin();
         self.shared
             .metrics
-            .checkpoint_done(mode, result.is_ok(), started.elapsed());
-        let (busy, log_frames, checkpointed) = match result {
-            Ok(r) => r,
-            Err(err) => {
-                // Whatever happened, hold the read lock again before anything else.
-                self.begin_read_tx()?;
-                return Err(err);
-            }
-        };
+            .checkpoint_done(mode, outcome.is_ok(), started.elapsed());
+        let (busy, log_frames, checkpointed) = outcome?;
+        relocked?;
+        unpinned?;
+        let after = read_header(&wal)?;
+        let restarted = before.is_some() && after != before;
         // Busy with no counts: another connection (an application's auto-checkpoint) held
         // SQLite's checkpoint lock, so nothing was done. Try again a tenth of an interval
         // later rather than let the WAL grow for a whole one (and it is no reason to back
@@ -946,13 +980,14 @@ impl Db {
         } else {
             Instant::now()
         };
-        if mode == CheckpointMode::Restart && !lock_busy {
-            if busy {
-                self.restart_backoff_until = Some(Instant::now() + self.restart_backoff);
-                self.restart_backoff = (self.restart_backoff * 2).min(Duration::from_secs(60));
-            } else {
+        let wanted_restart = mode != CheckpointMode::Passive;
+        if wanted_restart && !lock_busy {
+            if restarted {
                 self.restart_backoff_until = None;
                 self.restart_backoff = Duration::from_secs(1);
+            } else {
+                self.restart_backoff_until = Some(Instant::now() + self.restart_backoff);
+                self.restart_backoff = (self.restart_backoff * 2).min(Duration::from_secs(60));
             }
         }
         logging::log(
@@ -966,55 +1001,88 @@ impl Db {
             &[
                 ("db", &self.db_label()),
                 ("mode", &mode.name()),
-                ("result", &if busy { "busy" } else { "ok" }),
+                (
+                    "result",
+                    &if busy || (wanted_restart && !restarted) {
+                        "busy"
+                    } else {
+                        "ok"
+                    },
+                ),
                 ("wal_frames", &log_frames),
                 ("checkpointed", &checkpointed),
+                ("restarted", &restarted),
                 ("elapsed", &format!("{:?}", started.elapsed())),
             ],
         );
-
-        // If the checkpoint emptied the WAL, its next writer restarts it: be that writer, so
-        // the restart happens under our eyes, and take the write lock first, so the frames
-        // committed since our last copy are copied before the restart can overwrite them.
-        // Otherwise nothing can restart it and no write is needed (an app holding a long read
-        // transaction must not make an idle db upload every tick).
-        let mut restarted_by_us = false;
-        if !busy && log_frames > 0 && checkpointed == log_frames {
-            match self.restart_wal(before.as_ref(), mode == CheckpointMode::Truncate) {
-                Ok(r) => restarted_by_us = r,
-                Err(err) => {
-                    self.begin_read_tx()?;
-                    return Err(err);
-                }
+        if restarted {
+            // One restart at most, of a life we had copied whole (see above).
+            let next = after
+                .and_then(|h| WalHeader::parse(&h).ok())
+                .zip(self.shadow.as_ref())
+                .is_some_and(|(new, s)| wal::is_next_life(&s.header, &new));
+            if next {
+                self.finish_and_restart()?;
+            } else {
+                self.new_generation("wal restarted more than once during a checkpoint")?;
             }
         }
-        self.begin_read_tx()?;
-        let after = read_header(&wal_path(&self.shared.path))?;
-        if before.is_some() && after == before {
-            self.after_read_tx_begun()?;
-            // Before the guard drops: a snapshot must never read a db file holding frames
-            // (up to our new read mark) beyond the published position.
-            self.publish();
-            return Ok(());
-        }
-        if restarted_by_us {
-            // The old life was copied whole under the write lock; our read transaction now
-            // keeps the new one from restarting again while we start following it.
-            self.finish_restart(log_frames)?;
-            self.after_read_tx_begun()?;
-            self.publish();
-            return Ok(());
-        }
+        self.after_read_tx_begun()?;
+        // Before the guard drops: a snapshot must never read a db file holding frames
+        // (up to our new read mark) beyond the published position.
+        self.publish();
+        Ok(())
+    }
 
-        // Another writer restarted the WAL. Freeze it with the write lock, copy the old
-        // life's tail, check nothing was lost, then follow the new life.
+    /// The checkpoint proper, with the pin held and our read transaction closed: a PASSIVE
+    /// pass, then (for RESTART and TRUNCATE, or when that pass emptied the WAL) `restart_wal`.
+    /// The counts are the pass's (busy, frames in the WAL, frames checkpointed), or the
+    /// restart's backfill when it emptied the WAL.
+    fn checkpoint_pinned(
+        &mut self,
+        mode: CheckpointMode,
+        before: Option<[u8; WAL_HEADER_SIZE]>,
+    ) -> Result<(bool, i64, i64)> {
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        conn.execute_batch("ROLLBACK; BEGIN; INSERT INTO _litestream_lock (id) VALUES (1);")
-            .context("cannot take the write lock")?;
+        let (busy, log_frames, checkpointed) = checkpoint_on(conn, "PASSIVE")?;
+        let lock_busy = busy && log_frames < 0;
+        // RESTART and TRUNCATE restart the WAL even if the application never stops writing;
+        // a PASSIVE pass that emptied it may as well (its next writer would, otherwise).
+        let emptied = !busy && log_frames > 0 && checkpointed == log_frames;
+        if lock_busy || before.is_none() || (mode == CheckpointMode::Passive && !emptied) {
+            return Ok((busy, log_frames, checkpointed));
+        }
+        Ok(
+            match self.restart_wal(before, mode == CheckpointMode::Truncate)? {
+                Some((log, done)) => (false, log, done),
+                None => (busy, log_frames, checkpointed),
+            },
+        )
+    }
+
+    /// A restart we did not see happen: take the write lock (so the WAL holds still), copy what
+    /// is left of the old life, then `finish_restart`; our read transaction is open again on
+    /// return.
+    fn finish_restart_locked(&mut self) -> Result<()> {
+        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK")
+                .context("cannot release read lock")?;
+        }
+        self.in_read_tx = false;
+        let locked = conn.execute_batch("BEGIN; INSERT INTO _litestream_lock (id) VALUES (1);");
+        if let Err(err) = locked {
+            // Busy past the timeout, most likely: hold the read lock again and retry next tick.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            self.begin_read_tx()?;
+            return Err(err).context("cannot take the write lock");
+        }
         self.in_read_tx = true;
         let outcome = (|| -> Result<()> {
             self.copy_to_shadow()?;
-            self.finish_restart(log_frames)
+            self.finish_restart()
         })();
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
         conn.execute_batch("ROLLBACK")
@@ -1022,73 +1090,99 @@ impl Db {
         self.in_read_tx = false;
         self.begin_read_tx()?;
         outcome?;
-        self.after_read_tx_begun()?;
-        self.publish();
-        Ok(())
+        self.after_read_tx_begun()
     }
 
-    /// After a restart that left the old life copied up to its end: a new generation if
-    /// frames the checkpoint saw are missing from the shadow, else the next index.
-    fn finish_restart(&mut self, log_frames: i64) -> Result<()> {
-        let frames = self.shadow.as_ref().map(Shadow::frames).unwrap_or(0);
-        if log_frames >= 0 && frames < log_frames as u64 {
-            return self.new_generation(&format!(
-                "wal restarted before its last {} frames were copied",
-                log_frames as u64 - frames
-            ));
+    /// After a restart, with the write lock held and the old life copied as far as the WAL
+    /// still holds it: the next index if the old life is provably whole in the shadow, else a
+    /// new generation.
+    fn finish_restart(&mut self) -> Result<()> {
+        match self.old_life_proof()? {
+            Ok(()) => {
+                self.start_next_index()?;
+                self.copy_to_shadow()?;
+            }
+            Err(reason) => self.new_generation(&reason)?,
         }
-        self.start_next_index()?;
-        self.copy_to_shadow()?;
         Ok(())
     }
 
-    /// Restarts a fully checkpointed WAL with a write of our own, holding the write lock from
-    /// before the last copy of the old life until the restart. Called with no read
-    /// transaction open; returns with none open. True if the WAL restarted.
-    /// With `shrink`, the restart also truncates the WAL file to `TRUNCATED_WAL_BYTES`. Only
+    /// Whether the shadow holds every committed frame of the WAL life before the current one
+    /// (called under the write lock, after copying that life's tail), for a restart that
+    /// happened while neither our connection nor the pin held a read lock: what the WAL holds
+    /// where our copy of the old life stopped tells (`wal::old_life_copied_whole`).
+    /// `Ok(Err(reason))` when it cannot be proven.
+    fn old_life_proof(&self) -> Result<std::result::Result<(), String>> {
+        let shadow = self
+            .shadow
+            .as_ref()
+            .ok_or_else(|| anyhow!("no shadow wal"))?;
+        let wal = wal_path(&self.shared.path);
+        let Some(hdr) = read_header(&wal)? else {
+            return Ok(Err("the wal lost its header".into()));
+        };
+        let new = match WalHeader::parse(&hdr) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(format!("the wal header is invalid: {e}"))),
+        };
+        let wal_file =
+            File::open(&wal).with_context(|| format!("{}: cannot open wal", wal.display()))?;
+        let mut next = [0u8; FRAME_HEADER_SIZE];
+        let got = read_at_most(&wal_file, shadow.size, &mut next)?;
+        let truncated = wal_file.metadata()?.len() < self.wal_len_max;
+        Ok(wal::old_life_copied_whole(
+            &shadow.header,
+            &new,
+            (got == next.len()).then_some(&next[..]),
+            truncated,
+        ))
+    }
+
+    /// Restarts the WAL (with the pin held, our read transaction closed): under the write lock
+    /// copy the whole life, then backfill all of it through the pin's connection and pin again
+    /// (at mark 0, which allows one restart, of that life), release the lock and write our
+    /// `_litestream_seq` row, whose read then begins on a fully checkpointed WAL, so the write
+    /// restarts it. The application may get the write lock first and restart it itself, which
+    /// is as safe. `Some((frames, checkpointed))` of the backfill when the WAL was emptied,
+    /// `None` when it could not be (the lock or a reader of the application was in the way).
+    /// With `shrink`, our restart also truncates the WAL file to `TRUNCATED_WAL_BYTES`. Only
     /// then: an application that grows the WAL again after each truncation pays for fresh
     /// file blocks and zeroed page-cache pages on every write (measured: +70% of its system
     /// time per transaction), where overwriting the existing file costs nothing extra.
     fn restart_wal(
         &mut self,
-        before: Option<&[u8; WAL_HEADER_SIZE]>,
+        before: Option<[u8; WAL_HEADER_SIZE]>,
         shrink: bool,
-    ) -> Result<bool> {
+    ) -> Result<Option<(i64, i64)>> {
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        if shrink {
-            conn.execute_batch(&format!(
-                "PRAGMA journal_size_limit = {TRUNCATED_WAL_BYTES}"
-            ))?;
+        // Application writers wait while we hold the write lock: wait for theirs no longer.
+        conn.busy_timeout(Duration::from_millis(100))?;
+        let locked = conn.execute_batch("BEGIN IMMEDIATE");
+        conn.busy_timeout(self.cfg.busy_timeout)?;
+        if let Err(err) = locked {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            if is_busy(&err) {
+                return Ok(None);
+            }
+            return Err(err).context("cannot take the write lock");
         }
-        let result = self.restart_wal_locked(before);
-        if shrink {
-            let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-            conn.execute_batch("PRAGMA journal_size_limit = -1")?;
-        }
-        result
-    }
-
-    fn restart_wal_locked(&mut self, before: Option<&[u8; WAL_HEADER_SIZE]>) -> Result<bool> {
-        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        conn.execute_batch("BEGIN IMMEDIATE")
-            .context("cannot take the write lock")?;
-        let outcome = (|| -> Result<bool> {
-            let now = read_header(&wal_path(&self.shared.path))?;
-            if now.as_ref() != before {
-                // Another writer restarted it between the checkpoint and our lock.
-                return Ok(false);
+        let outcome = (|| -> Result<Option<(i64, i64)>> {
+            if read_header(&wal_path(&self.shared.path))? != before {
+                // Restarted while we waited for the lock: the caller follows it.
+                return Ok(None);
             }
             // No fsync while the application waits on our lock: it follows the release.
             self.copy_frames(false)?;
-            let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-            conn.execute(
-                "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1",
-                [],
-            )
-            .context("cannot write to _litestream_seq")?;
-            conn.execute_batch("COMMIT")
-                .context("cannot commit to _litestream_seq")?;
-            Ok(true)
+            self.unpin()?;
+            let pin = self
+                .pin
+                .as_ref()
+                .ok_or_else(|| anyhow!("no pin connection"))?;
+            let (busy, log, done) = checkpoint_on(pin, "PASSIVE")?;
+            self.pin()?;
+            Ok((!busy && log >= 0 && done == log).then_some((log, done)))
         })();
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
         if !conn.is_autocommit() {
@@ -1096,7 +1190,67 @@ impl Db {
                 .context("cannot release the write lock")?;
         }
         self.sync_shadow()?;
-        outcome
+        let Some(counts) = outcome? else {
+            return Ok(None);
+        };
+        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
+        if shrink {
+            // Below the threshold that asked for it, or every tick would ask again.
+            let frame_size = self.shadow.as_ref().map_or(4096, |s| s.header.frame_size()) as u64;
+            let below =
+                WAL_HEADER_SIZE as u64 + u64::from(self.cfg.truncate_page_count / 2) * frame_size;
+            let limit = TRUNCATED_WAL_BYTES.min(below);
+            conn.execute_batch(&format!("PRAGMA journal_size_limit = {limit}"))?;
+        }
+        conn.busy_timeout(Duration::from_millis(100))?;
+        let written = conn.execute(
+            "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1",
+            [],
+        );
+        conn.busy_timeout(self.cfg.busy_timeout)?;
+        if shrink {
+            conn.execute_batch("PRAGMA journal_size_limit = -1")?;
+        }
+        match written {
+            Ok(_) => Ok(Some(counts)),
+            // The application holds the write lock: its write restarts the WAL instead.
+            Err(err) if is_busy(&err) => Ok(Some(counts)),
+            Err(err) => Err(err).context("cannot write to _litestream_seq"),
+        }
+    }
+
+    /// Begins the pin's read transaction (see `checkpoint`), opening its connection on first use.
+    fn pin(&mut self) -> Result<()> {
+        if self.pin.is_none() {
+            self.pin = Some(open_pin_connection(
+                &self.shared.path,
+                self.cfg.busy_timeout,
+            )?);
+        }
+        let pin = self
+            .pin
+            .as_ref()
+            .ok_or_else(|| anyhow!("no pin connection"))?;
+        if !pin.is_autocommit() {
+            return Ok(());
+        }
+        pin.execute_batch("BEGIN")
+            .context("cannot begin the pin's read transaction")?;
+        if let Err(e) = pin.query_row("SELECT COUNT(1) FROM _litestream_seq", [], |_| Ok(())) {
+            let _ = pin.execute_batch("ROLLBACK");
+            return Err(e).context("cannot take the pin's read lock");
+        }
+        Ok(())
+    }
+
+    fn unpin(&mut self) -> Result<()> {
+        if let Some(pin) = &self.pin {
+            if !pin.is_autocommit() {
+                pin.execute_batch("ROLLBACK")
+                    .context("cannot release the pin's read lock")?;
+            }
+        }
+        Ok(())
     }
 
     /// fsyncs the current shadow file (after `copy_frames(false)`).
@@ -1110,53 +1264,34 @@ impl Db {
             .with_context(|| format!("{}: cannot fsync shadow wal", path.display()))
     }
 
-    /// Runs the checkpoint pragma; returns (busy, frames in the WAL at checkpoint time, frames
-    /// checkpointed).
-    fn exec_checkpoint(&mut self, mode: CheckpointMode) -> Result<(bool, i64, i64)> {
-        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        let pragma_mode = match mode {
-            CheckpointMode::Passive => "PASSIVE",
-            // TRUNCATE would zero the frame count we need to prove nothing was lost; RESTART
-            // plus journal_size_limit (set by `restart_wal` for TRUNCATE only) shrinks the file
-            // when we restart it.
-            CheckpointMode::Restart | CheckpointMode::Truncate => "RESTART",
-        };
-        if mode == CheckpointMode::Restart {
-            // RESTART waits for readers; keep application writers from starving behind it.
-            conn.busy_timeout(Duration::from_millis(100))?;
-        }
-        let result = conn.query_row(
-            &format!("PRAGMA wal_checkpoint({pragma_mode})"),
-            [],
-            |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                ))
-            },
-        );
-        if mode == CheckpointMode::Restart {
-            conn.busy_timeout(self.cfg.busy_timeout)?;
-        }
-        let (busy, log, checkpointed) =
-            result.with_context(|| format!("checkpoint {} failed", mode.name()))?;
-        Ok((busy != 0, log, checkpointed))
-    }
-
-    /// Bookkeeping after a read transaction began: copy at once and remember whether the WAL
-    /// was still the shadow's (see `clean_read_tx`).
+    /// Bookkeeping after a read transaction began: copy at once, then remember whether the
+    /// WAL still had the shadow's header (see `clean_read_tx`). In that order: SQLite writes a
+    /// new life's header before its first frame, so a header still ours after the copy means
+    /// no frame the copy read had been overwritten, and the copy took the life whole as it
+    /// stood when our read lock was taken. From then on our lock allows no restart at all (a
+    /// read mark in the WAL), or one of exactly that state (read mark 0: the WAL was fully
+    /// checkpointed, and no checkpoint can run past our lock).
     fn after_read_tx_begun(&mut self) -> Result<()> {
-        let hdr = read_header(&wal_path(&self.shared.path))?;
-        let same = match (&self.shadow, hdr) {
-            (Some(s), Some(h)) => s.header_bytes == h,
-            _ => false,
-        };
-        if same {
+        let ours = self.wal_header_is_shadows()?;
+        if ours {
             self.copy_to_shadow()?;
         }
-        self.clean_read_tx = same;
+        self.clean_read_tx = ours && self.wal_header_is_shadows()?;
         Ok(())
+    }
+
+    /// True when the WAL file starts with the current shadow's header.
+    fn wal_header_is_shadows(&self) -> Result<bool> {
+        let hdr = read_header(&wal_path(&self.shared.path))?;
+        Ok(match (&self.shadow, hdr) {
+            (Some(s), Some(h)) => s.header_bytes == h,
+            _ => false,
+        })
+    }
+
+    /// The WAL file's length now (0 when it does not exist).
+    fn wal_len(&self) -> u64 {
+        fs::metadata(wal_path(&self.shared.path)).map_or(0, |m| m.len())
     }
 
     /// Writes one row so the WAL gets a header and a frame (SPEC §4.2 step 1). Done outside our
@@ -1250,6 +1385,8 @@ impl Db {
 
     /// Releases the read lock and closes the connection.
     pub fn close(&mut self) {
+        let _ = self.unpin();
+        self.pin = None;
         let _ = self.end_read_tx();
         self.conn = None;
         self.in_read_tx = false;
@@ -1261,8 +1398,12 @@ const TRUNCATED_WAL_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Marker reason for a WAL restart that is safe to follow with the next index.
 const RESTART: &str = "restart";
+/// `Db::verify`'s reason for a restart that `finish_restart_locked` must check.
+const UNSEEN_RESTART: &str = "restart out of sight";
 
-fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+/// A connection with SQLite's per-connection preallocations turned off, the WAL kept when it
+/// closes, and `busy_timeout`.
+fn open_slim(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -1302,6 +1443,42 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
         rusqlite::FileControl::PersistWal(&mut persist),
     )
     .context("cannot set SQLITE_FCNTL_PERSIST_WAL")?;
+    Ok(conn)
+}
+
+/// The pin's connection (see `Db::checkpoint`): it only ever holds a read transaction and runs
+/// the PASSIVE checkpoint of `Db::restart_wal`; the schema is our main connection's business.
+fn open_pin_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let conn = open_slim(path, busy_timeout)?;
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+        .with_context(|| format!("{}: cannot prepare the pin connection", path.display()))?;
+    Ok(conn)
+}
+
+/// Runs `PRAGMA wal_checkpoint(mode)` on `conn`: (busy, frames in the WAL, frames checkpointed).
+fn checkpoint_on(conn: &Connection, mode: &str) -> Result<(bool, i64, i64)> {
+    let (busy, log, checkpointed) = conn
+        .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })
+        .with_context(|| format!("checkpoint {mode} failed"))?;
+    Ok((busy != 0, log, checkpointed))
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock we asked for.
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let conn = open_slim(path, busy_timeout)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))
         .with_context(|| format!("{}: cannot enable WAL mode", path.display()))?;
