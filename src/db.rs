@@ -1052,8 +1052,9 @@ impl Db {
         if lock_busy || before.is_none() || (mode == CheckpointMode::Passive && !emptied) {
             return Ok((busy, log_frames, checkpointed));
         }
+        let passive = (mode == CheckpointMode::Passive).then_some(log_frames);
         Ok(
-            match self.restart_wal(before, mode == CheckpointMode::Truncate)? {
+            match self.restart_wal(before, mode == CheckpointMode::Truncate, passive)? {
                 Some((log, done)) => (false, log, done),
                 None => (busy, log_frames, checkpointed),
             },
@@ -1145,6 +1146,9 @@ impl Db {
     /// restarts it. The application may get the write lock first and restart it itself, which
     /// is as safe. `Some((frames, checkpointed))` of the backfill when the WAL was emptied,
     /// `None` when it could not be (the lock or a reader of the application was in the way).
+    /// `emptied` is set after a PASSIVE pass that emptied the WAL (of that many frames), when
+    /// no restart was asked for: frames committed since then mean no restart this time, rather
+    /// than a backfill (and its fsyncs) while the application waits on our lock.
     /// With `shrink`, our restart also truncates the WAL file to `TRUNCATED_WAL_BYTES`. Only
     /// then: an application that grows the WAL again after each truncation pays for fresh
     /// file blocks and zeroed page-cache pages on every write (measured: +70% of its system
@@ -1153,6 +1157,7 @@ impl Db {
         &mut self,
         before: Option<[u8; WAL_HEADER_SIZE]>,
         shrink: bool,
+        emptied: Option<i64>,
     ) -> Result<Option<(i64, i64)>> {
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
         // Application writers wait while we hold the write lock: wait for theirs no longer.
@@ -1175,6 +1180,10 @@ impl Db {
             }
             // No fsync while the application waits on our lock: it follows the release.
             self.copy_frames(false)?;
+            let frames = self.shadow.as_ref().map_or(0, Shadow::frames);
+            if emptied.is_some_and(|n| frames > n as u64) {
+                return Ok(None);
+            }
             self.unpin()?;
             let pin = self
                 .pin
