@@ -218,6 +218,8 @@ fn s3_sigkill_under_load_restores_consistent_prefixes() {
         d = env.start(&format!("daemon-{}", round + 1));
     }
     let n = writer.finish() as i64;
+    // A SIGTERM before the daemon installed its handlers would kill it by default action.
+    d.wait_log("initialized db", DEADLINE);
     d.stop_ok();
     let (o, out) = try_restore(&env);
     o.assert_ok("final restore");
