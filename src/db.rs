@@ -245,9 +245,6 @@ pub struct Db {
     shared: Arc<DbShared>,
     replicas: Vec<Sender<Notice>>,
     conn: Option<Connection>,
-    /// A second connection that holds a read transaction while ours cannot; open only during
-    /// a checkpoint (see `checkpoint`).
-    pin: Option<Connection>,
     in_read_tx: bool,
     /// True when, since the current read transaction began, a copy ran and the WAL still had
     /// the shadow's header after it: a later restart by another writer cannot then have dropped
@@ -303,7 +300,6 @@ impl Db {
             shared,
             replicas,
             conn: None,
-            pin: None,
             in_read_tx: false,
             clean_read_tx: false,
             wal_len_max: 0,
@@ -575,8 +571,7 @@ impl Db {
     /// Copies newly committed frames into the shadow WAL after checking that the WAL is still
     /// the one the shadow follows (SPEC §4.2 steps 1–4).
     fn sync(&mut self) -> Result<()> {
-        let wal = wal_path(&self.shared.path);
-        let wal_len = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let wal_len = self.wal_len();
         self.wal_len_max = self.wal_len_max.max(wal_len);
         let shared = self.shared.clone();
         let mut _guard = None;
@@ -950,17 +945,18 @@ impl Db {
         let wal = wal_path(&self.shared.path);
         let before = read_header(&wal)?;
         let started = Instant::now();
-        self.pin()?;
+        // Opened for each checkpoint: kept open, its schema and page cache were 60 KiB of
+        // every busy db's memory. (SQLite keeps the db file's descriptor open while our
+        // connection holds a lock on it, so closing the pin cannot drop our POSIX locks.)
+        let pin = open_pin_connection(&self.shared.path, self.cfg.busy_timeout)?;
+        begin_read(&pin).context("cannot take the pin's read lock")?;
         let outcome = self
             .end_read_tx()
-            .and_then(|()| self.checkpoint_pinned(mode, before));
-        // Our own read transaction first, then the pin may go. Its connection is closed too:
-        // kept open, its schema and page cache were 60 KiB of every busy db's memory. (SQLite
-        // keeps the db file's descriptor open while our connection holds a lock on it, so
-        // closing the pin cannot drop our POSIX locks.)
+            .and_then(|()| self.checkpoint_pinned(&pin, mode, before));
+        // Our own read transaction first, then the pin may go.
         let relocked = self.begin_read_tx();
-        let unpinned = self.unpin();
-        self.pin = None;
+        let unpinned = end_read(&pin).context("cannot release the pin's read lock");
+        drop(pin);
         self.shared
             .metrics
             .checkpoint_done(mode, outcome.is_ok(), started.elapsed());
@@ -1044,6 +1040,7 @@ impl Db {
     /// restart's backfill when it emptied the WAL.
     fn checkpoint_pinned(
         &mut self,
+        pin: &Connection,
         mode: CheckpointMode,
         before: Option<[u8; WAL_HEADER_SIZE]>,
     ) -> Result<(bool, i64, i64)> {
@@ -1058,7 +1055,7 @@ impl Db {
         }
         let passive = (mode == CheckpointMode::Passive).then_some(log_frames);
         Ok(
-            match self.restart_wal(before, mode == CheckpointMode::Truncate, passive)? {
+            match self.restart_wal(pin, before, mode == CheckpointMode::Truncate, passive)? {
                 Some((log, done)) => (false, log, done),
                 None => (busy, log_frames, checkpointed),
             },
@@ -1123,15 +1120,16 @@ impl Db {
             .as_ref()
             .ok_or_else(|| anyhow!("no shadow wal"))?;
         let wal = wal_path(&self.shared.path);
-        let Some(hdr) = read_header(&wal)? else {
+        let wal_file =
+            File::open(&wal).with_context(|| format!("{}: cannot open wal", wal.display()))?;
+        let mut hdr = [0u8; WAL_HEADER_SIZE];
+        if read_at_most(&wal_file, 0, &mut hdr)? < hdr.len() {
             return Ok(Err("the wal lost its header".into()));
-        };
+        }
         let new = match WalHeader::parse(&hdr) {
             Ok(h) => h,
             Err(e) => return Ok(Err(format!("the wal header is invalid: {e}"))),
         };
-        let wal_file =
-            File::open(&wal).with_context(|| format!("{}: cannot open wal", wal.display()))?;
         let mut next = [0u8; FRAME_HEADER_SIZE];
         let got = read_at_most(&wal_file, shadow.size, &mut next)?;
         let truncated = wal_file.metadata()?.len() < self.wal_len_max;
@@ -1159,15 +1157,15 @@ impl Db {
     /// time per transaction), where overwriting the existing file costs nothing extra.
     fn restart_wal(
         &mut self,
+        pin: &Connection,
         before: Option<[u8; WAL_HEADER_SIZE]>,
         shrink: bool,
         emptied: Option<i64>,
     ) -> Result<Option<(i64, i64)>> {
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        // Application writers wait while we hold the write lock: wait for theirs no longer.
-        conn.busy_timeout(Duration::from_millis(100))?;
-        let locked = conn.execute_batch("BEGIN IMMEDIATE");
-        conn.busy_timeout(self.cfg.busy_timeout)?;
+        let locked = briefly(conn, self.cfg.busy_timeout, |c| {
+            c.execute_batch("BEGIN IMMEDIATE")
+        })?;
         if let Err(err) = locked {
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -1188,13 +1186,9 @@ impl Db {
             if emptied.is_some_and(|n| frames > n as u64) {
                 return Ok(None);
             }
-            self.unpin()?;
-            let pin = self
-                .pin
-                .as_ref()
-                .ok_or_else(|| anyhow!("no pin connection"))?;
+            end_read(pin).context("cannot release the pin's read lock")?;
             let (busy, log, done) = checkpoint_on(pin, "PASSIVE")?;
-            self.pin()?;
+            begin_read(pin).context("cannot take the pin's read lock")?;
             Ok((!busy && log >= 0 && done == log).then_some((log, done)))
         })();
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
@@ -1215,12 +1209,12 @@ impl Db {
             let limit = TRUNCATED_WAL_BYTES.min(below);
             conn.execute_batch(&format!("PRAGMA journal_size_limit = {limit}"))?;
         }
-        conn.busy_timeout(Duration::from_millis(100))?;
-        let written = conn.execute(
-            "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1",
-            [],
-        );
-        conn.busy_timeout(self.cfg.busy_timeout)?;
+        let written = briefly(conn, self.cfg.busy_timeout, |c| {
+            c.execute(
+                "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1",
+                [],
+            )
+        })?;
         if shrink {
             conn.execute_batch("PRAGMA journal_size_limit = -1")?;
         }
@@ -1230,40 +1224,6 @@ impl Db {
             Err(err) if is_busy(&err) => Ok(Some(counts)),
             Err(err) => Err(err).context("cannot write to _litestream_seq"),
         }
-    }
-
-    /// Begins the pin's read transaction (see `checkpoint`), opening its connection if needed.
-    fn pin(&mut self) -> Result<()> {
-        if self.pin.is_none() {
-            self.pin = Some(open_pin_connection(
-                &self.shared.path,
-                self.cfg.busy_timeout,
-            )?);
-        }
-        let pin = self
-            .pin
-            .as_ref()
-            .ok_or_else(|| anyhow!("no pin connection"))?;
-        if !pin.is_autocommit() {
-            return Ok(());
-        }
-        pin.execute_batch("BEGIN")
-            .context("cannot begin the pin's read transaction")?;
-        if let Err(e) = pin.query_row("SELECT COUNT(1) FROM _litestream_seq", [], |_| Ok(())) {
-            let _ = pin.execute_batch("ROLLBACK");
-            return Err(e).context("cannot take the pin's read lock");
-        }
-        Ok(())
-    }
-
-    fn unpin(&mut self) -> Result<()> {
-        if let Some(pin) = &self.pin {
-            if !pin.is_autocommit() {
-                pin.execute_batch("ROLLBACK")
-                    .context("cannot release the pin's read lock")?;
-            }
-        }
-        Ok(())
     }
 
     /// fsyncs the current shadow file (after `copy_frames(false)`).
@@ -1331,12 +1291,7 @@ impl Db {
             return Ok(());
         }
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        conn.execute_batch("BEGIN")
-            .context("cannot begin read transaction")?;
-        if let Err(e) = conn.query_row("SELECT COUNT(1) FROM _litestream_seq", [], |_| Ok(())) {
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(e).context("cannot acquire read lock");
-        }
+        begin_read(conn).context("cannot acquire read lock")?;
         self.in_read_tx = true;
         self.clean_read_tx = false;
         Ok(())
@@ -1348,11 +1303,7 @@ impl Db {
         }
         self.in_read_tx = false;
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        if !conn.is_autocommit() {
-            conn.execute_batch("ROLLBACK")
-                .context("cannot release read lock")?;
-        }
-        Ok(())
+        end_read(conn).context("cannot release read lock")
     }
 
     /// Deletes shadow files every replica has uploaded (keeping one extra index).
@@ -1398,8 +1349,6 @@ impl Db {
 
     /// Releases the read lock and closes the connection.
     pub fn close(&mut self) {
-        let _ = self.unpin();
-        self.pin = None;
         let _ = self.end_read_tx();
         self.conn = None;
         self.in_read_tx = false;
@@ -1480,6 +1429,37 @@ fn checkpoint_on(conn: &Connection, mode: &str) -> Result<(bool, i64, i64)> {
         })
         .with_context(|| format!("checkpoint {mode} failed"))?;
     Ok((busy != 0, log, checkpointed))
+}
+
+/// Begins a read transaction that holds SQLite's WAL read lock until `end_read`.
+fn begin_read(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN")?;
+    if let Err(e) = conn.query_row("SELECT COUNT(1) FROM _litestream_seq", [], |_| Ok(())) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Ends whatever transaction `conn` has open (none is fine).
+fn end_read(conn: &Connection) -> rusqlite::Result<()> {
+    if conn.is_autocommit() {
+        return Ok(());
+    }
+    conn.execute_batch("ROLLBACK")
+}
+
+/// Runs `f` with a 100 ms busy timeout: while we take the write lock, application writers wait
+/// on us, so we wait for theirs no longer than that. `restore` is the timeout to put back.
+fn briefly<T>(
+    conn: &Connection,
+    restore: Duration,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Result<rusqlite::Result<T>> {
+    conn.busy_timeout(Duration::from_millis(100))?;
+    let r = f(conn);
+    conn.busy_timeout(restore)?;
+    Ok(r)
 }
 
 /// SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock we asked for.
