@@ -19,13 +19,16 @@ pub const SECRET_KEY: &str = "bench-secret-3b9c";
 pub const BUCKET: &str = "bkt";
 
 pub fn available() -> bool {
-    Command::new("s3s-fs")
-        .arg("--version")
+    succeeds_quietly(Command::new("s3s-fs").arg("--version"))
+}
+
+/// Runs `cmd` with no input and its output discarded: true if it ran and exited 0.
+fn succeeds_quietly(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .is_ok_and(|s| s.success())
 }
 
 /// One request seen by the proxy.
@@ -146,26 +149,23 @@ impl S3Server {
         // One curl process for all of them, up to 8 at once (as restore's -parallelism 8):
         // per-process start-up would otherwise be counted once per object.
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--no-progress-meter", "--fail", "-Z", "--parallel-max", "8"])
-            .args(["--aws-sigv4", "aws:amz:us-east-1:s3"])
-            .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
-            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]);
+        cmd.args([
+            "-sS",
+            "--no-progress-meter",
+            "--fail",
+            "-Z",
+            "--parallel-max",
+            "8",
+        ])
+        .args(["--aws-sigv4", "aws:amz:us-east-1:s3"])
+        .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]);
         for k in &keys {
             cmd.arg(format!("http://127.0.0.1:{}/{BUCKET}/{k}", self.port))
                 .args(["-o", "/dev/null"]);
         }
         let t = Instant::now();
-        let ok = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            return None;
-        }
-        Some(t.elapsed().as_secs_f64())
+        succeeds_quietly(&mut cmd).then(|| t.elapsed().as_secs_f64())
     }
 
     /// Environment with the credentials, for `litestream restore URL`.
