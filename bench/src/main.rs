@@ -293,7 +293,7 @@ issue and Litestream v0.3.13's measured figures (from the issue). Everything run
 S3 rows use a local s3s-fs server (lag and request counts through a request-timing proxy, \
 restores straight to it), so they measure our client and the protocol, not a network. The application writes with `journal_mode=WAL`, `synchronous=NORMAL` \
 and table `t(id INTEGER PRIMARY KEY, v BLOB)`; \"half random, half text\" means alternate rows are \
-random bytes and repeated English text. Page cache is warm (databases were just written); before each CPU, snapshot and restore measurement the bench runs `sync` and waits 0.5 s, so that no row pays for the writeback of the one before. Restore rows are the median of 3 back-to-back runs, all three listed: where free memory is handed back to the host (a VM with virtio-balloon free page reporting, as here), the first run after a pause pays a host page fault for each fresh page-cache page, up to 3× its time.\n\n",
+random bytes and repeated English text. Page cache is warm (databases were just written); before each CPU, snapshot and restore measurement the bench runs `sync` and waits 0.5 s, so that no row pays for the writeback of the one before. Restore rows are the median of 3 back-to-back runs, all three listed: on this VM the same restore at times takes 3–4× as long (the difference is system time in the kernel's page copies), and one run should not decide a row.\n\n",
     );
     md.push_str(&format!(
         "- date: {date}\n- run: {}{}\n- CPU: {cpu}\n- commit: {commit}\n- load average (1/5/15 min): {load_start} at start, {load_end} at end\n- duration: {total:.0} s\n",

@@ -116,12 +116,12 @@ impl Restored {
     }
 }
 
-/// Runs of each restore: the median is reported. This VM hands freed guest memory back to the
-/// host (virtio-balloon free page reporting), and the first touch of such memory costs a host
-/// page fault: a restore after a pause of a few seconds spent 1.3–1.4 s of system time where
-/// the same restore right after another spent 0.3 s (516 MiB db, gzip, snapshot + WAL). The
-/// first run of a row therefore measures the hypervisor as much as the restore; its time is
-/// still printed.
+/// Runs of each restore: the median is reported and every run's time printed. On this VM the
+/// same restore sometimes takes 3–4× as long (516 MiB db, gzip, snapshot + WAL: 1.5–2.0 s
+/// against 0.43–0.50 s), nearly all of the difference system time in the kernel's page
+/// copies, the profile otherwise the same. It comes and goes with the machine's state (not
+/// with a pause before the run, nor after 8 GB were freed and handed back to the host), so
+/// one run should not decide a row.
 const RESTORE_RUNS: usize = 3;
 
 /// `litestream restore -o OUT url`, RESTORE_RUNS times back to back; the median run, with
@@ -316,7 +316,7 @@ pub fn run(ctx: &mut Ctx) {
             ctx,
             &format!("restore, snapshot only, file replica ({c})"),
             r,
-            "`litestream restore -o OUT file://…` of the replica above (snapshot + the few-page WAL of index 0), default -parallelism 8, integrity_check included; median of 3 back-to-back runs (the first after a pause pays this VM's host page faults on fresh page cache; all three listed); MiB/s of the restored db; peak RSS = VmHWM of the restore process polled every 2 ms".to_string(),
+            "`litestream restore -o OUT file://…` of the replica above (snapshot + the few-page WAL of index 0), default -parallelism 8, integrity_check included; median of 3 back-to-back runs, all three listed; MiB/s of the restored db; peak RSS = VmHWM of the restore process polled every 2 ms".to_string(),
         );
         file_snap_secs.push((*c, secs));
     }
@@ -475,7 +475,7 @@ pub fn run(ctx: &mut Ctx) {
             ctx,
             &format!("restore, snapshot + WAL, file replica ({c})"),
             r,
-            format!("`litestream restore -o OUT file://…`: {shape}; default -parallelism 8, integrity_check included; median of 3 back-to-back runs (the first after a pause pays this VM's host page faults on fresh page cache; all three listed); MiB/s of the restored db; peak RSS = VmHWM of the restore process polled every 2 ms"),
+            format!("`litestream restore -o OUT file://…`: {shape}; default -parallelism 8, integrity_check included; median of 3 back-to-back runs, all three listed; MiB/s of the restored db; peak RSS = VmHWM of the restore process polled every 2 ms"),
         );
         file_wal_secs.push((c, secs));
     }
