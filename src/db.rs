@@ -1864,7 +1864,7 @@ mod tests {
     }
 
     #[test]
-    fn page_count_checkpoints_wait_a_monitor_interval_since_the_last() {
+    fn passive_waits_a_monitor_interval_and_restart_a_short_gap() {
         let c = cfg();
         let soon = c.monitor_interval / 2;
         assert_eq!(checkpoint_decision(&c, 1000, 1000, soon, true), None);
