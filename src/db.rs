@@ -177,9 +177,13 @@ impl CheckpointMode {
     }
 }
 
-/// How often a checkpoint under our write lock retries SQLite's checkpoint lock, 50 µs apart
-/// (`passive_checkpoint`).
+/// How often a checkpoint under our write lock retries SQLite's checkpoint lock
+/// (`passive_checkpoint_retrying`).
 const CHECKPOINT_LOCK_TRIES: u32 = 100;
+
+/// The pause between two tries for a lock an application holds only for moments (`briefly`,
+/// `passive_checkpoint_retrying`).
+const LOCK_RETRY_PAUSE: Duration = Duration::from_micros(50);
 
 /// The least time between two page-count RESTART checkpoints (see `checkpoint_decision`).
 const RESTART_MIN_GAP: Duration = Duration::from_millis(100);
@@ -1064,7 +1068,7 @@ impl Db {
         before: Option<[u8; WAL_HEADER_SIZE]>,
     ) -> Result<(bool, i64, i64)> {
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        let (busy, log_frames, checkpointed) = passive_checkpoint(conn, 0)?;
+        let (busy, log_frames, checkpointed) = checkpoint_on(conn, "PASSIVE")?;
         let lock_busy = busy && log_frames < 0;
         // RESTART and TRUNCATE restart the WAL even if the application never stops writing;
         // a PASSIVE pass that emptied it may as well (its next writer would, otherwise).
@@ -1205,7 +1209,7 @@ impl Db {
                 return Ok(None);
             }
             end_read(pin).context("cannot release the pin's read lock")?;
-            let (busy, log, done) = passive_checkpoint(pin, CHECKPOINT_LOCK_TRIES)?;
+            let (busy, log, done) = passive_checkpoint_retrying(pin)?;
             begin_read(pin).context("cannot take the pin's read lock")?;
             Ok((!busy && log >= 0 && done == log).then_some((log, done)))
         })();
@@ -1218,13 +1222,15 @@ impl Db {
         let Some(counts) = outcome? else {
             return Ok(None);
         };
-        let (timeout, truncate_page_count) = (self.cfg.busy_timeout, self.cfg.truncate_page_count);
-        let frame_size = self.shadow.as_ref().map_or(4096, |s| s.header.frame_size()) as u64;
+        // Below the threshold that asked for it, or every tick would ask again.
+        let shrink_to = shrink.then(|| {
+            let frame_size = self.shadow.as_ref().map_or(4096, |s| s.header.frame_size()) as u64;
+            let below =
+                WAL_HEADER_SIZE as u64 + u64::from(self.cfg.truncate_page_count / 2) * frame_size;
+            TRUNCATED_WAL_BYTES.min(below)
+        });
         let conn = self.conn.as_mut().ok_or_else(|| anyhow!("no connection"))?;
-        if shrink {
-            // Below the threshold that asked for it, or every tick would ask again.
-            let below = WAL_HEADER_SIZE as u64 + u64::from(truncate_page_count / 2) * frame_size;
-            let limit = TRUNCATED_WAL_BYTES.min(below);
+        if let Some(limit) = shrink_to {
             conn.execute_batch(&format!("PRAGMA journal_size_limit = {limit}"))?;
         }
         let written = briefly(conn, timeout, |c| {
@@ -1449,20 +1455,20 @@ fn checkpoint_on(conn: &Connection, mode: &str) -> Result<(bool, i64, i64)> {
     Ok((busy != 0, log, checkpointed))
 }
 
-/// `PRAGMA wal_checkpoint(PASSIVE)` on `conn`: (busy, frames in the WAL, frames checkpointed).
-/// Busy with no counts means another connection holds SQLite's checkpoint lock, and PASSIVE
-/// asks for it once; this asks again up to `retries` times, 50 µs apart. Only under our write
-/// lock is that worth it: an application's auto-checkpoint then cannot be re-triggered by a
-/// commit and soon lets go; otherwise the next tick tries again.
-fn passive_checkpoint(conn: &Connection, retries: u32) -> Result<(bool, i64, i64)> {
+/// `checkpoint_on(conn, "PASSIVE")`, asked again up to CHECKPOINT_LOCK_TRIES times while it
+/// is busy with no counts: another connection holds SQLite's checkpoint lock, which SQLite
+/// never waits for (not even with a busy handler). For use under our write lock only: an
+/// application's auto-checkpoint then cannot be started again by a commit and soon lets go;
+/// elsewhere the next tick tries again.
+fn passive_checkpoint_retrying(conn: &Connection) -> Result<(bool, i64, i64)> {
     let mut tries = 0;
     loop {
         let counts = checkpoint_on(conn, "PASSIVE")?;
-        if !(counts.0 && counts.1 < 0) || tries >= retries {
+        if !(counts.0 && counts.1 < 0) || tries >= CHECKPOINT_LOCK_TRIES {
             return Ok(counts);
         }
         tries += 1;
-        std::thread::sleep(Duration::from_micros(50));
+        std::thread::sleep(LOCK_RETRY_PAUSE);
     }
 }
 
@@ -1500,7 +1506,7 @@ fn briefly<T>(
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_micros(50));
+        std::thread::sleep(LOCK_RETRY_PAUSE);
         true
     }))?;
     let r = f(conn);
