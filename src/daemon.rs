@@ -22,7 +22,8 @@ use crate::config::Config;
 use crate::db::{default_meta_dir, Db, DbShared};
 use crate::logging;
 use crate::metrics::{self, DbMetrics, Registry};
-use crate::replica::{Replica, Semaphore};
+use crate::replica::Replica;
+use crate::sync::Semaphore;
 use crate::watch;
 
 /// How long replicas may keep uploading after a stop signal.

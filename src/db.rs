@@ -18,7 +18,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,13 +26,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
 use crate::codec;
 use crate::config::{DbConfig, LogLevel};
+use crate::files::{self, create_file, fsync_dir, read_at, read_at_most, wal_path, write_atomic};
 use crate::logging;
 use crate::metrics::DbMetrics;
 use crate::position::{self, Position, MAX_INDEX};
+use crate::sqlite::{
+    self, begin_read, briefly, end_read, is_busy, open_connection, open_pin_connection,
+    passive_checkpoint_retrying, CheckpointMode,
+};
+use crate::sync::lock;
 use crate::wal::{self, FrameVerifier, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
 
 /// Buffer size for streaming WAL bytes; bounds memory whatever the transaction size.
@@ -122,12 +128,6 @@ impl DbShared {
     }
 }
 
-/// Locks a mutex, recovering from poisoning: the data behind our mutexes stays valid even if a
-/// thread panicked while holding one.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Default metadata directory: `<dir>/.<file>-litestream`.
 pub fn default_meta_dir(db_path: &Path) -> PathBuf {
     let dir = db_path.parent().unwrap_or_else(|| Path::new("/"));
@@ -136,12 +136,6 @@ pub fn default_meta_dir(db_path: &Path) -> PathBuf {
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
     dir.join(format!(".{file}-litestream"))
-}
-
-pub fn wal_path(db_path: &Path) -> PathBuf {
-    let mut s = db_path.as_os_str().to_owned();
-    s.push("-wal");
-    PathBuf::from(s)
 }
 
 pub fn shadow_wal_dir(meta_dir: &Path, generation: &str) -> PathBuf {
@@ -158,32 +152,6 @@ pub enum Notice {
     /// The shadow WAL now ends at this position.
     Synced(Position),
 }
-
-/// Checkpoint modes we run, in increasing strength.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CheckpointMode {
-    Passive,
-    Restart,
-    Truncate,
-}
-
-impl CheckpointMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            CheckpointMode::Passive => "PASSIVE",
-            CheckpointMode::Restart => "RESTART",
-            CheckpointMode::Truncate => "TRUNCATE",
-        }
-    }
-}
-
-/// How often a checkpoint under our write lock retries SQLite's checkpoint lock
-/// (`passive_checkpoint_retrying`).
-const CHECKPOINT_LOCK_TRIES: u32 = 100;
-
-/// The pause between two tries for a lock an application holds only for moments (`briefly`,
-/// `passive_checkpoint_retrying`).
-const LOCK_RETRY_PAUSE: Duration = Duration::from_micros(50);
 
 /// The least time between two page-count RESTART checkpoints (see `checkpoint_decision`).
 const RESTART_MIN_GAP: Duration = Duration::from_millis(100);
@@ -1068,7 +1036,7 @@ impl Db {
         before: Option<[u8; WAL_HEADER_SIZE]>,
     ) -> Result<(bool, i64, i64)> {
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        let (busy, log_frames, checkpointed) = checkpoint_on(conn, "PASSIVE")?;
+        let (busy, log_frames, checkpointed) = sqlite::checkpoint(conn, CheckpointMode::Passive)?;
         let lock_busy = busy && log_frames < 0;
         // RESTART and TRUNCATE restart the WAL even if the application never stops writing;
         // a PASSIVE pass that emptied it may as well (its next writer would, otherwise).
@@ -1233,12 +1201,7 @@ impl Db {
         if let Some(limit) = shrink_to {
             conn.execute_batch(&format!("PRAGMA journal_size_limit = {limit}"))?;
         }
-        let written = briefly(conn, timeout, |c| {
-            c.execute(
-                "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1",
-                [],
-            )
-        })?;
+        let written = briefly(conn, timeout, sqlite::bump_seq)?;
         if shrink {
             conn.execute_batch("PRAGMA journal_size_limit = -1")?;
         }
@@ -1299,10 +1262,7 @@ impl Db {
             self.end_read_tx()?;
         }
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        let r = conn.execute(
-            "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1",
-            [],
-        );
+        let r = sqlite::bump_seq(conn);
         if was_in_tx {
             self.begin_read_tx()?;
         }
@@ -1387,167 +1347,6 @@ const RESTART: &str = "restart";
 /// `Db::verify`'s reason for a restart that `finish_restart_locked` must check.
 const UNSEEN_RESTART: &str = "restart out of sight";
 
-/// A connection with SQLite's per-connection preallocations turned off, the WAL kept when it
-/// closes, and `busy_timeout`.
-fn open_slim(path: &Path, busy_timeout: Duration) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
-    )
-    .with_context(|| format!("{}: cannot open database", path.display()))?;
-    // This connection runs a handful of tiny statements and checkpoints (which bypass the page
-    // cache), so SQLite's per-connection preallocations would be waste: the lookaside arena
-    // and the page cache's first bulk allocation (about 20 pages) were most of a db's
-    // resident memory in a daemon with many databases. Both must be set before the first
-    // statement. Memory-only settings: nothing about the db changes.
-    // SAFETY: the handle is valid while `conn` lives; no statement has run, so no lookaside
-    // memory is in use, which SQLITE_DBCONFIG_LOOKASIDE requires.
-    let rc = unsafe {
-        rusqlite::ffi::sqlite3_db_config(
-            conn.handle(),
-            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
-            std::ptr::null_mut::<std::ffi::c_void>(),
-            0 as std::ffi::c_int,
-            0 as std::ffi::c_int,
-        )
-    };
-    if rc != rusqlite::ffi::SQLITE_OK {
-        logging::warn(
-            "cannot turn off sqlite lookaside memory",
-            &[("db", &path.display()), ("code", &rc)],
-        );
-    }
-    conn.execute_batch("PRAGMA cache_size = -64")
-        .with_context(|| format!("{}: cannot set cache_size", path.display()))?;
-    conn.busy_timeout(busy_timeout)?;
-    // The -wal must outlive our connection so a restart can resume from it.
-    let mut persist: std::ffi::c_int = 1;
-    conn.file_control(
-        Some(rusqlite::MAIN_DB),
-        rusqlite::FileControl::PersistWal(&mut persist),
-    )
-    .context("cannot set SQLITE_FCNTL_PERSIST_WAL")?;
-    Ok(conn)
-}
-
-/// The pin's connection (see `Db::checkpoint`): it only ever holds a read transaction and runs
-/// the PASSIVE checkpoint of `Db::restart_wal`; the schema is our main connection's business.
-fn open_pin_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
-    let conn = open_slim(path, busy_timeout)?;
-    conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
-        .with_context(|| format!("{}: cannot prepare the pin connection", path.display()))?;
-    Ok(conn)
-}
-
-/// Runs `PRAGMA wal_checkpoint(mode)` on `conn`: (busy, frames in the WAL, frames checkpointed).
-fn checkpoint_on(conn: &Connection, mode: &str) -> Result<(bool, i64, i64)> {
-    let (busy, log, checkpointed) = conn
-        .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
-        })
-        .with_context(|| format!("checkpoint {mode} failed"))?;
-    Ok((busy != 0, log, checkpointed))
-}
-
-/// `checkpoint_on(conn, "PASSIVE")`, asked again up to CHECKPOINT_LOCK_TRIES times while it
-/// is busy with no counts: another connection holds SQLite's checkpoint lock, which SQLite
-/// never waits for (not even with a busy handler). For use under our write lock only: an
-/// application's auto-checkpoint then cannot be started again by a commit and soon lets go;
-/// elsewhere the next tick tries again.
-fn passive_checkpoint_retrying(conn: &Connection) -> Result<(bool, i64, i64)> {
-    let mut tries = 0;
-    loop {
-        let counts = checkpoint_on(conn, "PASSIVE")?;
-        if !(counts.0 && counts.1 < 0) || tries >= CHECKPOINT_LOCK_TRIES {
-            return Ok(counts);
-        }
-        tries += 1;
-        std::thread::sleep(LOCK_RETRY_PAUSE);
-    }
-}
-
-/// Begins a read transaction that holds SQLite's WAL read lock until `end_read`.
-fn begin_read(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("BEGIN")?;
-    if let Err(e) = conn.query_row("SELECT COUNT(1) FROM _litestream_seq", [], |_| Ok(())) {
-        let _ = conn.execute_batch("ROLLBACK");
-        return Err(e);
-    }
-    Ok(())
-}
-
-/// Ends whatever transaction `conn` has open (none is fine).
-fn end_read(conn: &Connection) -> rusqlite::Result<()> {
-    if conn.is_autocommit() {
-        return Ok(());
-    }
-    conn.execute_batch("ROLLBACK")
-}
-
-/// Runs `f` with a busy handler that retries for at most 100 ms: while we take the write lock,
-/// application writers wait on us, so we wait for theirs no longer than that. It retries every
-/// 50 µs, not SQLite's default 1, 2, 5, 10… ms: a back-to-back writer holds the write lock
-/// nearly all the time and commits between our read snapshot and our write-lock attempt, so
-/// the default's eight tries in 100 ms nearly always all failed and a checkpoint that should
-/// restart the WAL gave up. `restore` is the busy timeout to put back.
-fn briefly<T>(
-    conn: &mut Connection,
-    restore: Duration,
-    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-) -> Result<rusqlite::Result<T>> {
-    let deadline = Instant::now() + Duration::from_millis(100);
-    conn.busy_handler(Some(move |_tries: i32| {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(LOCK_RETRY_PAUSE);
-        true
-    }))?;
-    let r = f(conn);
-    conn.busy_timeout(restore)?;
-    Ok(r)
-}
-
-/// SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock we asked for.
-fn is_busy(err: &rusqlite::Error) -> bool {
-    matches!(
-        err.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
-}
-
-fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
-    let conn = open_slim(path, busy_timeout)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))
-        .with_context(|| format!("{}: cannot enable WAL mode", path.display()))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        bail!(
-            "{}: journal_mode is {mode}, not wal (is another process holding it in rollback mode?)",
-            path.display()
-        );
-    }
-    // synchronous=NORMAL: our only commits are the `_litestream_seq` writes that restart the
-    // WAL, made while holding the write lock; under FULL each also waited for an fsync of the
-    // WAL with the application blocked behind us. Checkpoints still fsync the WAL and the db,
-    // and a restarted WAL's header is still synced before its first frame (SQLite does both
-    // in NORMAL); losing our row to a power cut costs nothing.
-    conn.execute_batch(
-        "PRAGMA wal_autocheckpoint = 0;
-         PRAGMA synchronous = NORMAL;
-         CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER);
-         CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER);",
-    )
-    .with_context(|| format!("{}: cannot prepare database", path.display()))?;
-    Ok(conn)
-}
-
 /// Reads exactly `buf.len()` bytes; `Ok(false)` at end of file (a partial frame counts as end:
 /// it is a write in progress or a torn tail).
 fn read_whole(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
@@ -1562,18 +1361,6 @@ fn open_shadow(path: &Path) -> Result<File> {
         .with_context(|| format!("{}: cannot open shadow wal", path.display()))
 }
 
-fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    let f = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    f.read_exact_at(buf, offset).with_context(|| {
-        format!(
-            "{}: cannot read {} bytes at {offset}",
-            path.display(),
-            buf.len()
-        )
-    })
-}
-
 fn read_header(wal: &Path) -> Result<Option<[u8; WAL_HEADER_SIZE]>> {
     let len = fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
     if len < WAL_HEADER_SIZE as u64 {
@@ -1585,21 +1372,6 @@ fn read_header(wal: &Path) -> Result<Option<[u8; WAL_HEADER_SIZE]>> {
 }
 
 /// Number of whole frames in the real WAL file (committed or not).
-/// Fills `buf` from `offset` with `pread`; fewer bytes only at the end of the file.
-fn read_at_most(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read_at(&mut buf[n..], offset + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 fn wal_frames(wal: &Path, frame_size: usize) -> u64 {
     let len = fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
     len.saturating_sub(WAL_HEADER_SIZE as u64) / frame_size as u64
@@ -1725,43 +1497,6 @@ fn remove_tmp_files(dir: &Path) {
     }
 }
 
-/// Creates a file with `mode` (not widened by the umask's absence, narrowed by nothing).
-pub fn create_file(path: &Path, mode: u32) -> Result<File> {
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("{}: cannot create", path.display()))?;
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .with_context(|| format!("{}: cannot set mode", path.display()))?;
-    Ok(f)
-}
-
-/// Writes a small file atomically: temp name, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = create_file(&tmp, mode)?;
-    f.write_all(data)
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("{}: cannot fsync", tmp.display()))?;
-    drop(f);
-    fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
-    if let Some(dir) = path.parent() {
-        fsync_dir(dir)?;
-    }
-    Ok(())
-}
-
-pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("{}: cannot fsync directory", dir.display()))
-}
-
 /// Takes an exclusive `flock` on `<meta dir>/lock`. Two daemons replicating one db would each
 /// take the other's WAL restarts for lost frames and remove the other's generations; the
 /// second one waits here instead (retried every monitor-interval, so it takes over when the
@@ -1794,38 +1529,19 @@ fn lock_meta_dir(meta_dir: &Path, db_path: &Path, mode: u32) -> Result<File> {
 }
 
 /// Creates the metadata dir `dir` with the db file's mode (plus `x` where it has `r`, see
-/// `client::file::dir_mode_for`) and, as root, the db file's owner: the shadow WAL holds the
-/// data, so no more people may read it than may read the db.
+/// `files::dir_mode_for`) and, as root, the db file's owner: the shadow WAL holds the data,
+/// so no more people may read it than may read the db.
 fn create_dir_like(dir: &Path, db_path: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     let meta =
         fs::metadata(db_path).with_context(|| format!("{}: cannot stat", db_path.display()))?;
-    create_dir_all_like(dir, &meta)
-}
-
-fn create_dir_all_like(dir: &Path, db_meta: &fs::Metadata) -> Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent() {
-        create_dir_all_like(parent, db_meta)?;
-    }
-    match fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => {
-            return Err(e).with_context(|| format!("{}: cannot create directory", dir.display()))
-        }
-    }
-    let mode = crate::client::file::dir_mode_for(db_meta.mode());
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("{}: cannot set mode {mode:o}", dir.display()))?;
-    if unsafe { libc::geteuid() } == 0 {
-        let _ = std::os::unix::fs::chown(dir, Some(db_meta.uid()), Some(db_meta.gid()));
-    }
-    Ok(())
+    let owner = files::Owner {
+        uid: meta.uid(),
+        gid: meta.gid(),
+    };
+    files::create_dir_all(dir, files::dir_mode_for(meta.mode()), Some(owner))
 }
 
 #[cfg(test)]

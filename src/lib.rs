@@ -5,18 +5,22 @@
 //! the two kinds of threads; `daemon` wires them; `cli` holds one file per command.
 //! See ARCHITECTURE.md for the code map.
 
+pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod files;
 pub mod layout;
 pub mod logging;
 pub mod metrics;
 pub mod position;
 pub mod replica;
 pub mod restore;
+pub mod sqlite;
+pub mod sync;
 pub mod validate;
 pub mod wal;
 pub mod watch;

@@ -24,8 +24,9 @@ use anyhow::{Context, Result};
 
 use crate::client::{self, Listing, ReplicaClient, SnapshotInfo, WalSegmentInfo};
 use crate::codec::Compression;
-use crate::db::{lock, CheckpointMode};
 use crate::logging;
+use crate::sqlite::CheckpointMode;
+use crate::sync::lock;
 
 /// Publish times kept per db for the lag computation (2 KiB per db).
 const RING: u64 = 256;

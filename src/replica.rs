@@ -10,55 +10,31 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::Receiver;
 
+use crate::backoff::{Backoff, Growth};
 use crate::client::ReplicaClient;
 use crate::codec;
 use crate::config::ReplicaConfig;
-use crate::db::{lock, DbShared, Notice};
+use crate::db::{DbShared, Notice};
 use crate::logging;
 use crate::position::Position;
+use crate::sync::Semaphore;
 use crate::wal::WAL_HEADER_SIZE;
 
-/// Longest wait between retries of a failing store.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Caps how many snapshots run at once in the process (`snapshot-concurrency`): a snapshot
-/// streams a whole db file and many at once would compete for memory and disk.
-pub struct Semaphore {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-impl Semaphore {
-    pub fn new(n: usize) -> Self {
-        Semaphore {
-            free: Mutex::new(n.max(1)),
-            cv: Condvar::new(),
-        }
-    }
-
-    pub fn acquire(&self) -> Permit<'_> {
-        let mut free = lock(&self.free);
-        while *free == 0 {
-            free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
-        *free -= 1;
-        Permit(self)
-    }
-}
-
-pub struct Permit<'a>(&'a Semaphore);
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        *lock(&self.0.free) += 1;
-        self.0.cv.notify_one();
-    }
+/// Retries of a failing store: 1 s, 2 s, 4 s … 30 s, each ±25 % so that the replicas of one
+/// process do not retry in step. A store that is down for hours costs two requests a minute.
+fn store_backoff() -> Backoff {
+    Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        Growth::Doubling,
+    )
+    .with_jitter()
 }
 
 pub struct Replica {
@@ -124,7 +100,7 @@ impl Replica {
     pub fn run(mut self, notices: Receiver<Notice>, stop: Receiver<Instant>) {
         // Start-up counts as a change: the store may lag the shadow from before a restart.
         let mut dirty = true;
-        let mut backoff = Duration::ZERO;
+        let mut backoff = store_backoff();
         let mut retry_at: Option<Instant> = None;
         loop {
             while notices.try_recv().is_ok() {
@@ -140,39 +116,17 @@ impl Replica {
                 match self.sync() {
                     Ok(()) => {
                         dirty = false;
-                        backoff = Duration::ZERO;
+                        backoff.reset();
                         retry_at = None;
                     }
-                    Err(err) => {
-                        backoff = next_backoff(backoff);
-                        retry_at = Some(Instant::now() + backoff);
-                        logging::error(
-                            "replica sync error",
-                            &[
-                                ("db", &self.db_label()),
-                                ("replica", &self.cfg.name),
-                                ("error", &format!("{err:#}")),
-                                ("retry_in", &format!("{backoff:?}")),
-                            ],
-                        );
-                    }
+                    Err(err) => retry_at = Some(self.retry_later(&err, &mut backoff)),
                 }
                 continue;
             }
             if retry_at.is_none() {
                 if let Err(err) = self.scheduled_work() {
-                    backoff = next_backoff(backoff);
-                    retry_at = Some(Instant::now() + backoff);
+                    retry_at = Some(self.retry_later(&err, &mut backoff));
                     dirty = true;
-                    logging::error(
-                        "replica sync error",
-                        &[
-                            ("db", &self.db_label()),
-                            ("replica", &self.cfg.name),
-                            ("error", &format!("{err:#}")),
-                            ("retry_in", &format!("{backoff:?}")),
-                        ],
-                    );
                     continue;
                 }
             }
@@ -204,15 +158,30 @@ impl Replica {
         }
     }
 
+    /// Logs a failed sync or scheduled task; returns when to try again.
+    fn retry_later(&self, err: &anyhow::Error, backoff: &mut Backoff) -> Instant {
+        let wait = backoff.next_wait();
+        logging::error(
+            "replica sync error",
+            &[
+                ("db", &self.db_label()),
+                ("replica", &self.cfg.name),
+                ("error", &format!("{err:#}")),
+                ("retry_in", &format!("{wait:?}")),
+            ],
+        );
+        Instant::now() + wait
+    }
+
     /// Uploads everything the shadow holds, retrying until `deadline`.
     fn final_sync(&mut self, deadline: Instant) {
-        let mut backoff = Duration::ZERO;
+        let mut backoff = store_backoff();
         loop {
             match self.sync() {
                 Ok(()) => return,
                 Err(err) => {
-                    backoff = next_backoff(backoff);
-                    let give_up = Instant::now() + backoff >= deadline;
+                    let wait = backoff.next_wait();
+                    let give_up = Instant::now() + wait >= deadline;
                     logging::error(
                         if give_up {
                             "replica not fully synced at shutdown"
@@ -228,7 +197,7 @@ impl Replica {
                     if give_up {
                         return;
                     }
-                    std::thread::sleep(backoff);
+                    std::thread::sleep(wait);
                 }
             }
         }
@@ -753,44 +722,16 @@ impl Read for PositionalReader {
 /// Segments up to this size are compressed in memory before they are written.
 const SMALL_SEGMENT: u64 = 256 * 1024;
 
-/// Exponential backoff with jitter, capped: 1s, 2s, 4s … 30s, each ±25 %.
-fn next_backoff(prev: Duration) -> Duration {
-    let base = if prev.is_zero() {
-        Duration::from_secs(1)
-    } else {
-        (prev * 2).min(MAX_BACKOFF)
-    };
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let jitter = f64::from(nanos % 1000) / 1000.0 * 0.5 - 0.25;
-    base.mul_f64(1.0 + jitter).min(MAX_BACKOFF)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_caps() {
-        let mut b = Duration::ZERO;
-        let mut seen = Vec::new();
-        for _ in 0..10 {
-            b = next_backoff(b);
-            seen.push(b);
-        }
+    fn store_backoff_grows_and_caps() {
+        let mut b = store_backoff();
+        let seen: Vec<Duration> = (0..10).map(|_| b.next_wait()).collect();
         assert!(seen[0] >= Duration::from_millis(750) && seen[0] <= Duration::from_millis(1250));
-        assert!(seen.iter().all(|d| *d <= MAX_BACKOFF));
+        assert!(seen.iter().all(|d| *d <= Duration::from_secs(30)));
         assert!(seen[9] >= Duration::from_secs(20));
-    }
-
-    #[test]
-    fn semaphore_limits() {
-        let s = Semaphore::new(1);
-        let p = s.acquire();
-        assert_eq!(*lock(&s.free), 0);
-        drop(p);
-        assert_eq!(*lock(&s.free), 1);
     }
 }

@@ -25,12 +25,15 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use rusqlite::{Connection, OpenFlags};
 
+use crate::backoff::{Backoff, Growth};
 use crate::client::{self, ReplicaClient, SnapshotInfo, WalSegmentInfo};
 use crate::codec::{self, read_full};
+use crate::files;
 use crate::layout;
 use crate::logging;
+use crate::sqlite::{self, CheckpointMode};
+use crate::sync::{lock, wait};
 use crate::wal::{self, FrameHeader, FrameVerifier, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
 
 /// Opens of one object (the first and each reopen after a store failure) before a failure is
@@ -259,15 +262,13 @@ impl TempPaths {
             .ok_or_else(|| anyhow!("{}: output path has no file name", out.display()))?
             .to_string_lossy()
             .into_owned();
-        let dir = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = files::parent_dir(out).to_path_buf();
         let stem = format!("{name}.tmp");
+        let db = dir.join(&stem);
         Ok(TempPaths {
-            db: dir.join(&stem),
-            wal: dir.join(format!("{stem}-wal")),
-            shm: dir.join(format!("{stem}-shm")),
+            wal: files::wal_path(&db),
+            shm: files::shm_path(&db),
+            db,
             dir,
             stem,
         })
@@ -301,10 +302,7 @@ pub fn check_output(out: &Path) -> Result<()> {
             out.display()
         );
     }
-    for suffix in ["-wal", "-shm"] {
-        let mut p = out.as_os_str().to_owned();
-        p.push(suffix);
-        let p = PathBuf::from(p);
+    for p in [files::wal_path(out), files::shm_path(out)] {
         if fs::symlink_metadata(&p).is_ok() {
             bail!(
                 "cannot restore, {} exists beside the output path and SQLite would apply it to the restored database (move it away first)",
@@ -403,11 +401,7 @@ fn build(
             let spool = spool.as_ref();
             threads.push(scope.spawn(move || {
                 while let Some(k) = window.next_job() {
-                    let tx = senders
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_mut(k)
-                        .and_then(Option::take);
+                    let tx = lock(senders).get_mut(k).and_then(Option::take);
                     let Some(tx) = tx else { continue };
                     if abort.load(Ordering::SeqCst) {
                         continue;
@@ -626,12 +620,12 @@ impl BufferPool {
     }
 
     fn take(&self) -> Vec<u8> {
-        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let reused = lock(&self.free).pop();
         reused.unwrap_or_else(|| vec![0u8; WAL_CHUNK])
     }
 
     fn give(&self, buf: Vec<u8>) {
-        let mut v = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = lock(&self.free);
         if v.len() < self.keep {
             v.push(buf);
         }
@@ -914,6 +908,7 @@ struct Resumable<'a> {
     inner: Box<dyn Read + Send + 'a>,
     pos: u64,
     opens: u32,
+    backoff: Backoff,
 }
 
 impl<'a> Resumable<'a> {
@@ -925,12 +920,13 @@ impl<'a> Resumable<'a> {
         let mut open: Box<dyn FnMut() -> Result<Box<dyn Read + Send + 'a>> + Send + 'a> =
             Box::new(open);
         let mut opens = 1;
+        let mut backoff = download_backoff();
         let inner = loop {
             match open() {
                 Ok(r) => break r,
                 Err(e) if client::is_not_found(&e) || opens >= DOWNLOAD_ATTEMPTS => return Err(e),
                 Err(e) => {
-                    retry_pause(what, opens, &format!("{e:#}"));
+                    retry_pause(what, &mut backoff, &format!("{e:#}"));
                     opens += 1;
                 }
             }
@@ -941,6 +937,7 @@ impl<'a> Resumable<'a> {
             inner,
             pos: 0,
             opens,
+            backoff,
         })
     }
 
@@ -972,7 +969,7 @@ impl Read for Resumable<'_> {
             if is_corrupt(&err) || self.opens >= DOWNLOAD_ATTEMPTS {
                 return Err(err);
             }
-            retry_pause(&self.what, self.opens, &err.to_string());
+            retry_pause(&self.what, &mut self.backoff, &err.to_string());
             self.opens += 1;
             if let Err(e) = self.reopen() {
                 if is_corrupt(&e) || self.opens >= DOWNLOAD_ATTEMPTS {
@@ -997,12 +994,27 @@ impl Read for FailOnce {
     }
 }
 
-fn retry_pause(what: &str, attempt: u32, error: &str) {
+/// The pause before a download is tried again: 250 ms, then 500 ms. Short: restore is a person
+/// waiting, and a store that fails three times in a row is reported rather than waited out.
+fn download_backoff() -> Backoff {
+    Backoff::new(
+        Duration::from_millis(250),
+        Duration::from_secs(5),
+        Growth::Linear,
+    )
+}
+
+fn retry_pause(what: &str, backoff: &mut Backoff, error: &str) {
+    let wait = backoff.next_wait();
     logging::warn(
         "download failed, retrying",
-        &[("object", &what), ("attempt", &attempt), ("error", &error)],
+        &[
+            ("object", &what),
+            ("attempt", &backoff.failures()),
+            ("error", &error),
+        ],
     );
-    std::thread::sleep(Duration::from_millis(250 * u64::from(attempt)));
+    std::thread::sleep(wait);
 }
 
 /// Collects verified frames into `WAL_CHUNK` buffers for the applier.
@@ -1355,7 +1367,7 @@ fn checkpoint_wal(
     if frames == 0 {
         return Ok(());
     }
-    let conn = open(db)?;
+    let conn = sqlite::open_private(db)?;
     // A fresh connection learns the db is in WAL mode (and opens the WAL) only when it first
     // reads; until then the checkpoint pragma is a no-op.
     conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(()))
@@ -1365,18 +1377,16 @@ fn checkpoint_wal(
                 db.display()
             )
         })?;
-    let checkpoint = |mode: &str| -> Result<(i64, i64, i64)> {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .with_context(|| format!("{}: cannot apply WAL index {index:08x}", db.display()))
+    let checkpoint = |mode| {
+        sqlite::checkpoint(&conn, mode)
+            .with_context(|| format!("{}: cannot apply WAL index {index:08x}", db.display()))
     };
     // RESTART reports how many frames SQLite found and copied (TRUNCATE reports 0 once the
     // file is emptied), which proves SQLite used every frame we verified; TRUNCATE then
     // empties the WAL.
-    let (busy, log, checkpointed) = checkpoint("RESTART")?;
-    let (busy_truncate, _, _) = checkpoint("TRUNCATE")?;
-    let busy = busy.max(busy_truncate);
+    let (busy, log, checkpointed) = checkpoint(CheckpointMode::Restart)?;
+    let (busy_truncate, _, _) = checkpoint(CheckpointMode::Truncate)?;
+    let busy = u8::from(busy || busy_truncate);
     drop(conn);
     if busy != 0 || log < 0 || log as u64 != frames || checkpointed != log {
         bail!(
@@ -1393,23 +1403,14 @@ fn checkpoint_wal(
 /// into `db`, with the same proof of completeness as a restore. Used by validation to rebuild
 /// the local state at a position from the shadow WAL.
 pub fn replay_wal_in_place(db: &Path, frames: u64) -> Result<()> {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    let mut shm = db.as_os_str().to_owned();
-    shm.push("-shm");
-    checkpoint_wal(db, Path::new(&wal), Path::new(&shm), frames, "local", 0)
-}
-
-fn open(db: &Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
+    checkpoint_wal(
         db,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        &files::wal_path(db),
+        &files::shm_path(db),
+        frames,
+        "local",
+        0,
     )
-    .with_context(|| format!("{}: cannot open restored database", db.display()))?;
-    // Nobody else may touch a database being restored; no shared memory, no waiting.
-    conn.busy_timeout(Duration::ZERO)?;
-    conn.execute_batch("PRAGMA cache_size = -2048;")?;
-    Ok(conn)
 }
 
 /// `PRAGMA integrity_check` and fsync: only a sound database, durably on disk, leaves the
@@ -1434,15 +1435,7 @@ fn finish(db: &Path, file: &File) -> Result<()> {
 
 fn integrity_check(db: &Path) -> Result<()> {
     let started = std::time::Instant::now();
-    let conn = open(db)?;
-    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
-    let problems: Vec<String> = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .with_context(|| format!("{}: integrity check failed to run", db.display()))?
-        .collect::<rusqlite::Result<_>>()
-        .with_context(|| format!("{}: integrity check failed to run", db.display()))?;
-    drop(stmt);
-    drop(conn);
+    let problems = sqlite::integrity_problems(&sqlite::open_private(db)?, db)?;
     if problems != ["ok"] {
         let first = problems.first().cloned().unwrap_or_default();
         bail!(
@@ -1485,25 +1478,12 @@ fn publish(tmp: &Path, out: &Path) -> Result<()> {
                 .with_context(|| format!("{}: cannot rename into place", out.display()))?;
         }
     }
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("{}: cannot fsync directory", dir.display()))?;
-    Ok(())
+    files::fsync_dir(files::parent_dir(out))
 }
 
 /// A new file readable by the owner only.
 fn create_private(path: &Path) -> Result<File> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("{}: cannot create", path.display()))
+    files::create_file(path, 0o600)
 }
 
 /// Hands index downloads to workers in order, at most `ahead` beyond the one being applied:
@@ -1537,7 +1517,7 @@ impl Window {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, WindowState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     fn next_job(&self) -> Option<usize> {
@@ -1550,7 +1530,7 @@ impl Window {
                 s.next += 1;
                 return Some(s.next - 1);
             }
-            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = wait(&self.cv, s);
         }
     }
 

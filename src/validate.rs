@@ -12,13 +12,14 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::client::ReplicaClient;
 use crate::db::DbShared;
+use crate::files;
 use crate::position::Position;
 use crate::restore::{self, GenerationListing, Options};
 use crate::wal::{WalHeader, WAL_HEADER_SIZE};
@@ -105,9 +106,7 @@ fn run(
 }
 
 fn copy_db(file: &File, to: &Path) -> Result<()> {
-    let mut w = BufWriter::new(
-        File::create(to).with_context(|| format!("{}: cannot create", to.display()))?,
-    );
+    let mut w = BufWriter::new(files::create_file(to, 0o600)?);
     let mut buf = vec![0u8; 64 * 1024];
     let mut off = 0u64;
     loop {
@@ -139,10 +138,8 @@ fn copy_shadow_prefix(shadow: &Path, pos: &Position, local: &Path) -> Result<u64
         .with_context(|| format!("{}: cannot read", shadow.display()))?;
     let header = WalHeader::parse(&hdr).map_err(|e| anyhow!("{}: {e}", shadow.display()))?;
     f.seek(SeekFrom::Start(0))?;
-    let mut wal = local.as_os_str().to_owned();
-    wal.push("-wal");
-    let wal = PathBuf::from(wal);
-    let mut w = File::create(&wal).with_context(|| format!("{}: cannot create", wal.display()))?;
+    let wal = files::wal_path(local);
+    let mut w = files::create_file(&wal, 0o600)?;
     io::copy(&mut f.take(pos.offset), &mut w)
         .with_context(|| format!("{}: cannot copy", wal.display()))?;
     Ok((pos.offset - WAL_HEADER_SIZE as u64) / header.frame_size() as u64)

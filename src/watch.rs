@@ -20,6 +20,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, TrySendError};
 
+use crate::sync::lock;
+
 /// The shortest gap between two wake-ups: small against the lag target, large against the
 /// cost of a tick.
 const COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
@@ -134,10 +136,6 @@ impl Drop for WalWatcher {
             libc::close(self.stop_fd);
         }
     }
-}
-
-fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn add_file_watch(fd: i32, path: &CString) -> i32 {

@@ -6,9 +6,8 @@
 //! (never holds an object in memory) and knows names only through `layout`; it never
 //! compresses, decompresses or interprets contents.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::SystemTime;
@@ -17,6 +16,7 @@ use anyhow::{anyhow, Context};
 
 use super::{Listing, NotFound, ReplicaClient, Result, SnapshotInfo, WalSegmentInfo};
 use crate::codec::Compression;
+use crate::files::{self, fsync_dir};
 use crate::layout;
 use crate::position::is_generation;
 
@@ -28,12 +28,6 @@ pub struct FileClient {
     /// Mode of the object files (the db file's, set by the replica); directories get it with
     /// `x` wherever it has `r`. Owner-only until told otherwise.
     mode: AtomicU32,
-}
-
-/// The directory mode that goes with a file mode: searchable by whoever may read.
-pub fn dir_mode_for(file_mode: u32) -> u32 {
-    let m = file_mode & 0o777;
-    m | ((m & 0o444) >> 2) | 0o700
 }
 
 impl FileClient {
@@ -106,38 +100,13 @@ impl FileClient {
             .parent()
             .ok_or_else(|| anyhow!("{}: no parent directory", path.display()))?;
         let mode = self.mode.load(Ordering::Relaxed);
-        create_dirs(dir, dir_mode_for(mode))?;
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let result = (|| -> Result<(u64, SystemTime)> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .open(&tmp)
-                .with_context(|| format!("{}: cannot create", tmp.display()))?;
-            // Exactly the db's mode: the umask must not widen nor a leftover keep its own.
-            f.set_permissions(fs::Permissions::from_mode(mode))
-                .with_context(|| format!("{}: cannot set mode", tmp.display()))?;
-            let size = copy(data, &mut f, &tmp)?;
-            f.sync_all()
-                .with_context(|| format!("{}: cannot fsync", tmp.display()))?;
-            let mtime = f
-                .metadata()
-                .and_then(|m| m.modified())
-                .with_context(|| format!("{}: cannot stat", tmp.display()))?;
-            drop(f);
-            fs::rename(&tmp, &path)
-                .with_context(|| format!("{}: cannot rename into place", path.display()))?;
-            fsync_dir(dir)?;
-            Ok((size, mtime))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        // Exactly the db's mode: the umask must not widen it nor a leftover keep its own.
+        files::create_dir_all(dir, files::dir_mode_for(mode), None)?;
+        let (size, meta) = files::write_atomic_with(&path, mode, |f, tmp| copy(data, f, tmp))?;
+        let mtime = meta
+            .modified()
+            .with_context(|| format!("{}: cannot stat", path.display()))?;
+        Ok((size, mtime))
     }
 
     fn open_object(&self, key: &str) -> Result<Box<dyn Read + Send>> {
@@ -195,32 +164,6 @@ fn copy(data: &mut dyn Read, f: &mut File, path: &Path) -> Result<u64> {
             .with_context(|| format!("{}: cannot write", path.display()))?;
         total += n as u64;
     }
-}
-
-/// Creates `dir` and missing parents, fsyncing each new entry's parent so the tree survives
-/// a crash together with the object written into it.
-fn create_dirs(dir: &Path, mode: u32) -> Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent() {
-        create_dirs(parent, mode)?;
-    }
-    match fs::DirBuilder::new().mode(mode).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(anyhow!("{}: cannot create directory: {e}", dir.display())),
-    }
-    if let Some(parent) = dir.parent() {
-        fsync_dir(parent)?;
-    }
-    Ok(())
-}
-
-fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("{}: cannot fsync directory", dir.display()))
 }
 
 fn mtime(meta: &fs::Metadata) -> SystemTime {

@@ -25,6 +25,7 @@ use s3::serde_types::{
 use s3::{Bucket, Region};
 
 use super::{Listing, NotFound, ReplicaClient, Result, SnapshotInfo, WalSegmentInfo};
+use crate::backoff::{Backoff, Growth};
 use crate::codec::{read_full, Compression};
 use crate::config::S3Config;
 use crate::layout;
@@ -134,6 +135,7 @@ impl S3Client {
     ) -> Result<http::Response<ureq::Body>> {
         let path = format!("/{url_key}");
         let mut attempt = 1;
+        let mut backoff = request_backoff();
         loop {
             let outcome =
                 (|| -> Result<std::result::Result<http::Response<ureq::Body>, ureq::Error>> {
@@ -188,7 +190,7 @@ impl S3Client {
                     )),
                 };
             }
-            std::thread::sleep(retry_wait(attempt));
+            std::thread::sleep(backoff.next_wait());
             attempt += 1;
         }
     }
@@ -527,15 +529,11 @@ fn transport_message(e: &ureq::Error) -> String {
     }
 }
 
-/// 200 ms, 400 ms, 800 ms … capped, ±25% jitter so replicas do not retry in step.
-fn retry_wait(attempt: u32) -> Duration {
-    let base = Duration::from_millis(200u64 << attempt.min(8)).min(MAX_RETRY_WAIT);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let jitter = f64::from(nanos % 1000) / 1000.0 * 0.5 - 0.25;
-    base.mul_f64(1.0 + jitter)
+/// Retries of one request: 400 ms, 800 ms, 1.6 s, 3.2 s (at most `MAX_RETRY_WAIT`), ±25 % so
+/// replicas do not retry in step. Within `ATTEMPTS` these ride out a store's restart or a
+/// throttling burst; a longer outage is the replica loop's to wait out, with its own backoff.
+fn request_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(400), MAX_RETRY_WAIT, Growth::Doubling).with_jitter()
 }
 
 fn read_body(resp: http::Response<ureq::Body>, limit: u64) -> Result<String> {
@@ -742,8 +740,9 @@ mod tests {
         assert_eq!(c.as_deref(), Some("SignatureDoesNotMatch"));
         assert!(m.unwrap().contains("does not match"));
         assert_eq!(error_fields("<x/>"), (None, None));
-        for attempt in 1..20 {
-            let w = retry_wait(attempt);
+        let mut backoff = request_backoff();
+        for _ in 1..20 {
+            let w = backoff.next_wait();
             assert!(
                 w <= MAX_RETRY_WAIT.mul_f64(1.25) && w >= Duration::from_millis(150),
                 "{w:?}"
