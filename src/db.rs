@@ -947,7 +947,7 @@ impl Db {
         drop(pin);
         self.shared
             .metrics
-            .checkpoint_done(mode, outcome.is_ok(), started.elapsed());
+            .checkpoint_done(mode.name(), outcome.is_ok(), started.elapsed());
         let (busy, log_frames, checkpointed) = outcome?;
         relocked?;
         unpinned?;

@@ -25,26 +25,13 @@ use anyhow::{Context, Result};
 use crate::client::{self, Listing, ReplicaClient, SnapshotInfo, WalSegmentInfo};
 use crate::codec::Compression;
 use crate::logging;
-use crate::sqlite::CheckpointMode;
 use crate::sync::lock;
 
 /// Publish times kept per db for the lag computation (2 KiB per db).
 const RING: u64 = 256;
 
 /// Checkpoint modes in label order.
-pub const MODES: [CheckpointMode; 3] = [
-    CheckpointMode::Passive,
-    CheckpointMode::Restart,
-    CheckpointMode::Truncate,
-];
-
-fn mode_slot(mode: CheckpointMode) -> usize {
-    match mode {
-        CheckpointMode::Passive => 0,
-        CheckpointMode::Restart => 1,
-        CheckpointMode::Truncate => 2,
-    }
-}
+pub const MODES: [&str; 3] = ["PASSIVE", "RESTART", "TRUNCATE"];
 
 /// Store operations counted per replica type.
 pub const OPERATIONS: [&str; 4] = ["GET", "PUT", "LIST", "DELETE"];
@@ -170,8 +157,16 @@ impl DbMetrics {
         self.first_tick_done.load(Ordering::SeqCst)
     }
 
-    pub fn checkpoint_done(&self, mode: CheckpointMode, ok: bool, elapsed: Duration) {
-        let c = &self.checkpoints[mode_slot(mode)];
+    /// Counts a checkpoint in `mode` (one of `MODES`, as `sqlite::CheckpointMode::name` spells
+    /// it; any other name is not counted).
+    pub fn checkpoint_done(&self, mode: &str, ok: bool, elapsed: Duration) {
+        let Some(c) = MODES
+            .iter()
+            .position(|m| *m == mode)
+            .map(|slot| &self.checkpoints[slot])
+        else {
+            return;
+        };
         c.count.fetch_add(1, Ordering::Relaxed);
         if !ok {
             c.errors.fetch_add(1, Ordering::Relaxed);
@@ -626,7 +621,7 @@ pub fn render(s: &Snapshot) -> String {
         let mut f = Family::new(&mut out, name, "counter", help);
         for d in &s.dbs {
             for (mode, c) in MODES.iter().zip(&d.checkpoints) {
-                f.sample(&[("db", &d.path), ("mode", mode.name())], value(c));
+                f.sample(&[("db", &d.path), ("mode", mode)], value(c));
             }
         }
     }
