@@ -22,11 +22,15 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::Connection;
+
+mod policy;
+
+use policy::{AfterPass, CheckpointPolicy, Outcome, PassCounts};
 
 use crate::codec;
 use crate::config::{DbConfig, LogLevel};
@@ -153,54 +157,6 @@ pub enum Notice {
     Synced(Position),
 }
 
-/// The least time between two page-count RESTART checkpoints (see `checkpoint_decision`).
-const RESTART_MIN_GAP: Duration = Duration::from_millis(100);
-
-/// The checkpoint policy of SPEC §4.2 step 5 (first match wins). Pure.
-pub fn checkpoint_decision(
-    cfg: &DbConfig,
-    wal_frames: u64,
-    shadow_frames: u64,
-    since_last_checkpoint: Duration,
-    restart_allowed: bool,
-) -> Option<CheckpointMode> {
-    if cfg.truncate_page_count > 0 && wal_frames >= u64::from(cfg.truncate_page_count) {
-        return Some(CheckpointMode::Truncate);
-    }
-    // Ticks follow writes (every few ms under load), but a PASSIVE checkpoint by page count
-    // runs at most once per monitor-interval: the WAL life (and so the count) only shrinks at a
-    // restart, so once past min-checkpoint-page-count every tick would checkpoint again. A
-    // RESTART resets the count, which limits it by volume (one per max-checkpoint-page-count
-    // frames); it waits only RESTART_MIN_GAP. Held to once a second, a writer of 100k small
-    // transactions a second grew each WAL life to ~120k frames (~480 MB) between restarts, past
-    // truncate-page-count, so every life ended in a TRUNCATE and the application grew the file
-    // afresh; at most 100 ms apart, lives stay near max-checkpoint-page-count and the file is
-    // reused. Each restart holds the write lock for a few ms, and still the application wrote
-    // about 10% more (0.59 → 0.65 of its throughput alone, small rows). The WAL-size rule
-    // above stays immediate.
-    let restart_due = restart_allowed
-        && cfg.max_checkpoint_page_count > 0
-        && shadow_frames >= u64::from(cfg.max_checkpoint_page_count);
-    if restart_due && since_last_checkpoint >= cfg.monitor_interval.min(RESTART_MIN_GAP) {
-        return Some(CheckpointMode::Restart);
-    }
-    if since_last_checkpoint < cfg.monitor_interval {
-        return None;
-    }
-    if shadow_frames >= u64::from(cfg.min_checkpoint_page_count) {
-        return Some(CheckpointMode::Passive);
-    }
-    // Counted in the shadow's life, not the file: a restarted WAL keeps its old length, and an
-    // idle db must not checkpoint (and upload) again every interval.
-    if !cfg.checkpoint_interval.is_zero()
-        && since_last_checkpoint >= cfg.checkpoint_interval
-        && shadow_frames > 1
-    {
-        return Some(CheckpointMode::Passive);
-    }
-    None
-}
-
 /// The shadow WAL life being appended to.
 struct Shadow {
     generation: String,
@@ -241,13 +197,11 @@ pub struct Db {
     /// than that was truncated, maybe over frames not copied yet (see `old_life_proof`).
     wal_len_max: u64,
     shadow: Option<Shadow>,
-    last_checkpoint: Instant,
+    /// When to checkpoint, and what follows one.
+    policy: CheckpointPolicy,
     waiting_logged: bool,
     /// `flock` on `<meta dir>/lock`, held for as long as this process replicates the db.
     meta_lock: Option<File>,
-    /// After a RESTART checkpoint came back busy, use PASSIVE until this instant.
-    restart_backoff_until: Option<Instant>,
-    restart_backoff: Duration,
     /// The WAL file as the last successful full tick found it before reading it.
     wal_seen: Option<WalStat>,
     /// The copy buffer while frames keep coming (see `copy_frames`).
@@ -283,6 +237,7 @@ impl WalStat {
 impl Db {
     pub fn new(cfg: DbConfig, shared: Arc<DbShared>, replicas: Vec<Sender<Notice>>) -> Self {
         Db {
+            policy: CheckpointPolicy::new(&cfg, Instant::now()),
             cfg,
             shared,
             replicas,
@@ -291,11 +246,8 @@ impl Db {
             clean_read_tx: false,
             wal_len_max: 0,
             shadow: None,
-            last_checkpoint: Instant::now(),
             waiting_logged: false,
             meta_lock: None,
-            restart_backoff_until: None,
-            restart_backoff: Duration::from_secs(1),
             wal_seen: None,
             copy_buffer: Vec::new(),
             cleaned_for: None,
@@ -413,20 +365,9 @@ impl Db {
         }
         let wal_frames =
             now.len.saturating_sub(WAL_HEADER_SIZE as u64) / shadow.header.frame_size() as u64;
-        checkpoint_decision(
-            &self.cfg,
-            wal_frames,
-            shadow.frames(),
-            self.last_checkpoint.elapsed(),
-            self.restart_allowed(),
-        )
-        .is_none()
-    }
-
-    /// False while RESTART backs off after a failed one (PASSIVE stands in, at its own pace).
-    fn restart_allowed(&self) -> bool {
-        self.restart_backoff_until
-            .is_none_or(|until| Instant::now() >= until)
+        self.policy
+            .decide(wal_frames, shadow.frames(), Instant::now())
+            .is_none()
     }
 
     /// Initialises if needed, then copies new frames, notifies replicas and checkpoints.
@@ -450,14 +391,10 @@ impl Db {
             .as_ref()
             .ok_or_else(|| anyhow!("no shadow wal after sync"))?;
         let wal_frames = wal_frames(&wal_path(&self.shared.path), shadow.header.frame_size());
-        let mode = checkpoint_decision(
-            &self.cfg,
-            wal_frames,
-            shadow.frames(),
-            self.last_checkpoint.elapsed(),
-            self.restart_allowed(),
-        );
-        if let Some(mode) = mode {
+        if let Some(mode) = self
+            .policy
+            .decide(wal_frames, shadow.frames(), Instant::now())
+        {
             self.checkpoint(mode)?;
         }
         self.clean_up_shadow()?;
@@ -948,42 +885,20 @@ impl Db {
         self.shared
             .metrics
             .checkpoint_done(mode.name(), outcome.is_ok(), started.elapsed());
-        let (busy, log_frames, checkpointed) = outcome?;
+        let counts = outcome?;
         relocked?;
         unpinned?;
         let after = read_header(&wal)?;
-        let restarted = before.is_some() && after != before;
-        // Busy with no counts: another connection (an application's auto-checkpoint) held
-        // SQLite's checkpoint lock, so nothing was done. Try again a tenth of an interval
-        // later rather than let the WAL grow for a whole one (and it is no reason to back
-        // off); not on every tick, since each try releases our read lock and lets the
-        // application's own checkpoint backfill another sliver on its thread. A RESTART,
-        // whose gap is shorter, does retry on the next ticks: under a writer that never
-        // pauses the application's auto-checkpoint holds that lock more often than not, and
-        // one try a tenth of an interval let the WAL life grow to the TRUNCATE threshold.
-        let lock_busy = busy && log_frames < 0;
-        let interval = self.cfg.monitor_interval;
-        self.last_checkpoint = if lock_busy {
-            let wait = (interval / 10).max(Duration::from_millis(10)).min(interval);
-            Instant::now()
-                .checked_sub(interval - wait)
-                .unwrap_or_else(Instant::now)
-        } else {
-            Instant::now()
+        let done = Outcome {
+            mode,
+            lock_busy: counts.lock_busy(),
+            busy: counts.busy,
+            restarted: before.is_some() && after != before,
         };
-        let wanted_restart = mode != CheckpointMode::Passive;
-        if wanted_restart && !lock_busy {
-            if restarted {
-                self.restart_backoff_until = None;
-                self.restart_backoff = Duration::from_secs(1);
-            } else {
-                self.restart_backoff_until = Some(Instant::now() + self.restart_backoff);
-                self.restart_backoff = (self.restart_backoff * 2).min(Duration::from_secs(60));
-            }
-        }
+        self.policy.record(done, Instant::now());
         logging::log(
             // Retried soon while the lock is taken: not worth a line each time.
-            if lock_busy {
+            if done.lock_busy {
                 LogLevel::Debug
             } else {
                 LogLevel::Info
@@ -992,20 +907,14 @@ impl Db {
             &[
                 ("db", &self.db_label()),
                 ("mode", &mode.name()),
-                (
-                    "result",
-                    &if busy || (wanted_restart && !restarted) {
-                        "busy"
-                    } else {
-                        "ok"
-                    },
-                ),
-                ("wal_frames", &log_frames),
-                ("checkpointed", &checkpointed),
-                ("restarted", &restarted),
+                ("result", &done.result()),
+                ("wal_frames", &counts.log),
+                ("checkpointed", &counts.checkpointed),
+                ("restarted", &done.restarted),
                 ("elapsed", &format!("{:?}", started.elapsed())),
             ],
         );
+        let restarted = done.restarted;
         if restarted {
             // One restart at most, of a life we had copied whole (see above).
             let next = after
@@ -1034,21 +943,21 @@ impl Db {
         pin: &Connection,
         mode: CheckpointMode,
         before: Option<[u8; WAL_HEADER_SIZE]>,
-    ) -> Result<(bool, i64, i64)> {
+    ) -> Result<PassCounts> {
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        let (busy, log_frames, checkpointed) = sqlite::checkpoint(conn, CheckpointMode::Passive)?;
-        let lock_busy = busy && log_frames < 0;
-        // RESTART and TRUNCATE restart the WAL even if the application never stops writing;
-        // a PASSIVE pass that emptied it may as well (its next writer would, otherwise).
-        let emptied = !busy && log_frames > 0 && checkpointed == log_frames;
-        if lock_busy || before.is_none() || (mode == CheckpointMode::Passive && !emptied) {
-            return Ok((busy, log_frames, checkpointed));
-        }
-        let passive = (mode == CheckpointMode::Passive).then_some(log_frames);
+        let pass = PassCounts::from_triple(sqlite::checkpoint(conn, CheckpointMode::Passive)?);
+        let frame_size = self.shadow.as_ref().map_or(4096, |s| s.header.frame_size()) as u64;
+        let AfterPass::Restart {
+            shrink_to,
+            unless_beyond,
+        } = policy::after_pass(&self.cfg, mode, pass, before.is_some(), frame_size)
+        else {
+            return Ok(pass);
+        };
         Ok(
-            match self.restart_wal(pin, before, mode == CheckpointMode::Truncate, passive)? {
-                Some((log, done)) => (false, log, done),
-                None => (busy, log_frames, checkpointed),
+            match self.restart_wal(pin, before, shrink_to, unless_beyond)? {
+                Some(backfill) => backfill,
+                None => pass,
             },
         )
     }
@@ -1150,9 +1059,9 @@ impl Db {
         &mut self,
         pin: &Connection,
         before: Option<[u8; WAL_HEADER_SIZE]>,
-        shrink: bool,
-        emptied: Option<i64>,
-    ) -> Result<Option<(i64, i64)>> {
+        shrink_to: Option<u64>,
+        unless_beyond: Option<u64>,
+    ) -> Result<Option<PassCounts>> {
         let timeout = self.cfg.busy_timeout;
         let conn = self.conn.as_mut().ok_or_else(|| anyhow!("no connection"))?;
         let locked = briefly(conn, timeout, |c| c.execute_batch("BEGIN IMMEDIATE"))?;
@@ -1165,7 +1074,7 @@ impl Db {
             }
             return Err(err).context("cannot take the write lock");
         }
-        let outcome = (|| -> Result<Option<(i64, i64)>> {
+        let outcome = (|| -> Result<Option<PassCounts>> {
             if read_header(&wal_path(&self.shared.path))? != before {
                 // Restarted while we waited for the lock: the caller follows it.
                 return Ok(None);
@@ -1173,13 +1082,14 @@ impl Db {
             // No fsync while the application waits on our lock: it follows the release.
             self.copy_frames(false)?;
             let frames = self.shadow.as_ref().map_or(0, Shadow::frames);
-            if emptied.is_some_and(|n| frames > n as u64) {
+            if unless_beyond.is_some_and(|n| frames > n) {
                 return Ok(None);
             }
             end_read(pin).context("cannot release the pin's read lock")?;
             let (busy, log, done) = passive_checkpoint_retrying(pin)?;
             begin_read(pin).context("cannot take the pin's read lock")?;
-            Ok((!busy && log >= 0 && done == log).then_some((log, done)))
+            Ok((!busy && log >= 0 && done == log)
+                .then_some(PassCounts::from_triple((false, log, done))))
         })();
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
         if !conn.is_autocommit() {
@@ -1190,19 +1100,12 @@ impl Db {
         let Some(counts) = outcome? else {
             return Ok(None);
         };
-        // Below the threshold that asked for it, or every tick would ask again.
-        let shrink_to = shrink.then(|| {
-            let frame_size = self.shadow.as_ref().map_or(4096, |s| s.header.frame_size()) as u64;
-            let below =
-                WAL_HEADER_SIZE as u64 + u64::from(self.cfg.truncate_page_count / 2) * frame_size;
-            TRUNCATED_WAL_BYTES.min(below)
-        });
         let conn = self.conn.as_mut().ok_or_else(|| anyhow!("no connection"))?;
         if let Some(limit) = shrink_to {
             conn.execute_batch(&format!("PRAGMA journal_size_limit = {limit}"))?;
         }
         let written = briefly(conn, timeout, sqlite::bump_seq)?;
-        if shrink {
+        if shrink_to.is_some() {
             conn.execute_batch("PRAGMA journal_size_limit = -1")?;
         }
         match written {
@@ -1338,9 +1241,6 @@ impl Db {
         self.in_read_tx = false;
     }
 }
-
-/// What a TRUNCATE checkpoint shrinks the WAL file to when we restart it.
-const TRUNCATED_WAL_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Marker reason for a WAL restart that is safe to follow with the next index.
 const RESTART: &str = "restart";
@@ -1547,78 +1447,6 @@ fn create_dir_like(dir: &Path, db_path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DbConfig;
-
-    fn cfg() -> DbConfig {
-        DbConfig::with_defaults(PathBuf::from("/tmp/x.db"))
-    }
-
-    #[test]
-    fn checkpoint_policy_first_match_wins() {
-        let c = cfg();
-        let minute = Duration::from_secs(60);
-        let interval = c.monitor_interval;
-        assert_eq!(
-            checkpoint_decision(&c, 121_359, 10, Duration::ZERO, true),
-            Some(CheckpointMode::Truncate)
-        );
-        assert_eq!(
-            checkpoint_decision(&c, 10_000, 10_000, interval, true),
-            Some(CheckpointMode::Restart)
-        );
-        assert_eq!(
-            checkpoint_decision(&c, 1000, 1000, interval, true),
-            Some(CheckpointMode::Passive)
-        );
-        assert_eq!(checkpoint_decision(&c, 5, 5, interval, true), None);
-        assert_eq!(
-            checkpoint_decision(&c, 5, 5, minute, true),
-            Some(CheckpointMode::Passive)
-        );
-        assert_eq!(checkpoint_decision(&c, 1, 1, minute, true), None);
-        assert_eq!(checkpoint_decision(&c, 500, 1, minute, true), None);
-        let mut never = cfg();
-        never.max_checkpoint_page_count = 0;
-        assert_eq!(
-            checkpoint_decision(&never, 20_000, 20_000, interval, true),
-            Some(CheckpointMode::Passive)
-        );
-    }
-
-    #[test]
-    fn passive_waits_a_monitor_interval_and_restart_a_short_gap() {
-        let c = cfg();
-        let soon = c.monitor_interval / 2;
-        assert_eq!(checkpoint_decision(&c, 1000, 1000, soon, true), None);
-        assert_eq!(checkpoint_decision(&c, 9_999, 9_999, soon, true), None);
-        // A RESTART resets the count, so it waits only RESTART_MIN_GAP, or the monitor-interval
-        // when that is shorter.
-        assert_eq!(
-            checkpoint_decision(&c, 10_000, 10_000, soon, true),
-            Some(CheckpointMode::Restart)
-        );
-        assert_eq!(
-            checkpoint_decision(&c, 10_000, 10_000, RESTART_MIN_GAP / 2, true),
-            None
-        );
-        let mut fast = cfg();
-        fast.monitor_interval = Duration::from_millis(10);
-        assert_eq!(
-            checkpoint_decision(&fast, 10_000, 10_000, Duration::from_millis(10), true),
-            Some(CheckpointMode::Restart)
-        );
-        // While RESTART backs off, PASSIVE stands in at its own pace.
-        assert_eq!(checkpoint_decision(&c, 10_000, 10_000, soon, false), None);
-        assert_eq!(
-            checkpoint_decision(&c, 10_000, 10_000, c.monitor_interval, false),
-            Some(CheckpointMode::Passive)
-        );
-        // The WAL-size safety valve does not wait.
-        assert_eq!(
-            checkpoint_decision(&c, 121_359, 10, soon, true),
-            Some(CheckpointMode::Truncate)
-        );
-    }
 
     #[test]
     fn meta_paths() {
