@@ -7,18 +7,17 @@
 //! talks to a store and never blocks on a replica: replicas are told about new data with a
 //! non-blocking send and read the bytes from the shadow WAL themselves.
 //!
-//! Why the read transaction matters: SQLite restarts a WAL (overwriting it from the start) only
-//! when no reader uses it. Our open read transaction either pins WAL frames (so no restart can
-//! happen) or, when the WAL was fully checkpointed as it began, blocks every checkpoint (so no
-//! frame appended after it can be checkpointed, and no restart can drop an uncopied frame).
-//! Our connection must leave it to checkpoint; a second connection, the pin, holds one across
-//! that gap (see `Db::checkpoint`). A restart seen when neither held a lock (after an error
-//! closed the transaction, say) is checked against the WAL itself (`old_life_proof`), and
-//! continues in the next index only when the old life is provably whole in the shadow.
+//! Read this file top to bottom for the tick: `Db::run` → `tick` → `init` (resume or start a
+//! generation) → `sync` (does the shadow still follow the WAL? copy) → a checkpoint when the
+//! policy says so → `clean_up_shadow`. The parts, one job each:
+//! - `policy`: when to checkpoint and what follows one (pure);
+//! - `verdict`: whether the shadow follows the WAL, and why a new generation starts (pure);
+//! - `shadow`: the shadow WAL files and the copy from the real WAL;
+//! - `checkpoint`: our read locks, the pin, and the checkpoint protocol that keeps frames safe.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,25 +27,27 @@ use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::Connection;
 
+mod checkpoint;
 mod policy;
+mod shadow;
+mod verdict;
 
-use policy::{AfterPass, CheckpointPolicy, Outcome, PassCounts};
+use policy::CheckpointPolicy;
+use shadow::{
+    highest_shadow_index, read_header, remove_indexes_below, remove_other_generations,
+    remove_tmp_files, wal_frames, Shadow,
+};
+pub use shadow::{shadow_wal_dir, shadow_wal_path};
+use verdict::{Follow, Reason, Verdict, WalFacts, When};
 
-use crate::codec;
-use crate::config::{DbConfig, LogLevel};
-use crate::files::{self, create_file, fsync_dir, read_at, read_at_most, wal_path, write_atomic};
+use crate::config::DbConfig;
+use crate::files::{self, create_file, wal_path, write_atomic};
 use crate::logging;
 use crate::metrics::DbMetrics;
 use crate::position::{self, Position, MAX_INDEX};
-use crate::sqlite::{
-    self, begin_read, briefly, end_read, is_busy, open_connection, open_pin_connection,
-    passive_checkpoint_retrying, CheckpointMode,
-};
+use crate::sqlite::open_connection;
 use crate::sync::lock;
-use crate::wal::{self, FrameVerifier, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
-
-/// Buffer size for streaming WAL bytes; bounds memory whatever the transaction size.
-const COPY_BUFFER: usize = 256 * 1024;
+use crate::wal::WAL_HEADER_SIZE;
 
 /// What the db thread shares with its replica threads.
 pub struct DbShared {
@@ -142,44 +143,11 @@ pub fn default_meta_dir(db_path: &Path) -> PathBuf {
     dir.join(format!(".{file}-litestream"))
 }
 
-pub fn shadow_wal_dir(meta_dir: &Path, generation: &str) -> PathBuf {
-    meta_dir.join("generations").join(generation).join("wal")
-}
-
-pub fn shadow_wal_path(meta_dir: &Path, generation: &str, index: u32) -> PathBuf {
-    shadow_wal_dir(meta_dir, generation).join(format!("{index:08x}.wal"))
-}
-
 /// A message from the db thread to a replica thread.
 #[derive(Clone, Debug)]
 pub enum Notice {
     /// The shadow WAL now ends at this position.
     Synced(Position),
-}
-
-/// The shadow WAL life being appended to.
-struct Shadow {
-    generation: String,
-    index: u32,
-    header: WalHeader,
-    header_bytes: [u8; WAL_HEADER_SIZE],
-    /// Committed, frame-aligned length of the shadow file.
-    size: u64,
-    /// Checksum chain at `size`, to verify the next frames.
-    chain: (u32, u32),
-    /// How far the real WAL was verified beyond `size` (frames of a transaction not committed
-    /// yet), with the chain there, so a long transaction is not re-read on every tick.
-    scan: Option<(u64, (u32, u32))>,
-}
-
-impl Shadow {
-    fn frames(&self) -> u64 {
-        (self.size - WAL_HEADER_SIZE as u64) / self.header.frame_size() as u64
-    }
-
-    fn position(&self) -> Position {
-        Position::new(self.generation.clone(), self.index, self.size)
-    }
 }
 
 /// The db thread's state.
@@ -383,7 +351,7 @@ impl Db {
             .new_generation_requested
             .swap(false, Ordering::SeqCst)
         {
-            self.new_generation("a replica is ahead of the shadow wal")?;
+            self.new_generation(Reason::ReplicaAhead)?;
         }
         self.sync()?;
         let shadow = self
@@ -446,7 +414,7 @@ impl Db {
             }
             Err(reason) => {
                 self.shadow = None;
-                self.new_generation(&reason)?;
+                self.new_generation(reason)?;
             }
         }
         self.publish();
@@ -454,43 +422,30 @@ impl Db {
         Ok(true)
     }
 
-    /// The position recorded on disk, if it still matches the real WAL (SPEC §4.1 step 4).
-    /// `Ok(Err(reason))` when a new generation is needed.
-    fn resume(&mut self) -> Result<std::result::Result<Shadow, String>> {
+    /// The generation recorded on disk, if its shadow still follows the real WAL (SPEC §4.1
+    /// step 4); else why a new generation is needed.
+    fn resume(&mut self) -> Result<Verdict<Shadow>> {
         let meta_dir = &self.shared.meta_dir;
         let generation = match fs::read_to_string(meta_dir.join("generation")) {
             Ok(s) if position::is_generation(s.trim()) => s.trim().to_string(),
-            Ok(_) => return Ok(Err("invalid generation file".into())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(Err("no generation".into()))
-            }
+            Ok(_) => return Ok(Err(Reason::InvalidGenerationFile)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err(Reason::NoGeneration)),
             Err(e) => return Err(e).context("cannot read generation file"),
         };
         let Some(index) = highest_shadow_index(&shadow_wal_dir(meta_dir, &generation))? else {
-            return Ok(Err("no shadow wal".into()));
+            return Ok(Err(Reason::NoShadowWal));
         };
-        let shadow_path = shadow_wal_path(meta_dir, &generation, index);
-        let shadow = match load_shadow(&shadow_path, generation, index)? {
+        let path = shadow_wal_path(meta_dir, &generation, index);
+        let shadow = match Shadow::load(path, generation, index)? {
             Ok(s) => s,
             Err(reason) => return Ok(Err(reason)),
         };
-        let wal = wal_path(&self.shared.path);
-        let wal_len = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        if wal_len < WAL_HEADER_SIZE as u64 {
-            return Ok(Err("wal missing or empty".into()));
-        }
-        let mut wal_hdr = [0u8; WAL_HEADER_SIZE];
-        read_at(&wal, 0, &mut wal_hdr)?;
-        if wal_hdr != shadow.header_bytes {
-            return Ok(Err("wal header mismatch".into()));
-        }
-        if shadow.size > wal_len {
-            return Ok(Err("wal truncated by another process".into()));
-        }
-        if !last_frame_matches(&shadow_path, &wal, &shadow)? {
-            return Ok(Err("wal overwritten by another process".into()));
-        }
-        Ok(Ok(shadow))
+        Ok(match self.follow(&shadow, When::Resuming)? {
+            Follow::Same => Ok(shadow),
+            Follow::NewGeneration(reason) => Err(reason),
+            // `When::Resuming` takes every other WAL life for a mismatch.
+            Follow::Restart | Follow::UnseenRestart => Err(Reason::WalHeaderMismatch),
+        })
     }
 
     /// Copies newly committed frames into the shadow WAL after checking that the WAL is still
@@ -509,14 +464,20 @@ impl Db {
             }
             self.write_seq()?;
         }
-        if let Some(reason) = self.verify()? {
-            if reason == RESTART {
-                self.finish_and_restart()?;
-            } else if reason == UNSEEN_RESTART {
-                self.finish_restart_locked()?;
-            } else {
-                self.new_generation(&reason)?;
+        let follow = match &self.shadow {
+            None => Follow::NewGeneration(Reason::NoGeneration),
+            Some(shadow) => {
+                let when = When::Running {
+                    clean_read_tx: self.clean_read_tx,
+                };
+                self.follow(shadow, when)?
             }
+        };
+        match follow {
+            Follow::Same => {}
+            Follow::Restart => self.finish_and_restart()?,
+            Follow::UnseenRestart => self.finish_restart_locked()?,
+            Follow::NewGeneration(reason) => self.new_generation(reason)?,
         }
         if self.copy_to_shadow()? {
             self.publish();
@@ -524,60 +485,17 @@ impl Db {
         Ok(())
     }
 
-    /// `Some(reason)` when the shadow no longer follows the WAL; `Some(RESTART)` for a WAL
-    /// restart whose old life we can finish, `Some(UNSEEN_RESTART)` for one that must be
-    /// checked first (`finish_restart_locked`).
-    fn verify(&mut self) -> Result<Option<String>> {
-        let Some(shadow) = &self.shadow else {
-            return Ok(Some("no generation".into()));
-        };
-        if shadow.index >= MAX_INDEX {
-            return Ok(Some("max index exceeded".into()));
-        }
-        let path = self
-            .shared
-            .shadow_wal_path(&shadow.generation, shadow.index);
-        let shadow_len = match fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(_) => return Ok(Some("no shadow wal".into())),
-        };
-        if shadow_len < WAL_HEADER_SIZE as u64 {
-            return Ok(Some("short shadow wal".into()));
-        }
+    /// `verdict::follow` on the files as they are now.
+    fn follow(&self, shadow: &Shadow, when: When) -> Result<Follow> {
         let wal = wal_path(&self.shared.path);
-        let wal_len = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        if wal_len < WAL_HEADER_SIZE as u64 {
-            return Ok(Some("wal truncated by another process".into()));
-        }
-        let mut hdr = [0u8; WAL_HEADER_SIZE];
-        read_at(&wal, 0, &mut hdr)?;
-        let restarted = hdr != shadow.header_bytes;
-        if !restarted && shadow.size > wal_len {
-            return Ok(Some("wal truncated by another process".into()));
-        }
-        if restarted && shadow.size == WAL_HEADER_SIZE as u64 {
-            return Ok(Some("wal header only, mismatched".into()));
-        }
-        if restarted {
-            if !self.clean_read_tx {
-                // Maybe before our read lock was taken: only the WAL can tell.
-                return Ok(Some(UNSEEN_RESTART.into()));
-            }
-            // Our read lock allows one restart at most, and only of a life we copied whole (so
-            // the new life may well have overwritten our last frame already). A salt-1 more
-            // than one ahead, or a header that does not parse, says something else happened.
-            let next = WalHeader::parse(&hdr).is_ok_and(|h| wal::is_next_life(&shadow.header, &h));
-            if !next {
-                return Ok(Some(
-                    "wal restarted more than once before it was copied".into(),
-                ));
-            }
-            return Ok(Some(RESTART.into()));
-        }
-        if !last_frame_matches(&path, &wal, shadow)? {
-            return Ok(Some("wal overwritten by another process".into()));
-        }
-        Ok(None)
+        let facts = WalFacts {
+            len: files::len_or_zero(&wal),
+            header: read_header(&wal)?,
+        };
+        let shadow_len = fs::metadata(&shadow.path).ok().map(|m| m.len());
+        verdict::follow(shadow, shadow_len, &facts, when, || {
+            shadow.last_frame_matches(&wal)
+        })
     }
 
     /// The WAL was restarted while our read transaction made that safe: copy what is left of
@@ -590,79 +508,36 @@ impl Db {
 
     /// Starts shadow index + 1 from the real WAL's current header.
     fn start_next_index(&mut self) -> Result<()> {
-        let (generation, index) = {
-            let s = self
-                .shadow
-                .as_ref()
-                .ok_or_else(|| anyhow!("no shadow wal"))?;
-            (s.generation.clone(), s.index)
+        let Some(shadow) = &mut self.shadow else {
+            return Err(anyhow!("no shadow wal"));
         };
-        if index + 1 >= MAX_INDEX {
-            return self.new_generation("max index exceeded");
+        if shadow.index + 1 >= MAX_INDEX {
+            return self.new_generation(Reason::MaxIndexExceeded);
         }
-        self.cut_open_transaction_tail()?;
-        let shadow = self.create_shadow(&generation, index + 1)?;
-        self.shadow = Some(shadow);
+        shadow.cut_to_size()?;
+        let (generation, index) = (shadow.generation.clone(), shadow.index + 1);
+        self.shadow = Some(self.create_shadow(&generation, index)?);
         self.wal_len_max = self.wal_len();
         // The old index is complete: replicas may now upload its tail and move on.
         self.publish();
         Ok(())
     }
 
-    /// A closed index's shadow must end at its last commit: replicas take a closed file's
-    /// length as its end. `copy_frames` may have written an open transaction's frames past
-    /// it; cut them (durably, before the next index exists, so a crash cannot leave a closed
-    /// index with a tail).
-    fn cut_open_transaction_tail(&mut self) -> Result<()> {
-        let Some(s) = &mut self.shadow else {
-            return Ok(());
-        };
-        s.scan = None;
-        let path = self.shared.shadow_wal_path(&s.generation, s.index);
-        let f = open_shadow(&path)?;
-        if f.metadata()?.len() > s.size {
-            f.set_len(s.size)
-                .and_then(|()| f.sync_all())
-                .with_context(|| format!("{}: cannot truncate shadow wal", path.display()))?;
-        }
-        Ok(())
-    }
-
     /// Creates shadow file `index` holding the real WAL's header.
     fn create_shadow(&self, generation: &str, index: u32) -> Result<Shadow> {
+        let meta_dir = &self.shared.meta_dir;
+        create_dir_like(&shadow_wal_dir(meta_dir, generation), &self.shared.path)?;
         let wal = wal_path(&self.shared.path);
-        let mut hdr_bytes = [0u8; WAL_HEADER_SIZE];
-        read_at(&wal, 0, &mut hdr_bytes)?;
-        let header = WalHeader::parse(&hdr_bytes).map_err(|e| anyhow!("{}: {e}", wal.display()))?;
-        let dir = shadow_wal_dir(&self.shared.meta_dir, generation);
-        create_dir_like(&dir, &self.shared.path)?;
-        let path = shadow_wal_path(&self.shared.meta_dir, generation, index);
-        let mut f = create_file(&path, self.shared.file_mode())?;
-        f.write_all(&hdr_bytes)
-            .with_context(|| format!("{}: cannot write shadow wal", path.display()))?;
-        f.sync_all()
-            .with_context(|| format!("{}: cannot fsync shadow wal", path.display()))?;
-        fsync_dir(&dir)?;
-        Ok(Shadow {
-            generation: generation.to_string(),
-            index,
-            header,
-            header_bytes: hdr_bytes,
-            size: WAL_HEADER_SIZE as u64,
-            chain: header.checksum(),
-            scan: None,
-        })
+        Shadow::create(meta_dir, &wal, generation, index, self.shared.file_mode())
     }
 
     /// SPEC §4.4: a fresh generation, shadow index 0 from the current WAL.
-    fn new_generation(&mut self, reason: &str) -> Result<()> {
-        let wal = wal_path(&self.shared.path);
-        if fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) < WAL_HEADER_SIZE as u64 {
+    fn new_generation(&mut self, reason: Reason) -> Result<()> {
+        if self.wal_len() < WAL_HEADER_SIZE as u64 {
             self.write_seq()?;
         }
         let generation = position::new_generation().context("cannot draw a generation id")?;
-        let shadow = self.create_shadow(&generation, 0)?;
-        self.shadow = Some(shadow);
+        self.shadow = Some(self.create_shadow(&generation, 0)?);
         self.wal_len_max = self.wal_len();
         // Whatever the WAL holds now belongs to the new generation's index 0: the snapshot
         // the replicas take will be replayed with it.
@@ -686,138 +561,22 @@ impl Db {
         Ok(())
     }
 
-    /// Appends the WAL's newly committed frames to the shadow in one pass: each frame is
-    /// verified (salts and checksum chain) in the buffer it was read into and written from
-    /// that buffer at the same offset in the shadow. Frames past the last commit (an open
-    /// transaction) are written too, but the shadow's size stays at the last commit: nothing
-    /// reads a shadow past its size, `load_shadow` cuts such a tail after a crash, and
-    /// `start_next_index` before the index is closed. The scan point is remembered, so an open
-    /// transaction's frames are read and verified once, not on every tick. `Ok(true)` if the
-    /// shadow grew.
+    /// `Shadow::copy_from` the real WAL, fsynced; `Ok(true)` if the shadow grew.
     fn copy_to_shadow(&mut self) -> Result<bool> {
         self.copy_frames(true)
     }
 
     /// `copy_to_shadow`, leaving the fsync to the caller when `sync` is false (it must call
-    /// `sync_shadow` before anything publishes the new size).
+    /// `Shadow::sync` before anything publishes the new size).
     fn copy_frames(&mut self, sync: bool) -> Result<bool> {
         let wal = wal_path(&self.shared.path);
-        let shadow_path = {
-            let s = self
-                .shadow
-                .as_ref()
-                .ok_or_else(|| anyhow!("no shadow wal"))?;
-            self.shared.shadow_wal_path(&s.generation, s.index)
-        };
         let shadow = self
             .shadow
             .as_mut()
             .ok_or_else(|| anyhow!("no shadow wal"))?;
-        let frame_size = shadow.header.frame_size();
-        // Kept between ticks while frames keep coming, dropped on the first tick that copies
-        // nothing: under load a fresh buffer per tick cost page faults, and an idle database
-        // (of many) should hold none.
-        let mut chunk = std::mem::take(&mut self.copy_buffer);
-
-        // Frames in [size, scan point) were verified and written by an earlier tick.
-        let (mut start, mut start_chain) = match shadow.scan {
-            Some((off, chain)) if off > shadow.size => (off, chain),
-            _ => (shadow.size, shadow.chain),
-        };
-        let wal_file =
-            File::open(&wal).with_context(|| format!("{}: cannot open wal", wal.display()))?;
-        let mut out: Option<File> = None;
-        let max_chunk = (COPY_BUFFER / frame_size).max(1) * frame_size;
-        let mut committed: Option<(u64, (u32, u32))> = None;
-        let mut stale_tail = false;
-        let mut progressed = false;
-        for attempt in 0..2 {
-            let mut verifier = FrameVerifier::resume(&shadow.header, start_chain);
-            let mut off = start;
-            // Reads grow from one frame: on most ticks nothing is new, and the bytes past our
-            // end are often a previous WAL life's frames; reading a whole buffer of those on
-            // every tick was most of an idle daemon's work.
-            let mut frames = 1usize;
-            loop {
-                let want = (frames * frame_size).min(max_chunk);
-                if chunk.len() < want {
-                    chunk.resize(want, 0);
-                }
-                let got = read_at_most(&wal_file, off, &mut chunk[..want])?;
-                let mut good = 0;
-                let mut broken = false;
-                for f in chunk[..got - got % frame_size].chunks_exact(frame_size) {
-                    let Some(fh) = verifier.check(f) else {
-                        broken = true;
-                        break;
-                    };
-                    good += frame_size;
-                    if fh.is_commit() {
-                        committed = Some((off + good as u64, verifier.chain()));
-                    }
-                }
-                if good > 0 {
-                    let file = match out.as_mut() {
-                        Some(f) => f,
-                        None => out.insert(open_shadow(&shadow_path)?),
-                    };
-                    file.write_all_at(&chunk[..good], off).with_context(|| {
-                        format!("{}: cannot write shadow wal", shadow_path.display())
-                    })?;
-                    off += good as u64;
-                    progressed = true;
-                }
-                if broken || got < want {
-                    break;
-                }
-                // Capped: unbounded, it wrapped to 0 after 21 full chunks of a large WAL
-                // (release builds), and a zero-length read looped forever.
-                frames = frames.saturating_mul(8).min(max_chunk / frame_size);
-            }
-            if off == start && attempt == 0 && start > shadow.size {
-                // The remembered scan point no longer continues the chain (an open
-                // transaction was rolled back and overwritten): rescan from the shadow's end,
-                // and drop what the earlier ticks wrote past it.
-                stale_tail = true;
-                start = shadow.size;
-                start_chain = shadow.chain;
-                continue;
-            }
-            shadow.scan = Some((off, verifier.chain()));
-            break;
-        }
-        if progressed {
-            self.copy_buffer = chunk;
-        }
-        if stale_tail {
-            let end = shadow.scan.map_or(shadow.size, |(off, _)| off);
-            let file = match out.as_mut() {
-                Some(f) => f,
-                None => out.insert(open_shadow(&shadow_path)?),
-            };
-            file.set_len(end).with_context(|| {
-                format!("{}: cannot truncate shadow wal", shadow_path.display())
-            })?;
-        }
-        let Some((end, chain)) = committed.filter(|(end, _)| *end > shadow.size) else {
-            return Ok(false);
-        };
-        if sync {
-            if let Some(file) = &out {
-                file.sync_data().with_context(|| {
-                    format!("{}: cannot fsync shadow wal", shadow_path.display())
-                })?;
-            }
-        }
-        self.shared.metrics.add_wal_bytes(end - shadow.size);
-        shadow.size = end;
-        shadow.chain = chain;
-        if let Some((scan, _)) = shadow.scan {
-            if scan <= end {
-                shadow.scan = None;
-            }
-        }
-        Ok(true)
+        let added = shadow.copy_from(&wal, &mut self.copy_buffer, sync)?;
+        self.shared.metrics.add_wal_bytes(added);
+        Ok(added > 0)
     }
 
     /// Publishes the shadow position and wakes every replica without ever blocking.
@@ -838,359 +597,9 @@ impl Db {
         }
     }
 
-    /// SPEC §4.2 step 5: checkpoint, and restart the WAL when that emptied it.
-    ///
-    /// Our connection must leave its read transaction to checkpoint. A second connection, the
-    /// pin, holds one across that gap. While the pin reads at a mark in the WAL nobody can
-    /// restart the WAL; while it reads at mark 0 (the WAL was fully checkpointed as it began)
-    /// no checkpoint can run, so one restart at most can happen, of a life we had copied
-    /// whole. Without the pin, a stall of this thread in the gap (a busy machine, or a read
-    /// lock SQLite keeps retrying while the application checkpoints) let the application's own
-    /// auto-checkpoint backfill frames we had not copied and its next write restart the WAL
-    /// over them, or over a whole life we never saw.
-    fn checkpoint(&mut self, mode: CheckpointMode) -> Result<()> {
-        // The argument above needs the shadow to hold the WAL as of our read lock. After an
-        // error (or `write_seq`) that is not known: take the lock afresh and copy; if the WAL
-        // restarted meanwhile, the next tick's `verify` deals with it first.
-        if !(self.clean_read_tx && self.read_tx_alive()) {
-            self.end_read_tx()?;
-            self.begin_read_tx()?;
-            self.after_read_tx_begun()?;
-            if !self.clean_read_tx {
-                return Ok(());
-            }
-        }
-        // A snapshot in progress reads the db file; it must not see our checkpoint.
-        let shared = self.shared.clone();
-        let Ok(_guard) = shared.checkpoint_lock.try_write() else {
-            return Ok(());
-        };
-        self.copy_to_shadow()?;
-        self.publish();
-        let wal = wal_path(&self.shared.path);
-        let before = read_header(&wal)?;
-        let started = Instant::now();
-        // Opened for each checkpoint: kept open, its schema and page cache were 60 KiB of
-        // every busy db's memory. (SQLite keeps the db file's descriptor open while our
-        // connection holds a lock on it, so closing the pin cannot drop our POSIX locks.)
-        let pin = open_pin_connection(&self.shared.path, self.cfg.busy_timeout)?;
-        begin_read(&pin).context("cannot take the pin's read lock")?;
-        let outcome = self
-            .end_read_tx()
-            .and_then(|()| self.checkpoint_pinned(&pin, mode, before));
-        // Our own read transaction first, then the pin may go.
-        let relocked = self.begin_read_tx();
-        let unpinned = end_read(&pin).context("cannot release the pin's read lock");
-        drop(pin);
-        self.shared
-            .metrics
-            .checkpoint_done(mode.name(), outcome.is_ok(), started.elapsed());
-        let counts = outcome?;
-        relocked?;
-        unpinned?;
-        let after = read_header(&wal)?;
-        let done = Outcome {
-            mode,
-            lock_busy: counts.lock_busy(),
-            busy: counts.busy,
-            restarted: before.is_some() && after != before,
-        };
-        self.policy.record(done, Instant::now());
-        logging::log(
-            // Retried soon while the lock is taken: not worth a line each time.
-            if done.lock_busy {
-                LogLevel::Debug
-            } else {
-                LogLevel::Info
-            },
-            "checkpoint",
-            &[
-                ("db", &self.db_label()),
-                ("mode", &mode.name()),
-                ("result", &done.result()),
-                ("wal_frames", &counts.log),
-                ("checkpointed", &counts.checkpointed),
-                ("restarted", &done.restarted),
-                ("elapsed", &format!("{:?}", started.elapsed())),
-            ],
-        );
-        let restarted = done.restarted;
-        if restarted {
-            // One restart at most, of a life we had copied whole (see above).
-            let next = after
-                .and_then(|h| WalHeader::parse(&h).ok())
-                .zip(self.shadow.as_ref())
-                .is_some_and(|(new, s)| wal::is_next_life(&s.header, &new));
-            if next {
-                self.finish_and_restart()?;
-            } else {
-                self.new_generation("wal restarted more than once during a checkpoint")?;
-            }
-        }
-        self.after_read_tx_begun()?;
-        // Before the guard drops: a snapshot must never read a db file holding frames
-        // (up to our new read mark) beyond the published position.
-        self.publish();
-        Ok(())
-    }
-
-    /// The checkpoint proper, with the pin held and our read transaction closed: a PASSIVE
-    /// pass, then (for RESTART and TRUNCATE, or when that pass emptied the WAL) `restart_wal`.
-    /// The counts are the pass's (busy, frames in the WAL, frames checkpointed), or the
-    /// restart's backfill when it emptied the WAL.
-    fn checkpoint_pinned(
-        &mut self,
-        pin: &Connection,
-        mode: CheckpointMode,
-        before: Option<[u8; WAL_HEADER_SIZE]>,
-    ) -> Result<PassCounts> {
-        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        let pass = PassCounts::from_triple(sqlite::checkpoint(conn, CheckpointMode::Passive)?);
-        let frame_size = self.shadow.as_ref().map_or(4096, |s| s.header.frame_size()) as u64;
-        let AfterPass::Restart {
-            shrink_to,
-            unless_beyond,
-        } = policy::after_pass(&self.cfg, mode, pass, before.is_some(), frame_size)
-        else {
-            return Ok(pass);
-        };
-        Ok(
-            match self.restart_wal(pin, before, shrink_to, unless_beyond)? {
-                Some(backfill) => backfill,
-                None => pass,
-            },
-        )
-    }
-
-    /// A restart we did not see happen: take the write lock (so the WAL holds still), copy what
-    /// is left of the old life, then `finish_restart`; our read transaction is open again on
-    /// return.
-    fn finish_restart_locked(&mut self) -> Result<()> {
-        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        if !conn.is_autocommit() {
-            conn.execute_batch("ROLLBACK")
-                .context("cannot release read lock")?;
-        }
-        self.in_read_tx = false;
-        let locked = conn.execute_batch("BEGIN; INSERT INTO _litestream_lock (id) VALUES (1);");
-        if let Err(err) = locked {
-            // Busy past the timeout, most likely: hold the read lock again and retry next tick.
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            self.begin_read_tx()?;
-            return Err(err).context("cannot take the write lock");
-        }
-        self.in_read_tx = true;
-        let outcome = (|| -> Result<()> {
-            self.copy_to_shadow()?;
-            self.finish_restart()
-        })();
-        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        conn.execute_batch("ROLLBACK")
-            .context("cannot release the write lock")?;
-        self.in_read_tx = false;
-        self.begin_read_tx()?;
-        outcome?;
-        self.after_read_tx_begun()
-    }
-
-    /// After a restart, with the write lock held and the old life copied as far as the WAL
-    /// still holds it: the next index if the old life is provably whole in the shadow, else a
-    /// new generation.
-    fn finish_restart(&mut self) -> Result<()> {
-        match self.old_life_proof()? {
-            Ok(()) => {
-                self.start_next_index()?;
-                self.copy_to_shadow()?;
-            }
-            Err(reason) => self.new_generation(&reason)?,
-        }
-        Ok(())
-    }
-
-    /// Whether the shadow holds every committed frame of the WAL life before the current one
-    /// (called under the write lock, after copying that life's tail), for a restart that
-    /// happened while neither our connection nor the pin held a read lock: what the WAL holds
-    /// where our copy of the old life stopped tells (`wal::old_life_copied_whole`).
-    /// `Ok(Err(reason))` when it cannot be proven.
-    fn old_life_proof(&self) -> Result<std::result::Result<(), String>> {
-        let shadow = self
-            .shadow
-            .as_ref()
-            .ok_or_else(|| anyhow!("no shadow wal"))?;
-        let wal = wal_path(&self.shared.path);
-        let wal_file =
-            File::open(&wal).with_context(|| format!("{}: cannot open wal", wal.display()))?;
-        let mut hdr = [0u8; WAL_HEADER_SIZE];
-        if read_at_most(&wal_file, 0, &mut hdr)? < hdr.len() {
-            return Ok(Err("the wal lost its header".into()));
-        }
-        let new = match WalHeader::parse(&hdr) {
-            Ok(h) => h,
-            Err(e) => return Ok(Err(format!("the wal header is invalid: {e}"))),
-        };
-        let mut next = [0u8; FRAME_HEADER_SIZE];
-        let got = read_at_most(&wal_file, shadow.size, &mut next)?;
-        let truncated = wal_file.metadata()?.len() < self.wal_len_max;
-        Ok(wal::old_life_copied_whole(
-            &shadow.header,
-            &new,
-            (got == next.len()).then_some(&next[..]),
-            truncated,
-        ))
-    }
-
-    /// Restarts the WAL (with the pin held, our read transaction closed): under the write lock
-    /// copy the whole life, then backfill all of it through the pin's connection and pin again
-    /// (at mark 0, which allows one restart, of that life), release the lock and write our
-    /// `_litestream_seq` row, whose read then begins on a fully checkpointed WAL, so the write
-    /// restarts it. The application may get the write lock first and restart it itself, which
-    /// is as safe. `Some((frames, checkpointed))` of the backfill when the WAL was emptied,
-    /// `None` when it could not be (the lock or a reader of the application was in the way).
-    /// `emptied` is set after a PASSIVE pass that emptied the WAL (of that many frames), when
-    /// no restart was asked for: frames committed since then mean no restart this time, rather
-    /// than a backfill (and its fsyncs) while the application waits on our lock.
-    /// With `shrink`, our restart also truncates the WAL file to `TRUNCATED_WAL_BYTES`. Only
-    /// then: an application that grows the WAL again after each truncation pays for fresh
-    /// file blocks and zeroed page-cache pages on every write (measured: +70% of its system
-    /// time per transaction), where overwriting the existing file costs nothing extra.
-    fn restart_wal(
-        &mut self,
-        pin: &Connection,
-        before: Option<[u8; WAL_HEADER_SIZE]>,
-        shrink_to: Option<u64>,
-        unless_beyond: Option<u64>,
-    ) -> Result<Option<PassCounts>> {
-        let timeout = self.cfg.busy_timeout;
-        let conn = self.conn.as_mut().ok_or_else(|| anyhow!("no connection"))?;
-        let locked = briefly(conn, timeout, |c| c.execute_batch("BEGIN IMMEDIATE"))?;
-        if let Err(err) = locked {
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            if is_busy(&err) {
-                return Ok(None);
-            }
-            return Err(err).context("cannot take the write lock");
-        }
-        let outcome = (|| -> Result<Option<PassCounts>> {
-            if read_header(&wal_path(&self.shared.path))? != before {
-                // Restarted while we waited for the lock: the caller follows it.
-                return Ok(None);
-            }
-            // No fsync while the application waits on our lock: it follows the release.
-            self.copy_frames(false)?;
-            let frames = self.shadow.as_ref().map_or(0, Shadow::frames);
-            if unless_beyond.is_some_and(|n| frames > n) {
-                return Ok(None);
-            }
-            end_read(pin).context("cannot release the pin's read lock")?;
-            let (busy, log, done) = passive_checkpoint_retrying(pin)?;
-            begin_read(pin).context("cannot take the pin's read lock")?;
-            Ok((!busy && log >= 0 && done == log)
-                .then_some(PassCounts::from_triple((false, log, done))))
-        })();
-        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        if !conn.is_autocommit() {
-            conn.execute_batch("ROLLBACK")
-                .context("cannot release the write lock")?;
-        }
-        self.sync_shadow()?;
-        let Some(counts) = outcome? else {
-            return Ok(None);
-        };
-        let conn = self.conn.as_mut().ok_or_else(|| anyhow!("no connection"))?;
-        if let Some(limit) = shrink_to {
-            conn.execute_batch(&format!("PRAGMA journal_size_limit = {limit}"))?;
-        }
-        let written = briefly(conn, timeout, sqlite::bump_seq)?;
-        if shrink_to.is_some() {
-            conn.execute_batch("PRAGMA journal_size_limit = -1")?;
-        }
-        match written {
-            Ok(_) => Ok(Some(counts)),
-            // The application holds the write lock: its write restarts the WAL instead.
-            Err(err) if is_busy(&err) => Ok(Some(counts)),
-            Err(err) => Err(err).context("cannot write to _litestream_seq"),
-        }
-    }
-
-    /// fsyncs the current shadow file (after `copy_frames(false)`).
-    fn sync_shadow(&self) -> Result<()> {
-        let Some(s) = &self.shadow else {
-            return Ok(());
-        };
-        let path = self.shared.shadow_wal_path(&s.generation, s.index);
-        open_shadow(&path)?
-            .sync_data()
-            .with_context(|| format!("{}: cannot fsync shadow wal", path.display()))
-    }
-
-    /// Bookkeeping after a read transaction began: copy at once, then remember whether the
-    /// WAL still had the shadow's header (see `clean_read_tx`). In that order: SQLite writes a
-    /// new life's header before its first frame, so a header still ours after the copy means
-    /// no frame the copy read had been overwritten, and the copy took the life whole as it
-    /// stood when our read lock was taken. From then on our lock allows no restart at all (a
-    /// read mark in the WAL), or one of exactly that state (read mark 0: the WAL was fully
-    /// checkpointed, and no checkpoint can run past our lock).
-    fn after_read_tx_begun(&mut self) -> Result<()> {
-        let ours = self.wal_header_is_shadows()?;
-        if ours {
-            self.copy_to_shadow()?;
-        }
-        self.clean_read_tx = ours && self.wal_header_is_shadows()?;
-        Ok(())
-    }
-
-    /// True when the WAL file starts with the current shadow's header.
-    fn wal_header_is_shadows(&self) -> Result<bool> {
-        let hdr = read_header(&wal_path(&self.shared.path))?;
-        Ok(match (&self.shadow, hdr) {
-            (Some(s), Some(h)) => s.header_bytes == h,
-            _ => false,
-        })
-    }
-
     /// The WAL file's length now (0 when it does not exist).
     fn wal_len(&self) -> u64 {
         fs::metadata(wal_path(&self.shared.path)).map_or(0, |m| m.len())
-    }
-
-    /// Writes one row so the WAL gets a header and a frame (SPEC §4.2 step 1). Done outside our
-    /// read transaction: a deferred read transaction cannot always be promoted.
-    fn write_seq(&mut self) -> Result<()> {
-        let was_in_tx = self.in_read_tx;
-        if was_in_tx {
-            self.end_read_tx()?;
-        }
-        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        let r = sqlite::bump_seq(conn);
-        if was_in_tx {
-            self.begin_read_tx()?;
-        }
-        r.context("cannot write to _litestream_seq")?;
-        Ok(())
-    }
-
-    fn begin_read_tx(&mut self) -> Result<()> {
-        if self.in_read_tx {
-            return Ok(());
-        }
-        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        begin_read(conn).context("cannot acquire read lock")?;
-        self.in_read_tx = true;
-        self.clean_read_tx = false;
-        Ok(())
-    }
-
-    fn end_read_tx(&mut self) -> Result<()> {
-        if !self.in_read_tx {
-            return Ok(());
-        }
-        self.in_read_tx = false;
-        let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
-        end_read(conn).context("cannot release read lock")
     }
 
     /// Deletes shadow files every replica has uploaded (keeping one extra index).
@@ -1213,23 +622,10 @@ impl Db {
             // Nothing below keep_from was created since: no need to list the directory.
             return Ok(());
         }
-        let dir = shadow_wal_dir(&self.shared.meta_dir, &shadow.generation);
-        let Ok(entries) = fs::read_dir(&dir) else {
-            return Ok(());
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let Some(idx) = name
-                .strip_suffix(".wal")
-                .and_then(|s| u32::from_str_radix(s, 16).ok())
-            else {
-                continue;
-            };
-            if idx < keep_from {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+        remove_indexes_below(
+            &shadow_wal_dir(&self.shared.meta_dir, &shadow.generation),
+            keep_from,
+        );
         self.cleaned_for = Some(key);
         Ok(())
     }
@@ -1239,161 +635,6 @@ impl Db {
         let _ = self.end_read_tx();
         self.conn = None;
         self.in_read_tx = false;
-    }
-}
-
-/// Marker reason for a WAL restart that is safe to follow with the next index.
-const RESTART: &str = "restart";
-/// `Db::verify`'s reason for a restart that `finish_restart_locked` must check.
-const UNSEEN_RESTART: &str = "restart out of sight";
-
-/// Reads exactly `buf.len()` bytes; `Ok(false)` at end of file (a partial frame counts as end:
-/// it is a write in progress or a torn tail).
-fn read_whole(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
-    Ok(codec::read_full(r, buf)? == buf.len())
-}
-
-/// Opens an existing shadow WAL file for writing.
-fn open_shadow(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .open(path)
-        .with_context(|| format!("{}: cannot open shadow wal", path.display()))
-}
-
-fn read_header(wal: &Path) -> Result<Option<[u8; WAL_HEADER_SIZE]>> {
-    let len = fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
-    if len < WAL_HEADER_SIZE as u64 {
-        return Ok(None);
-    }
-    let mut hdr = [0u8; WAL_HEADER_SIZE];
-    read_at(wal, 0, &mut hdr)?;
-    Ok(Some(hdr))
-}
-
-/// Number of whole frames in the real WAL file (committed or not).
-fn wal_frames(wal: &Path, frame_size: usize) -> u64 {
-    let len = fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
-    len.saturating_sub(WAL_HEADER_SIZE as u64) / frame_size as u64
-}
-
-/// True when the shadow's last frame equals the real WAL's bytes at the same offset (or the
-/// shadow holds no frame).
-fn last_frame_matches(shadow_path: &Path, wal: &Path, shadow: &Shadow) -> Result<bool> {
-    if shadow.size <= WAL_HEADER_SIZE as u64 {
-        return Ok(true);
-    }
-    let fs_ = shadow.header.frame_size() as u64;
-    let off = shadow.size - fs_;
-    let mut a = vec![0u8; fs_ as usize];
-    let mut b = vec![0u8; fs_ as usize];
-    read_at(shadow_path, off, &mut a)?;
-    if read_at(wal, off, &mut b).is_err() {
-        return Ok(false);
-    }
-    Ok(a == b)
-}
-
-/// Loads a shadow file: its header, its committed frame-aligned length (a torn or
-/// uncommitted tail from a crash is cut off) and the checksum chain there.
-fn load_shadow(
-    path: &Path,
-    generation: String,
-    index: u32,
-) -> Result<std::result::Result<Shadow, String>> {
-    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err("no shadow wal".into())),
-        Err(e) => {
-            return Err(e).with_context(|| format!("{}: cannot open shadow wal", path.display()))
-        }
-    };
-    let mut hdr_bytes = [0u8; WAL_HEADER_SIZE];
-    if !read_whole(&mut f, &mut hdr_bytes)? {
-        return Ok(Err("short shadow wal".into()));
-    }
-    let header = match WalHeader::parse(&hdr_bytes) {
-        Ok(h) => h,
-        Err(e) => return Ok(Err(format!("invalid shadow wal header: {e}"))),
-    };
-    let frame_size = header.frame_size();
-    let mut verifier = FrameVerifier::new(&header);
-    let mut r = BufReader::with_capacity(COPY_BUFFER, &mut f);
-    let mut frame = vec![0u8; frame_size];
-    let mut off = WAL_HEADER_SIZE as u64;
-    let mut committed = (off, verifier.chain());
-    while read_whole(&mut r, &mut frame)? {
-        let Some(fh) = verifier.check(&frame) else {
-            break;
-        };
-        off += frame_size as u64;
-        if fh.is_commit() {
-            committed = (off, verifier.chain());
-        }
-    }
-    drop(r);
-    let len = f.metadata()?.len();
-    if len > committed.0 {
-        f.set_len(committed.0)?;
-        f.sync_all()?;
-    }
-    Ok(Ok(Shadow {
-        generation,
-        index,
-        header,
-        header_bytes: hdr_bytes,
-        size: committed.0,
-        chain: committed.1,
-        scan: None,
-    }))
-}
-
-fn highest_shadow_index(dir: &Path) -> Result<Option<u32>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot list", dir.display())),
-    };
-    let mut max = None;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if let Some(idx) = name
-            .strip_suffix(".wal")
-            .filter(|s| s.len() == 8)
-            .and_then(|s| u32::from_str_radix(s, 16).ok())
-        {
-            max = max.max(Some(idx));
-        }
-    }
-    Ok(max)
-}
-
-fn remove_other_generations(meta_dir: &Path, keep: &str) {
-    let Ok(entries) = fs::read_dir(meta_dir.join("generations")) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy() != keep {
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-/// Removes `*.tmp` files left by a crash (SPEC §3).
-fn remove_tmp_files(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => remove_tmp_files(&path),
-            Ok(_) if path.extension().is_some_and(|e| e == "tmp") => {
-                let _ = fs::remove_file(&path);
-            }
-            _ => {}
-        }
     }
 }
 

@@ -1,0 +1,437 @@
+//! The shadow WAL: byte-exact copies, under `<meta dir>/generations/<gen>/wal/`, of each WAL
+//! life's header and committed frames, from which replicas upload. This module owns those
+//! files: their names, loading one after a crash (cutting a torn or uncommitted tail),
+//! creating the next index, copying newly committed frames from the real WAL (verifying salts
+//! and the checksum chain as it goes), and removing what every replica has uploaded.
+//!
+//! It never talks to SQLite and decides nothing about generations (`verdict` does); nothing
+//! reads a shadow file past the committed `Shadow::size` this module keeps.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+
+use super::verdict::{Reason, Verdict};
+use crate::codec;
+use crate::files::{self, read_at, read_at_most};
+use crate::position::Position;
+use crate::wal::{FrameVerifier, WalHeader, WAL_HEADER_SIZE};
+
+/// Buffer size for streaming WAL bytes; bounds memory whatever the transaction size.
+const COPY_BUFFER: usize = 256 * 1024;
+
+/// The directory of a generation's shadow WAL files.
+pub fn shadow_wal_dir(meta_dir: &Path, generation: &str) -> PathBuf {
+    meta_dir.join("generations").join(generation).join("wal")
+}
+
+/// The shadow WAL file of one index.
+pub fn shadow_wal_path(meta_dir: &Path, generation: &str, index: u32) -> PathBuf {
+    shadow_wal_dir(meta_dir, generation).join(format!("{index:08x}.wal"))
+}
+
+/// The index a shadow file name stands for (`0000000a.wal`); `None` for any other name.
+fn shadow_index(name: &str) -> Option<u32> {
+    name.strip_suffix(".wal")
+        .filter(|s| s.len() == 8)
+        .and_then(|s| u32::from_str_radix(s, 16).ok())
+}
+
+/// The shadow WAL life being appended to.
+pub(super) struct Shadow {
+    pub(super) generation: String,
+    pub(super) index: u32,
+    /// The shadow file.
+    pub(super) path: PathBuf,
+    pub(super) header: WalHeader,
+    pub(super) header_bytes: [u8; WAL_HEADER_SIZE],
+    /// Committed, frame-aligned length of the shadow file.
+    pub(super) size: u64,
+    /// Checksum chain at `size`, to verify the next frames.
+    pub(super) chain: (u32, u32),
+    /// How far the real WAL was verified beyond `size` (frames of a transaction not committed
+    /// yet), with the chain there, so a long transaction is not re-read on every tick.
+    pub(super) scan: Option<(u64, (u32, u32))>,
+}
+
+/// What one pass of `Shadow::copy_pass` over the WAL found.
+struct Pass {
+    /// Where the valid frames ended.
+    end: u64,
+    /// The checksum chain there.
+    chain: (u32, u32),
+    /// The end of the last commit frame seen, with the chain there.
+    committed: Option<(u64, (u32, u32))>,
+    /// Frames were written to the shadow file.
+    wrote: bool,
+}
+
+impl Shadow {
+    /// Committed frames in this life.
+    pub(super) fn frames(&self) -> u64 {
+        (self.size - WAL_HEADER_SIZE as u64) / self.header.frame_size() as u64
+    }
+
+    /// The published position: this index at its committed size.
+    pub(super) fn position(&self) -> Position {
+        Position::new(self.generation.clone(), self.index, self.size)
+    }
+
+    /// Creates shadow file `index` of `generation` in `meta_dir` (whose directory exists),
+    /// holding the real WAL's header, durably.
+    pub(super) fn create(
+        meta_dir: &Path,
+        wal: &Path,
+        generation: &str,
+        index: u32,
+        mode: u32,
+    ) -> Result<Shadow> {
+        let mut header_bytes = [0u8; WAL_HEADER_SIZE];
+        read_at(wal, 0, &mut header_bytes)?;
+        let header =
+            WalHeader::parse(&header_bytes).map_err(|e| anyhow!("{}: {e}", wal.display()))?;
+        let path = shadow_wal_path(meta_dir, generation, index);
+        let mut f = files::create_file(&path, mode)?;
+        f.write_all(&header_bytes)
+            .with_context(|| format!("{}: cannot write shadow wal", path.display()))?;
+        f.sync_all()
+            .with_context(|| format!("{}: cannot fsync shadow wal", path.display()))?;
+        files::fsync_dir(files::parent_dir(&path))?;
+        Ok(Shadow {
+            generation: generation.to_string(),
+            index,
+            path,
+            header,
+            header_bytes,
+            size: WAL_HEADER_SIZE as u64,
+            chain: header.checksum(),
+            scan: None,
+        })
+    }
+
+    /// Loads a shadow file: its header, its committed frame-aligned length (a torn or
+    /// uncommitted tail from a crash is cut off) and the checksum chain there.
+    pub(super) fn load(path: PathBuf, generation: String, index: u32) -> Result<Verdict<Shadow>> {
+        let mut f = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err(Reason::NoShadowWal)),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("{}: cannot open shadow wal", path.display()))
+            }
+        };
+        let mut header_bytes = [0u8; WAL_HEADER_SIZE];
+        if !read_whole(&mut f, &mut header_bytes)? {
+            return Ok(Err(Reason::ShortShadowWal));
+        }
+        let header = match WalHeader::parse(&header_bytes) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(Reason::InvalidShadowHeader(e.to_string()))),
+        };
+        let (size, chain) = committed_end(&mut f, &header)?;
+        if f.metadata()?.len() > size {
+            f.set_len(size)?;
+            f.sync_all()?;
+        }
+        Ok(Ok(Shadow {
+            generation,
+            index,
+            path,
+            header,
+            header_bytes,
+            size,
+            chain,
+            scan: None,
+        }))
+    }
+
+    /// True when the shadow's last frame equals the real WAL's bytes at the same offset (or the
+    /// shadow holds no frame).
+    pub(super) fn last_frame_matches(&self, wal: &Path) -> Result<bool> {
+        if self.size <= WAL_HEADER_SIZE as u64 {
+            return Ok(true);
+        }
+        let frame_size = self.header.frame_size() as u64;
+        let off = self.size - frame_size;
+        let mut ours = vec![0u8; frame_size as usize];
+        let mut theirs = vec![0u8; frame_size as usize];
+        read_at(&self.path, off, &mut ours)?;
+        if read_at(wal, off, &mut theirs).is_err() {
+            return Ok(false);
+        }
+        Ok(ours == theirs)
+    }
+
+    /// Appends the WAL's newly committed frames to the shadow in one pass: each frame is
+    /// verified (salts and checksum chain) in the buffer it was read into and written from
+    /// that buffer at the same offset in the shadow. Frames past the last commit (an open
+    /// transaction) are written too, but `size` stays at the last commit: nothing reads a
+    /// shadow past its size, `load` cuts such a tail after a crash, and `cut_to_size` before
+    /// the index is closed. The scan point is remembered, so an open transaction's frames are
+    /// read and verified once, not on every tick. With `sync`, the new frames are fsynced;
+    /// without, the caller must `sync` before anything publishes the new size.
+    ///
+    /// `buffer` is the copy buffer: kept between calls while frames keep coming, and emptied
+    /// by a call that copies nothing (under load a fresh buffer per tick cost page faults, and
+    /// an idle database, of many, should hold none). Returns the committed bytes added.
+    pub(super) fn copy_from(
+        &mut self,
+        wal: &Path,
+        buffer: &mut Vec<u8>,
+        sync: bool,
+    ) -> Result<u64> {
+        let wal_file =
+            File::open(wal).with_context(|| format!("{}: cannot open wal", wal.display()))?;
+        let mut out: Option<File> = None;
+        // Frames in [size, scan point) were verified and written by an earlier call.
+        let (start, start_chain) = match self.scan {
+            Some((off, chain)) if off > self.size => (off, chain),
+            _ => (self.size, self.chain),
+        };
+        let mut pass = self.copy_pass(&wal_file, &mut out, buffer, start, start_chain)?;
+        let stale_tail = pass.end == start && start > self.size;
+        if stale_tail {
+            // The remembered scan point no longer continues the chain (an open transaction was
+            // rolled back and overwritten): rescan from the shadow's end, and drop what the
+            // earlier calls wrote past it.
+            pass = self.copy_pass(&wal_file, &mut out, buffer, self.size, self.chain)?;
+        }
+        self.scan = Some((pass.end, pass.chain));
+        if !pass.wrote {
+            *buffer = Vec::new();
+        }
+        if stale_tail {
+            self.open_for_writing(&mut out)?
+                .set_len(pass.end)
+                .with_context(|| format!("{}: cannot truncate shadow wal", self.path.display()))?;
+        }
+        let Some((end, chain)) = pass.committed.filter(|(end, _)| *end > self.size) else {
+            return Ok(0);
+        };
+        if sync {
+            if let Some(file) = &out {
+                file.sync_data()
+                    .with_context(|| format!("{}: cannot fsync shadow wal", self.path.display()))?;
+            }
+        }
+        let added = end - self.size;
+        self.size = end;
+        self.chain = chain;
+        if self.scan.is_some_and(|(scan, _)| scan <= end) {
+            self.scan = None;
+        }
+        Ok(added)
+    }
+
+    /// Reads the WAL from `start` (chain `start_chain`) until its frames stop verifying or the
+    /// file ends, writing every valid frame to the shadow at the same offset.
+    fn copy_pass(
+        &self,
+        wal: &File,
+        out: &mut Option<File>,
+        chunk: &mut Vec<u8>,
+        start: u64,
+        start_chain: (u32, u32),
+    ) -> Result<Pass> {
+        let frame_size = self.header.frame_size();
+        let max_chunk = (COPY_BUFFER / frame_size).max(1) * frame_size;
+        let mut verifier = FrameVerifier::resume(&self.header, start_chain);
+        let mut pass = Pass {
+            end: start,
+            chain: start_chain,
+            committed: None,
+            wrote: false,
+        };
+        // Reads grow from one frame: on most ticks nothing is new, and the bytes past our end
+        // are often a previous WAL life's frames; reading a whole buffer of those on every
+        // tick was most of an idle daemon's work.
+        let mut frames = 1usize;
+        loop {
+            let want = (frames * frame_size).min(max_chunk);
+            if chunk.len() < want {
+                chunk.resize(want, 0);
+            }
+            let got = read_at_most(wal, pass.end, &mut chunk[..want])?;
+            let mut good = 0;
+            let mut broken = false;
+            for f in chunk[..got - got % frame_size].chunks_exact(frame_size) {
+                let Some(fh) = verifier.check(f) else {
+                    broken = true;
+                    break;
+                };
+                good += frame_size;
+                if fh.is_commit() {
+                    pass.committed = Some((pass.end + good as u64, verifier.chain()));
+                }
+            }
+            if good > 0 {
+                self.open_for_writing(out)?
+                    .write_all_at(&chunk[..good], pass.end)
+                    .with_context(|| format!("{}: cannot write shadow wal", self.path.display()))?;
+                pass.end += good as u64;
+                pass.wrote = true;
+            }
+            if broken || got < want {
+                break;
+            }
+            // Capped: unbounded, it wrapped to 0 after 21 full chunks of a large WAL (release
+            // builds), and a zero-length read looped forever.
+            frames = frames.saturating_mul(8).min(max_chunk / frame_size);
+        }
+        pass.chain = verifier.chain();
+        Ok(pass)
+    }
+
+    /// The shadow file opened for writing, once per copy.
+    fn open_for_writing<'a>(&self, out: &'a mut Option<File>) -> Result<&'a mut File> {
+        match out {
+            Some(f) => Ok(f),
+            None => Ok(out.insert(open_for_writing(&self.path)?)),
+        }
+    }
+
+    /// A closed index's shadow must end at its last commit: replicas take a closed file's
+    /// length as its end. `copy_from` may have written an open transaction's frames past it;
+    /// cut them (durably, before the next index exists, so a crash cannot leave a closed
+    /// index with a tail).
+    pub(super) fn cut_to_size(&mut self) -> Result<()> {
+        self.scan = None;
+        let f = open_for_writing(&self.path)?;
+        if f.metadata()?.len() > self.size {
+            f.set_len(self.size)
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("{}: cannot truncate shadow wal", self.path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// fsyncs the shadow file (after `copy_from` without `sync`).
+    pub(super) fn sync(&self) -> Result<()> {
+        open_for_writing(&self.path)?
+            .sync_data()
+            .with_context(|| format!("{}: cannot fsync shadow wal", self.path.display()))
+    }
+}
+
+/// The end of the last valid commit frame of a shadow file read from just past its header,
+/// and the checksum chain there.
+fn committed_end(f: &mut File, header: &WalHeader) -> Result<(u64, (u32, u32))> {
+    let frame_size = header.frame_size();
+    let mut verifier = FrameVerifier::new(header);
+    let mut r = BufReader::with_capacity(COPY_BUFFER, f);
+    let mut frame = vec![0u8; frame_size];
+    let mut off = WAL_HEADER_SIZE as u64;
+    let mut committed = (off, verifier.chain());
+    while read_whole(&mut r, &mut frame)? {
+        let Some(fh) = verifier.check(&frame) else {
+            break;
+        };
+        off += frame_size as u64;
+        if fh.is_commit() {
+            committed = (off, verifier.chain());
+        }
+    }
+    Ok(committed)
+}
+
+/// Reads exactly `buf.len()` bytes; `Ok(false)` at end of file (a partial frame counts as end:
+/// it is a write in progress or a torn tail).
+fn read_whole(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    Ok(codec::read_full(r, buf)? == buf.len())
+}
+
+/// Opens an existing shadow WAL file for writing.
+fn open_for_writing(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open shadow wal", path.display()))
+}
+
+/// The real WAL's header, or `None` while the file is shorter than one.
+pub(super) fn read_header(wal: &Path) -> Result<Option<[u8; WAL_HEADER_SIZE]>> {
+    if files::len_or_zero(wal) < WAL_HEADER_SIZE as u64 {
+        return Ok(None);
+    }
+    let mut hdr = [0u8; WAL_HEADER_SIZE];
+    read_at(wal, 0, &mut hdr)?;
+    Ok(Some(hdr))
+}
+
+/// Number of whole frames in the real WAL file (committed or not).
+pub(super) fn wal_frames(wal: &Path, frame_size: usize) -> u64 {
+    files::len_or_zero(wal).saturating_sub(WAL_HEADER_SIZE as u64) / frame_size as u64
+}
+
+/// The highest index among a generation's shadow files.
+pub(super) fn highest_shadow_index(dir: &Path) -> Result<Option<u32>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot list", dir.display())),
+    };
+    Ok(entries
+        .flatten()
+        .filter_map(|e| shadow_index(&e.file_name().to_string_lossy()))
+        .max())
+}
+
+/// Removes a generation's shadow files below `keep_from`.
+pub(super) fn remove_indexes_below(dir: &Path, keep_from: u32) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if shadow_index(&entry.file_name().to_string_lossy()).is_some_and(|i| i < keep_from) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Removes every generation's shadow files but `keep`'s.
+pub(super) fn remove_other_generations(meta_dir: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(meta_dir.join("generations")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy() != keep {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Removes `*.tmp` files left by a crash (SPEC §3).
+pub(super) fn remove_tmp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => remove_tmp_files(&path),
+            Ok(_) if path.extension().is_some_and(|e| e == "tmp") => {
+                let _ = fs::remove_file(&path);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_names() {
+        assert_eq!(
+            shadow_wal_path(Path::new("/m"), "0123456789abcdef", 10),
+            PathBuf::from("/m/generations/0123456789abcdef/wal/0000000a.wal")
+        );
+        assert_eq!(shadow_index("0000000a.wal"), Some(10));
+        assert_eq!(shadow_index("a.wal"), None);
+        assert_eq!(shadow_index("0000000a.wal.tmp"), None);
+    }
+}
