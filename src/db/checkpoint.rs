@@ -45,7 +45,7 @@ impl Db {
     pub(super) fn checkpoint(&mut self, mode: CheckpointMode) -> Result<()> {
         // The argument above needs the shadow to hold the WAL as of our read lock. After an
         // error (or `write_seq`) that is not known: take the lock afresh and copy; if the WAL
-        // restarted meanwhile, the next tick's `verify` deals with it first.
+        // restarted meanwhile, the next tick's `sync` deals with it first.
         if !(self.clean_read_tx && self.read_tx_alive()) {
             self.end_read_tx()?;
             self.begin_read_tx()?;
@@ -63,6 +63,34 @@ impl Db {
         self.publish();
         let wal = wal_path(&self.shared.path);
         let before = read_header(&wal)?;
+        let started = Instant::now();
+        let counts = self.pinned(mode, before)?;
+        let after = read_header(&wal)?;
+        let done = Outcome {
+            mode,
+            lock_busy: counts.lock_busy(),
+            busy: counts.busy,
+            restarted: before.is_some() && after != before,
+        };
+        self.policy.record(done, Instant::now());
+        self.log_checkpoint(&done, &counts, started);
+        if done.restarted {
+            self.follow_checkpoint_restart(after)?;
+        }
+        self.after_read_tx_begun()?;
+        // Before the guard drops: a snapshot must never read a db file holding frames
+        // (up to our new read mark) beyond the published position.
+        self.publish();
+        Ok(())
+    }
+
+    /// Opens the pin, holds its read lock while ours is closed for `checkpoint_pinned`, takes
+    /// ours back, then lets the pin go; counts the checkpoint in the metrics.
+    fn pinned(
+        &mut self,
+        mode: CheckpointMode,
+        before: Option<[u8; WAL_HEADER_SIZE]>,
+    ) -> Result<PassCounts> {
         let started = Instant::now();
         // Opened for each checkpoint: kept open, its schema and page cache were 60 KiB of
         // every busy db's memory. (SQLite keeps the db file's descriptor open while our
@@ -82,14 +110,25 @@ impl Db {
         let counts = outcome?;
         relocked?;
         unpinned?;
-        let after = read_header(&wal)?;
-        let done = Outcome {
-            mode,
-            lock_busy: counts.lock_busy(),
-            busy: counts.busy,
-            restarted: before.is_some() && after != before,
-        };
-        self.policy.record(done, Instant::now());
+        Ok(counts)
+    }
+
+    /// The restart a checkpoint made (or let the application make): one at most, of a life we
+    /// had copied whole (see `checkpoint`); anything else is a new generation.
+    fn follow_checkpoint_restart(&mut self, after: Option<[u8; WAL_HEADER_SIZE]>) -> Result<()> {
+        let next = after
+            .and_then(|h| WalHeader::parse(&h).ok())
+            .zip(self.shadow.as_ref())
+            .is_some_and(|(new, s)| wal::is_next_life(&s.header, &new));
+        if next {
+            self.finish_and_restart()
+        } else {
+            self.new_generation(Reason::RestartedTwiceDuringCheckpoint)
+        }
+    }
+
+    /// The `checkpoint` log line.
+    fn log_checkpoint(&self, done: &Outcome, counts: &PassCounts, started: Instant) {
         logging::log(
             // Retried soon while the lock is taken: not worth a line each time.
             if done.lock_busy {
@@ -100,7 +139,7 @@ impl Db {
             "checkpoint",
             &[
                 ("db", &self.db_label()),
-                ("mode", &mode.name()),
+                ("mode", &done.mode.name()),
                 ("result", &done.result()),
                 ("wal_frames", &counts.log),
                 ("checkpointed", &counts.checkpointed),
@@ -108,24 +147,6 @@ impl Db {
                 ("elapsed", &format!("{:?}", started.elapsed())),
             ],
         );
-        let restarted = done.restarted;
-        if restarted {
-            // One restart at most, of a life we had copied whole (see above).
-            let next = after
-                .and_then(|h| WalHeader::parse(&h).ok())
-                .zip(self.shadow.as_ref())
-                .is_some_and(|(new, s)| wal::is_next_life(&s.header, &new));
-            if next {
-                self.finish_and_restart()?;
-            } else {
-                self.new_generation(Reason::RestartedTwiceDuringCheckpoint)?;
-            }
-        }
-        self.after_read_tx_begun()?;
-        // Before the guard drops: a snapshot must never read a db file holding frames
-        // (up to our new read mark) beyond the published position.
-        self.publish();
-        Ok(())
     }
 
     /// The checkpoint proper, with the pin held and our read transaction closed: a PASSIVE
