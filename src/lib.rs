@@ -1,8 +1,10 @@
 //! litestream: streaming replication for SQLite, as a library behind the `litestream` binary.
 //!
-//! Pure modules (`wal`, `layout`, `position`, `codec`, `config`) hold the formats and rules;
-//! thin edges (`client::*`, `sqlite`) touch files, stores and SQLite; `db` and `replica` are
-//! the two kinds of threads; `daemon` wires them; `cli` holds one file per command.
+//! Pure modules (`wal`, `layout`, `position`, `config`, `backoff`, and `db::policy` and
+//! `db::verdict`) hold the formats and rules; thin edges (`client::*`, `sqlite`, `files`) touch
+//! stores, SQLite and files; `codec` streams compression (with its own worker threads); `db`
+//! and `replica` are the two kinds of threads; `daemon` wires them; `cli` holds one file per
+//! command.
 //! See ARCHITECTURE.md for the code map.
 
 pub mod backoff;
