@@ -51,7 +51,9 @@ use crate::wal::WAL_HEADER_SIZE;
 
 /// What the db thread shares with its replica threads.
 pub struct DbShared {
+    /// The database file (absolute).
     pub path: PathBuf,
+    /// `.<db>-litestream/` or the configured `meta-path`: generation file, lock, shadow WAL.
     pub meta_dir: PathBuf,
     /// The shadow WAL's committed end: everything before it is durable in the shadow.
     position: Mutex<Option<Position>>,
@@ -76,6 +78,7 @@ pub struct DbShared {
 }
 
 impl DbShared {
+    /// The shared state of one db with `replicas` replica threads; nothing published yet.
     pub fn new(path: PathBuf, meta_dir: PathBuf, replicas: usize, metrics: Arc<DbMetrics>) -> Self {
         DbShared {
             path,
@@ -99,20 +102,26 @@ impl DbShared {
         *lock(&self.position) = pos;
     }
 
+    /// Records what replica number `replica` has uploaded, so the shadow files it still needs
+    /// are kept.
     pub fn set_replica_position(&self, replica: usize, pos: Option<Position>) {
         if let Some(slot) = lock(&self.replica_positions).get_mut(replica) {
             *slot = pos;
         }
     }
 
+    /// Asks the db thread for a new generation on its next tick (a replica found its store
+    /// ahead of the shadow WAL).
     pub fn request_new_generation(&self) {
         self.new_generation_requested.store(true, Ordering::SeqCst);
     }
 
+    /// The shadow WAL file of `index` in `generation`.
     pub fn shadow_wal_path(&self, generation: &str, index: u32) -> PathBuf {
         shadow_wal_path(&self.meta_dir, generation, index)
     }
 
+    /// The db file's mode, which every file we create for it gets.
     pub fn file_mode(&self) -> u32 {
         self.file_mode.load(Ordering::Relaxed)
     }
@@ -203,6 +212,8 @@ impl WalStat {
 }
 
 impl Db {
+    /// The db thread's state before its first tick; `replicas` are the wake-up channels of its
+    /// replica threads.
     pub fn new(cfg: DbConfig, shared: Arc<DbShared>, replicas: Vec<Sender<Notice>>) -> Self {
         Db {
             policy: CheckpointPolicy::new(&cfg, Instant::now()),
@@ -266,8 +277,8 @@ impl Db {
         self.close();
     }
 
-    /// One tick; errors are logged, never fatal: the next tick retries.
-    /// Runs one tick, logging its error; `false` when it failed.
+    /// Runs one tick, logging its error (never fatal: the next tick retries); `false` when it
+    /// failed. `unwoken`: no write woke this tick, so an unchanged WAL needs only a `stat`.
     pub fn tick_logged(&mut self, unwoken: bool) -> bool {
         let started = Instant::now();
         let result = if unwoken && self.unchanged_since_last_tick() {
@@ -599,7 +610,7 @@ impl Db {
 
     /// The WAL file's length now (0 when it does not exist).
     fn wal_len(&self) -> u64 {
-        fs::metadata(wal_path(&self.shared.path)).map_or(0, |m| m.len())
+        files::len_or_zero(&wal_path(&self.shared.path))
     }
 
     /// Deletes shadow files every replica has uploaded (keeping one extra index).
