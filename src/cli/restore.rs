@@ -74,11 +74,121 @@ Examples:
 	$ litestream restore -o /tmp/db file:///backups/db
 ";
 
+/// The restore command's flags, checked.
+struct Flags {
+    config: Option<String>,
+    no_expand_env: bool,
+    replica: Option<String>,
+    generation: Option<String>,
+    index: Option<u32>,
+    output: Option<String>,
+    if_db_not_exists: bool,
+    if_replica_exists: bool,
+    parallelism: usize,
+    timestamp: Option<std::time::SystemTime>,
+    /// The database path or replica URL.
+    target: String,
+}
+
+/// `litestream restore`: see `USAGE`.
 pub fn run(mut args: Arguments) -> Result<i32> {
     if wants_help(&mut args) {
         print!("{USAGE}");
         return Ok(0);
     }
+    let flags = parse_flags(args)?;
+    let target = resolve_target(&flags.target, flags.config.as_deref(), !flags.no_expand_env)?;
+    let logging_cfg = target
+        .config
+        .as_ref()
+        .map(|c| c.logging.clone())
+        .unwrap_or_default();
+    init_logging(&logging_cfg);
+
+    let out = match (&flags.output, &target.db) {
+        (Some(o), _) => absolute(o)?,
+        (None, Some(db)) => db.path.clone(),
+        (None, None) => bail!("restore: -o PATH is required when restoring from a replica URL"),
+    };
+    if let Some(name) = &flags.replica {
+        if !target.replicas.iter().any(|r| &r.name == name) {
+            let names: Vec<&str> = target.replicas.iter().map(|r| r.name.as_str()).collect();
+            bail!(
+                "restore: replica not found: {name} (replicas: {})",
+                names.join(", ")
+            );
+        }
+    }
+    // An existing output is never touched, whatever else is wrong.
+    if std::fs::symlink_metadata(&out).is_ok() && flags.if_db_not_exists {
+        logging::info(
+            "database already exists, skipping",
+            &[("path", &out.display())],
+        );
+        return Ok(0);
+    }
+    restore::check_output(&out)?;
+
+    let sources: Vec<Source> = open_clients(&target.replicas)?
+        .into_iter()
+        .map(|(name, client)| Source { name, client })
+        .collect();
+    let opts = Options {
+        replica: flags.replica,
+        generation: flags.generation,
+        index: flags.index,
+        timestamp: flags.timestamp,
+        parallelism: flags.parallelism,
+    };
+    let listings = restore::list(&sources, &opts)?;
+    let Some(plan) = restore::choose(&listings, &opts)? else {
+        if flags.if_replica_exists {
+            logging::info("no backups found, skipping", &[]);
+            return Ok(0);
+        }
+        bail!("no matching backups found");
+    };
+    let source = &sources[plan.replica];
+    log_plan(&source.name, &plan, &out);
+    // The restored copy is as private as the original db (when it is still there), else 0600.
+    let mode = target
+        .db
+        .as_ref()
+        .and_then(|db| std::fs::metadata(&db.path).ok())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    restore::apply(&source.client, &plan, &out, opts.parallelism, mode)
+        .map_err(|e| anyhow!("restore: {e:#}"))?;
+    logging::info(
+        "restore complete",
+        &[
+            ("output", &out.display()),
+            ("generation", &plan.generation),
+            ("index", &format!("{:08x}", plan.last_index())),
+        ],
+    );
+    Ok(0)
+}
+
+/// The `restoring` log line: what will be restored from where.
+fn log_plan(replica: &str, plan: &restore::Plan, out: &std::path::Path) {
+    logging::info(
+        "restoring",
+        &[
+            ("replica", &replica),
+            ("generation", &plan.generation),
+            (
+                "snapshot",
+                &layout::snapshot_name(plan.snapshot.index, plan.snapshot.compression),
+            ),
+            ("snapshot_created", &format_time(plan.snapshot.created)),
+            ("last_index", &format!("{:08x}", plan.last_index())),
+            ("output", &out.display()),
+        ],
+    );
+}
+
+/// Reads and checks the flags; every problem is one line naming the flag.
+fn parse_flags(mut args: Arguments) -> Result<Flags> {
     let config_flag = opt_value(&mut args, ["-config", "--config"])?;
     let no_expand_env = flag(&mut args, ["-no-expand-env", "--no-expand-env"]);
     let replica = opt_value(&mut args, ["-replica", "--replica"])?;
@@ -131,98 +241,19 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         },
     };
 
-    let target = resolve_target(arg, config_flag.as_deref(), !no_expand_env)?;
-    let logging_cfg = target
-        .config
-        .as_ref()
-        .map(|c| c.logging.clone())
-        .unwrap_or_default();
-    init_logging(&logging_cfg);
-
-    let out = match (output, &target.db) {
-        (Some(o), _) => absolute(&o)?,
-        (None, Some(db)) => db.path.clone(),
-        (None, None) => bail!("restore: -o PATH is required when restoring from a replica URL"),
-    };
-
-    if let Some(name) = &replica {
-        if !target.replicas.iter().any(|r| &r.name == name) {
-            let names: Vec<&str> = target.replicas.iter().map(|r| r.name.as_str()).collect();
-            bail!(
-                "restore: replica not found: {name} (replicas: {})",
-                names.join(", ")
-            );
-        }
-    }
-
-    // An existing output is never touched, whatever else is wrong.
-    if std::fs::symlink_metadata(&out).is_ok() {
-        if if_db_not_exists {
-            logging::info(
-                "database already exists, skipping",
-                &[("path", &out.display())],
-            );
-            return Ok(0);
-        }
-        bail!(
-            "cannot restore, output path already exists: {}",
-            out.display()
-        );
-    }
-    restore::check_output(&out)?;
-
-    let sources: Vec<Source> = open_clients(&target.replicas)?
-        .into_iter()
-        .map(|(name, client)| Source { name, client })
-        .collect();
-    let opts = Options {
+    Ok(Flags {
+        config: config_flag,
+        no_expand_env,
         replica,
         generation,
         index,
-        timestamp,
+        output,
+        if_db_not_exists,
+        if_replica_exists,
         parallelism,
-    };
-    let listings = restore::list(&sources, &opts)?;
-    let Some(plan) = restore::choose(&listings, &opts)? else {
-        if if_replica_exists {
-            logging::info("no backups found, skipping", &[]);
-            return Ok(0);
-        }
-        bail!("no matching backups found");
-    };
-
-    let source = &sources[plan.replica];
-    logging::info(
-        "restoring",
-        &[
-            ("replica", &source.name),
-            ("generation", &plan.generation),
-            (
-                "snapshot",
-                &layout::snapshot_name(plan.snapshot.index, plan.snapshot.compression),
-            ),
-            ("snapshot_created", &format_time(plan.snapshot.created)),
-            ("last_index", &format!("{:08x}", plan.last_index())),
-            ("output", &out.display()),
-        ],
-    );
-    // The restored copy is as private as the original db (when it is still there), else 0600.
-    let mode = target
-        .db
-        .as_ref()
-        .and_then(|db| std::fs::metadata(&db.path).ok())
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
-    restore::apply(&source.client, &plan, &out, parallelism, mode)
-        .map_err(|e| anyhow!("restore: {e:#}"))?;
-    logging::info(
-        "restore complete",
-        &[
-            ("output", &out.display()),
-            ("generation", &plan.generation),
-            ("index", &format!("{:08x}", plan.last_index())),
-        ],
-    );
-    Ok(0)
+        timestamp,
+        target: arg.to_string(),
+    })
 }
 
 /// Restore logs progress like the daemon but never on stderr unless configured: stderr is
