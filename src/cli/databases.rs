@@ -22,6 +22,7 @@ Arguments:
 	    Disables environment variable expansion in configuration file.
 ";
 
+/// `litestream databases`: the configured databases and their replicas; see `USAGE`.
 pub fn run(mut args: Arguments) -> Result<i32> {
     if wants_help(&mut args) {
         print!("{USAGE}");

@@ -30,6 +30,7 @@ Arguments:
 	    Optional, filters by replica.
 ";
 
+/// `litestream generations`: each replica's generations with their time span; see `USAGE`.
 pub fn run(args: Arguments) -> Result<i32> {
     let Some(l) = listing_args(args, "generations", USAGE, false)? else {
         return Ok(0);

@@ -16,6 +16,7 @@ use std::ffi::OsString;
 use anyhow::{bail, Result};
 use pico_args::Arguments;
 
+/// `litestream -h`: the commands, as Litestream v0.3 lists them.
 pub const USAGE: &str = "litestream is a tool for replicating SQLite databases.
 
 Usage:

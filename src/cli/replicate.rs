@@ -35,6 +35,7 @@ Arguments:
 	    Disables environment variable expansion in configuration file.
 ";
 
+/// `litestream replicate`: run the daemon until a signal (or the `-exec` child) ends it; see `USAGE`.
 pub fn run(mut args: Arguments) -> Result<i32> {
     if wants_help(&mut args) {
         print!("{USAGE}");

@@ -26,6 +26,7 @@ Arguments:
 	    Optional, filter by a specific replica.
 ";
 
+/// `litestream snapshots`: the snapshots of a database or replica; see `USAGE`.
 pub fn run(args: Arguments) -> Result<i32> {
     let Some(l) = listing_args(args, "snapshots", USAGE, false)? else {
         return Ok(0);

@@ -29,6 +29,7 @@ Arguments:
 	    Optional, filter by a specific generation.
 ";
 
+/// `litestream wal`: the WAL segments of a database or replica; see `USAGE`.
 pub fn run(args: Arguments) -> Result<i32> {
     let Some(l) = listing_args(args, "wal", USAGE, true)? else {
         return Ok(0);
