@@ -54,7 +54,9 @@ pub fn run(argv: Vec<OsString>) -> Result<i32> {
         Some("generations") => generations::run(args),
         Some("snapshots") => snapshots::run(args),
         Some("wal") => wal::run(args),
-        Some(other) => bail!("litestream {other}: unknown command"),
+        Some(other) => bail!(
+            "litestream {other}: unknown command (run `litestream -h` for the list of commands)"
+        ),
     }
 }
 
@@ -138,6 +140,13 @@ mod tests {
 
     fn parse(args: &[&str]) -> Arguments {
         Arguments::from_vec(args.iter().map(|a| go_style(OsString::from(a))).collect())
+    }
+
+    #[test]
+    fn an_unknown_command_points_to_the_list() {
+        let err = run(vec![OsString::from("bogus")]).unwrap_err().to_string();
+        assert!(err.contains("litestream bogus: unknown command"), "{err}");
+        assert!(err.contains("litestream -h"), "{err}");
     }
 
     #[test]
