@@ -11,7 +11,6 @@ use std::time::Duration;
 /// an optional fraction and a unit (`ns`, `us`/`µs`, `ms`, `s`, `m`, `h`), e.g. `500ms`,
 /// `1h30m`, `1.5h`; `0` alone needs no unit.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = |why: &str| format!("invalid duration {s:?}: {why}");
     let mut rest = s;
     let mut negative = false;
     if let Some(r) = rest.strip_prefix('-') {
@@ -24,82 +23,100 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     if rest.is_empty() {
-        return Err(bad("empty (use e.g. 500ms, 1s, 10m, 1h30m)"));
+        return Err(invalid(s, "empty (use e.g. 500ms, 1s, 10m, 1h30m)"));
     }
     let mut total: u128 = 0;
     while !rest.is_empty() {
-        let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let (int_digits, after) = rest.split_at(int_len);
-        let (frac_digits, after) = match after.strip_prefix('.') {
-            Some(a) => {
-                let n = a.bytes().take_while(u8::is_ascii_digit).count();
-                a.split_at(n)
-            }
-            None => ("", after),
-        };
-        if int_digits.is_empty() && frac_digits.is_empty() {
-            return Err(bad("expected a number (use e.g. 500ms, 1s, 10m, 1h30m)"));
-        }
-        let unit_len = after
-            .find(|c: char| c == '.' || c.is_ascii_digit())
-            .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_len);
-        let nanos_per_unit: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "" => {
-                return Err(bad(&format!(
-                    "missing unit after {}{} (e.g. \"{}{}s\")",
-                    int_digits,
-                    if frac_digits.is_empty() {
-                        String::new()
-                    } else {
-                        format!(".{frac_digits}")
-                    },
-                    int_digits,
-                    if frac_digits.is_empty() {
-                        String::new()
-                    } else {
-                        format!(".{frac_digits}")
-                    },
-                )))
-            }
-            other => {
-                return Err(bad(&format!(
-                    "unknown unit {other:?} (valid units: ns, us, ms, s, m, h)"
-                )))
-            }
-        };
-        let too_large = || bad("too large");
-        let mut value: u128 = 0;
-        for d in int_digits.bytes() {
-            value = value
-                .checked_mul(10)
-                .and_then(|v| v.checked_add(u128::from(d - b'0')))
-                .filter(|v| *v <= u128::from(u64::MAX))
-                .ok_or_else(too_large)?;
-        }
-        let mut nanos = value.checked_mul(nanos_per_unit).ok_or_else(too_large)?;
-        // The fraction, truncated to whole nanoseconds (digits past the 20th cannot matter).
-        let frac: &str = &frac_digits[..frac_digits.len().min(20)];
-        if !frac.is_empty() {
-            let numerator: u128 = frac.parse().map_err(|_| too_large())?;
-            nanos += numerator * nanos_per_unit / 10u128.pow(frac.len() as u32);
-        }
-        total = total.checked_add(nanos).ok_or_else(too_large)?;
+        let (nanos, after) = term(s, rest)?;
+        total = total
+            .checked_add(nanos)
+            .ok_or_else(|| invalid(s, "too large"))?;
+        // Go's Duration is an i64 of nanoseconds: refuse what Litestream could not hold.
         if total > i64::MAX as u128 {
-            return Err(too_large());
+            return Err(invalid(s, "too large"));
         }
         rest = after;
     }
     if negative && total != 0 {
-        return Err(bad("must not be negative"));
+        return Err(invalid(s, "must not be negative"));
     }
     Ok(Duration::from_nanos(total as u64))
+}
+
+/// The message of every refusal, quoting the whole text `s` whichever part was wrong.
+fn invalid(s: &str, why: &str) -> String {
+    format!("invalid duration {s:?}: {why}")
+}
+
+/// The first `NUMBER[.FRACTION]UNIT` of `rest` (the unread tail of `s`), in nanoseconds, and
+/// the text after it.
+fn term<'a>(s: &str, rest: &'a str) -> Result<(u128, &'a str), String> {
+    let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let (int_digits, after) = rest.split_at(int_len);
+    let (frac_digits, after) = match after.strip_prefix('.') {
+        Some(a) => {
+            let n = a.bytes().take_while(u8::is_ascii_digit).count();
+            a.split_at(n)
+        }
+        None => ("", after),
+    };
+    if int_digits.is_empty() && frac_digits.is_empty() {
+        return Err(invalid(
+            s,
+            "expected a number (use e.g. 500ms, 1s, 10m, 1h30m)",
+        ));
+    }
+    let unit_len = after
+        .find(|c: char| c == '.' || c.is_ascii_digit())
+        .unwrap_or(after.len());
+    let (unit, after) = after.split_at(unit_len);
+    let nanos_per_unit = unit_nanos(s, unit, int_digits, frac_digits)?;
+    let too_large = || invalid(s, "too large");
+    let mut value: u128 = 0;
+    for d in int_digits.bytes() {
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u128::from(d - b'0')))
+            .filter(|v| *v <= u128::from(u64::MAX))
+            .ok_or_else(too_large)?;
+    }
+    let mut nanos = value.checked_mul(nanos_per_unit).ok_or_else(too_large)?;
+    // The fraction, truncated to whole nanoseconds (digits past the 20th cannot matter).
+    let frac: &str = &frac_digits[..frac_digits.len().min(20)];
+    if !frac.is_empty() {
+        let numerator: u128 = frac.parse().map_err(|_| too_large())?;
+        nanos += numerator * nanos_per_unit / 10u128.pow(frac.len() as u32);
+    }
+    Ok((nanos, after))
+}
+
+/// Nanoseconds per `unit`; the error shows the number it follows, to suggest a fix.
+fn unit_nanos(s: &str, unit: &str, int_digits: &str, frac_digits: &str) -> Result<u128, String> {
+    Ok(match unit {
+        "ns" => 1,
+        "us" | "µs" | "μs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "" => {
+            let number = if frac_digits.is_empty() {
+                int_digits.to_string()
+            } else {
+                format!("{int_digits}.{frac_digits}")
+            };
+            return Err(invalid(
+                s,
+                &format!("missing unit after {number} (e.g. \"{number}s\")"),
+            ));
+        }
+        other => {
+            return Err(invalid(
+                s,
+                &format!("unknown unit {other:?} (valid units: ns, us, ms, s, m, h)"),
+            ))
+        }
+    })
 }
 
 /// A Go-style duration, truncated to whole seconds: `0s`, `45s`, `1m30s`, `2h0m5s`.

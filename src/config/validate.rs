@@ -75,6 +75,11 @@ impl Config {
     }
 }
 
+/// The global credentials (access key id, secret access key): every s3 replica's fallback.
+type Keys = (Option<String>, Option<String>);
+
+/// One pass from raw to validated: it keeps going after a problem, so that one run reports
+/// every problem in the file, each with its place.
 struct Builder<'a> {
     source: &'a str,
     cwd: &'a Path,
@@ -166,12 +171,7 @@ impl Builder<'_> {
     }
 
     /// `None` when the db has no usable path (already reported).
-    fn db(
-        &mut self,
-        place: &str,
-        raw: RawDb,
-        keys: &(Option<String>, Option<String>),
-    ) -> Option<DbConfig> {
+    fn db(&mut self, place: &str, raw: RawDb, keys: &Keys) -> Option<DbConfig> {
         let path = match non_empty(raw.path) {
             None => {
                 self.problem(
@@ -180,23 +180,11 @@ impl Builder<'_> {
                 );
                 None
             }
-            Some(p) => match resolve_path(&p, self.cwd, self.home) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    self.problem(&format!("{place}.path"), e);
-                    None
-                }
-            },
+            Some(p) => self.path(&format!("{place}.path"), &p),
         };
         let meta_path = match non_empty(raw.meta_path) {
             None => None,
-            Some(p) => match resolve_path(&p, self.cwd, self.home) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    self.problem(&format!("{place}.meta-path"), e);
-                    None
-                }
-            },
+            Some(p) => self.path(&format!("{place}.meta-path"), &p),
         };
         let mut db = DbConfig::with_defaults(path.clone().unwrap_or_default());
         db.meta_path = meta_path;
@@ -218,6 +206,25 @@ impl Builder<'_> {
         if let Some(c) = raw.truncate_page_count {
             db.truncate_page_count = c.0;
         }
+        self.check_db(place, &db);
+        db.replicas = self.replicas(place, raw.replicas.unwrap_or_default(), keys);
+        path.map(|_| db)
+    }
+
+    /// `raw` resolved against the working and home directories; `None` once reported at
+    /// `place`.
+    fn path(&mut self, place: &str, raw: &str) -> Option<PathBuf> {
+        match resolve_path(raw, self.cwd, self.home) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.problem(place, e);
+                None
+            }
+        }
+    }
+
+    /// The db's interval and its three page counts, which must be in order.
+    fn check_db(&mut self, place: &str, db: &DbConfig) {
         if db.monitor_interval.is_zero() {
             self.problem(
                 &format!("{place}.monitor-interval"),
@@ -258,9 +265,14 @@ impl Builder<'_> {
                 ),
             );
         }
+    }
 
+    /// The replicas of the db at `place`: each one built, then checked for a name unique in
+    /// its db and a destination unique in the whole file.
+    fn replicas(&mut self, place: &str, raws: Vec<RawReplica>, keys: &Keys) -> Vec<ReplicaConfig> {
+        let mut replicas = Vec::new();
         let mut names: Vec<(usize, String)> = Vec::new();
-        for (i, raw_r) in raw.replicas.unwrap_or_default().into_iter().enumerate() {
+        for (i, raw_r) in raws.into_iter().enumerate() {
             let rplace = format!("{place}.replicas[{i}]");
             if let Some(r) = self.replica(&rplace, raw_r, keys) {
                 if let Some((j, _)) = names.iter().find(|(_, n)| *n == r.name) {
@@ -289,138 +301,170 @@ impl Builder<'_> {
                     self.problem(&rplace, msg);
                 }
                 self.destinations.push((rplace, dest));
-                db.replicas.push(r);
+                replicas.push(r);
             }
         }
-        path.map(|_| db)
+        replicas
     }
 
-    fn replica(
-        &mut self,
-        place: &str,
-        raw: RawReplica,
-        keys: &(Option<String>, Option<String>),
-    ) -> Option<ReplicaConfig> {
-        let at = |key: &str| format!("{place}.{key}");
-        let url = non_empty(raw.url);
-        let bucket = non_empty(raw.bucket);
-        let region = non_empty(raw.region);
-        let endpoint = non_empty(raw.endpoint);
-        let access_key_id = non_empty(raw.access_key_id);
-        let secret_access_key = non_empty(raw.secret_access_key);
-        let raw_path = non_empty(raw.path);
-
-        let from_url = match &url {
+    /// `None` when the replica has no usable type or url (already reported).
+    fn replica(&mut self, place: &str, raw: RawReplica, keys: &Keys) -> Option<ReplicaConfig> {
+        // `$UNSET` expands to nothing: an empty string is an absent key.
+        let mut raw = RawReplica {
+            name: non_empty(raw.name),
+            url: non_empty(raw.url),
+            path: non_empty(raw.path),
+            bucket: non_empty(raw.bucket),
+            region: non_empty(raw.region),
+            endpoint: non_empty(raw.endpoint),
+            access_key_id: non_empty(raw.access_key_id),
+            secret_access_key: non_empty(raw.secret_access_key),
+            ..raw
+        };
+        let from_url = match &raw.url {
             None => None,
             Some(u) => match parse_replica_url(u, self.cwd, self.home) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    self.problem(&at("url"), e);
+                    self.problem(&format!("{place}.url"), e);
                     return None;
                 }
             },
         };
-        let kind = match (raw.r#type, &from_url) {
+        let target = match self.replica_kind(place, &raw, from_url.as_ref())? {
+            Kind::File => ReplicaTarget::File {
+                path: self.file_path(place, &raw, from_url),
+            },
+            Kind::S3 => ReplicaTarget::S3(self.s3(place, &mut raw, from_url, keys)),
+        };
+        Some(self.replica_settings(place, raw, target))
+    }
+
+    /// The type given, else the url's, else guessed from `bucket` or `path`; `None` once a
+    /// mismatch or a replica with none of them is reported.
+    fn replica_kind(
+        &mut self,
+        place: &str,
+        raw: &RawReplica,
+        from_url: Option<&ReplicaTarget>,
+    ) -> Option<Kind> {
+        match (raw.r#type, from_url) {
             (Some(k), Some(t)) if k != Kind::of(t) => {
                 self.problem(
-                    &at("type"),
+                    &format!("{place}.type"),
                     format!(
                         "`{}` does not match the url {:?}, which is a {} replica",
                         k.name(),
-                        url.as_deref().unwrap_or_default(),
+                        raw.url.as_deref().unwrap_or_default(),
                         Kind::of(t).name()
                     ),
                 );
-                return None;
+                None
             }
-            (Some(k), _) => k,
-            (None, Some(t)) => Kind::of(t),
-            (None, None) if bucket.is_some() => Kind::S3,
-            (None, None) if raw_path.is_some() => Kind::File,
+            (Some(k), _) => Some(k),
+            (None, Some(t)) => Some(Kind::of(t)),
+            (None, None) if raw.bucket.is_some() => Some(Kind::S3),
+            (None, None) if raw.path.is_some() => Some(Kind::File),
             (None, None) => {
                 self.problem(
                     place,
                     "needs a `url`, or a `type` with its `path` (file) or `bucket` (s3)",
                 );
-                return None;
+                None
+            }
+        }
+    }
+
+    /// A file replica's directory: `path`, else the url's. S3 keys on it are reported, as
+    /// they would be ignored.
+    fn file_path(
+        &mut self,
+        place: &str,
+        raw: &RawReplica,
+        from_url: Option<ReplicaTarget>,
+    ) -> PathBuf {
+        let s3_only: [(&str, bool); 7] = [
+            ("bucket", raw.bucket.is_some()),
+            ("region", raw.region.is_some()),
+            ("endpoint", raw.endpoint.is_some()),
+            ("force-path-style", raw.force_path_style.is_some()),
+            ("skip-verify", raw.skip_verify.is_some()),
+            ("access-key-id", raw.access_key_id.is_some()),
+            ("secret-access-key", raw.secret_access_key.is_some()),
+        ];
+        for (key, present) in s3_only {
+            if present {
+                self.problem(
+                    &format!("{place}.{key}"),
+                    "only valid for an s3 replica (this one is type file)",
+                );
+            }
+        }
+        let path = match (&raw.path, from_url) {
+            (Some(p), _) => self.path(&format!("{place}.path"), p),
+            (None, Some(ReplicaTarget::File { path })) => Some(path),
+            (None, _) => {
+                self.problem(&format!("{place}.path"), "required for a file replica (the directory to replicate into; or give a `url`)");
+                None
             }
         };
+        path.unwrap_or_default()
+    }
 
-        let target = match kind {
-            Kind::File => {
-                let s3_only: [(&str, bool); 7] = [
-                    ("bucket", bucket.is_some()),
-                    ("region", region.is_some()),
-                    ("endpoint", endpoint.is_some()),
-                    ("force-path-style", raw.force_path_style.is_some()),
-                    ("skip-verify", raw.skip_verify.is_some()),
-                    ("access-key-id", access_key_id.is_some()),
-                    ("secret-access-key", secret_access_key.is_some()),
-                ];
-                for (key, present) in s3_only {
-                    if present {
-                        self.problem(
-                            &at(key),
-                            "only valid for an s3 replica (this one is type file)",
-                        );
-                    }
-                }
-                let path = match (raw_path, from_url) {
-                    (Some(p), _) => match resolve_path(&p, self.cwd, self.home) {
-                        Ok(p) => Some(p),
-                        Err(e) => {
-                            self.problem(&at("path"), e);
-                            None
-                        }
-                    },
-                    (None, Some(ReplicaTarget::File { path })) => Some(path),
-                    (None, _) => {
-                        self.problem(&at("path"), "required for a file replica (the directory to replicate into; or give a `url`)");
-                        None
-                    }
-                };
-                ReplicaTarget::File {
-                    path: path.unwrap_or_default(),
-                }
-            }
-            Kind::S3 => {
-                let mut s3 = match from_url {
-                    Some(ReplicaTarget::S3(s3)) => s3,
-                    _ => S3Config::default(),
-                };
-                let url_path_style = s3.force_path_style;
-                if let Some(b) = bucket {
-                    s3.bucket = b;
-                }
-                if let Some(p) = raw_path {
-                    s3.path = clean_key_prefix(&p);
-                }
-                if region.is_some() {
-                    s3.region = region;
-                }
-                if let Some(e) = endpoint {
-                    match check_endpoint(&e) {
-                        Ok(e) => s3.endpoint = Some(e),
-                        Err(msg) => self.problem(&at("endpoint"), msg),
-                    }
-                }
-                s3.force_path_style = raw
-                    .force_path_style
-                    .unwrap_or(url_path_style || s3.endpoint.is_some());
-                if let Some(v) = raw.skip_verify {
-                    s3.skip_verify = v;
-                }
-                s3.access_key_id = access_key_id.or_else(|| keys.0.clone());
-                s3.secret_access_key = secret_access_key.or_else(|| keys.1.clone());
-                if s3.bucket.is_empty() {
-                    self.problem(&at("bucket"), "required for an s3 replica");
-                }
-                ReplicaTarget::S3(s3)
-            }
+    /// An s3 replica's settings: the url's, overridden by explicit keys, with the global
+    /// credentials as the fallback. Takes the s3 keys out of `raw`.
+    fn s3(
+        &mut self,
+        place: &str,
+        raw: &mut RawReplica,
+        from_url: Option<ReplicaTarget>,
+        keys: &Keys,
+    ) -> S3Config {
+        let mut s3 = match from_url {
+            Some(ReplicaTarget::S3(s3)) => s3,
+            _ => S3Config::default(),
         };
+        let url_path_style = s3.force_path_style;
+        if let Some(b) = raw.bucket.take() {
+            s3.bucket = b;
+        }
+        if let Some(p) = &raw.path {
+            s3.path = clean_key_prefix(p);
+        }
+        if raw.region.is_some() {
+            s3.region = raw.region.take();
+        }
+        if let Some(e) = raw.endpoint.take() {
+            match check_endpoint(&e) {
+                Ok(e) => s3.endpoint = Some(e),
+                Err(msg) => self.problem(&format!("{place}.endpoint"), msg),
+            }
+        }
+        // As in Litestream: only AWS itself wants virtual-host style and AWS needs no
+        // endpoint, so an endpoint implies path style unless the file says otherwise.
+        s3.force_path_style = raw
+            .force_path_style
+            .unwrap_or(url_path_style || s3.endpoint.is_some());
+        if let Some(v) = raw.skip_verify {
+            s3.skip_verify = v;
+        }
+        s3.access_key_id = raw.access_key_id.take().or_else(|| keys.0.clone());
+        s3.secret_access_key = raw.secret_access_key.take().or_else(|| keys.1.clone());
+        if s3.bucket.is_empty() {
+            self.problem(&format!("{place}.bucket"), "required for an s3 replica");
+        }
+        s3
+    }
 
+    /// The settings every replica has, over the defaults.
+    fn replica_settings(
+        &mut self,
+        place: &str,
+        raw: RawReplica,
+        target: ReplicaTarget,
+    ) -> ReplicaConfig {
         let mut r = ReplicaConfig::with_defaults(target);
-        if let Some(n) = non_empty(raw.name) {
+        if let Some(n) = raw.name {
             r.name = n;
         }
         if let Some(d) = raw.retention {
@@ -442,9 +486,9 @@ impl Builder<'_> {
             r.compression = c.0;
         }
         if r.sync_interval.is_zero() {
-            self.problem(&at("sync-interval"), "must be greater than 0");
+            self.problem(&format!("{place}.sync-interval"), "must be greater than 0");
         }
-        Some(r)
+        r
     }
 }
 
@@ -489,6 +533,7 @@ mod tests {
     use crate::codec::Compression;
     use crate::config::testing::*;
 
+    // Over 80 lines on purpose: one file that sets every key, each checked where it lands.
     #[test]
     fn full_example_with_every_key() {
         let text = include_str!("../../testdata/config/full.yml");
