@@ -254,21 +254,26 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
+/// `%XX` escapes decoded; `None` when a `%` is not followed by two hex digits or the bytes are
+/// not UTF-8. The crate passes a malformed escape through as text, and a URL with one is more
+/// likely mistyped than meant, hence the check first.
 fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+    let well_formed = b
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == b'%')
+        .all(|(i, _)| {
+            b.get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+        });
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
 }
 
 #[cfg(test)]
@@ -520,5 +525,14 @@ mod tests {
             err("s3://key:secret@b/db").contains("credentials in replica URLs are not supported")
         );
         assert!(err("s3://b/%zz").contains("bad %-escape"));
+        for bad in [
+            "s3://b/%",
+            "s3://b/%4",
+            "s3://b/%+1",
+            "s3://b/%ff",
+            "file:///%e9",
+        ] {
+            assert!(err(bad).contains("bad %-escape"), "{bad}");
+        }
     }
 }
