@@ -21,7 +21,7 @@ pub fn default_config_path() -> PathBuf {
 impl Config {
     /// Reads the file at `path` and parses it with the real environment, working directory
     /// and home directory.
-    pub fn load(path: &Path, expand_env: bool) -> anyhow::Result<Config> {
+    pub(crate) fn load(path: &Path, expand_env: bool) -> anyhow::Result<Config> {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -21,28 +21,38 @@ pub struct Config {
     pub exec: Option<String>,
     /// Default S3 credentials for every replica.
     pub access_key_id: Option<String>,
+    /// Default S3 secret for every replica (`Debug` prints it as `***`).
     pub secret_access_key: Option<String>,
+    /// `logging:`: level, format and stream.
     pub logging: LoggingConfig,
     /// At most this many snapshots at once in the process (default 1).
     pub snapshot_concurrency: usize,
     /// `health-max-lag`: a replica further behind than this is unhealthy (default 60s).
     pub health_max_lag: Duration,
+    /// `dbs:`, in file order.
     pub dbs: Vec<DbConfig>,
     /// Where this configuration came from (the file name given to [`Config::parse`]), for
     /// messages; empty when built in code ([`Config::with_dbs`]).
     pub source: String,
 }
 
+/// How much to log, least severe first (so `level >= LogLevel::Warn` reads as expected).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
+    /// Every step, for chasing a problem.
     Debug,
+    /// What happened (the default).
     Info,
+    /// Something went wrong and will be retried.
     Warn,
+    /// Something failed.
     Error,
 }
 
+/// The `logging:` section.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoggingConfig {
+    /// The least severe level printed (default `info`).
     pub level: LogLevel,
     /// `type: json` (true) or `type: text` (false, default).
     pub json: bool,
@@ -50,27 +60,37 @@ pub struct LoggingConfig {
     pub stderr: bool,
 }
 
+/// One entry of `dbs:`: a database file and where it is replicated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DbConfig {
     /// Absolute path (`~` expanded, relative paths resolved against the working directory).
     pub path: PathBuf,
     /// `meta-path`; `None` means `<dir>/.<file>-litestream`.
     pub meta_path: Option<PathBuf>,
+    /// How often the WAL is checked for new frames (never zero).
     pub monitor_interval: Duration,
+    /// A PASSIVE checkpoint at least this often while there are new frames; zero = off.
     pub checkpoint_interval: Duration,
+    /// How long our SQLite connections wait for a lock.
     pub busy_timeout: Duration,
+    /// WAL frames that trigger a PASSIVE checkpoint (at least 1).
     pub min_checkpoint_page_count: u32,
-    /// 0 = never RESTART.
+    /// WAL frames that trigger a RESTART checkpoint; 0 = never RESTART.
     pub max_checkpoint_page_count: u32,
+    /// WAL frames that trigger a TRUNCATE checkpoint, shrinking the WAL file.
     pub truncate_page_count: u32,
+    /// `replicas:`, in file order (possibly none).
     pub replicas: Vec<ReplicaConfig>,
 }
 
+/// One replica of a db: where it writes and on what schedule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReplicaConfig {
     /// Unique per db; defaults to the type (`file`, `s3`).
     pub name: String,
+    /// Where the replica tree is kept.
     pub target: ReplicaTarget,
+    /// How long snapshots (and the WAL they need) are kept.
     pub retention: Duration,
     /// Zero = retention enforcement off.
     pub retention_check_interval: Duration,
@@ -78,47 +98,71 @@ pub struct ReplicaConfig {
     pub snapshot_interval: Duration,
     /// Zero = validation off.
     pub validation_interval: Duration,
+    /// How often new WAL frames are uploaded (never zero).
     pub sync_interval: Duration,
+    /// How snapshots and WAL segments are compressed (default gzip).
     pub compression: Compression,
 }
 
+/// Where a replica writes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ReplicaTarget {
     /// A directory holding the replica tree.
     File {
+        /// Absolute and lexically clean.
         path: PathBuf,
     },
+    /// An S3 bucket (AWS or a compatible store).
     S3(S3Config),
 }
 
+/// An S3 replica's bucket, prefix, endpoint and credentials.
+///
 /// `Debug` is written by hand: the secret key prints as `***`.
 #[derive(Clone, PartialEq, Default)]
 pub struct S3Config {
+    /// Never empty once validated.
     pub bucket: String,
     /// Key prefix, no leading or trailing slash; empty means keys start at `generations/`.
     pub path: String,
+    /// `None`: looked up from the bucket, or `us-east-1` with a custom endpoint.
     pub region: Option<String>,
-    /// e.g. `http://127.0.0.1:9000`.
+    /// e.g. `http://127.0.0.1:9000`; `None` means AWS.
     pub endpoint: Option<String>,
+    /// Bucket in the path (`endpoint/bucket/key`) rather than in the host name.
     pub force_path_style: bool,
+    /// Accept any TLS certificate (a self-signed test server).
     pub skip_verify: bool,
     /// Replica keys, else the global keys (already merged in by the parser).
     pub access_key_id: Option<String>,
+    /// As `access_key_id`; `Debug` prints it as `***`.
     pub secret_access_key: Option<String>,
 }
 
+/// The defaults of SPEC §8, for every setting a file may leave out.
 pub mod defaults {
     use std::time::Duration;
+    /// `monitor-interval`.
     pub const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
+    /// `checkpoint-interval`.
     pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+    /// `busy-timeout`.
     pub const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// `min-checkpoint-page-count`.
     pub const MIN_CHECKPOINT_PAGE_COUNT: u32 = 1000;
+    /// `max-checkpoint-page-count`.
     pub const MAX_CHECKPOINT_PAGE_COUNT: u32 = 10000;
+    /// `truncate-page-count`.
     pub const TRUNCATE_PAGE_COUNT: u32 = 121359;
+    /// `retention`.
     pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
+    /// `retention-check-interval`.
     pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+    /// `sync-interval`.
     pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+    /// `snapshot-concurrency`.
     pub const SNAPSHOT_CONCURRENCY: usize = 1;
+    /// `health-max-lag`.
     pub const HEALTH_MAX_LAG: Duration = Duration::from_secs(60);
 }
 
@@ -126,6 +170,7 @@ pub mod defaults {
 /// (`litestream.yml: dbs[0].replicas[1].bucket: required for an s3 replica`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// At least one, in file order, each a single line.
     pub problems: Vec<String>,
 }
 
@@ -169,7 +214,7 @@ impl Default for Config {
 impl Config {
     /// A configuration holding these dbs and defaults for everything else (ad-hoc
     /// `replicate DB_PATH URL...`).
-    pub fn with_dbs(dbs: Vec<DbConfig>) -> Config {
+    pub(crate) fn with_dbs(dbs: Vec<DbConfig>) -> Config {
         Config {
             addr: None,
             exec: None,
@@ -187,7 +232,7 @@ impl Config {
 impl DbConfig {
     /// A db with default settings and no replicas (ad-hoc `replicate DB_PATH URL...`). The
     /// caller makes `path` absolute.
-    pub fn with_defaults(path: PathBuf) -> DbConfig {
+    pub(crate) fn with_defaults(path: PathBuf) -> DbConfig {
         DbConfig {
             path,
             meta_path: None,
@@ -214,7 +259,7 @@ impl ReplicaTarget {
 
 impl ReplicaConfig {
     /// A replica of this target with default settings, named after its type.
-    pub fn with_defaults(target: ReplicaTarget) -> ReplicaConfig {
+    pub(crate) fn with_defaults(target: ReplicaTarget) -> ReplicaConfig {
         ReplicaConfig {
             name: target.type_name().to_string(),
             target,

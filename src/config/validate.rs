@@ -64,7 +64,7 @@ impl Config {
 
     /// The daemon needs at least one db; `restore` from a URL does not, so this check is
     /// separate from [`Config::parse`].
-    pub fn require_dbs(&self) -> Result<(), ConfigError> {
+    pub(crate) fn require_dbs(&self) -> Result<(), ConfigError> {
         if !self.dbs.is_empty() {
             return Ok(());
         }
