@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::schema::Config;
 
 /// `$LITESTREAM_CONFIG` when set and not empty, else `/etc/litestream.yml`.
-pub fn default_config_path() -> PathBuf {
+pub(crate) fn default_config_path() -> PathBuf {
     match std::env::var_os("LITESTREAM_CONFIG") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => PathBuf::from("/etc/litestream.yml"),
