@@ -1,4 +1,4 @@
-//! The configuration parser (src/config.rs) on arbitrary text: `Config::parse` with and without
+//! The configuration parser (src/config/) on arbitrary text: `Config::parse` with and without
 //! `$VAR` expansion, and `expand_env_vars` alone. No panics; a parsed config has the shape the
 //! rest of the program relies on; an error has at least one problem line.
 #![no_main]

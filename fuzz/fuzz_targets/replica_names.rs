@@ -1,5 +1,5 @@
 //! Names and URLs on arbitrary strings: replica object names (src/layout.rs), generation ids
-//! and positions (src/position.rs), replica URLs and Go durations (src/config.rs). No panics,
+//! and positions (src/position.rs), replica URLs and Go durations (src/config/). No panics,
 //! and what parses must round-trip through the functions that write it.
 #![no_main]
 

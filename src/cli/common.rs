@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::client::{self, ReplicaClient};
-use crate::config::{default_config_path, Config, DbConfig, ReplicaConfig, ReplicaTarget};
+use crate::config::{default_config_path, is_url, Config, DbConfig, ReplicaConfig, ReplicaTarget};
 
 /// `-config` or the default path, parsed and validated.
 pub fn load_config(config_flag: Option<&str>, expand_env: bool) -> Result<Config> {
@@ -25,19 +25,6 @@ pub struct Target {
     pub replicas: Vec<ReplicaConfig>,
     /// The config the db came from (logging settings), if one was read.
     pub config: Option<Config>,
-}
-
-/// Litestream's rule: `scheme://…` is a replica URL, anything else a db path.
-pub fn is_url(s: &str) -> bool {
-    match s.split_once("://") {
-        Some((scheme, _)) => {
-            !scheme.is_empty()
-                && scheme
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        }
-        None => false,
-    }
 }
 
 /// Resolves `DB_PATH | REPLICA_URL`. A db path must be in the config ("database not found in
@@ -242,32 +229,10 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A Go-style duration, truncated to whole seconds: `0s`, `45s`, `1m30s`, `2h0m5s`.
-pub fn go_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    let (h, m, sec) = (s / 3600, (s / 60) % 60, s % 60);
-    if h > 0 {
-        format!("{h}h{m}m{sec}s")
-    } else if m > 0 {
-        format!("{m}m{sec}s")
-    } else {
-        format!("{sec}s")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
-
-    #[test]
-    fn urls() {
-        assert!(is_url("file:///tmp/x"));
-        assert!(is_url("s3://bucket/db"));
-        assert!(!is_url("/tmp/x.db"));
-        assert!(!is_url("data/x.db"));
-        assert!(!is_url("://x"));
-    }
 
     #[test]
     fn timestamps() {
@@ -303,7 +268,7 @@ mod tests {
     }
 
     #[test]
-    fn tables_and_durations() {
+    fn tables() {
         let t = table(
             &["name", "generation", "lag"],
             &[vec!["s3".into(), "0123456789abcdef".into(), "5s".into()]],
@@ -313,9 +278,6 @@ mod tests {
             "name  generation        lag\ns3    0123456789abcdef  5s\n"
         );
         assert_eq!(table(&["a", "b"], &[]), "a  b\n");
-        assert_eq!(go_duration(Duration::from_millis(900)), "0s");
-        assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");
-        assert_eq!(go_duration(Duration::from_secs(7205)), "2h0m5s");
     }
 
     #[test]

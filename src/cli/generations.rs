@@ -5,7 +5,8 @@ use std::time::SystemTime;
 use anyhow::Result;
 use pico_args::Arguments;
 
-use crate::cli::common::{format_time, go_duration, listing_args, table};
+use crate::cli::common::{format_time, listing_args, table};
+use crate::config::go_duration;
 use crate::restore::GenerationListing;
 
 const USAGE: &str = "The generations command lists all generations for a database or replica.
