@@ -7,7 +7,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use super::duration::go_duration;
 use super::env::expand_env_vars;
 use super::hints::{lead, yaml_problem};
 use super::paths::resolve_path;
@@ -17,6 +19,10 @@ use super::schema::{
     S3Config,
 };
 use super::url::{check_endpoint, clean_key_prefix, parse_replica_url};
+
+/// The longest `busy-timeout`: SQLite takes it in milliseconds as a C int (about 596h), and a
+/// db thread that waits a day for a lock has long stopped replicating anyway.
+const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 impl Config {
     /// Parses and validates configuration text. Pure: `env` answers `$VAR` lookups (only when
@@ -223,8 +229,17 @@ impl Builder<'_> {
         }
     }
 
-    /// The db's interval and its three page counts, which must be in order.
+    /// The db's interval, its busy timeout and its three page counts, which must be in order.
     fn check_db(&mut self, place: &str, db: &DbConfig) {
+        if db.busy_timeout > MAX_BUSY_TIMEOUT {
+            self.problem(
+                &format!("{place}.busy-timeout"),
+                format!(
+                    "{} is longer than SQLite can wait; use at most 24h",
+                    go_duration(db.busy_timeout)
+                ),
+            );
+        }
         if db.monitor_interval.is_zero() {
             self.problem(
                 &format!("{place}.monitor-interval"),
@@ -802,6 +817,18 @@ mod tests {
         ok("dbs:\n  - path: /a.db\n    min-checkpoint-page-count: 5\n    max-checkpoint-page-count: 5\n    truncate-page-count: 5\n");
         // Zero checkpoint interval and busy timeout are allowed (off / no waiting).
         ok("dbs:\n  - path: /a.db\n    checkpoint-interval: 0\n    busy-timeout: 0\n");
+    }
+
+    #[test]
+    fn a_busy_timeout_sqlite_cannot_take_is_refused_at_load() {
+        // SQLite takes its busy timeout in milliseconds as a C int: 600h made rusqlite panic
+        // ("too big") when the daemon opened the db, after validation had passed.
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    busy-timeout: 600h\n"),
+            "litestream.yml: dbs[0].busy-timeout: 600h0m0s is longer than SQLite can wait; use at most 24h"
+        );
+        let c = ok("dbs:\n  - path: /a.db\n    busy-timeout: 24h\n");
+        assert_eq!(c.dbs[0].busy_timeout, secs(24 * 3600));
     }
 
     #[test]
