@@ -114,7 +114,7 @@ impl Daemon {
                 let replica = Replica::new(
                     slot,
                     r_cfg.clone(),
-                    registry.counting(client),
+                    client::counting::wrap(client, &registry),
                     shared.clone(),
                     snapshots.clone(),
                 );

@@ -13,7 +13,6 @@
 //! keeps its older time, so the lag is overstated rather than understated.
 
 use std::fmt::Write as _;
-use std::io::Read;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,8 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::client::{self, Listing, ReplicaClient, SnapshotInfo, WalSegmentInfo};
-use crate::codec::Compression;
 use crate::logging;
 use crate::sync::lock;
 
@@ -35,10 +32,22 @@ pub const MODES: [&str; 3] = ["PASSIVE", "RESTART", "TRUNCATE"];
 
 /// Store operations counted per replica type.
 pub const OPERATIONS: [&str; 4] = ["GET", "PUT", "LIST", "DELETE"];
-const GET: usize = 0;
-const PUT: usize = 1;
-const LIST: usize = 2;
-const DELETE: usize = 3;
+const GET: usize = Operation::Get as usize;
+const PUT: usize = Operation::Put as usize;
+
+/// A store operation, the `operation` label of `litestream_replica_operation_*`; its value is
+/// its slot in `OPERATIONS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// Opening an object for reading; its bytes are counted as they are read.
+    Get = 0,
+    /// Writing an object; counts the compressed size stored.
+    Put = 1,
+    /// One listing call, however many pages the store answered with.
+    List = 2,
+    /// One delete call, however many objects it removed.
+    Delete = 3,
+}
 
 fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -315,9 +324,15 @@ impl OpCounters {
         }
     }
 
-    fn count(&self, op: usize, bytes: u64) {
-        self.total[op].fetch_add(1, Ordering::Relaxed);
-        self.bytes[op].fetch_add(bytes, Ordering::Relaxed);
+    /// One `op` that moved `bytes` (compressed).
+    pub fn count(&self, op: Operation, bytes: u64) {
+        self.total[op as usize].fetch_add(1, Ordering::Relaxed);
+        self.bytes[op as usize].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// `n` more bytes moved by an operation already counted (a GET being read).
+    pub fn add_bytes(&self, op: Operation, n: u64) {
+        self.bytes[op as usize].fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -339,15 +354,13 @@ impl Registry {
         Registry { dbs, ops }
     }
 
-    /// Wraps `inner` so its store operations are counted under its replica type.
-    pub fn counting(&self, inner: Arc<dyn ReplicaClient>) -> Arc<dyn ReplicaClient> {
-        match self.ops.iter().find(|o| o.replica_type == inner.kind()) {
-            Some(ops) => Arc::new(CountingClient {
-                inner,
-                ops: ops.clone(),
-            }),
-            None => inner,
-        }
+    /// The store-operation counters of `replica_type` (a `ReplicaClient::kind`); `None` for a
+    /// type not registered at start-up, whose operations are then not counted.
+    pub fn op_counters(&self, replica_type: &str) -> Option<Arc<OpCounters>> {
+        self.ops
+            .iter()
+            .find(|o| o.replica_type == replica_type)
+            .cloned()
     }
 
     pub fn snapshot(&self, now: SystemTime) -> Snapshot {
@@ -771,111 +784,6 @@ fn one_line(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &line[..end])
-}
-
-// ---------------------------------------------------------------------------------------------
-// Counting store operations
-// ---------------------------------------------------------------------------------------------
-
-/// A client that counts what passes through it; otherwise exactly the inner client. One call
-/// counts as one operation (an S3 listing of several pages counts once).
-struct CountingClient {
-    inner: Arc<dyn ReplicaClient>,
-    ops: Arc<OpCounters>,
-}
-
-/// Counts the bytes of a GET as they are read.
-struct CountingReader {
-    inner: Box<dyn Read + Send>,
-    ops: Arc<OpCounters>,
-}
-
-impl Read for CountingReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.ops.bytes[GET].fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-impl CountingClient {
-    fn get(&self, r: client::Result<Box<dyn Read + Send>>) -> client::Result<Box<dyn Read + Send>> {
-        self.ops.count(GET, 0);
-        let inner = r?;
-        Ok(Box::new(CountingReader {
-            inner,
-            ops: self.ops.clone(),
-        }))
-    }
-}
-
-impl ReplicaClient for CountingClient {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn set_object_mode(&self, mode: u32) {
-        self.inner.set_object_mode(mode)
-    }
-    fn list_generations(&self) -> client::Result<Listing<String>> {
-        self.ops.count(LIST, 0);
-        self.inner.list_generations()
-    }
-    fn list_snapshots(&self, generation: &str) -> client::Result<Listing<SnapshotInfo>> {
-        self.ops.count(LIST, 0);
-        self.inner.list_snapshots(generation)
-    }
-    fn list_wal_segments(&self, generation: &str) -> client::Result<Listing<WalSegmentInfo>> {
-        self.ops.count(LIST, 0);
-        self.inner.list_wal_segments(generation)
-    }
-    fn write_snapshot(
-        &self,
-        generation: &str,
-        index: u32,
-        compression: Compression,
-        data: &mut dyn Read,
-    ) -> client::Result<SnapshotInfo> {
-        let r = self
-            .inner
-            .write_snapshot(generation, index, compression, data);
-        self.ops.count(PUT, r.as_ref().map(|i| i.size).unwrap_or(0));
-        r
-    }
-    fn write_wal_segment(
-        &self,
-        generation: &str,
-        index: u32,
-        offset: u64,
-        compression: Compression,
-        data: &mut dyn Read,
-    ) -> client::Result<WalSegmentInfo> {
-        let r = self
-            .inner
-            .write_wal_segment(generation, index, offset, compression, data);
-        self.ops.count(PUT, r.as_ref().map(|i| i.size).unwrap_or(0));
-        r
-    }
-    fn open_snapshot(&self, info: &SnapshotInfo) -> client::Result<Box<dyn Read + Send>> {
-        self.get(self.inner.open_snapshot(info))
-    }
-    fn open_wal_segment(&self, info: &WalSegmentInfo) -> client::Result<Box<dyn Read + Send>> {
-        self.get(self.inner.open_wal_segment(info))
-    }
-    fn delete_generation(&self, generation: &str) -> client::Result<()> {
-        self.ops.count(DELETE, 0);
-        self.inner.delete_generation(generation)
-    }
-    fn delete_snapshots(&self, snapshots: &[SnapshotInfo]) -> client::Result<()> {
-        self.ops.count(DELETE, 0);
-        self.inner.delete_snapshots(snapshots)
-    }
-    fn delete_wal_segments(&self, segments: &[WalSegmentInfo]) -> client::Result<()> {
-        self.ops.count(DELETE, 0);
-        self.inner.delete_wal_segments(segments)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

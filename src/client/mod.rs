@@ -6,6 +6,7 @@
 //! in the object name. Missing objects are reported as [`NotFound`] so callers can tell "absent"
 //! from "broken".
 
+pub mod counting;
 pub mod file;
 pub mod s3;
 
