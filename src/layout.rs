@@ -27,9 +27,19 @@ pub fn snapshot_name(index: u32, compression: Compression) -> String {
     format!("{index:08x}.snapshot.{}", compression.extension())
 }
 
+/// A WAL segment's name without its suffix, `IIIIIIII_OOOOOOOO` (e.g. `00000003_00002060`):
+/// how messages name a segment whatever its compression.
+pub fn wal_segment_stem(index: u32, offset: u64) -> String {
+    format!("{index:08x}_{offset:08x}")
+}
+
 /// File name of a WAL segment, e.g. `00000003_00002060.wal.gz`.
 pub fn wal_segment_name(index: u32, offset: u64, compression: Compression) -> String {
-    format!("{index:08x}_{offset:08x}.wal.{}", compression.extension())
+    format!(
+        "{}.wal.{}",
+        wal_segment_stem(index, offset),
+        compression.extension()
+    )
 }
 
 pub fn snapshot_key(generation: &str, index: u32, compression: Compression) -> String {
@@ -140,6 +150,16 @@ mod tests {
         assert_eq!(
             parse_wal_segment_name("00000001_100000000.wal.gz"),
             Some((1, 0x1_0000_0000, Compression::Gzip))
+        );
+    }
+
+    #[test]
+    fn segment_stems() {
+        assert_eq!(wal_segment_stem(0x1a, 4152), "0000001a_00001038");
+        assert_eq!(wal_segment_stem(1, 0x1_0000_0000), "00000001_100000000");
+        assert_eq!(
+            format!("{}.wal.gz", wal_segment_stem(3, 8288)),
+            wal_segment_name(3, 8288, Compression::Gzip)
         );
     }
 
