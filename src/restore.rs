@@ -256,6 +256,10 @@ struct TempPaths {
 }
 
 impl TempPaths {
+    /// `<out>.tmp` and SQLite's files beside it. Not `files::sibling(out, ".tmp")`: the bare
+    /// stem also names spool and leftover files, and the name is taken from `out`'s last
+    /// component, so an output with a trailing `/` or one ending in `..` is handled (or
+    /// refused) as before.
     fn new(out: &Path) -> Result<TempPaths> {
         let name = out
             .file_name()
@@ -297,10 +301,7 @@ impl TempPaths {
 /// Refuses an output that exists, or that SQLite would combine with a leftover `-wal`.
 pub fn check_output(out: &Path) -> Result<()> {
     if fs::symlink_metadata(out).is_ok() {
-        bail!(
-            "cannot restore, output path already exists: {}",
-            out.display()
-        );
+        return Err(output_exists(out));
     }
     for p in [files::wal_path(out), files::shm_path(out)] {
         if fs::symlink_metadata(&p).is_ok() {
@@ -311,6 +312,15 @@ pub fn check_output(out: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The refusal of an output path that is already taken (before the restore, or by a file
+/// that appeared there while it ran): a restore never replaces anything.
+fn output_exists(out: &Path) -> anyhow::Error {
+    anyhow!(
+        "cannot restore, output path already exists: {}",
+        out.display()
+    )
 }
 
 /// Builds the database of `plan` at `out`. On error nothing is left at `out` or beside it.
@@ -400,24 +410,7 @@ fn build(
             let (window, abort, senders, pool) = (&window, &abort, &senders, &pool);
             let spool = spool.as_ref();
             threads.push(scope.spawn(move || {
-                while let Some(k) = window.next_job() {
-                    let tx = lock(senders).get_mut(k).and_then(Option::take);
-                    let Some(tx) = tx else { continue };
-                    if abort.load(Ordering::SeqCst) {
-                        continue;
-                    }
-                    let (index, segments) = &plan.indexes[k];
-                    stream_index(
-                        client.as_ref(),
-                        &plan.generation,
-                        *index,
-                        segments,
-                        &tx,
-                        pool,
-                        abort,
-                        spool,
-                    );
-                }
+                wal_worker(client.as_ref(), plan, window, senders, pool, abort, spool)
             }));
         }
         // The receivers move into `apply_all` and are dropped when it returns, so on an
@@ -438,6 +431,38 @@ fn build(
         result
     })?;
     finish(&tmp.db, &file)
+}
+
+/// One WAL worker: takes the next index the window hands out, with that index's sender, and
+/// streams it; once the restore is aborted it only drops the senders it takes, so the
+/// applier never waits on an index nobody works on.
+fn wal_worker(
+    client: &dyn ReplicaClient,
+    plan: &Plan,
+    window: &Window,
+    senders: &Mutex<Vec<Option<Sender<WalMsg>>>>,
+    pool: &BufferPool,
+    abort: &AtomicBool,
+    spool: Option<&SpoolDir<'_>>,
+) {
+    while let Some(k) = window.next_job() {
+        let tx = lock(senders).get_mut(k).and_then(Option::take);
+        let Some(tx) = tx else { continue };
+        if abort.load(Ordering::SeqCst) {
+            continue;
+        }
+        let (index, segments) = &plan.indexes[k];
+        stream_index(
+            client,
+            &plan.generation,
+            *index,
+            segments,
+            &tx,
+            pool,
+            abort,
+            spool,
+        );
+    }
 }
 
 /// The applier: the snapshot, then every WAL index strictly in order.
@@ -1461,18 +1486,10 @@ fn publish(tmp: &Path, out: &Path) -> Result<()> {
         Ok(()) => {
             let _ = fs::remove_file(tmp);
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            bail!(
-                "cannot restore, output path already exists: {}",
-                out.display()
-            )
-        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(output_exists(out)),
         Err(_) => {
             if fs::symlink_metadata(out).is_ok() {
-                bail!(
-                    "cannot restore, output path already exists: {}",
-                    out.display()
-                );
+                return Err(output_exists(out));
             }
             fs::rename(tmp, out)
                 .with_context(|| format!("{}: cannot rename into place", out.display()))?;
