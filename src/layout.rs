@@ -8,9 +8,9 @@
 use crate::codec::Compression;
 
 /// Key of the directory holding every generation.
-pub const GENERATIONS_DIR: &str = "generations";
+pub(crate) const GENERATIONS_DIR: &str = "generations";
 
-pub fn generation_dir(generation: &str) -> String {
+pub(crate) fn generation_dir(generation: &str) -> String {
     format!("{GENERATIONS_DIR}/{generation}")
 }
 
@@ -29,7 +29,7 @@ pub fn snapshot_name(index: u32, compression: Compression) -> String {
 
 /// A WAL segment's name without its suffix, `IIIIIIII_OOOOOOOO` (e.g. `00000003_00002060`):
 /// how messages name a segment whatever its compression.
-pub fn wal_segment_stem(index: u32, offset: u64) -> String {
+pub(crate) fn wal_segment_stem(index: u32, offset: u64) -> String {
     format!("{index:08x}_{offset:08x}")
 }
 
@@ -103,14 +103,14 @@ pub fn parse_wal_segment_name(name: &str) -> Option<(u32, u64, Compression)> {
 
 /// True for the name of an object write that a crash interrupted (`<name>.tmp`, file
 /// replicas): it is ours, never read, and replaced by the next write of that object.
-pub fn is_temp_name(name: &str) -> bool {
+pub(crate) fn is_temp_name(name: &str) -> bool {
     name.strip_suffix(".tmp")
         .is_some_and(|n| parse_snapshot_name(n).is_some() || parse_wal_segment_name(n).is_some())
 }
 
 /// A name for messages: control characters escaped and at most 120 characters, so that a
 /// hostile listing cannot flood or garble a log line.
-pub fn display_name(name: &str) -> String {
+pub(crate) fn display_name(name: &str) -> String {
     let escaped: String = name.escape_debug().collect();
     if escaped.chars().count() > 120 {
         let head: String = escaped.chars().take(100).collect();

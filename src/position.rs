@@ -10,7 +10,7 @@ use std::io::Read;
 pub type Generation = String;
 
 /// The largest WAL index a generation may reach before a new generation is started.
-pub const MAX_INDEX: u32 = 0x7FFF_FFFF;
+pub(crate) const MAX_INDEX: u32 = 0x7FFF_FFFF;
 
 /// (generation, index, offset) in one WAL life. Ordered by index then offset; positions of
 /// different generations are not comparable and `PartialOrd` returns `None` for them.
@@ -54,7 +54,7 @@ pub fn is_generation(s: &str) -> bool {
 }
 
 /// A fresh generation id from 8 bytes of the OS random source.
-pub fn new_generation() -> std::io::Result<Generation> {
+pub(crate) fn new_generation() -> std::io::Result<Generation> {
     let mut buf = [0u8; 8];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())

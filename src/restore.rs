@@ -71,7 +71,7 @@ pub struct GenerationListing {
 
 impl GenerationListing {
     /// (earliest, latest) object timestamp; `None` for an empty generation.
-    pub fn bounds(&self) -> Option<(SystemTime, SystemTime)> {
+    pub(crate) fn bounds(&self) -> Option<(SystemTime, SystemTime)> {
         let times = self
             .snapshots
             .iter()
@@ -97,7 +97,7 @@ pub struct Plan {
 
 impl Plan {
     /// The last index applied (the snapshot's when no WAL follows it).
-    pub fn last_index(&self) -> u32 {
+    pub(crate) fn last_index(&self) -> u32 {
         self.indexes
             .last()
             .map(|(i, _)| *i)
@@ -1427,7 +1427,7 @@ fn checkpoint_wal(
 /// Checkpoints a WAL already in place at `<db>-wal` (committed frames only, `frames` of them)
 /// into `db`, with the same proof of completeness as a restore. Used by validation to rebuild
 /// the local state at a position from the shadow WAL.
-pub fn replay_wal_in_place(db: &Path, frames: u64) -> Result<()> {
+pub(crate) fn replay_wal_in_place(db: &Path, frames: u64) -> Result<()> {
     checkpoint_wal(
         db,
         &files::wal_path(db),

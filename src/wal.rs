@@ -217,7 +217,7 @@ impl FrameVerifier {
 
 /// True when `new` heads the WAL life right after `old`'s: SQLite adds one to salt-1 on every
 /// restart, so any other step means at least one life in between went unseen.
-pub fn is_next_life(old: &WalHeader, new: &WalHeader) -> bool {
+pub(crate) fn is_next_life(old: &WalHeader, new: &WalHeader) -> bool {
     new.salt1 == old.salt1.wrapping_add(1)
 }
 
@@ -234,7 +234,7 @@ pub fn is_next_life(old: &WalHeader, new: &WalHeader) -> bool {
 /// page in place commits), and what it overwrote cannot be known. A file that ends there was
 /// not overwritten, but it may have been truncated: `truncated` says whether it was ever seen
 /// longer. `Err` carries the reason for a log line.
-pub fn old_life_copied_whole(
+pub(crate) fn old_life_copied_whole(
     old: &WalHeader,
     new: &WalHeader,
     next: Option<&[u8]>,
@@ -295,7 +295,7 @@ pub fn db_page_size(db_header: &[u8]) -> Option<u32> {
 /// The database size a SQLite header declares (page count × page size), when the header
 /// marks that field valid: its version-valid-for number (offset 92) equals the change counter
 /// (offset 24), as in every database written by SQLite 3.7.0 or later (so every WAL-mode one).
-pub fn db_declared_size(db_header: &[u8], page_size: u32) -> Option<u64> {
+pub(crate) fn db_declared_size(db_header: &[u8], page_size: u32) -> Option<u64> {
     let be = |at: usize| -> Option<u32> {
         Some(u32::from_be_bytes(
             db_header.get(at..at + 4)?.try_into().ok()?,

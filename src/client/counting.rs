@@ -11,7 +11,7 @@ use crate::metrics::{OpCounters, Operation, Registry};
 
 /// `inner`, counted under its replica type in `registry`; `inner` itself when that type has no
 /// counters there.
-pub fn wrap(inner: Arc<dyn ReplicaClient>, registry: &Registry) -> Arc<dyn ReplicaClient> {
+pub(crate) fn wrap(inner: Arc<dyn ReplicaClient>, registry: &Registry) -> Arc<dyn ReplicaClient> {
     match registry.op_counters(inner.kind()) {
         Some(ops) => Arc::new(CountingClient { inner, ops }),
         None => inner,

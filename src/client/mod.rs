@@ -32,7 +32,12 @@ pub struct SnapshotInfo {
 impl SnapshotInfo {
     /// The snapshot a store lists under `name` (a file name in `snapshots/`); `None` for a
     /// name that is not one of ours.
-    pub fn from_name(generation: &str, name: &str, size: u64, created: SystemTime) -> Option<Self> {
+    pub(crate) fn from_name(
+        generation: &str,
+        name: &str,
+        size: u64,
+        created: SystemTime,
+    ) -> Option<Self> {
         let (index, compression) = crate::layout::parse_snapshot_name(name)?;
         Some(SnapshotInfo {
             generation: generation.to_string(),
@@ -59,7 +64,12 @@ pub struct WalSegmentInfo {
 impl WalSegmentInfo {
     /// The WAL segment a store lists under `name` (a file name in `wal/`); `None` for a name
     /// that is not one of ours.
-    pub fn from_name(generation: &str, name: &str, size: u64, created: SystemTime) -> Option<Self> {
+    pub(crate) fn from_name(
+        generation: &str,
+        name: &str,
+        size: u64,
+        created: SystemTime,
+    ) -> Option<Self> {
         let (index, offset, compression) = crate::layout::parse_wal_segment_name(name)?;
         Some(WalSegmentInfo {
             generation: generation.to_string(),
@@ -169,7 +179,9 @@ pub trait ReplicaClient: Send + Sync {
 }
 
 /// The client for a configured replica.
-pub fn open(cfg: &crate::config::ReplicaConfig) -> Result<std::sync::Arc<dyn ReplicaClient>> {
+pub(crate) fn open(
+    cfg: &crate::config::ReplicaConfig,
+) -> Result<std::sync::Arc<dyn ReplicaClient>> {
     match &cfg.target {
         crate::config::ReplicaTarget::File { path } => {
             Ok(std::sync::Arc::new(file::FileClient::new(path.clone())))

@@ -32,7 +32,7 @@ use crate::layout;
 use crate::position::is_generation;
 
 /// Objects up to this size go in one PUT; larger ones in parts of this size.
-pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+pub(crate) const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 /// Attempts of one request before a transient failure is reported.
 const ATTEMPTS: u32 = 5;
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
