@@ -77,10 +77,13 @@ const LR_HEADER_LEN: usize = 10 + 2 + 8;
 /// byte-aligned after each of our runs).
 const FINAL_BLOCK: [u8; 5] = [0x01, 0x00, 0x00, 0xff, 0xff];
 
+/// How an object in the store is compressed; recorded in its name's suffix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Compression {
+    /// gzip (`.gz`), the default.
     #[default]
     Gzip,
+    /// LZ4 frames (`.lz4`).
     Lz4,
 }
 

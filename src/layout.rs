@@ -14,10 +14,12 @@ pub(crate) fn generation_dir(generation: &str) -> String {
     format!("{GENERATIONS_DIR}/{generation}")
 }
 
+/// Key of the directory holding a generation's snapshots.
 pub fn snapshots_dir(generation: &str) -> String {
     format!("{GENERATIONS_DIR}/{generation}/snapshots")
 }
 
+/// Key of the directory holding a generation's WAL segments.
 pub fn wal_dir(generation: &str) -> String {
     format!("{GENERATIONS_DIR}/{generation}/wal")
 }
@@ -42,6 +44,7 @@ pub fn wal_segment_name(index: u32, offset: u64, compression: Compression) -> St
     )
 }
 
+/// Key of a snapshot object, relative to the replica root.
 pub fn snapshot_key(generation: &str, index: u32, compression: Compression) -> String {
     format!(
         "{}/{}",
@@ -50,6 +53,7 @@ pub fn snapshot_key(generation: &str, index: u32, compression: Compression) -> S
     )
 }
 
+/// Key of a WAL segment object, relative to the replica root.
 pub fn wal_segment_key(
     generation: &str,
     index: u32,

@@ -39,23 +39,29 @@ fn level_name(level: LogLevel) -> &'static str {
     }
 }
 
+/// Whether an event at `level` would be written (to skip building costly fields).
 pub(crate) fn enabled(level: LogLevel) -> bool {
     level_num(level) >= LEVEL.load(Ordering::Relaxed)
 }
 
+/// Logs a debug event: `msg` and its `fields`, on one line.
 pub(crate) fn debug(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     log(LogLevel::Debug, msg, fields)
 }
+/// Logs an info event.
 pub(crate) fn info(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     log(LogLevel::Info, msg, fields)
 }
+/// Logs a warning.
 pub(crate) fn warn(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     log(LogLevel::Warn, msg, fields)
 }
+/// Logs an error.
 pub(crate) fn error(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     log(LogLevel::Error, msg, fields)
 }
 
+/// Logs an event at `level`, when that level is enabled.
 pub(crate) fn log(level: LogLevel, msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     if !enabled(level) {
         return;

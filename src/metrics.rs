@@ -102,6 +102,7 @@ pub(crate) struct ReplicaMetrics {
 }
 
 impl DbMetrics {
+    /// The metrics of the db at `path` (its `db` label) with one entry per replica name.
     pub(crate) fn new(path: String, replica_names: &[String]) -> DbMetrics {
         DbMetrics {
             path,
@@ -147,6 +148,7 @@ impl DbMetrics {
         }
     }
 
+    /// `n` more bytes copied into the shadow WAL.
     pub(crate) fn add_wal_bytes(&self, n: u64) {
         self.total_wal_bytes.fetch_add(n, Ordering::Relaxed);
     }
@@ -162,6 +164,7 @@ impl DbMetrics {
         self.first_tick_done.store(true, Ordering::SeqCst);
     }
 
+    /// Whether the db thread has run its first tick (see `tick_done`).
     pub(crate) fn first_tick_done(&self) -> bool {
         self.first_tick_done.load(Ordering::SeqCst)
     }
@@ -224,12 +227,14 @@ impl DbMetrics {
         }
     }
 
+    /// Replica `slot`'s last sync failed with `error` (kept, one line, for `/healthz`).
     pub(crate) fn replica_failed(&self, slot: usize, error: &str) {
         if let Some(r) = self.replicas.get(slot) {
             *lock(&r.last_error) = Some(one_line(error, 300));
         }
     }
 
+    /// Where replica `slot` stands in the store (the WAL index and offset gauges).
     pub(crate) fn replica_position(&self, slot: usize, index: u32, offset: u64) {
         if let Some(r) = self.replicas.get(slot) {
             r.wal_index.store(u64::from(index), Ordering::Relaxed);
@@ -237,12 +242,14 @@ impl DbMetrics {
         }
     }
 
+    /// `n` more WAL bytes (uncompressed) uploaded by replica `slot`.
     pub(crate) fn replica_wal_bytes(&self, slot: usize, n: u64) {
         if let Some(r) = self.replicas.get(slot) {
             r.wal_bytes.fetch_add(n, Ordering::Relaxed);
         }
     }
 
+    /// One validation of replica `slot`, passed or failed.
     pub(crate) fn replica_validation(&self, slot: usize, ok: bool) {
         if let Some(r) = self.replicas.get(slot) {
             let c = if ok {
@@ -344,6 +351,7 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// The registry of `dbs`, with one set of operation counters per distinct replica type.
     pub(crate) fn new(dbs: Vec<Arc<DbMetrics>>, replica_types: &[&'static str]) -> Registry {
         let mut ops: Vec<Arc<OpCounters>> = Vec::new();
         for t in replica_types {
@@ -363,6 +371,7 @@ impl Registry {
             .cloned()
     }
 
+    /// Every value as of now, lag computed against `now`, for one scrape.
     pub(crate) fn snapshot(&self, now: SystemTime) -> Snapshot {
         Snapshot {
             dbs: self.dbs.iter().map(|d| d.snapshot(now)).collect(),
@@ -384,6 +393,7 @@ impl Registry {
 // Plain values and rendering
 // ---------------------------------------------------------------------------------------------
 
+/// Everything one scrape shows, as plain values: what `render` and `health` are pure over.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Snapshot {
     pub dbs: Vec<DbSnapshot>,
@@ -392,6 +402,7 @@ pub(crate) struct Snapshot {
     pub process: Option<ProcessStats>,
 }
 
+/// One db's values in a `Snapshot` (the `litestream_db_*`, sync and checkpoint families).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct DbSnapshot {
     pub path: String,
@@ -408,6 +419,7 @@ pub(crate) struct DbSnapshot {
     pub replicas: Vec<ReplicaSnapshot>,
 }
 
+/// One replica's values in a `Snapshot`.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ReplicaSnapshot {
     pub name: String,
@@ -420,6 +432,7 @@ pub(crate) struct ReplicaSnapshot {
     pub last_error: Option<String>,
 }
 
+/// One replica type's store-operation counts in a `Snapshot`.
 #[derive(Clone, Debug)]
 pub(crate) struct OpSnapshot {
     pub replica_type: &'static str,
@@ -440,6 +453,7 @@ pub(crate) struct ProcessStats {
 }
 
 impl ProcessStats {
+    /// This process's stats; `None` where `/proc/self` cannot be read.
     pub(crate) fn read() -> Option<ProcessStats> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         let boot = std::fs::read_to_string("/proc/stat").ok()?;
@@ -841,6 +855,7 @@ impl Server {
         })
     }
 
+    /// Stops answering and joins the server thread.
     pub(crate) fn stop(mut self) {
         self.http.unblock();
         if let Some(t) = self.thread.take() {

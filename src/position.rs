@@ -16,12 +16,16 @@ pub(crate) const MAX_INDEX: u32 = 0x7FFF_FFFF;
 /// different generations are not comparable and `PartialOrd` returns `None` for them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Position {
+    /// The generation: one unbroken history of the database, since a snapshot.
     pub generation: Generation,
+    /// The WAL index: which life of the WAL (each checkpoint that restarts it starts a new one).
     pub index: u32,
+    /// Bytes of that WAL life, header included, up to this position.
     pub offset: u64,
 }
 
 impl Position {
+    /// The position `offset` bytes into WAL index `index` of `generation`.
     pub fn new(generation: impl Into<String>, index: u32, offset: u64) -> Self {
         Position {
             generation: generation.into(),

@@ -45,6 +45,7 @@ const DOWNLOAD_ATTEMPTS: u32 = 3;
 pub struct Options {
     /// Only this replica (by name); `None` = every replica given.
     pub replica: Option<String>,
+    /// Only this generation; `None` = the one with the newest object (see [`choose`]).
     pub generation: Option<String>,
     /// Restore up to and including this WAL index (needs `generation`).
     pub index: Option<u32>,
@@ -56,16 +57,22 @@ pub struct Options {
 
 /// A replica to restore from.
 pub struct Source {
+    /// The replica's name, as `-replica` selects it and messages name it.
     pub name: String,
+    /// Its store.
     pub client: Arc<dyn ReplicaClient>,
 }
 
 /// One generation of one replica as listed.
 #[derive(Clone, Debug)]
 pub struct GenerationListing {
+    /// Position of the replica in the sources.
     pub replica: usize,
+    /// The generation id.
     pub generation: String,
+    /// Its snapshots, sorted by index.
     pub snapshots: Vec<SnapshotInfo>,
+    /// Its WAL segments, sorted by (index, offset).
     pub segments: Vec<WalSegmentInfo>,
 }
 
@@ -89,7 +96,9 @@ impl GenerationListing {
 pub struct Plan {
     /// Position of the chosen replica in the sources.
     pub replica: usize,
+    /// The chosen generation.
     pub generation: String,
+    /// The snapshot the database is rebuilt from.
     pub snapshot: SnapshotInfo,
     /// Indexes from the snapshot's upward, each with its segments in offset order.
     pub indexes: Vec<(u32, Vec<WalSegmentInfo>)>,

@@ -51,6 +51,7 @@ pub(crate) struct WalWatcher {
 }
 
 impl WalWatcher {
+    /// Opens the inotify descriptor and starts its thread; an error means polling only.
     pub(crate) fn start() -> io::Result<WalWatcher> {
         // SAFETY: plain syscalls on descriptors we own.
         let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
