@@ -34,11 +34,11 @@ const GZIP_LEVEL: u32 = 1;
 
 /// Raw bytes per snapshot member: large enough that per-member costs (a header, a compressor
 /// reset, a channel round trip) vanish, small enough that the members in flight stay a few MiB.
-pub const MEMBER_RAW: usize = 1 << 20;
+pub(crate) const MEMBER_RAW: usize = 1 << 20;
 
 /// Compressor (and decompressor) threads per snapshot or restore: the hosts we target have
 /// two cores or more, and the caller's own thread does the reading and writing meanwhile.
-pub const WORKERS: usize = 2;
+pub(crate) const WORKERS: usize = 2;
 
 /// Members queued or being worked on at once, per encoder or decoder: with [`WORKERS`] busy,
 /// two more keep the pipeline full while the caller reads or writes. Bounds memory to about
@@ -77,22 +77,25 @@ const LR_HEADER_LEN: usize = 10 + 2 + 8;
 /// byte-aligned after each of our runs).
 const FINAL_BLOCK: [u8; 5] = [0x01, 0x00, 0x00, 0xff, 0xff];
 
+/// How an object in the store is compressed; recorded in its name's suffix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Compression {
+    /// gzip (`.gz`), the default.
     #[default]
     Gzip,
+    /// LZ4 frames (`.lz4`).
     Lz4,
 }
 
 impl Compression {
-    pub fn extension(self) -> &'static str {
+    pub(crate) fn extension(self) -> &'static str {
         match self {
             Compression::Gzip => "gz",
             Compression::Lz4 => "lz4",
         }
     }
 
-    pub fn from_extension(ext: &str) -> Option<Self> {
+    pub(crate) fn from_extension(ext: &str) -> Option<Self> {
         match ext {
             "gz" => Some(Compression::Gzip),
             "lz4" => Some(Compression::Lz4),
@@ -125,7 +128,7 @@ pub fn encoder<'a, R: Read + Send + 'a>(
 /// Like [`encoder`], for whole database files: gzip is written as `LR` members compressed on
 /// [`WORKERS`] threads (the caller's thread reads `raw` and hands the output on). LZ4 frames
 /// stay serial: they are Litestream v0.3's format and already fast.
-pub fn snapshot_encoder<'a, R: Read + Send + 'a>(
+pub(crate) fn snapshot_encoder<'a, R: Read + Send + 'a>(
     compression: Compression,
     raw: R,
 ) -> io::Result<Box<dyn Read + Send + 'a>> {

@@ -27,7 +27,7 @@ use crate::sync::Semaphore;
 use crate::watch;
 
 /// How long replicas may keep uploading after a stop signal.
-pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Small stacks: a thread per db and per replica must stay cheap for many databases.
 const THREAD_STACK: usize = 256 * 1024;
@@ -39,7 +39,7 @@ struct DbRuntime {
 }
 
 /// A running daemon: every db and replica thread, and the metrics server.
-pub struct Daemon {
+pub(crate) struct Daemon {
     dbs: Vec<DbRuntime>,
     registry: Arc<Registry>,
     server: Option<metrics::Server>,
@@ -49,7 +49,7 @@ pub struct Daemon {
 impl Daemon {
     /// Opens every replica client, binds the metrics address (when set) and starts every
     /// thread.
-    pub fn start(config: &Config) -> Result<Daemon> {
+    pub(crate) fn start(config: &Config) -> Result<Daemon> {
         limit_allocator_caches();
         let snapshots = Arc::new(Semaphore::new(config.snapshot_concurrency));
         // Build every client first, so a bad replica stops start-up before any thread runs.
@@ -114,7 +114,7 @@ impl Daemon {
                 let replica = Replica::new(
                     slot,
                     r_cfg.clone(),
-                    registry.counting(client),
+                    client::counting::wrap(client, &registry),
                     shared.clone(),
                     snapshots.clone(),
                 );
@@ -160,13 +160,13 @@ impl Daemon {
 
     /// True once every db thread has run its first tick (initialised, or found the db file
     /// missing, or failed and will retry).
-    pub fn first_ticks_done(&self) -> bool {
+    pub(crate) fn first_ticks_done(&self) -> bool {
         self.registry.dbs.iter().all(|d| d.first_tick_done())
     }
 
     /// Stops every db thread (each runs a final tick), then lets replicas upload what is left
     /// until `timeout`. The metrics server answers until the end.
-    pub fn stop(self, timeout: Duration) {
+    pub(crate) fn stop(self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         for db in &self.dbs {
             let _ = db.stop.send(());
@@ -220,7 +220,7 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
 /// Runs the daemon until SIGINT or SIGTERM, or, with `exec` (an argv), until that child exits
 /// (signals are forwarded to it). A second signal exits at once. Returns the exit code: 0, or
 /// the child's (128 + signal when a signal killed it).
-pub fn run(config: &Config, exec: Option<Vec<String>>) -> Result<i32> {
+pub(crate) fn run(config: &Config, exec: Option<Vec<String>>) -> Result<i32> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGCHLD]).context("cannot install signal handlers")?;
     let daemon = Daemon::start(config)?;

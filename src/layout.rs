@@ -8,16 +8,18 @@
 use crate::codec::Compression;
 
 /// Key of the directory holding every generation.
-pub const GENERATIONS_DIR: &str = "generations";
+pub(crate) const GENERATIONS_DIR: &str = "generations";
 
-pub fn generation_dir(generation: &str) -> String {
+pub(crate) fn generation_dir(generation: &str) -> String {
     format!("{GENERATIONS_DIR}/{generation}")
 }
 
+/// Key of the directory holding a generation's snapshots.
 pub fn snapshots_dir(generation: &str) -> String {
     format!("{GENERATIONS_DIR}/{generation}/snapshots")
 }
 
+/// Key of the directory holding a generation's WAL segments.
 pub fn wal_dir(generation: &str) -> String {
     format!("{GENERATIONS_DIR}/{generation}/wal")
 }
@@ -27,11 +29,22 @@ pub fn snapshot_name(index: u32, compression: Compression) -> String {
     format!("{index:08x}.snapshot.{}", compression.extension())
 }
 
-/// File name of a WAL segment, e.g. `00000003_00002060.wal.gz`.
-pub fn wal_segment_name(index: u32, offset: u64, compression: Compression) -> String {
-    format!("{index:08x}_{offset:08x}.wal.{}", compression.extension())
+/// A WAL segment's name without its suffix, `IIIIIIII_OOOOOOOO` (e.g. `00000003_00002060`):
+/// how messages name a segment whatever its compression.
+pub(crate) fn wal_segment_stem(index: u32, offset: u64) -> String {
+    format!("{index:08x}_{offset:08x}")
 }
 
+/// File name of a WAL segment, e.g. `00000003_00002060.wal.gz`.
+pub fn wal_segment_name(index: u32, offset: u64, compression: Compression) -> String {
+    format!(
+        "{}.wal.{}",
+        wal_segment_stem(index, offset),
+        compression.extension()
+    )
+}
+
+/// Key of a snapshot object, relative to the replica root.
 pub fn snapshot_key(generation: &str, index: u32, compression: Compression) -> String {
     format!(
         "{}/{}",
@@ -40,6 +53,7 @@ pub fn snapshot_key(generation: &str, index: u32, compression: Compression) -> S
     )
 }
 
+/// Key of a WAL segment object, relative to the replica root.
 pub fn wal_segment_key(
     generation: &str,
     index: u32,
@@ -93,14 +107,14 @@ pub fn parse_wal_segment_name(name: &str) -> Option<(u32, u64, Compression)> {
 
 /// True for the name of an object write that a crash interrupted (`<name>.tmp`, file
 /// replicas): it is ours, never read, and replaced by the next write of that object.
-pub fn is_temp_name(name: &str) -> bool {
+pub(crate) fn is_temp_name(name: &str) -> bool {
     name.strip_suffix(".tmp")
         .is_some_and(|n| parse_snapshot_name(n).is_some() || parse_wal_segment_name(n).is_some())
 }
 
 /// A name for messages: control characters escaped and at most 120 characters, so that a
 /// hostile listing cannot flood or garble a log line.
-pub fn display_name(name: &str) -> String {
+pub(crate) fn display_name(name: &str) -> String {
     let escaped: String = name.escape_debug().collect();
     if escaped.chars().count() > 120 {
         let head: String = escaped.chars().take(100).collect();
@@ -140,6 +154,16 @@ mod tests {
         assert_eq!(
             parse_wal_segment_name("00000001_100000000.wal.gz"),
             Some((1, 0x1_0000_0000, Compression::Gzip))
+        );
+    }
+
+    #[test]
+    fn segment_stems() {
+        assert_eq!(wal_segment_stem(0x1a, 4152), "0000001a_00001038");
+        assert_eq!(wal_segment_stem(1, 0x1_0000_0000), "00000001_100000000");
+        assert_eq!(
+            format!("{}.wal.gz", wal_segment_stem(3, 8288)),
+            wal_segment_name(3, 8288, Compression::Gzip)
         );
     }
 

@@ -39,24 +39,30 @@ fn level_name(level: LogLevel) -> &'static str {
     }
 }
 
-pub fn enabled(level: LogLevel) -> bool {
+/// Whether an event at `level` would be written (to skip building costly fields).
+pub(crate) fn enabled(level: LogLevel) -> bool {
     level_num(level) >= LEVEL.load(Ordering::Relaxed)
 }
 
-pub fn debug(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
+/// Logs a debug event: `msg` and its `fields`, on one line.
+pub(crate) fn debug(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     log(LogLevel::Debug, msg, fields)
 }
-pub fn info(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
+/// Logs an info event.
+pub(crate) fn info(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     log(LogLevel::Info, msg, fields)
 }
-pub fn warn(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
+/// Logs a warning.
+pub(crate) fn warn(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     log(LogLevel::Warn, msg, fields)
 }
-pub fn error(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
+/// Logs an error.
+pub(crate) fn error(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     log(LogLevel::Error, msg, fields)
 }
 
-pub fn log(level: LogLevel, msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
+/// Logs an event at `level`, when that level is enabled.
+pub(crate) fn log(level: LogLevel, msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     if !enabled(level) {
         return;
     }
@@ -76,7 +82,7 @@ pub fn log(level: LogLevel, msg: &str, fields: &[(&str, &dyn std::fmt::Display)]
 }
 
 /// Formats one log line, newline included.
-pub fn format_line(
+pub(crate) fn format_line(
     time: SystemTime,
     level: LogLevel,
     msg: &str,

@@ -13,7 +13,6 @@
 //! keeps its older time, so the lag is overstated rather than understated.
 
 use std::fmt::Write as _;
-use std::io::Read;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,8 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::client::{self, Listing, ReplicaClient, SnapshotInfo, WalSegmentInfo};
-use crate::codec::Compression;
 use crate::logging;
 use crate::sync::lock;
 
@@ -31,14 +28,26 @@ use crate::sync::lock;
 const RING: u64 = 256;
 
 /// Checkpoint modes in label order.
-pub const MODES: [&str; 3] = ["PASSIVE", "RESTART", "TRUNCATE"];
+pub(crate) const MODES: [&str; 3] = ["PASSIVE", "RESTART", "TRUNCATE"];
 
 /// Store operations counted per replica type.
-pub const OPERATIONS: [&str; 4] = ["GET", "PUT", "LIST", "DELETE"];
-const GET: usize = 0;
-const PUT: usize = 1;
-const LIST: usize = 2;
-const DELETE: usize = 3;
+pub(crate) const OPERATIONS: [&str; 4] = ["GET", "PUT", "LIST", "DELETE"];
+const GET: usize = Operation::Get as usize;
+const PUT: usize = Operation::Put as usize;
+
+/// A store operation, the `operation` label of `litestream_replica_operation_*`; its value is
+/// its slot in `OPERATIONS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Operation {
+    /// Opening an object for reading; its bytes are counted as they are read.
+    Get = 0,
+    /// Writing an object; counts the compressed size stored.
+    Put = 1,
+    /// One listing call, however many pages the store answered with.
+    List = 2,
+    /// One delete call, however many objects it removed.
+    Delete = 3,
+}
 
 fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -56,7 +65,7 @@ struct CheckpointCounters {
 /// One db's metrics; the db thread writes them, its replica threads write their own entries.
 pub struct DbMetrics {
     /// The `db` label: the absolute db path.
-    pub path: String,
+    pub(crate) path: String,
     db_size: AtomicU64,
     wal_size: AtomicU64,
     shadow_wal_index: AtomicU64,
@@ -72,11 +81,11 @@ pub struct DbMetrics {
     publish_times: Vec<AtomicU64>,
     /// Set after the db thread's first tick, whatever its outcome (`-exec` waits for it).
     first_tick_done: AtomicBool,
-    pub replicas: Vec<ReplicaMetrics>,
+    pub(crate) replicas: Vec<ReplicaMetrics>,
 }
 
 /// One replica's metrics.
-pub struct ReplicaMetrics {
+pub(crate) struct ReplicaMetrics {
     /// The `name` label.
     pub name: String,
     wal_index: AtomicU64,
@@ -93,7 +102,8 @@ pub struct ReplicaMetrics {
 }
 
 impl DbMetrics {
-    pub fn new(path: String, replica_names: &[String]) -> DbMetrics {
+    /// The metrics of the db at `path` (its `db` label) with one entry per replica name.
+    pub(crate) fn new(path: String, replica_names: &[String]) -> DbMetrics {
         DbMetrics {
             path,
             db_size: AtomicU64::new(0),
@@ -128,7 +138,7 @@ impl DbMetrics {
     // ---- db thread ----
 
     /// The gauges read at the end of a tick.
-    pub fn set_sizes(&self, db_size: u64, wal_size: u64, shadow: Option<(u32, u64)>) {
+    pub(crate) fn set_sizes(&self, db_size: u64, wal_size: u64, shadow: Option<(u32, u64)>) {
         self.db_size.store(db_size, Ordering::Relaxed);
         self.wal_size.store(wal_size, Ordering::Relaxed);
         if let Some((index, size)) = shadow {
@@ -138,12 +148,13 @@ impl DbMetrics {
         }
     }
 
-    pub fn add_wal_bytes(&self, n: u64) {
+    /// `n` more bytes copied into the shadow WAL.
+    pub(crate) fn add_wal_bytes(&self, n: u64) {
         self.total_wal_bytes.fetch_add(n, Ordering::Relaxed);
     }
 
     /// One tick (Litestream's "sync") and how long it took.
-    pub fn tick_done(&self, ok: bool, elapsed: Duration) {
+    pub(crate) fn tick_done(&self, ok: bool, elapsed: Duration) {
         self.sync_count.fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.sync_errors.fetch_add(1, Ordering::Relaxed);
@@ -153,13 +164,14 @@ impl DbMetrics {
         self.first_tick_done.store(true, Ordering::SeqCst);
     }
 
-    pub fn first_tick_done(&self) -> bool {
+    /// Whether the db thread has run its first tick (see `tick_done`).
+    pub(crate) fn first_tick_done(&self) -> bool {
         self.first_tick_done.load(Ordering::SeqCst)
     }
 
     /// Counts a checkpoint in `mode` (one of `MODES`, as `sqlite::CheckpointMode::name` spells
     /// it; any other name is not counted).
-    pub fn checkpoint_done(&self, mode: &str, ok: bool, elapsed: Duration) {
+    pub(crate) fn checkpoint_done(&self, mode: &str, ok: bool, elapsed: Duration) {
         let Some(c) = MODES
             .iter()
             .position(|m| *m == mode)
@@ -177,7 +189,7 @@ impl DbMetrics {
 
     /// A new shadow position was published (call before waking the replicas). Only the db
     /// thread calls this.
-    pub fn published(&self, now: SystemTime) {
+    pub(crate) fn published(&self, now: SystemTime) {
         let t = unix_nanos(now);
         let k = self.publish_seq.load(Ordering::SeqCst) + 1;
         self.publish_times[(k % RING) as usize].store(t, Ordering::SeqCst);
@@ -194,12 +206,12 @@ impl DbMetrics {
     // ---- replica threads ----
 
     /// The publish number to pass to `replica_synced` after uploading the position read next.
-    pub fn publish_seq(&self) -> u64 {
+    pub(crate) fn publish_seq(&self) -> u64 {
         self.publish_seq.load(Ordering::SeqCst)
     }
 
     /// Replica `slot` holds everything up to publish `seq` (read before its target).
-    pub fn replica_synced(&self, slot: usize, seq: u64) {
+    pub(crate) fn replica_synced(&self, slot: usize, seq: u64) {
         let Some(r) = self.replicas.get(slot) else {
             return;
         };
@@ -215,26 +227,30 @@ impl DbMetrics {
         }
     }
 
-    pub fn replica_failed(&self, slot: usize, error: &str) {
+    /// Replica `slot`'s last sync failed with `error` (kept, one line, for `/healthz`).
+    pub(crate) fn replica_failed(&self, slot: usize, error: &str) {
         if let Some(r) = self.replicas.get(slot) {
             *lock(&r.last_error) = Some(one_line(error, 300));
         }
     }
 
-    pub fn replica_position(&self, slot: usize, index: u32, offset: u64) {
+    /// Where replica `slot` stands in the store (the WAL index and offset gauges).
+    pub(crate) fn replica_position(&self, slot: usize, index: u32, offset: u64) {
         if let Some(r) = self.replicas.get(slot) {
             r.wal_index.store(u64::from(index), Ordering::Relaxed);
             r.wal_offset.store(offset, Ordering::Relaxed);
         }
     }
 
-    pub fn replica_wal_bytes(&self, slot: usize, n: u64) {
+    /// `n` more WAL bytes (uncompressed) uploaded by replica `slot`.
+    pub(crate) fn replica_wal_bytes(&self, slot: usize, n: u64) {
         if let Some(r) = self.replicas.get(slot) {
             r.wal_bytes.fetch_add(n, Ordering::Relaxed);
         }
     }
 
-    pub fn replica_validation(&self, slot: usize, ok: bool) {
+    /// One validation of replica `slot`, passed or failed.
+    pub(crate) fn replica_validation(&self, slot: usize, ok: bool) {
         if let Some(r) = self.replicas.get(slot) {
             let c = if ok {
                 &r.validation_ok
@@ -288,7 +304,7 @@ impl DbMetrics {
 }
 
 /// Seconds since the first unsynced publish; 0 when the replica has every publish. Pure.
-pub fn lag_seconds(synced: u64, latest: u64, behind_since_ns: u64, now_ns: u64) -> f64 {
+pub(crate) fn lag_seconds(synced: u64, latest: u64, behind_since_ns: u64, now_ns: u64) -> f64 {
     if synced >= latest || behind_since_ns == 0 {
         return 0.0;
     }
@@ -300,7 +316,7 @@ fn nanos_to_secs(n: u64) -> f64 {
 }
 
 /// Store operations of one replica type (`litestream_replica_operation_*`).
-pub struct OpCounters {
+pub(crate) struct OpCounters {
     pub replica_type: &'static str,
     total: [AtomicU64; 4],
     bytes: [AtomicU64; 4],
@@ -315,21 +331,28 @@ impl OpCounters {
         }
     }
 
-    fn count(&self, op: usize, bytes: u64) {
-        self.total[op].fetch_add(1, Ordering::Relaxed);
-        self.bytes[op].fetch_add(bytes, Ordering::Relaxed);
+    /// One `op` that moved `bytes` (compressed).
+    pub(crate) fn count(&self, op: Operation, bytes: u64) {
+        self.total[op as usize].fetch_add(1, Ordering::Relaxed);
+        self.bytes[op as usize].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// `n` more bytes moved by an operation already counted (a GET being read).
+    pub(crate) fn add_bytes(&self, op: Operation, n: u64) {
+        self.bytes[op as usize].fetch_add(n, Ordering::Relaxed);
     }
 }
 
 /// Everything the server renders. Built before any thread starts, then read-only apart from
 /// the atomics inside.
-pub struct Registry {
+pub(crate) struct Registry {
     pub dbs: Vec<Arc<DbMetrics>>,
     ops: Vec<Arc<OpCounters>>,
 }
 
 impl Registry {
-    pub fn new(dbs: Vec<Arc<DbMetrics>>, replica_types: &[&'static str]) -> Registry {
+    /// The registry of `dbs`, with one set of operation counters per distinct replica type.
+    pub(crate) fn new(dbs: Vec<Arc<DbMetrics>>, replica_types: &[&'static str]) -> Registry {
         let mut ops: Vec<Arc<OpCounters>> = Vec::new();
         for t in replica_types {
             if !ops.iter().any(|o| o.replica_type == *t) {
@@ -339,18 +362,17 @@ impl Registry {
         Registry { dbs, ops }
     }
 
-    /// Wraps `inner` so its store operations are counted under its replica type.
-    pub fn counting(&self, inner: Arc<dyn ReplicaClient>) -> Arc<dyn ReplicaClient> {
-        match self.ops.iter().find(|o| o.replica_type == inner.kind()) {
-            Some(ops) => Arc::new(CountingClient {
-                inner,
-                ops: ops.clone(),
-            }),
-            None => inner,
-        }
+    /// The store-operation counters of `replica_type` (a `ReplicaClient::kind`); `None` for a
+    /// type not registered at start-up, whose operations are then not counted.
+    pub(crate) fn op_counters(&self, replica_type: &str) -> Option<Arc<OpCounters>> {
+        self.ops
+            .iter()
+            .find(|o| o.replica_type == replica_type)
+            .cloned()
     }
 
-    pub fn snapshot(&self, now: SystemTime) -> Snapshot {
+    /// Every value as of now, lag computed against `now`, for one scrape.
+    pub(crate) fn snapshot(&self, now: SystemTime) -> Snapshot {
         Snapshot {
             dbs: self.dbs.iter().map(|d| d.snapshot(now)).collect(),
             ops: self
@@ -371,16 +393,18 @@ impl Registry {
 // Plain values and rendering
 // ---------------------------------------------------------------------------------------------
 
+/// Everything one scrape shows, as plain values: what `render` and `health` are pure over.
 #[derive(Clone, Debug, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub dbs: Vec<DbSnapshot>,
     pub ops: Vec<OpSnapshot>,
     /// `None` where `/proc/self` cannot be read.
     pub process: Option<ProcessStats>,
 }
 
+/// One db's values in a `Snapshot` (the `litestream_db_*`, sync and checkpoint families).
 #[derive(Clone, Debug, Default)]
-pub struct DbSnapshot {
+pub(crate) struct DbSnapshot {
     pub path: String,
     pub db_size: u64,
     pub wal_size: u64,
@@ -395,8 +419,9 @@ pub struct DbSnapshot {
     pub replicas: Vec<ReplicaSnapshot>,
 }
 
+/// One replica's values in a `Snapshot`.
 #[derive(Clone, Debug, Default)]
-pub struct ReplicaSnapshot {
+pub(crate) struct ReplicaSnapshot {
     pub name: String,
     pub wal_index: u64,
     pub wal_offset: u64,
@@ -407,8 +432,9 @@ pub struct ReplicaSnapshot {
     pub last_error: Option<String>,
 }
 
+/// One replica type's store-operation counts in a `Snapshot`.
 #[derive(Clone, Debug)]
-pub struct OpSnapshot {
+pub(crate) struct OpSnapshot {
     pub replica_type: &'static str,
     /// Per operation, in `OPERATIONS` order.
     pub total: [u64; 4],
@@ -417,7 +443,7 @@ pub struct OpSnapshot {
 
 /// The `process_*` metrics, from `/proc/self`.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ProcessStats {
+pub(crate) struct ProcessStats {
     pub cpu_seconds: f64,
     pub resident_bytes: u64,
     pub virtual_bytes: u64,
@@ -427,7 +453,8 @@ pub struct ProcessStats {
 }
 
 impl ProcessStats {
-    pub fn read() -> Option<ProcessStats> {
+    /// This process's stats; `None` where `/proc/self` cannot be read.
+    pub(crate) fn read() -> Option<ProcessStats> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         let boot = std::fs::read_to_string("/proc/stat").ok()?;
         // SAFETY: sysconf only reads configuration values.
@@ -449,7 +476,12 @@ impl ProcessStats {
 }
 
 /// Parses `/proc/self/stat` (and `btime` from `/proc/stat`). Pure.
-pub fn parse_proc_stat(stat: &str, proc_stat: &str, ticks: u64, page: u64) -> Option<ProcessStats> {
+pub(crate) fn parse_proc_stat(
+    stat: &str,
+    proc_stat: &str,
+    ticks: u64,
+    page: u64,
+) -> Option<ProcessStats> {
     // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -540,7 +572,7 @@ impl<'a> Family<'a> {
 }
 
 /// Renders a snapshot in the Prometheus text format 0.0.4. Pure.
-pub fn render(s: &Snapshot) -> String {
+pub(crate) fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096 + 2048 * s.dbs.len());
     type DbValue = fn(&DbSnapshot) -> f64;
     let db_families: [(&str, &str, &str, DbValue); 8] = [
@@ -733,7 +765,7 @@ pub fn render(s: &Snapshot) -> String {
 }
 
 /// `Ok` when every replica's lag is under `max_lag`, else one line per lagging replica. Pure.
-pub fn health(s: &Snapshot, max_lag: Duration) -> std::result::Result<(), String> {
+pub(crate) fn health(s: &Snapshot, max_lag: Duration) -> std::result::Result<(), String> {
     let mut bad = String::new();
     for d in &s.dbs {
         for r in &d.replicas {
@@ -774,122 +806,17 @@ fn one_line(s: &str, max: usize) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Counting store operations
-// ---------------------------------------------------------------------------------------------
-
-/// A client that counts what passes through it; otherwise exactly the inner client. One call
-/// counts as one operation (an S3 listing of several pages counts once).
-struct CountingClient {
-    inner: Arc<dyn ReplicaClient>,
-    ops: Arc<OpCounters>,
-}
-
-/// Counts the bytes of a GET as they are read.
-struct CountingReader {
-    inner: Box<dyn Read + Send>,
-    ops: Arc<OpCounters>,
-}
-
-impl Read for CountingReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.ops.bytes[GET].fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-impl CountingClient {
-    fn get(&self, r: client::Result<Box<dyn Read + Send>>) -> client::Result<Box<dyn Read + Send>> {
-        self.ops.count(GET, 0);
-        let inner = r?;
-        Ok(Box::new(CountingReader {
-            inner,
-            ops: self.ops.clone(),
-        }))
-    }
-}
-
-impl ReplicaClient for CountingClient {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn set_object_mode(&self, mode: u32) {
-        self.inner.set_object_mode(mode)
-    }
-    fn list_generations(&self) -> client::Result<Listing<String>> {
-        self.ops.count(LIST, 0);
-        self.inner.list_generations()
-    }
-    fn list_snapshots(&self, generation: &str) -> client::Result<Listing<SnapshotInfo>> {
-        self.ops.count(LIST, 0);
-        self.inner.list_snapshots(generation)
-    }
-    fn list_wal_segments(&self, generation: &str) -> client::Result<Listing<WalSegmentInfo>> {
-        self.ops.count(LIST, 0);
-        self.inner.list_wal_segments(generation)
-    }
-    fn write_snapshot(
-        &self,
-        generation: &str,
-        index: u32,
-        compression: Compression,
-        data: &mut dyn Read,
-    ) -> client::Result<SnapshotInfo> {
-        let r = self
-            .inner
-            .write_snapshot(generation, index, compression, data);
-        self.ops.count(PUT, r.as_ref().map(|i| i.size).unwrap_or(0));
-        r
-    }
-    fn write_wal_segment(
-        &self,
-        generation: &str,
-        index: u32,
-        offset: u64,
-        compression: Compression,
-        data: &mut dyn Read,
-    ) -> client::Result<WalSegmentInfo> {
-        let r = self
-            .inner
-            .write_wal_segment(generation, index, offset, compression, data);
-        self.ops.count(PUT, r.as_ref().map(|i| i.size).unwrap_or(0));
-        r
-    }
-    fn open_snapshot(&self, info: &SnapshotInfo) -> client::Result<Box<dyn Read + Send>> {
-        self.get(self.inner.open_snapshot(info))
-    }
-    fn open_wal_segment(&self, info: &WalSegmentInfo) -> client::Result<Box<dyn Read + Send>> {
-        self.get(self.inner.open_wal_segment(info))
-    }
-    fn delete_generation(&self, generation: &str) -> client::Result<()> {
-        self.ops.count(DELETE, 0);
-        self.inner.delete_generation(generation)
-    }
-    fn delete_snapshots(&self, snapshots: &[SnapshotInfo]) -> client::Result<()> {
-        self.ops.count(DELETE, 0);
-        self.inner.delete_snapshots(snapshots)
-    }
-    fn delete_wal_segments(&self, segments: &[WalSegmentInfo]) -> client::Result<()> {
-        self.ops.count(DELETE, 0);
-        self.inner.delete_wal_segments(segments)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // HTTP
 // ---------------------------------------------------------------------------------------------
 
 /// The metrics server: one thread answering requests in turn.
-pub struct Server {
+pub(crate) struct Server {
     http: Arc<tiny_http::Server>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// `:9090` means every interface, as in Litestream (and Go's `net.Listen`).
-pub fn listen_addr(addr: &str) -> String {
+pub(crate) fn listen_addr(addr: &str) -> String {
     if addr.starts_with(':') {
         format!("0.0.0.0{addr}")
     } else {
@@ -899,7 +826,7 @@ pub fn listen_addr(addr: &str) -> String {
 
 impl Server {
     /// Binds `addr` now (so a taken port stops start-up) and serves on a new thread.
-    pub fn start(addr: &str, registry: Arc<Registry>, max_lag: Duration) -> Result<Server> {
+    pub(crate) fn start(addr: &str, registry: Arc<Registry>, max_lag: Duration) -> Result<Server> {
         let listen = listen_addr(addr);
         let listener = TcpListener::bind(&listen).with_context(|| {
             format!("cannot listen on addr {addr:?} for metrics (free the port or change `addr` in the config)")
@@ -928,7 +855,8 @@ impl Server {
         })
     }
 
-    pub fn stop(mut self) {
+    /// Stops answering and joins the server thread.
+    pub(crate) fn stop(mut self) {
         self.http.unblock();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -937,7 +865,7 @@ impl Server {
 }
 
 /// What a request gets: status, content type, body. Pure apart from taking the snapshot.
-pub fn route(
+pub(crate) fn route(
     method: &str,
     url: &str,
     registry: &Registry,

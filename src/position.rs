@@ -10,18 +10,22 @@ use std::io::Read;
 pub type Generation = String;
 
 /// The largest WAL index a generation may reach before a new generation is started.
-pub const MAX_INDEX: u32 = 0x7FFF_FFFF;
+pub(crate) const MAX_INDEX: u32 = 0x7FFF_FFFF;
 
 /// (generation, index, offset) in one WAL life. Ordered by index then offset; positions of
 /// different generations are not comparable and `PartialOrd` returns `None` for them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Position {
+    /// The generation: one unbroken history of the database, since a snapshot.
     pub generation: Generation,
+    /// The WAL index: which life of the WAL (each checkpoint that restarts it starts a new one).
     pub index: u32,
+    /// Bytes of that WAL life, header included, up to this position.
     pub offset: u64,
 }
 
 impl Position {
+    /// The position `offset` bytes into WAL index `index` of `generation`.
     pub fn new(generation: impl Into<String>, index: u32, offset: u64) -> Self {
         Position {
             generation: generation.into(),
@@ -54,7 +58,7 @@ pub fn is_generation(s: &str) -> bool {
 }
 
 /// A fresh generation id from 8 bytes of the OS random source.
-pub fn new_generation() -> std::io::Result<Generation> {
+pub(crate) fn new_generation() -> std::io::Result<Generation> {
     let mut buf = [0u8; 8];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())

@@ -17,10 +17,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::Receiver;
 
 use crate::backoff::{Backoff, Growth};
-use crate::client::ReplicaClient;
+use crate::client::{ReplicaClient, SnapshotInfo};
 use crate::codec;
 use crate::config::ReplicaConfig;
 use crate::db::{DbShared, Notice};
+use crate::layout;
 use crate::logging;
 use crate::position::Position;
 use crate::sync::Semaphore;
@@ -37,6 +38,8 @@ fn store_backoff() -> Backoff {
     .with_jitter()
 }
 
+/// One replica's thread state: its store, where the store stands in the current generation,
+/// and its schedules (snapshots, retention, validation).
 pub struct Replica {
     /// Position of this replica in its db's replica list.
     slot: usize,
@@ -63,6 +66,8 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// A replica of the db behind `db`, at `slot` in its replica list, writing through
+    /// `client`; `snapshots` bounds how many snapshots the whole daemon takes at once.
     pub fn new(
         slot: usize,
         cfg: ReplicaConfig,
@@ -87,6 +92,7 @@ impl Replica {
         }
     }
 
+    /// The replica's configured name (its `name` label).
     pub fn name(&self) -> &str {
         &self.cfg.name
     }
@@ -221,6 +227,8 @@ impl Replica {
         result
     }
 
+    /// One sync: rediscovers the store at a generation change, snapshots when the store has
+    /// none of this generation, else uploads the shadow up to its published position.
     fn sync_to_shadow(&mut self) -> Result<()> {
         let Some(target) = self.db.position() else {
             return Ok(());
@@ -252,8 +260,8 @@ impl Replica {
                 let mut r = codec::decoder(seg.compression, self.client.open_wal_segment(seg)?)?;
                 let len = io::copy(&mut r, &mut io::sink()).with_context(|| {
                     format!(
-                        "cannot read wal segment {:08x}_{:08x}",
-                        seg.index, seg.offset
+                        "cannot read wal segment {}",
+                        layout::wal_segment_stem(seg.index, seg.offset)
                     )
                 })?;
                 Some(Position::new(
@@ -266,7 +274,8 @@ impl Replica {
             (_, None) => None,
         };
         if let Some(p) = &pos {
-            if p.index > target.index || (p.index == target.index && p.offset > target.offset) {
+            // Same generation as `target` (built from it above), so the order is defined.
+            if p > target {
                 // The store holds data the shadow does not: continuing would interleave two
                 // histories. Only a new generation is safe.
                 self.db.request_new_generation();
@@ -355,8 +364,7 @@ impl Replica {
         Ok(())
     }
 
-    /// Uploads one segment per index from the replica's position up to `target`.
-    /// The next moment a scheduled snapshot or a retention check is due.
+    /// The next moment a scheduled snapshot, a retention check or a validation is due.
     fn next_scheduled(&self) -> Option<Instant> {
         let snapshot = self.snapshot_due();
         [snapshot, self.next_retention, self.next_validation]
@@ -365,7 +373,8 @@ impl Replica {
             .min()
     }
 
-    /// When the next scheduled snapshot is due: `snapshot-interval` after the newest one.
+    /// When the next scheduled snapshot is due: `snapshot-interval` after the newest one, or
+    /// the recheck of one that waited for a new index.
     fn snapshot_due(&self) -> Option<Instant> {
         let interval = self.cfg.snapshot_interval;
         if interval.is_zero() || !self.has_snapshot {
@@ -381,7 +390,8 @@ impl Replica {
         Some(Instant::now() + interval.saturating_sub(age))
     }
 
-    /// Scheduled snapshots (SPEC §5.3) and retention (SPEC §5.4), when due.
+    /// Scheduled snapshots (SPEC §5.3), validation (SPEC §5.5) and retention (SPEC §5.4),
+    /// when due.
     fn scheduled_work(&mut self) -> Result<()> {
         if self.snapshot_due().is_some_and(|at| at <= Instant::now()) {
             self.scheduled_snapshot()?;
@@ -412,7 +422,7 @@ impl Replica {
         Ok(())
     }
 
-    /// SPEC §5.5. A failure to validate (the store unreachable, the replica unreadable) counts
+    /// Runs one validation and records its outcome (SPEC §5.5). A failure to validate (the store unreachable, the replica unreadable) counts
     /// as a failed validation too: either way the replica would not restore.
     fn validate(&mut self) {
         let (db, client) = (self.db.clone(), self.client.clone());
@@ -473,7 +483,8 @@ impl Replica {
         }
     }
 
-    /// A snapshot is named by its index and restore replays that index from offset 0 anyway,
+    /// Takes a due scheduled snapshot, unless the newest snapshot is already of the current
+    /// index. A snapshot is named by its index and restore replays that index from offset 0 anyway,
     /// so a second snapshot of the same index would not shorten any restore, and overwriting
     /// the first would take away the point-in-time restores between the two. Such a snapshot
     /// waits until the index moves on (every checkpoint that restarts the WAL moves it).
@@ -509,6 +520,20 @@ impl Replica {
             .checked_sub(self.cfg.retention)
             .unwrap_or(UNIX_EPOCH);
         let current = self.db.position().map(|p| p.generation);
+        for (generation, snapshots) in self.retention_listing(cutoff)? {
+            let is_current = current.as_deref() == Some(generation.as_str());
+            self.trim_generation(&generation, snapshots, cutoff, is_current)?;
+        }
+        Ok(())
+    }
+
+    /// Every generation in the store with its snapshots. When no snapshot anywhere is newer
+    /// than `cutoff`, one is taken first (and the current generation listed again), so that
+    /// retention never leaves the store without a snapshot to restore from.
+    fn retention_listing(
+        &mut self,
+        cutoff: SystemTime,
+    ) -> Result<Vec<(String, Vec<SnapshotInfo>)>> {
         let mut listed = Vec::new();
         let mut any_kept = false;
         for generation in self.client.generations()? {
@@ -530,70 +555,80 @@ impl Replica {
                 }
             }
         }
-        for (generation, snapshots) in listed {
-            let is_current = current.as_deref() == Some(generation.as_str());
-            let mut kept: Vec<u32> = snapshots
-                .iter()
-                .filter(|s| s.created > cutoff)
-                .map(|s| s.index)
-                .collect();
-            if is_current {
-                if let Some(newest) = snapshots.iter().map(|s| s.index).max() {
-                    kept.push(newest);
-                }
+        Ok(listed)
+    }
+
+    /// Retention in one generation: without a kept snapshot (newer than `cutoff`, or the
+    /// current generation's newest) the generation goes; otherwise the snapshots and then the
+    /// WAL segments below the lowest kept snapshot.
+    fn trim_generation(
+        &mut self,
+        generation: &str,
+        snapshots: Vec<SnapshotInfo>,
+        cutoff: SystemTime,
+        is_current: bool,
+    ) -> Result<()> {
+        let mut kept: Vec<u32> = snapshots
+            .iter()
+            .filter(|s| s.created > cutoff)
+            .map(|s| s.index)
+            .collect();
+        if is_current {
+            if let Some(newest) = snapshots.iter().map(|s| s.index).max() {
+                kept.push(newest);
             }
-            let Some(&lowest) = kept.iter().min() else {
-                if !is_current {
-                    self.client.delete_generation(&generation)?;
-                    logging::info(
-                        "generation deleted",
-                        &[
-                            ("db", &self.db_label()),
-                            ("replica", &self.cfg.name),
-                            ("generation", &generation),
-                        ],
-                    );
-                }
-                continue;
-            };
-            let old_snapshots: Vec<_> =
-                snapshots.into_iter().filter(|s| s.index < lowest).collect();
-            if !old_snapshots.is_empty() {
-                self.client.delete_snapshots(&old_snapshots)?;
+        }
+        let Some(&lowest) = kept.iter().min() else {
+            if !is_current {
+                self.client.delete_generation(generation)?;
                 logging::info(
-                    "snapshots deleted",
+                    "generation deleted",
                     &[
                         ("db", &self.db_label()),
                         ("replica", &self.cfg.name),
                         ("generation", &generation),
-                        ("below_index", &format!("{lowest:08x}")),
-                        ("count", &old_snapshots.len()),
                     ],
                 );
             }
-            let old_segments: Vec<_> = self
-                .client
-                .wal_segments(&generation)?
-                .into_iter()
-                .filter(|s| s.index < lowest)
-                .collect();
-            if !old_segments.is_empty() {
-                self.client.delete_wal_segments(&old_segments)?;
-                logging::info(
-                    "wal segments deleted",
-                    &[
-                        ("db", &self.db_label()),
-                        ("replica", &self.cfg.name),
-                        ("generation", &generation),
-                        ("below_index", &format!("{lowest:08x}")),
-                        ("count", &old_segments.len()),
-                    ],
-                );
-            }
+            return Ok(());
+        };
+        let old_snapshots: Vec<_> = snapshots.into_iter().filter(|s| s.index < lowest).collect();
+        if !old_snapshots.is_empty() {
+            self.client.delete_snapshots(&old_snapshots)?;
+            logging::info(
+                "snapshots deleted",
+                &[
+                    ("db", &self.db_label()),
+                    ("replica", &self.cfg.name),
+                    ("generation", &generation),
+                    ("below_index", &format!("{lowest:08x}")),
+                    ("count", &old_snapshots.len()),
+                ],
+            );
+        }
+        let old_segments: Vec<_> = self
+            .client
+            .wal_segments(generation)?
+            .into_iter()
+            .filter(|s| s.index < lowest)
+            .collect();
+        if !old_segments.is_empty() {
+            self.client.delete_wal_segments(&old_segments)?;
+            logging::info(
+                "wal segments deleted",
+                &[
+                    ("db", &self.db_label()),
+                    ("replica", &self.cfg.name),
+                    ("generation", &generation),
+                    ("below_index", &format!("{lowest:08x}")),
+                    ("count", &old_segments.len()),
+                ],
+            );
         }
         Ok(())
     }
 
+    /// Uploads one segment per index from the replica's position up to `target`.
     fn upload_until(&mut self, target: &Position) -> Result<()> {
         loop {
             let pos = self
@@ -603,9 +638,8 @@ impl Replica {
             if pos.generation != target.generation {
                 bail!("generation changed");
             }
-            if pos.index > target.index
-                || (pos.index == target.index && pos.offset >= target.offset)
-            {
+            // Same generation (checked above), so the order is index then offset.
+            if pos >= *target {
                 return Ok(());
             }
             let path = self.db.shadow_wal_path(&pos.generation, pos.index);
@@ -647,6 +681,7 @@ impl Replica {
         }
     }
 
+    /// Uploads the shadow WAL of `pos.index` from `pos.offset` to `end` as one segment.
     fn upload_segment(&mut self, pos: &Position, end: u64) -> Result<()> {
         let started = Instant::now();
         let path = self.db.shadow_wal_path(&pos.generation, pos.index);
@@ -678,8 +713,9 @@ impl Replica {
             )
             .with_context(|| {
                 format!(
-                    "replica {}: cannot write wal segment {:08x}_{:08x}",
-                    self.cfg.name, pos.index, pos.offset
+                    "replica {}: cannot write wal segment {}",
+                    self.cfg.name,
+                    layout::wal_segment_stem(pos.index, pos.offset)
                 )
             })?;
         self.last_upload = Some(Instant::now());

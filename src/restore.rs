@@ -45,6 +45,7 @@ const DOWNLOAD_ATTEMPTS: u32 = 3;
 pub struct Options {
     /// Only this replica (by name); `None` = every replica given.
     pub replica: Option<String>,
+    /// Only this generation; `None` = the one with the newest object (see [`choose`]).
     pub generation: Option<String>,
     /// Restore up to and including this WAL index (needs `generation`).
     pub index: Option<u32>,
@@ -56,22 +57,28 @@ pub struct Options {
 
 /// A replica to restore from.
 pub struct Source {
+    /// The replica's name, as `-replica` selects it and messages name it.
     pub name: String,
+    /// Its store.
     pub client: Arc<dyn ReplicaClient>,
 }
 
 /// One generation of one replica as listed.
 #[derive(Clone, Debug)]
 pub struct GenerationListing {
+    /// Position of the replica in the sources.
     pub replica: usize,
+    /// The generation id.
     pub generation: String,
+    /// Its snapshots, sorted by index.
     pub snapshots: Vec<SnapshotInfo>,
+    /// Its WAL segments, sorted by (index, offset).
     pub segments: Vec<WalSegmentInfo>,
 }
 
 impl GenerationListing {
     /// (earliest, latest) object timestamp; `None` for an empty generation.
-    pub fn bounds(&self) -> Option<(SystemTime, SystemTime)> {
+    pub(crate) fn bounds(&self) -> Option<(SystemTime, SystemTime)> {
         let times = self
             .snapshots
             .iter()
@@ -89,7 +96,9 @@ impl GenerationListing {
 pub struct Plan {
     /// Position of the chosen replica in the sources.
     pub replica: usize,
+    /// The chosen generation.
     pub generation: String,
+    /// The snapshot the database is rebuilt from.
     pub snapshot: SnapshotInfo,
     /// Indexes from the snapshot's upward, each with its segments in offset order.
     pub indexes: Vec<(u32, Vec<WalSegmentInfo>)>,
@@ -97,7 +106,7 @@ pub struct Plan {
 
 impl Plan {
     /// The last index applied (the snapshot's when no WAL follows it).
-    pub fn last_index(&self) -> u32 {
+    pub(crate) fn last_index(&self) -> u32 {
         self.indexes
             .last()
             .map(|(i, _)| *i)
@@ -256,6 +265,10 @@ struct TempPaths {
 }
 
 impl TempPaths {
+    /// `<out>.tmp` and SQLite's files beside it. Not `files::sibling(out, ".tmp")`: the bare
+    /// stem also names spool and leftover files, and the name is taken from `out`'s last
+    /// component, so an output with a trailing `/` or one ending in `..` is handled (or
+    /// refused) as before.
     fn new(out: &Path) -> Result<TempPaths> {
         let name = out
             .file_name()
@@ -297,10 +310,7 @@ impl TempPaths {
 /// Refuses an output that exists, or that SQLite would combine with a leftover `-wal`.
 pub fn check_output(out: &Path) -> Result<()> {
     if fs::symlink_metadata(out).is_ok() {
-        bail!(
-            "cannot restore, output path already exists: {}",
-            out.display()
-        );
+        return Err(output_exists(out));
     }
     for p in [files::wal_path(out), files::shm_path(out)] {
         if fs::symlink_metadata(&p).is_ok() {
@@ -311,6 +321,15 @@ pub fn check_output(out: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The refusal of an output path that is already taken (before the restore, or by a file
+/// that appeared there while it ran): a restore never replaces anything.
+fn output_exists(out: &Path) -> anyhow::Error {
+    anyhow!(
+        "cannot restore, output path already exists: {}",
+        out.display()
+    )
 }
 
 /// Builds the database of `plan` at `out`. On error nothing is left at `out` or beside it.
@@ -400,24 +419,7 @@ fn build(
             let (window, abort, senders, pool) = (&window, &abort, &senders, &pool);
             let spool = spool.as_ref();
             threads.push(scope.spawn(move || {
-                while let Some(k) = window.next_job() {
-                    let tx = lock(senders).get_mut(k).and_then(Option::take);
-                    let Some(tx) = tx else { continue };
-                    if abort.load(Ordering::SeqCst) {
-                        continue;
-                    }
-                    let (index, segments) = &plan.indexes[k];
-                    stream_index(
-                        client.as_ref(),
-                        &plan.generation,
-                        *index,
-                        segments,
-                        &tx,
-                        pool,
-                        abort,
-                        spool,
-                    );
-                }
+                wal_worker(client.as_ref(), plan, window, senders, pool, abort, spool)
             }));
         }
         // The receivers move into `apply_all` and are dropped when it returns, so on an
@@ -438,6 +440,38 @@ fn build(
         result
     })?;
     finish(&tmp.db, &file)
+}
+
+/// One WAL worker: takes the next index the window hands out, with that index's sender, and
+/// streams it; once the restore is aborted it only drops the senders it takes, so the
+/// applier never waits on an index nobody works on.
+fn wal_worker(
+    client: &dyn ReplicaClient,
+    plan: &Plan,
+    window: &Window,
+    senders: &Mutex<Vec<Option<Sender<WalMsg>>>>,
+    pool: &BufferPool,
+    abort: &AtomicBool,
+    spool: Option<&SpoolDir<'_>>,
+) {
+    while let Some(k) = window.next_job() {
+        let tx = lock(senders).get_mut(k).and_then(Option::take);
+        let Some(tx) = tx else { continue };
+        if abort.load(Ordering::SeqCst) {
+            continue;
+        }
+        let (index, segments) = &plan.indexes[k];
+        stream_index(
+            client,
+            &plan.generation,
+            *index,
+            segments,
+            &tx,
+            pool,
+            abort,
+            spool,
+        );
+    }
 }
 
 /// The applier: the snapshot, then every WAL index strictly in order.
@@ -1402,7 +1436,7 @@ fn checkpoint_wal(
 /// Checkpoints a WAL already in place at `<db>-wal` (committed frames only, `frames` of them)
 /// into `db`, with the same proof of completeness as a restore. Used by validation to rebuild
 /// the local state at a position from the shadow WAL.
-pub fn replay_wal_in_place(db: &Path, frames: u64) -> Result<()> {
+pub(crate) fn replay_wal_in_place(db: &Path, frames: u64) -> Result<()> {
     checkpoint_wal(
         db,
         &files::wal_path(db),
@@ -1461,18 +1495,10 @@ fn publish(tmp: &Path, out: &Path) -> Result<()> {
         Ok(()) => {
             let _ = fs::remove_file(tmp);
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            bail!(
-                "cannot restore, output path already exists: {}",
-                out.display()
-            )
-        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(output_exists(out)),
         Err(_) => {
             if fs::symlink_metadata(out).is_ok() {
-                bail!(
-                    "cannot restore, output path already exists: {}",
-                    out.display()
-                );
+                return Err(output_exists(out));
             }
             fs::rename(tmp, out)
                 .with_context(|| format!("{}: cannot rename into place", out.display()))?;

@@ -30,14 +30,14 @@ const IGNORED_HEADER: [std::ops::Range<usize>; 2] = [24..28, 92..100];
 
 /// The outcome of one validation.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Ok { pages: u64 },
     Mismatch { page: u64, detail: String },
 }
 
 /// Validates the replica at the db's current published position P; `upload_until` must bring
 /// the store up to P (the replica thread's own upload, so nothing races it).
-pub fn validate(
+pub(crate) fn validate(
     db: &DbShared,
     client: &Arc<dyn ReplicaClient>,
     scratch: &Path,

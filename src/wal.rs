@@ -7,20 +7,29 @@
 
 use std::fmt;
 
+/// Bytes of the WAL header at the start of every WAL file.
 pub const WAL_HEADER_SIZE: usize = 32;
+/// Bytes of the header in front of each frame's page.
 pub const FRAME_HEADER_SIZE: usize = 24;
 /// Checksums read little-endian.
 pub const MAGIC_LE: u32 = 0x377f_0682;
 /// Checksums read big-endian.
 pub const MAGIC_BE: u32 = 0x377f_0683;
+/// The only WAL format version SQLite writes (3.7.0).
 pub const WAL_VERSION: u32 = 3_007_000;
 
+/// Why 32 bytes are not a WAL header we can follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WalError {
+    /// Fewer than `WAL_HEADER_SIZE` bytes.
     TooShort,
+    /// Neither magic number: not a WAL file (the value found).
     BadMagic(u32),
+    /// A format version other than `WAL_VERSION` (the value found).
     BadVersion(u32),
+    /// Not a power of two in 512..=65536 (the on-disk value).
     BadPageSize(u32),
+    /// The header's own checksum does not match its first 24 bytes.
     BadHeaderChecksum,
 }
 
@@ -50,18 +59,26 @@ fn be32(b: &[u8], at: usize) -> u32 {
 /// A decoded WAL header. Two headers are equal exactly when their 32 bytes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WalHeader {
+    /// `MAGIC_LE` or `MAGIC_BE`: the byte order of every checksum in this WAL.
     pub magic: u32,
+    /// Always `WAL_VERSION` once parsed.
     pub version: u32,
     /// The real page size (the on-disk value 1 means 65536).
     pub page_size: u32,
+    /// Checkpoint sequence number, incremented by SQLite at each WAL restart.
     pub checkpoint_seq: u32,
+    /// Salt-1: incremented at each restart, so it tells one WAL life from the next.
     pub salt1: u32,
+    /// Salt-2: random at each restart; frames of an older life carry another.
     pub salt2: u32,
+    /// First half of the header checksum (the start of the frame checksum chain).
     pub checksum1: u32,
+    /// Second half of the header checksum.
     pub checksum2: u32,
 }
 
 impl WalHeader {
+    /// Decodes and checks the first `WAL_HEADER_SIZE` bytes of a WAL (more are ignored).
     pub fn parse(bytes: &[u8]) -> Result<WalHeader, WalError> {
         if bytes.len() < WAL_HEADER_SIZE {
             return Err(WalError::TooShort);
@@ -99,10 +116,12 @@ impl WalHeader {
         Ok(header)
     }
 
+    /// Whether this WAL's checksums read its words big-endian (`MAGIC_BE`).
     pub fn big_endian(&self) -> bool {
         self.magic == MAGIC_BE
     }
 
+    /// Bytes of one frame: its header and one page.
     pub fn frame_size(&self) -> usize {
         FRAME_HEADER_SIZE + self.page_size as usize
     }
@@ -113,18 +132,26 @@ impl WalHeader {
     }
 }
 
+/// A decoded frame header (the 24 bytes in front of each page in a WAL).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// The database page this frame's data replaces (1-based).
     pub page_no: u32,
     /// Db size in pages after this frame's transaction; non-zero only on a commit frame.
     pub db_size: u32,
+    /// Must equal the WAL header's salt-1, else the frame belongs to another WAL life.
     pub salt1: u32,
+    /// Must equal the WAL header's salt-2.
     pub salt2: u32,
+    /// First half of the cumulative checksum up to and including this frame.
     pub checksum1: u32,
+    /// Second half of the cumulative checksum.
     pub checksum2: u32,
 }
 
 impl FrameHeader {
+    /// Decodes the first `FRAME_HEADER_SIZE` bytes; `None` when there are fewer. Checks
+    /// nothing: validity is `FrameVerifier`'s business.
     pub fn parse(bytes: &[u8]) -> Option<FrameHeader> {
         if bytes.len() < FRAME_HEADER_SIZE {
             return None;
@@ -139,6 +166,7 @@ impl FrameHeader {
         })
     }
 
+    /// Whether this frame ends a transaction (it carries the db size after it).
     pub fn is_commit(&self) -> bool {
         self.db_size != 0
     }
@@ -175,6 +203,7 @@ pub struct FrameVerifier {
 }
 
 impl FrameVerifier {
+    /// A walk from the first frame of the WAL life `header` begins.
     pub fn new(header: &WalHeader) -> FrameVerifier {
         FrameVerifier {
             header: *header,
@@ -210,6 +239,7 @@ impl FrameVerifier {
         Some(fh)
     }
 
+    /// The checksum state after the last frame accepted (to `resume` from later).
     pub fn chain(&self) -> (u32, u32) {
         self.chain
     }
@@ -217,7 +247,7 @@ impl FrameVerifier {
 
 /// True when `new` heads the WAL life right after `old`'s: SQLite adds one to salt-1 on every
 /// restart, so any other step means at least one life in between went unseen.
-pub fn is_next_life(old: &WalHeader, new: &WalHeader) -> bool {
+pub(crate) fn is_next_life(old: &WalHeader, new: &WalHeader) -> bool {
     new.salt1 == old.salt1.wrapping_add(1)
 }
 
@@ -234,7 +264,7 @@ pub fn is_next_life(old: &WalHeader, new: &WalHeader) -> bool {
 /// page in place commits), and what it overwrote cannot be known. A file that ends there was
 /// not overwritten, but it may have been truncated: `truncated` says whether it was ever seen
 /// longer. `Err` carries the reason for a log line.
-pub fn old_life_copied_whole(
+pub(crate) fn old_life_copied_whole(
     old: &WalHeader,
     new: &WalHeader,
     next: Option<&[u8]>,
@@ -295,7 +325,7 @@ pub fn db_page_size(db_header: &[u8]) -> Option<u32> {
 /// The database size a SQLite header declares (page count × page size), when the header
 /// marks that field valid: its version-valid-for number (offset 92) equals the change counter
 /// (offset 24), as in every database written by SQLite 3.7.0 or later (so every WAL-mode one).
-pub fn db_declared_size(db_header: &[u8], page_size: u32) -> Option<u64> {
+pub(crate) fn db_declared_size(db_header: &[u8], page_size: u32) -> Option<u64> {
     let be = |at: usize| -> Option<u32> {
         Some(u32::from_be_bytes(
             db_header.get(at..at + 4)?.try_into().ok()?,

@@ -42,7 +42,7 @@ struct State {
 }
 
 /// The daemon's one inotify descriptor and its thread.
-pub struct WalWatcher {
+pub(crate) struct WalWatcher {
     fd: i32,
     /// Written to stop the thread (an eventfd: closing a descriptor does not wake a `read`).
     stop_fd: i32,
@@ -51,7 +51,8 @@ pub struct WalWatcher {
 }
 
 impl WalWatcher {
-    pub fn start() -> io::Result<WalWatcher> {
+    /// Opens the inotify descriptor and starts its thread; an error means polling only.
+    pub(crate) fn start() -> io::Result<WalWatcher> {
         // SAFETY: plain syscalls on descriptors we own.
         let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
         if fd < 0 {
@@ -87,7 +88,7 @@ impl WalWatcher {
     }
 
     /// Sends a wake-up on `wake` for each burst of writes to `<db>-wal`.
-    pub fn watch(&self, db_path: &Path, wake: Sender<()>) -> io::Result<()> {
+    pub(crate) fn watch(&self, db_path: &Path, wake: Sender<()>) -> io::Result<()> {
         let dir = db_path.parent().unwrap_or_else(|| Path::new("/"));
         let mut wal_name = db_path.file_name().unwrap_or_default().as_bytes().to_vec();
         wal_name.extend_from_slice(b"-wal");

@@ -23,6 +23,7 @@ use crate::position::is_generation;
 /// A directory entry: its name and (lstat) metadata.
 type Entry = (String, fs::Metadata);
 
+/// A replica in a local directory (a `file` replica): the replica tree under `root`.
 pub struct FileClient {
     root: PathBuf,
     /// Mode of the object files (the db file's, set by the replica); directories get it with
@@ -31,6 +32,7 @@ pub struct FileClient {
 }
 
 impl FileClient {
+    /// The replica rooted at `root`, which need not exist yet (it is created on first write).
     pub fn new(root: PathBuf) -> FileClient {
         FileClient {
             root,

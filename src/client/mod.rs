@@ -6,6 +6,7 @@
 //! in the object name. Missing objects are reported as [`NotFound`] so callers can tell "absent"
 //! from "broken".
 
+pub mod counting;
 pub mod file;
 pub mod s3;
 
@@ -14,24 +15,34 @@ use std::time::SystemTime;
 
 use crate::codec::Compression;
 
+/// What a store operation returns: any error, with [`NotFound`] somewhere in its chain for a
+/// missing object.
 pub type Result<T> = anyhow::Result<T>;
 
 /// A snapshot object as listed by a store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotInfo {
+    /// The generation whose `snapshots/` holds it.
     pub generation: String,
+    /// The WAL index the snapshot was taken at; restore replays that index on top of it.
     pub index: u32,
     /// Compressed size in bytes, as stored.
     pub size: u64,
     /// From the store: file mtime, S3 LastModified.
     pub created: SystemTime,
+    /// How the object is compressed (from its name's suffix).
     pub compression: Compression,
 }
 
 impl SnapshotInfo {
     /// The snapshot a store lists under `name` (a file name in `snapshots/`); `None` for a
     /// name that is not one of ours.
-    pub fn from_name(generation: &str, name: &str, size: u64, created: SystemTime) -> Option<Self> {
+    pub(crate) fn from_name(
+        generation: &str,
+        name: &str,
+        size: u64,
+        created: SystemTime,
+    ) -> Option<Self> {
         let (index, compression) = crate::layout::parse_snapshot_name(name)?;
         Some(SnapshotInfo {
             generation: generation.to_string(),
@@ -46,19 +57,29 @@ impl SnapshotInfo {
 /// A WAL segment object as listed by a store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalSegmentInfo {
+    /// The generation whose `wal/` holds it.
     pub generation: String,
+    /// The WAL index (one WAL life) the segment belongs to.
     pub index: u32,
+    /// Byte offset in that index's WAL where the segment's uncompressed bytes start.
     pub offset: u64,
     /// Compressed size in bytes, as stored.
     pub size: u64,
+    /// From the store: file mtime, S3 LastModified.
     pub created: SystemTime,
+    /// How the object is compressed (from its name's suffix).
     pub compression: Compression,
 }
 
 impl WalSegmentInfo {
     /// The WAL segment a store lists under `name` (a file name in `wal/`); `None` for a name
     /// that is not one of ours.
-    pub fn from_name(generation: &str, name: &str, size: u64, created: SystemTime) -> Option<Self> {
+    pub(crate) fn from_name(
+        generation: &str,
+        name: &str,
+        size: u64,
+        created: SystemTime,
+    ) -> Option<Self> {
         let (index, offset, compression) = crate::layout::parse_wal_segment_name(name)?;
         Some(WalSegmentInfo {
             generation: generation.to_string(),
@@ -95,7 +116,9 @@ pub fn is_not_found(err: &anyhow::Error) -> bool {
 /// never write (`..`, an absolute path, a non-hex index) means someone else writes there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listing<T> {
+    /// The objects (or generation ids) we recognise, sorted.
     pub items: Vec<T>,
+    /// Every other name found, relative to the replica root.
     pub foreign: Vec<String>,
 }
 
@@ -121,18 +144,22 @@ pub trait ReplicaClient: Send + Sync {
         self.kind() != "file"
     }
 
+    /// Generation ids in the store, and the foreign names beside them.
     fn list_generations(&self) -> Result<Listing<String>>;
     /// Snapshots of one generation; an unknown generation lists as empty.
     fn list_snapshots(&self, generation: &str) -> Result<Listing<SnapshotInfo>>;
     /// WAL segments of one generation; an unknown generation lists as empty.
     fn list_wal_segments(&self, generation: &str) -> Result<Listing<WalSegmentInfo>>;
 
+    /// Generation ids, foreign names ignored.
     fn generations(&self) -> Result<Vec<String>> {
         Ok(self.list_generations()?.items)
     }
+    /// Snapshots of one generation, foreign names ignored.
     fn snapshots(&self, generation: &str) -> Result<Vec<SnapshotInfo>> {
         Ok(self.list_snapshots(generation)?.items)
     }
+    /// WAL segments of one generation, foreign names ignored.
     fn wal_segments(&self, generation: &str) -> Result<Vec<WalSegmentInfo>> {
         Ok(self.list_wal_segments(generation)?.items)
     }
@@ -162,13 +189,18 @@ pub trait ReplicaClient: Send + Sync {
     /// The compressed bytes of a WAL segment; [`NotFound`] when it is gone.
     fn open_wal_segment(&self, info: &WalSegmentInfo) -> Result<Box<dyn Read + Send>>;
 
+    /// Removes a whole generation (retention, once none of its snapshots is kept).
     fn delete_generation(&self, generation: &str) -> Result<()>;
+    /// Removes these snapshots.
     fn delete_snapshots(&self, snapshots: &[SnapshotInfo]) -> Result<()>;
+    /// Removes these WAL segments.
     fn delete_wal_segments(&self, segments: &[WalSegmentInfo]) -> Result<()>;
 }
 
 /// The client for a configured replica.
-pub fn open(cfg: &crate::config::ReplicaConfig) -> Result<std::sync::Arc<dyn ReplicaClient>> {
+pub(crate) fn open(
+    cfg: &crate::config::ReplicaConfig,
+) -> Result<std::sync::Arc<dyn ReplicaClient>> {
     match &cfg.target {
         crate::config::ReplicaTarget::File { path } => {
             Ok(std::sync::Arc::new(file::FileClient::new(path.clone())))

@@ -32,13 +32,14 @@ use crate::layout;
 use crate::position::is_generation;
 
 /// Objects up to this size go in one PUT; larger ones in parts of this size.
-pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+pub(crate) const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 /// Attempts of one request before a transient failure is reported.
 const ATTEMPTS: u32 = 5;
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 /// Largest error body we read to find the store's error code.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
 
+/// A replica in an S3-compatible bucket (an `s3` replica): the replica tree under a key prefix.
 pub struct S3Client {
     bucket: Box<Bucket>,
     /// Key prefix without leading or trailing slash; empty for the bucket root.
@@ -73,6 +74,9 @@ fn credentials(cfg: &S3Config, env: &dyn Fn(&str) -> Option<String>) -> Result<C
 }
 
 impl S3Client {
+    /// The client for replica `name` as configured; fails when no credentials are found or
+    /// the bucket or region is unusable. Its only request is the lookup of the bucket's
+    /// region, when the config names neither a region nor an endpoint.
     pub fn new(name: &str, cfg: &S3Config) -> Result<S3Client> {
         let env = |k: &str| std::env::var(k).ok();
         let creds = credentials(cfg, &env).with_context(|| format!("replica {name}"))?;
