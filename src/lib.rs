@@ -7,6 +7,8 @@
 //! command.
 //! See ARCHITECTURE.md for the code map.
 
+#![warn(missing_docs)]
+
 pub mod backoff;
 pub mod cli;
 pub mod client;

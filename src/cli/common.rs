@@ -22,6 +22,7 @@ pub fn load_config(config_flag: Option<&str>, expand_env: bool) -> Result<Config
 pub struct Target {
     /// The configured db, when the argument was a db path.
     pub db: Option<DbConfig>,
+    /// The replicas to read: the db's, or the one the URL names.
     pub replicas: Vec<ReplicaConfig>,
     /// The config the db came from (logging settings), if one was read.
     pub config: Option<Config>,
@@ -143,13 +144,16 @@ pub fn parse_timestamp(s: &str) -> Result<SystemTime> {
     t.ok_or_else(bad)
 }
 
+/// A time as the listings print it: RFC 3339 in UTC, to the second.
 pub fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// What `generations`, `snapshots` and `wal` share: flags, the target and its clients.
 pub struct Listing {
+    /// Each replica's name and client.
     pub clients: Vec<(String, Arc<dyn ReplicaClient>)>,
+    /// `-generation`, when given.
     pub generation: Option<String>,
 }
 
