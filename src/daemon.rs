@@ -17,9 +17,9 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::client;
-use crate::config::Config;
-use crate::db::{default_meta_dir, Db, DbShared};
+use crate::client::{self, ReplicaClient};
+use crate::config::{Config, DbConfig};
+use crate::db::{default_meta_dir, Db, DbShared, Notice};
 use crate::logging;
 use crate::metrics::{self, DbMetrics, Registry};
 use crate::replica::Replica;
@@ -29,13 +29,97 @@ use crate::watch;
 /// How long replicas may keep uploading after a stop signal.
 pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Every db's replica clients, in config order; the first that cannot be opened is the error.
+fn open_clients(config: &Config) -> Result<Vec<Vec<Arc<dyn ReplicaClient>>>> {
+    config
+        .dbs
+        .iter()
+        .map(|db| {
+            db.replicas
+                .iter()
+                .map(|r| {
+                    client::open(r)
+                        .with_context(|| format!("{}: replica {}", db.path.display(), r.name))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A replica's stop channel (carrying the shutdown deadline) and thread.
+type ReplicaRuntime = (Sender<Instant>, JoinHandle<()>);
+
+/// Starts one thread per replica of a db; returns their wake-up senders, for the db thread.
+fn start_replicas(
+    db_cfg: &DbConfig,
+    clients: Vec<Arc<dyn ReplicaClient>>,
+    shared: &Arc<DbShared>,
+    registry: &Registry,
+    snapshots: &Arc<Semaphore>,
+) -> Result<(Vec<Sender<Notice>>, Vec<ReplicaRuntime>)> {
+    let mut notices = Vec::new();
+    let mut replicas = Vec::new();
+    for (slot, (r_cfg, client)) in db_cfg.replicas.iter().zip(clients).enumerate() {
+        logging::info(
+            "replicating to",
+            &[
+                ("db", &db_cfg.path.display()),
+                ("name", &r_cfg.name),
+                ("type", &client.kind()),
+                ("target", &client.describe()),
+                ("sync-interval", &format!("{:?}", r_cfg.sync_interval)),
+            ],
+        );
+        // Capacity 1: one pending wake-up says all there is to say.
+        let (ntx, nrx) = bounded(1);
+        let (stx, srx) = bounded(1);
+        let replica = Replica::new(
+            slot,
+            r_cfg.clone(),
+            client::counting::wrap(client, registry),
+            shared.clone(),
+            snapshots.clone(),
+        );
+        let thread = spawn(format!("replica-{}", r_cfg.name), move || {
+            replica.run(nrx, srx)
+        })?;
+        notices.push(ntx);
+        replicas.push((stx, thread));
+    }
+    Ok((notices, replicas))
+}
+
+/// The db thread's wake-ups from the WAL watcher; `None` when its WAL cannot be watched, and
+/// the db is polled at monitor-interval (a wake channel that never fires keeps its loop from
+/// spinning on a disconnected one).
+fn wake_channel(
+    watcher: &io::Result<watch::WalWatcher>,
+    db_cfg: &DbConfig,
+) -> Option<Receiver<()>> {
+    let (wake_tx, wake_rx): (Sender<()>, Receiver<()>) = bounded(1);
+    let watched = match watcher {
+        Ok(w) => w.watch(&db_cfg.path, wake_tx),
+        Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
+    };
+    match watched {
+        Ok(()) => Some(wake_rx),
+        Err(err) => {
+            logging::warn(
+                "cannot watch the wal file; polling at monitor-interval only",
+                &[("db", &db_cfg.path.display()), ("error", &err)],
+            );
+            None
+        }
+    }
+}
+
 /// Small stacks: a thread per db and per replica must stay cheap for many databases.
 const THREAD_STACK: usize = 256 * 1024;
 
 struct DbRuntime {
     stop: Sender<()>,
     thread: JoinHandle<()>,
-    replicas: Vec<(Sender<Instant>, JoinHandle<()>)>,
+    replicas: Vec<ReplicaRuntime>,
 }
 
 /// A running daemon: every db and replica thread, and the metrics server.
@@ -52,17 +136,8 @@ impl Daemon {
     pub(crate) fn start(config: &Config) -> Result<Daemon> {
         limit_allocator_caches();
         let snapshots = Arc::new(Semaphore::new(config.snapshot_concurrency));
-        // Build every client first, so a bad replica stops start-up before any thread runs.
-        let mut clients = Vec::new();
-        for db in &config.dbs {
-            let mut list = Vec::new();
-            for r in &db.replicas {
-                let c = client::open(r)
-                    .with_context(|| format!("{}: replica {}", db.path.display(), r.name))?;
-                list.push(c);
-            }
-            clients.push(list);
-        }
+        // Every client first, so a bad replica stops start-up before any thread runs.
+        let clients = open_clients(config)?;
         let db_metrics: Vec<Arc<DbMetrics>> = config
             .dbs
             .iter()
@@ -95,53 +170,10 @@ impl Daemon {
                 db_cfg.replicas.len(),
                 db_metrics,
             ));
-            let mut notices = Vec::new();
-            let mut replicas = Vec::new();
-            for (slot, (r_cfg, client)) in db_cfg.replicas.iter().zip(clients).enumerate() {
-                logging::info(
-                    "replicating to",
-                    &[
-                        ("db", &db_cfg.path.display()),
-                        ("name", &r_cfg.name),
-                        ("type", &client.kind()),
-                        ("target", &client.describe()),
-                        ("sync-interval", &format!("{:?}", r_cfg.sync_interval)),
-                    ],
-                );
-                // Capacity 1: one pending wake-up says all there is to say.
-                let (ntx, nrx) = bounded(1);
-                let (stx, srx) = bounded(1);
-                let replica = Replica::new(
-                    slot,
-                    r_cfg.clone(),
-                    client::counting::wrap(client, &registry),
-                    shared.clone(),
-                    snapshots.clone(),
-                );
-                let thread = spawn(format!("replica-{}", r_cfg.name), move || {
-                    replica.run(nrx, srx)
-                })?;
-                notices.push(ntx);
-                replicas.push((stx, thread));
-            }
+            let (notices, replicas) =
+                start_replicas(db_cfg, clients, &shared, &registry, &snapshots)?;
             let (stop_tx, stop_rx) = bounded(1);
-            let (wake_tx, wake_rx): (Sender<()>, Receiver<()>) = bounded(1);
-            let watched = match &watcher {
-                Ok(w) => w.watch(&db_cfg.path, wake_tx),
-                Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
-            };
-            // Unwatched, the db is polled at monitor-interval; a wake channel that never fires
-            // keeps its loop from spinning on a disconnected one.
-            let wake_rx = match watched {
-                Ok(()) => Some(wake_rx),
-                Err(err) => {
-                    logging::warn(
-                        "cannot watch the wal file; polling at monitor-interval only",
-                        &[("db", &db_cfg.path.display()), ("error", &err)],
-                    );
-                    None
-                }
-            };
+            let wake_rx = wake_channel(&watcher, db_cfg);
             let db = Db::new(db_cfg.clone(), shared, notices);
             let thread = spawn("db".into(), move || db.run(stop_rx, wake_rx))?;
             dbs.push(DbRuntime {
