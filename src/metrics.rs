@@ -571,9 +571,22 @@ impl<'a> Family<'a> {
     }
 }
 
-/// Renders a snapshot in the Prometheus text format 0.0.4. Pure.
+/// Renders a snapshot in the Prometheus text format 0.0.4, one group of families after
+/// another, always in the same order. Pure.
 pub(crate) fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096 + 2048 * s.dbs.len());
+    render_db(&mut out, s);
+    render_checkpoints(&mut out, s);
+    render_replicas(&mut out, s);
+    render_store_operations(&mut out, s);
+    if let Some(p) = &s.process {
+        render_process(&mut out, p);
+    }
+    out
+}
+
+/// The per-db gauges and counters.
+fn render_db(out: &mut String, s: &Snapshot) {
     type DbValue = fn(&DbSnapshot) -> f64;
     let db_families: [(&str, &str, &str, DbValue); 8] = [
         (
@@ -626,11 +639,15 @@ pub(crate) fn render(s: &Snapshot) -> String {
         ),
     ];
     for (name, kind, help, value) in db_families {
-        let mut f = Family::new(&mut out, name, kind, help);
+        let mut f = Family::new(out, name, kind, help);
         for d in &s.dbs {
             f.sample(&[("db", &d.path)], value(d));
         }
     }
+}
+
+/// Checkpoints per db and mode.
+fn render_checkpoints(out: &mut String, s: &Snapshot) {
     type CkValue = fn(&(u64, u64, f64)) -> f64;
     let ck_families: [(&str, &str, CkValue); 3] = [
         (
@@ -650,13 +667,17 @@ pub(crate) fn render(s: &Snapshot) -> String {
         ),
     ];
     for (name, help, value) in ck_families {
-        let mut f = Family::new(&mut out, name, "counter", help);
+        let mut f = Family::new(out, name, "counter", help);
         for d in &s.dbs {
             for (mode, c) in MODES.iter().zip(&d.checkpoints) {
                 f.sample(&[("db", &d.path), ("mode", mode)], value(c));
             }
         }
     }
+}
+
+/// The per-replica families.
+fn render_replicas(out: &mut String, s: &Snapshot) {
     type RValue = fn(&ReplicaSnapshot) -> f64;
     let r_families: [(&str, &str, &str, RValue); 4] = [
         ("litestream_replica_wal_index", "gauge", "The current WAL index of the replica.", |r| r.wal_index as f64),
@@ -665,7 +686,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
         ("litestream_replica_wal_bytes", "counter", "Number of WAL bytes written to the replica (uncompressed).", |r| r.wal_bytes as f64),
     ];
     for (name, kind, help, value) in r_families {
-        let mut f = Family::new(&mut out, name, kind, help);
+        let mut f = Family::new(out, name, kind, help);
         for d in &s.dbs {
             for r in &d.replicas {
                 f.sample(&[("db", &d.path), ("name", &r.name)], value(r));
@@ -674,7 +695,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
     }
     {
         let mut f = Family::new(
-            &mut out,
+            out,
             "litestream_replica_validation_total",
             "counter",
             "Number of replica validations, by result.",
@@ -690,6 +711,10 @@ pub(crate) fn render(s: &Snapshot) -> String {
             }
         }
     }
+}
+
+/// Store operations and their bytes, per replica type.
+fn render_store_operations(out: &mut String, s: &Snapshot) {
     for (name, help, bytes) in [
         (
             "litestream_replica_operation_total",
@@ -702,7 +727,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
             true,
         ),
     ] {
-        let mut f = Family::new(&mut out, name, "counter", help);
+        let mut f = Family::new(out, name, "counter", help);
         for o in &s.ops {
             for (i, op) in OPERATIONS.iter().enumerate() {
                 if bytes && !matches!(i, GET | PUT) {
@@ -716,52 +741,53 @@ pub(crate) fn render(s: &Snapshot) -> String {
             }
         }
     }
-    if let Some(p) = &s.process {
-        let mut fams: Vec<(&'static str, &str, &str, f64)> = vec![
-            (
-                "process_cpu_seconds_total",
-                "counter",
-                "Total user and system CPU time spent in seconds.",
-                p.cpu_seconds,
-            ),
-            (
-                "process_resident_memory_bytes",
-                "gauge",
-                "Resident memory size in bytes.",
-                p.resident_bytes as f64,
-            ),
-            (
-                "process_virtual_memory_bytes",
-                "gauge",
-                "Virtual memory size in bytes.",
-                p.virtual_bytes as f64,
-            ),
-            (
-                "process_start_time_seconds",
-                "gauge",
-                "Start time of the process since unix epoch in seconds.",
-                p.start_time_seconds,
-            ),
-            (
-                "process_open_fds",
-                "gauge",
-                "Number of open file descriptors.",
-                p.open_fds as f64,
-            ),
-        ];
-        if let Some(max) = p.max_fds {
-            fams.push((
-                "process_max_fds",
-                "gauge",
-                "Maximum number of open file descriptors.",
-                max as f64,
-            ));
-        }
-        for (name, kind, help, v) in fams {
-            Family::new(&mut out, name, kind, help).sample(&[], v);
-        }
+}
+
+/// The standard `process_*` families.
+fn render_process(out: &mut String, p: &ProcessStats) {
+    let mut fams: Vec<(&'static str, &str, &str, f64)> = vec![
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            p.resident_bytes as f64,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            p.virtual_bytes as f64,
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time_seconds,
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            p.open_fds as f64,
+        ),
+    ];
+    if let Some(max) = p.max_fds {
+        fams.push((
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            max as f64,
+        ));
     }
-    out
+    for (name, kind, help, v) in fams {
+        Family::new(out, name, kind, help).sample(&[], v);
+    }
 }
 
 /// `Ok` when every replica's lag is under `max_lag`, else one line per lagging replica. Pure.
