@@ -322,80 +322,20 @@ impl S3Client {
             return Ok((n as u64, SystemTime::now()));
         }
 
-        let make = || Command::InitiateMultipartUpload {
-            content_type: "application/octet-stream",
-        };
-        let resp = self.call("PUT (initiate multipart)", key, key, &make, None)?;
-        let body = read_body(resp, MAX_ERROR_BODY)?;
-        let init: InitiateMultipartUploadResponse =
-            quick_xml::de::from_str(&body).map_err(|e| {
-                anyhow!(
-                    "PUT {}: unreadable multipart reply: {e}",
-                    self.describe_key(key)
-                )
-            })?;
-        let upload_id = init.upload_id;
+        let upload_id = self.initiate_multipart(key)?;
         let result = (|| -> Result<u64> {
             let mut parts = Vec::new();
             let mut total = 0u64;
             let mut len = n;
-            loop {
+            while len > 0 {
                 let number = parts.len() as u32 + 1;
-                let content = &buf[..len];
-                let make = || Command::PutObject {
-                    content,
-                    content_type: "application/octet-stream",
-                    custom_headers: None,
-                    multipart: Some(Multipart::new(number, &upload_id)),
-                };
-                let resp = self.call(
-                    &format!("PUT (part {number})"),
-                    key,
-                    key,
-                    &make,
-                    Some(content),
-                )?;
-                let etag = resp
-                    .headers()
-                    .get("etag")
-                    .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "PUT {} part {number}: no ETag in reply",
-                            self.describe_key(key)
-                        )
-                    })?
-                    .to_string();
-                parts.push(Part {
-                    part_number: number,
-                    etag,
-                });
+                parts.push(self.put_part(key, &upload_id, number, &buf[..len])?);
                 total += len as u64;
                 len = read_full(data, &mut buf).with_context(|| {
                     format!("cannot read the data for {}", self.describe_key(key))
                 })?;
-                if len == 0 {
-                    break;
-                }
             }
-            let make = || Command::CompleteMultipartUpload {
-                upload_id: &upload_id,
-                data: CompleteMultipartUploadData {
-                    parts: parts.clone(),
-                },
-            };
-            let resp = self.call("PUT (complete multipart)", key, key, &make, None)?;
-            // S3 can report a failed completion inside a 200 reply.
-            let body = read_body(resp, MAX_ERROR_BODY)?;
-            if body.contains("<Error>") {
-                let (code, message) = error_fields(&body);
-                bail!(
-                    "PUT {}: multipart completion failed: {} {}",
-                    self.describe_key(key),
-                    code.unwrap_or_default(),
-                    message.unwrap_or_default()
-                );
-            }
+            self.complete_multipart(key, &upload_id, parts)?;
             Ok(total)
         })();
         match result {
@@ -408,6 +348,78 @@ impl S3Client {
                 Err(e)
             }
         }
+    }
+
+    /// Starts a multipart upload of `key`; returns its upload id.
+    fn initiate_multipart(&self, key: &str) -> Result<String> {
+        let make = || Command::InitiateMultipartUpload {
+            content_type: "application/octet-stream",
+        };
+        let resp = self.call("PUT (initiate multipart)", key, key, &make, None)?;
+        let body = read_body(resp, MAX_ERROR_BODY)?;
+        let init: InitiateMultipartUploadResponse =
+            quick_xml::de::from_str(&body).map_err(|e| {
+                anyhow!(
+                    "PUT {}: unreadable multipart reply: {e}",
+                    self.describe_key(key)
+                )
+            })?;
+        Ok(init.upload_id)
+    }
+
+    /// Uploads part `number` of a multipart upload; returns it with its ETag.
+    fn put_part(&self, key: &str, upload_id: &str, number: u32, content: &[u8]) -> Result<Part> {
+        let make = || Command::PutObject {
+            content,
+            content_type: "application/octet-stream",
+            custom_headers: None,
+            multipart: Some(Multipart::new(number, upload_id)),
+        };
+        let resp = self.call(
+            &format!("PUT (part {number})"),
+            key,
+            key,
+            &make,
+            Some(content),
+        )?;
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                anyhow!(
+                    "PUT {} part {number}: no ETag in reply",
+                    self.describe_key(key)
+                )
+            })?
+            .to_string();
+        Ok(Part {
+            part_number: number,
+            etag,
+        })
+    }
+
+    /// Completes a multipart upload from its parts.
+    fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<Part>) -> Result<()> {
+        let make = || Command::CompleteMultipartUpload {
+            upload_id,
+            data: CompleteMultipartUploadData {
+                parts: parts.clone(),
+            },
+        };
+        let resp = self.call("PUT (complete multipart)", key, key, &make, None)?;
+        // S3 can report a failed completion inside a 200 reply.
+        let body = read_body(resp, MAX_ERROR_BODY)?;
+        if body.contains("<Error>") {
+            let (code, message) = error_fields(&body);
+            bail!(
+                "PUT {}: multipart completion failed: {} {}",
+                self.describe_key(key),
+                code.unwrap_or_default(),
+                message.unwrap_or_default()
+            );
+        }
+        Ok(())
     }
 
     fn get(&self, key: &str) -> Result<Box<dyn Read + Send>> {
