@@ -109,12 +109,6 @@ impl S3Client {
         })
     }
 
-    /// Uploads of more than `part_size` bytes go multipart (tests use small parts).
-    pub fn with_part_size(mut self, part_size: usize) -> S3Client {
-        self.part_size = part_size.max(5 * 1024 * 1024);
-        self
-    }
-
     fn key(&self, rel: &str) -> String {
         if self.prefix.is_empty() {
             rel.to_string()
