@@ -139,7 +139,19 @@ pub fn create_dir_all(dir: &Path, mode: u32, owner: Option<Owner>) -> Result<()>
             let _ = std::os::unix::fs::chown(dir, Some(owner.uid), Some(owner.gid));
         }
     }
-    fsync_dir(parent_dir(dir))?;
+    // A daemon may write into a directory it cannot read (mode 0733, say), and opening a
+    // directory to fsync it needs read permission: there, the new entry's durability is the
+    // file system's, as it was before this fsync existed.
+    match File::open(parent_dir(dir)) {
+        Ok(d) => d
+            .sync_all()
+            .with_context(|| format!("{}: cannot fsync directory", parent_dir(dir).display()))?,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("{}: cannot fsync directory", parent_dir(dir).display()))
+        }
+    }
     Ok(())
 }
 

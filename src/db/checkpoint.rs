@@ -238,13 +238,15 @@ impl Db {
         let wal_file =
             File::open(&wal).with_context(|| format!("{}: cannot open wal", wal.display()))?;
         let mut hdr = [0u8; WAL_HEADER_SIZE];
-        let whole_header = read_at_most(&wal_file, 0, &mut hdr)? == hdr.len();
+        if read_at_most(&wal_file, 0, &mut hdr)? < hdr.len() {
+            return Ok(verdict::old_life(shadow, None, None, false));
+        }
         let mut next = [0u8; FRAME_HEADER_SIZE];
         let got = read_at_most(&wal_file, shadow.size, &mut next)?;
         let truncated = wal_file.metadata()?.len() < self.wal_len_max;
         Ok(verdict::old_life(
             shadow,
-            whole_header.then_some(&hdr),
+            Some(&hdr),
             (got == next.len()).then_some(&next[..]),
             truncated,
         ))
@@ -255,15 +257,11 @@ impl Db {
     /// (at mark 0, which allows one restart, of that life), release the lock and write our
     /// `_litestream_seq` row, whose read then begins on a fully checkpointed WAL, so the write
     /// restarts it. The application may get the write lock first and restart it itself, which
-    /// is as safe. `Some((frames, checkpointed))` of the backfill when the WAL was emptied,
-    /// `None` when it could not be (the lock or a reader of the application was in the way).
-    /// `emptied` is set after a PASSIVE pass that emptied the WAL (of that many frames), when
-    /// no restart was asked for: frames committed since then mean no restart this time, rather
-    /// than a backfill (and its fsyncs) while the application waits on our lock.
-    /// With `shrink`, our restart also truncates the WAL file to `TRUNCATED_WAL_BYTES`. Only
-    /// then: an application that grows the WAL again after each truncation pays for fresh
-    /// file blocks and zeroed page-cache pages on every write (measured: +70% of its system
-    /// time per transaction), where overwriting the existing file costs nothing extra.
+    /// is as safe. The backfill's counts when the WAL was emptied, `None` when it could not be
+    /// (the lock or a reader of the application was in the way). `unless_beyond` and
+    /// `shrink_to` are `policy::AfterPass::Restart`'s: no restart when frames were committed
+    /// since an emptying PASSIVE pass; with `shrink_to` (TRUNCATE only, see
+    /// `policy::truncate_target`) our restart also truncates the WAL file.
     pub(super) fn restart_wal(
         &mut self,
         pin: &Connection,

@@ -34,11 +34,11 @@ mod verdict;
 
 use policy::CheckpointPolicy;
 use shadow::{
-    highest_shadow_index, read_header, remove_indexes_below, remove_other_generations,
-    remove_tmp_files, wal_frames, Shadow,
+    highest_shadow_index, remove_indexes_below, remove_other_generations, remove_tmp_files,
+    wal_facts, wal_frames, Shadow,
 };
 pub use shadow::{shadow_wal_dir, shadow_wal_path};
-use verdict::{Follow, Reason, Verdict, WalFacts, When};
+use verdict::{Follow, Reason, Verdict, When};
 
 use crate::config::DbConfig;
 use crate::files::{self, create_file, wal_path, write_atomic};
@@ -181,7 +181,7 @@ pub struct Db {
     meta_lock: Option<File>,
     /// The WAL file as the last successful full tick found it before reading it.
     wal_seen: Option<WalStat>,
-    /// The copy buffer while frames keep coming (see `copy_frames`).
+    /// The copy buffer while frames keep coming (see `Shadow::copy_from`).
     copy_buffer: Vec<u8>,
     /// The generation and first kept index `clean_up_shadow` last acted on.
     cleaned_for: Option<(String, u32)>,
@@ -499,14 +499,14 @@ impl Db {
     /// `verdict::follow` on the files as they are now.
     fn follow(&self, shadow: &Shadow, when: When) -> Result<Follow> {
         let wal = wal_path(&self.shared.path);
-        let facts = WalFacts {
-            len: files::len_or_zero(&wal),
-            header: read_header(&wal)?,
-        };
         let shadow_len = fs::metadata(&shadow.path).ok().map(|m| m.len());
-        verdict::follow(shadow, shadow_len, &facts, when, || {
-            shadow.last_frame_matches(&wal)
-        })
+        verdict::follow(
+            shadow,
+            shadow_len,
+            || wal_facts(&wal),
+            when,
+            || shadow.last_frame_matches(&wal),
+        )
     }
 
     /// The WAL was restarted while our read transaction made that safe: copy what is left of
@@ -536,10 +536,16 @@ impl Db {
 
     /// Creates shadow file `index` holding the real WAL's header.
     fn create_shadow(&self, generation: &str, index: u32) -> Result<Shadow> {
-        let meta_dir = &self.shared.meta_dir;
-        create_dir_like(&shadow_wal_dir(meta_dir, generation), &self.shared.path)?;
         let wal = wal_path(&self.shared.path);
-        Shadow::create(meta_dir, &wal, generation, index, self.shared.file_mode())
+        let db = &self.shared.path;
+        Shadow::create(
+            &self.shared.meta_dir,
+            &wal,
+            generation,
+            index,
+            self.shared.file_mode(),
+            |dir| create_dir_like(dir, db),
+        )
     }
 
     /// SPEC §4.4: a fresh generation, shadow index 0 from the current WAL.

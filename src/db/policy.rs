@@ -15,7 +15,7 @@
 //! After a checkpoint (`CheckpointPolicy::record`): a RESTART or TRUNCATE that did not
 //! restart the WAL backs RESTART off (1 s, doubling to 60 s; PASSIVE keeps its own pace
 //! meanwhile); SQLite's checkpoint lock found taken is no reason to back off and is tried again
-//! soon (`LOCK_BUSY_RETRY`).
+//! soon (`lock_busy_retry`).
 
 use std::time::{Duration, Instant};
 
@@ -114,7 +114,7 @@ impl PassCounts {
 pub enum AfterPass {
     /// Nothing: the pass was all that was asked for, or all that could be done.
     Done,
-    /// Restart the WAL (`Checkpoint::restart_wal`).
+    /// Restart the WAL (`Db::restart_wal`).
     Restart {
         /// Truncate the WAL file to this many bytes as it restarts (TRUNCATE only).
         shrink_to: Option<u64>,
@@ -245,7 +245,7 @@ impl CheckpointPolicy {
     /// Records a checkpoint that ended at `now`.
     ///
     /// A pass that found SQLite's checkpoint lock taken is dated back so that the next try
-    /// comes `LOCK_BUSY_RETRY` later rather than a whole interval (which lets the WAL grow),
+    /// comes `lock_busy_retry` later rather than a whole interval (which lets the WAL grow),
     /// and not on every tick either: each try releases our read lock and lets the
     /// application's own checkpoint backfill another sliver on its thread. A RESTART, whose
     /// gap is shorter, does retry on the next ticks: under a writer that never pauses the

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 
-use super::verdict::{Reason, Verdict};
+use super::verdict::{Reason, Verdict, WalFacts};
 use crate::codec;
 use crate::files::{self, read_at, read_at_most};
 use crate::position::Position;
@@ -80,19 +80,22 @@ impl Shadow {
         Position::new(self.generation.clone(), self.index, self.size)
     }
 
-    /// Creates shadow file `index` of `generation` in `meta_dir` (whose directory exists),
-    /// holding the real WAL's header, durably.
+    /// Creates shadow file `index` of `generation` in `meta_dir`, holding the real WAL's
+    /// header, durably. `make_dir` creates the generation's directory, once the WAL's header
+    /// has been read (so a WAL without one leaves no empty directory behind).
     pub(super) fn create(
         meta_dir: &Path,
         wal: &Path,
         generation: &str,
         index: u32,
         mode: u32,
+        make_dir: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Shadow> {
         let mut header_bytes = [0u8; WAL_HEADER_SIZE];
         read_at(wal, 0, &mut header_bytes)?;
         let header =
             WalHeader::parse(&header_bytes).map_err(|e| anyhow!("{}: {e}", wal.display()))?;
+        make_dir(&shadow_wal_dir(meta_dir, generation))?;
         let path = shadow_wal_path(meta_dir, generation, index);
         let mut f = files::create_file(&path, mode)?;
         f.write_all(&header_bytes)
@@ -165,7 +168,7 @@ impl Shadow {
         Ok(ours == theirs)
     }
 
-    /// Appends the WAL's newly committed frames to the shadow in one pass: each frame is
+    /// Appends the WAL's newly committed frames to the shadow in one read of them: each frame is
     /// verified (salts and checksum chain) in the buffer it was read into and written from
     /// that buffer at the same offset in the shadow. Frames past the last commit (an open
     /// transaction) are written too, but `size` stays at the last commit: nothing reads a
@@ -349,6 +352,19 @@ fn open_for_writing(path: &Path) -> Result<File> {
         .write(true)
         .open(path)
         .with_context(|| format!("{}: cannot open shadow wal", path.display()))
+}
+
+/// The real WAL's length and header, from one `stat` (and one read when it has a header).
+pub(super) fn wal_facts(wal: &Path) -> Result<WalFacts> {
+    let len = files::len_or_zero(wal);
+    let header = if len >= WAL_HEADER_SIZE as u64 {
+        let mut hdr = [0u8; WAL_HEADER_SIZE];
+        read_at(wal, 0, &mut hdr)?;
+        Some(hdr)
+    } else {
+        None
+    };
+    Ok(WalFacts { len, header })
 }
 
 /// The real WAL's header, or `None` while the file is shorter than one.

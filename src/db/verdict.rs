@@ -125,12 +125,14 @@ pub struct WalFacts {
 }
 
 /// Whether `shadow` (whose file is `shadow_file_len` long, `None` when missing) still follows
-/// the WAL described by `wal`. `last_frame_matches` compares the shadow's last frame with the
-/// WAL's bytes at the same offset; it runs only when every other check passed.
+/// the WAL that `wal` describes. `wal` runs once the shadow's own checks passed (so a WAL that
+/// cannot be read does not hide a missing shadow); `last_frame_matches` compares the shadow's
+/// last frame with the WAL's bytes at the same offset, and runs only when every other check
+/// passed.
 pub fn follow(
     shadow: &Shadow,
     shadow_file_len: Option<u64>,
-    wal: &WalFacts,
+    wal: impl FnOnce() -> Result<WalFacts>,
     when: When,
     last_frame_matches: impl FnOnce() -> Result<bool>,
 ) -> Result<Follow> {
@@ -143,6 +145,7 @@ pub fn follow(
         Some(len) if len < WAL_HEADER_SIZE as u64 => return new(Reason::ShortShadowWal),
         Some(_) => {}
     }
+    let wal = wal()?;
     let Some(header) = wal.header.filter(|_| wal.len >= WAL_HEADER_SIZE as u64) else {
         return new(Reason::WalMissingOrEmpty);
     };
@@ -243,7 +246,7 @@ mod tests {
     };
 
     fn check(s: &Shadow, w: &WalFacts, when: When, last: bool) -> Follow {
-        follow(s, Some(s.size), w, when, || Ok(last)).unwrap()
+        follow(s, Some(s.size), || Ok(*w), when, || Ok(last)).unwrap()
     }
 
     #[test]
@@ -276,14 +279,16 @@ mod tests {
         let s = shadow(2);
         let same = wal(s.header_bytes, s.size);
         let never = || -> Result<bool> { panic!("last frame read needlessly") };
+        let unreadable = || -> Result<WalFacts> { anyhow::bail!("the wal is not read first") };
         assert_eq!(
-            follow(&s, None, &same, RUN_CLEAN, never).unwrap(),
+            follow(&s, None, unreadable, RUN_CLEAN, never).unwrap(),
             Follow::NewGeneration(Reason::NoShadowWal)
         );
         assert_eq!(
-            follow(&s, Some(10), &same, RUN_CLEAN, never).unwrap(),
+            follow(&s, Some(10), unreadable, RUN_CLEAN, never).unwrap(),
             Follow::NewGeneration(Reason::ShortShadowWal)
         );
+        assert!(follow(&s, Some(s.size), unreadable, RUN_CLEAN, never).is_err());
         let mut last = shadow(2);
         last.index = MAX_INDEX;
         assert_eq!(
