@@ -52,13 +52,16 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("{}: cannot fsync directory", dir.display()))
 }
 
-/// Creates (or truncates) a file for writing with exactly `mode`.
-pub fn create_file(path: &Path, mode: u32) -> Result<File> {
+/// Creates a new file for writing with exactly `mode`. Never an existing file and never
+/// through a link (`O_CREAT | O_EXCL | O_NOFOLLOW`): whoever can write into the directory may
+/// have planted a link at the name to make us overwrite (and chmod) a file of their choice,
+/// so a name already taken is an error, not a target. The mode is set on the descriptor.
+pub fn create_new(path: &Path, mode: u32) -> Result<File> {
     let f = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .with_context(|| format!("{}: cannot create", path.display()))?;
     f.set_permissions(fs::Permissions::from_mode(mode))
@@ -66,8 +69,30 @@ pub fn create_file(path: &Path, mode: u32) -> Result<File> {
     Ok(f)
 }
 
+/// `create_new` at a name of ours that a crash (or someone else) may have left taken: the
+/// entry there, a file or a link, is removed first, never followed. Should another one be
+/// planted between the two steps, `create_new` fails and the caller tries again later.
+pub fn create_replacing(path: &Path, mode: u32) -> Result<File> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot remove", path.display())),
+    }
+    create_new(path, mode)
+}
+
+/// Opens an existing file (for writing too, with `write`), never through a link.
+pub fn open_existing(path: &Path, write: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// Writes the file at `path` atomically with `write`, which fills the new file: a temp name
-/// (`<path>.tmp`) with exactly `mode`, fsync, rename into place, fsync of the directory. On
+/// (`<path>.tmp`, created new: see `create_replacing`) with exactly `mode`, fsync, rename into
+/// place (which replaces an entry at `path` without following it), fsync of the directory. On
 /// error the temp file is removed and `path` is as it was. Returns what `write` returned and
 /// the written file's metadata.
 pub fn write_atomic_with<T>(
@@ -77,7 +102,7 @@ pub fn write_atomic_with<T>(
 ) -> Result<(T, fs::Metadata)> {
     let tmp = sibling(path, ".tmp");
     let result = (|| -> Result<(T, fs::Metadata)> {
-        let mut f = create_file(&tmp, mode)?;
+        let mut f = create_replacing(&tmp, mode)?;
         let value = write(&mut f, &tmp)?;
         f.sync_all()
             .with_context(|| format!("{}: cannot fsync", tmp.display()))?;

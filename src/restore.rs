@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -346,11 +346,13 @@ pub fn apply(
     fs::create_dir_all(&tmp.dir)
         .with_context(|| format!("{}: cannot create output directory", tmp.dir.display()))?;
     tmp.remove_all();
-    let result = build(client, plan, &tmp, parallelism.max(1)).and_then(|()| {
+    let result = build(client, plan, &tmp, parallelism.max(1)).and_then(|file| {
         let mode = mode.unwrap_or(0o600) & 0o7777;
-        fs::set_permissions(&tmp.db, fs::Permissions::from_mode(mode))
+        // Through the descriptor: by name, a link swapped in for the temp file would be
+        // chmod'ed instead.
+        file.set_permissions(fs::Permissions::from_mode(mode))
             .with_context(|| format!("{}: cannot set mode {mode:o}", tmp.db.display()))?;
-        publish(&tmp.db, out)?;
+        publish(&tmp.db, out, &file)?;
         Ok(())
     });
     tmp.remove_all();
@@ -378,7 +380,7 @@ fn build(
     plan: &Plan,
     tmp: &TempPaths,
     parallelism: usize,
-) -> Result<()> {
+) -> Result<File> {
     let file = create_private(&tmp.db)?;
     let n = plan.indexes.len();
     // A file replica reads as fast as it decodes: streaming is best. Over a network, a worker
@@ -439,7 +441,8 @@ fn build(
         }
         result
     })?;
-    finish(&tmp.db, &file)
+    finish(&tmp.db, &file)?;
+    Ok(file)
 }
 
 /// One WAL worker: takes the next index the window hands out, with that index's sender, and
@@ -1487,10 +1490,12 @@ fn integrity_check(db: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Moves the finished database to `out` without ever replacing a file that appeared there
-/// meanwhile: a hard link fails if `out` exists; filesystems without links fall back to a
-/// checked rename.
-fn publish(tmp: &Path, out: &Path) -> Result<()> {
+/// Moves the finished database (`file`, built at `tmp`) to `out` without ever replacing a
+/// file that appeared there meanwhile: a hard link fails if `out` exists; filesystems without
+/// links fall back to a checked rename. What lands at `out` must be `file` itself: whoever can
+/// write into the directory could have swapped a link in for the temp name, and `out` would
+/// then be that link; it is removed again and the restore fails.
+fn publish(tmp: &Path, out: &Path, file: &File) -> Result<()> {
     match fs::hard_link(tmp, out) {
         Ok(()) => {
             let _ = fs::remove_file(tmp);
@@ -1504,12 +1509,25 @@ fn publish(tmp: &Path, out: &Path) -> Result<()> {
                 .with_context(|| format!("{}: cannot rename into place", out.display()))?;
         }
     }
+    let ours = file
+        .metadata()
+        .with_context(|| format!("{}: cannot stat", tmp.display()))?;
+    let landed = fs::symlink_metadata(out).ok();
+    if !landed.is_some_and(|m| m.is_file() && m.dev() == ours.dev() && m.ino() == ours.ino()) {
+        let _ = fs::remove_file(out);
+        bail!(
+            "{}: the restore's temp file {} was replaced while it was written (someone else writes into {}); nothing was restored",
+            out.display(),
+            tmp.display(),
+            files::parent_dir(out).display()
+        );
+    }
     files::fsync_dir(files::parent_dir(out))
 }
 
-/// A new file readable by the owner only.
+/// A new file readable by the owner only; never an existing one, never through a link.
 fn create_private(path: &Path) -> Result<File> {
-    files::create_file(path, 0o600)
+    files::create_new(path, 0o600)
 }
 
 /// Hands index downloads to workers in order, at most `ahead` beyond the one being applied:

@@ -106,7 +106,7 @@ fn run(
 }
 
 fn copy_db(file: &File, to: &Path) -> Result<()> {
-    let mut w = BufWriter::new(files::create_file(to, 0o600)?);
+    let mut w = BufWriter::new(files::create_replacing(to, 0o600)?);
     let mut buf = vec![0u8; 64 * 1024];
     let mut off = 0u64;
     loop {
@@ -139,7 +139,7 @@ fn copy_shadow_prefix(shadow: &Path, pos: &Position, local: &Path) -> Result<u64
     let header = WalHeader::parse(&hdr).map_err(|e| anyhow!("{}: {e}", shadow.display()))?;
     f.seek(SeekFrom::Start(0))?;
     let wal = files::wal_path(local);
-    let mut w = files::create_file(&wal, 0o600)?;
+    let mut w = files::create_replacing(&wal, 0o600)?;
     io::copy(&mut f.take(pos.offset), &mut w)
         .with_context(|| format!("{}: cannot copy", wal.display()))?;
     Ok((pos.offset - WAL_HEADER_SIZE as u64) / header.frame_size() as u64)

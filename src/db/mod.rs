@@ -41,7 +41,7 @@ pub use shadow::{shadow_wal_dir, shadow_wal_path};
 use verdict::{Follow, Reason, Verdict, When};
 
 use crate::config::DbConfig;
-use crate::files::{self, create_file, wal_path, write_atomic};
+use crate::files::{self, wal_path, write_atomic};
 use crate::logging;
 use crate::metrics::DbMetrics;
 use crate::position::{self, Position, MAX_INDEX};
@@ -661,11 +661,15 @@ impl Db {
 /// first exits). The kernel drops the lock when the process dies, even by SIGKILL.
 fn lock_meta_dir(meta_dir: &Path, db_path: &Path, mode: u32) -> Result<File> {
     let path = meta_dir.join("lock");
-    // Read-only is enough for flock. A missing one gets the db file's mode, as every file
-    // here has; it stays empty, so two daemons creating it at once truncate nothing.
-    let file = match File::open(&path) {
+    // Read-only is enough for flock; never through a link (a planted one would have us lock
+    // a file of someone else's choosing). A missing one is created new with the db file's
+    // mode, as every file here has; when two daemons create it at once, the second opens the
+    // first's.
+    let file = match files::open_existing(&path, false) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => create_file(&path, mode)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => files::create_new(&path, mode)
+            .or_else(|_| files::open_existing(&path, false).map_err(anyhow::Error::from))
+            .with_context(|| format!("{}: cannot create lock file", path.display()))?,
         Err(e) => {
             return Err(e).with_context(|| format!("{}: cannot open lock file", path.display()))
         }

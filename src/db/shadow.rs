@@ -7,7 +7,7 @@
 //! It never talks to SQLite and decides nothing about generations (`verdict` does); nothing
 //! reads a shadow file past the committed `Shadow::size` this module keeps.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -97,7 +97,7 @@ impl Shadow {
             WalHeader::parse(&header_bytes).map_err(|e| anyhow!("{}: {e}", wal.display()))?;
         make_dir(&shadow_wal_dir(meta_dir, generation))?;
         let path = shadow_wal_path(meta_dir, generation, index);
-        let mut f = files::create_file(&path, mode)?;
+        let mut f = files::create_replacing(&path, mode)?;
         f.write_all(&header_bytes)
             .with_context(|| format!("{}: cannot write shadow wal", path.display()))?;
         f.sync_all()
@@ -118,7 +118,7 @@ impl Shadow {
     /// Loads a shadow file: its header, its committed frame-aligned length (a torn or
     /// uncommitted tail from a crash is cut off) and the checksum chain there.
     pub(super) fn load(path: PathBuf, generation: String, index: u32) -> Result<Verdict<Shadow>> {
-        let mut f = match OpenOptions::new().read(true).write(true).open(&path) {
+        let mut f = match files::open_existing(&path, true) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err(Reason::NoShadowWal)),
             Err(e) => {
@@ -348,9 +348,7 @@ fn read_whole(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
 
 /// Opens an existing shadow WAL file for writing.
 fn open_for_writing(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .open(path)
+    files::open_existing(path, true)
         .with_context(|| format!("{}: cannot open shadow wal", path.display()))
 }
 
