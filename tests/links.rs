@@ -42,6 +42,15 @@ fn assert_untouched(victim: &Path) {
     );
 }
 
+/// Stops the daemon; the replica restores to the db's rows, and passes the integrity check.
+fn stop_and_restore_the_same_rows(env: &Env, d: Daemon) {
+    let digest = table_digest(&env.db, "t");
+    d.stop_ok();
+    let out = env.restore_url(&[]);
+    assert_integrity_ok(&out);
+    assert_eq!(table_digest(&out, "t"), digest);
+}
+
 /// The current shadow index of the db (highest `<index>.wal` in its generation).
 fn shadow_index(db: &Path) -> Option<(String, u32)> {
     let generation = local_generation(db)?;
@@ -96,11 +105,7 @@ fn links_planted_at_the_next_shadow_indexes_are_never_written_through() {
     });
     assert!(moved_on, "the shadow never moved past index {index:08x}");
     assert_untouched(&victim);
-    let digest = table_digest(&env.db, "t");
-    d.stop_ok();
-    let out = env.restore_url(&[]);
-    assert_integrity_ok(&out);
-    assert_eq!(table_digest(&out, "t"), digest);
+    stop_and_restore_the_same_rows(&env, d);
 }
 
 #[test]
@@ -154,11 +159,7 @@ fn a_link_planted_at_a_file_replicas_temp_name_is_never_written_through() {
         list_tree(&env.replica)
     );
     assert_untouched(&victim);
-    let digest = table_digest(&env.db, "t");
-    d.stop_ok();
-    let out = env.restore_url(&[]);
-    assert_integrity_ok(&out);
-    assert_eq!(table_digest(&out, "t"), digest);
+    stop_and_restore_the_same_rows(&env, d);
 }
 
 #[test]
