@@ -243,7 +243,15 @@ fn s3_outage_then_catch_up_without_restart() {
     s3.proxy.set_down();
     let down_at = Instant::now();
     let ids_before = next_id;
-    let tree_before = list_tree(&s3.replica_dir());
+    // A PUT whose body passed the proxy just before it went down may still land in the
+    // store (its reply is what the proxy drops): take the tree once it has settled.
+    let mut tree_before = list_tree(&s3.replica_dir());
+    let settled = wait_until(DEADLINE, || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = list_tree(&s3.replica_dir());
+        std::mem::replace(&mut tree_before, now) == tree_before
+    });
+    assert!(settled, "the store kept changing after the proxy went down");
     // Keep writing through the outage: the app never waits for the replica.
     while down_at.elapsed() < Duration::from_secs(9) {
         mixed(&app, 20, next_id as u64, &mut next_id, &mut live);
