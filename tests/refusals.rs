@@ -348,3 +348,43 @@ fn restore_output_mode_and_symlinked_output() {
         .assert_fails("restore onto a dangling symlink");
     assert!(!env.root.join("nowhere.db").exists());
 }
+
+/// #22 item 5: a secret in a replica URL (user info, or a query parameter) never comes back
+/// in an error, whether the URL is an argument or a config file's `url:`.
+#[test]
+fn secrets_in_replica_urls_are_never_echoed() {
+    let env = Env::new("refuse-url-secrets");
+    let out = env.root.join("x.db");
+    let out = out.to_str().unwrap();
+    for url in [
+        "s3://AKIAEXAMPLEKEYID:S3CR3TEXAMPLEKEY@bkt/u1?endpoint=http://127.0.0.1:1",
+        "s3://bkt/u1?endpoint=http://127.0.0.1:1&secret-access-key=S3CR3TEXAMPLEKEY",
+        "s3://bkt/u1?S3CR3TEXAMPLEKEY",
+    ] {
+        let o = env.run(&["restore", "-o", out, url]);
+        o.assert_fails(url);
+        for secret in ["S3CR3TEXAMPLEKEY", "AKIAEXAMPLEKEYID"] {
+            assert!(
+                !o.stderr.contains(secret) && !o.stdout.contains(secret),
+                "{secret} echoed for {url}: {}{}",
+                o.stdout,
+                o.stderr
+            );
+        }
+        let cfg = write_cfg(
+            &env,
+            "secret-url.yml",
+            &format!(
+                "dbs:\n  - path: {}\n    replicas:\n      - url: \"{url}\"\n",
+                env.db.display()
+            ),
+        );
+        let o = env.run(&["replicate", "-config", cfg.to_str().unwrap()]);
+        o.assert_fails(url);
+        assert!(
+            !o.stderr.contains("S3CR3TEXAMPLEKEY") && !o.stderr.contains("AKIAEXAMPLEKEYID"),
+            "secret echoed for the config's url {url}: {}",
+            o.stderr
+        );
+    }
+}

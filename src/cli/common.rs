@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::client::{self, ReplicaClient};
-use crate::config::{default_config_path, is_url, Config, DbConfig, ReplicaConfig, ReplicaTarget};
+use crate::config::{
+    default_config_path, is_url, redact_url, Config, DbConfig, ReplicaConfig, ReplicaTarget,
+};
 
 /// `-config` or the default path, parsed and validated.
 pub fn load_config(config_flag: Option<&str>, expand_env: bool) -> Result<Config> {
@@ -34,7 +36,8 @@ pub struct Target {
 pub fn resolve_target(arg: &str, config_flag: Option<&str>, expand_env: bool) -> Result<Target> {
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     if is_url(arg) {
-        let replica = ReplicaConfig::from_url(arg, &cwd).map_err(|e| anyhow!("{arg}: {e}"))?;
+        let replica =
+            ReplicaConfig::from_url(arg, &cwd).map_err(|e| anyhow!("{}: {e}", redact_url(arg)))?;
         return Ok(Target {
             db: None,
             replicas: vec![replica],

@@ -27,5 +27,5 @@ pub use schema::{
     defaults, Config, ConfigError, DbConfig, LogLevel, LoggingConfig, ReplicaConfig, ReplicaTarget,
     S3Config,
 };
-pub(crate) use url::is_url;
 pub use url::parse_replica_url;
+pub(crate) use url::{is_url, redact_url};

@@ -46,6 +46,7 @@ pub fn parse_replica_url(
     if url.is_empty() {
         return Err("empty replica URL".to_string());
     }
+    let shown = redact_url(url);
     let scheme = url.find("://").map(|i| &url[..i]).filter(|s| {
         let mut chars = s.chars();
         chars.next().is_some_and(|c| c.is_ascii_alphabetic())
@@ -61,22 +62,23 @@ pub fn parse_replica_url(
             let rest = rest.strip_prefix("localhost").unwrap_or(rest);
             if !rest.starts_with('/') {
                 return Err(format!(
-                    "file URL {url:?} must hold an absolute path (file:///path/to/dir)"
+                    "file URL {shown:?} must hold an absolute path (file:///path/to/dir)"
                 ));
             }
-            let path = percent_decode(rest).ok_or_else(|| format!("bad %-escape in {url:?}"))?;
+            let path = percent_decode(rest).ok_or_else(|| format!("bad %-escape in {shown:?}"))?;
             Ok(ReplicaTarget::File {
                 path: clean_path(Path::new(&path)),
             })
         }
         "s3" => parse_s3_url(url, rest).map(ReplicaTarget::S3),
         other => Err(format!(
-            "unsupported replica URL scheme `{other}` in {url:?} (supported: file, s3, or a plain path)"
+            "unsupported replica URL scheme `{other}` in {shown:?} (supported: file, s3, or a plain path)"
         )),
     }
 }
 
 fn parse_s3_url(url: &str, rest: &str) -> Result<S3Config, String> {
+    let shown = redact_url(url);
     let rest = rest.split('#').next().unwrap_or_default();
     let (rest, query) = match rest.split_once('?') {
         Some((r, q)) => (r, Some(q)),
@@ -88,11 +90,11 @@ fn parse_s3_url(url: &str, rest: &str) -> Result<S3Config, String> {
     };
     if authority.contains('@') {
         return Err(format!(
-            "credentials in replica URLs are not supported: {url:?} (use access-key-id/secret-access-key in the config, or LITESTREAM_ACCESS_KEY_ID/LITESTREAM_SECRET_ACCESS_KEY)"
+            "credentials in replica URLs are not supported: {shown:?} (use access-key-id/secret-access-key in the config, or LITESTREAM_ACCESS_KEY_ID/LITESTREAM_SECRET_ACCESS_KEY)"
         ));
     }
     let mut s3 = parse_s3_host(authority);
-    let path = percent_decode(path).ok_or_else(|| format!("bad %-escape in {url:?}"))?;
+    let path = percent_decode(path).ok_or_else(|| format!("bad %-escape in {shown:?}"))?;
     s3.path = clean_key_prefix(&path);
     let mut explicit_fps = None;
     for pair in query
@@ -102,32 +104,35 @@ fn parse_s3_url(url: &str, rest: &str) -> Result<S3Config, String> {
     {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = percent_decode(&k.replace('+', " "))
-            .ok_or_else(|| format!("bad %-escape in {url:?}"))?;
+            .ok_or_else(|| format!("bad %-escape in {shown:?}"))?;
         let v = percent_decode(&v.replace('+', " "))
-            .ok_or_else(|| format!("bad %-escape in {url:?}"))?;
+            .ok_or_else(|| format!("bad %-escape in {shown:?}"))?;
         match k.as_str() {
             "endpoint" => s3.endpoint = Some(check_endpoint(&v)?),
             "region" => s3.region = Some(v).filter(|v| !v.is_empty()),
             "force-path-style" | "forcePathStyle" => {
                 explicit_fps = Some(parse_bool(&v).ok_or_else(|| {
-                    format!("force-path-style in {url:?} must be true or false, not {v:?}")
+                    format!("force-path-style in {shown:?} must be true or false, not {v:?}")
                 })?)
             }
             "skip-verify" | "skipVerify" => {
                 s3.skip_verify = parse_bool(&v).ok_or_else(|| {
-                    format!("skip-verify in {url:?} must be true or false, not {v:?}")
+                    format!("skip-verify in {shown:?} must be true or false, not {v:?}")
                 })?
             }
             other => {
                 return Err(format!(
-                    "unknown parameter `{other}` in {url:?} (known: endpoint, region, force-path-style, skip-verify)"
+                    "unknown parameter {} in {shown:?} (known: endpoint, region, force-path-style, skip-verify)",
+                    parameter_name(other)
                 ))
             }
         }
     }
     s3.force_path_style = explicit_fps.unwrap_or(s3.force_path_style || s3.endpoint.is_some());
     if s3.bucket.is_empty() {
-        return Err(format!("s3 URL {url:?} names no bucket (s3://BUCKET/PATH)"));
+        return Err(format!(
+            "s3 URL {shown:?} names no bucket (s3://BUCKET/PATH)"
+        ));
     }
     Ok(s3)
 }
@@ -233,16 +238,96 @@ pub(super) fn check_endpoint(v: &str) -> Result<String, String> {
     let rest = lower
         .strip_prefix("http://")
         .or_else(|| lower.strip_prefix("https://"));
+    let shown = redact_url(v);
     match rest {
+        // It would be shown in every error about the store, and sent where no key belongs.
+        Some(host) if host.split('/').next().is_some_and(|a| a.contains('@')) => Err(format!(
+            "endpoint {shown:?} must not hold credentials (use access-key-id/secret-access-key in the config, or LITESTREAM_ACCESS_KEY_ID/LITESTREAM_SECRET_ACCESS_KEY)"
+        )),
         Some(host) if !host.trim_end_matches('/').is_empty() => {
             Ok(v.trim_end_matches('/').to_string())
         }
-        Some(_) => Err(format!("endpoint {v:?} names no host")),
+        Some(_) => Err(format!("endpoint {shown:?} names no host")),
         None => Err(format!(
             "endpoint {v:?} needs a scheme, e.g. \"http://{}\" or \"https://{}\"",
             v.split("://").last().unwrap_or(v),
             v.split("://").last().unwrap_or(v)
         )),
+    }
+}
+
+/// The query parameters whose values are no secret, so messages may show them.
+const PLAIN_PARAMETERS: &[&str] = &[
+    "endpoint",
+    "region",
+    "force-path-style",
+    "forcePathStyle",
+    "skip-verify",
+    "skipVerify",
+];
+
+/// `url` as messages may show it: user info (`KEY:SECRET@`) and the value of every query
+/// parameter but `PLAIN_PARAMETERS` become `***`, and a parameter name that does not look
+/// like one (it may be a pasted secret) too. A URL is only ever shown through this.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (rest, None),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let mut out = format!("{scheme}://{authority}{path}");
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                // The endpoint is a URL of its own, with user info of its own perhaps.
+                Some(("endpoint", v)) => format!("endpoint={}", redact_url(v)),
+                Some((k, v)) if PLAIN_PARAMETERS.contains(&k) => format!("{k}={v}"),
+                Some((k, _)) => format!("{}=***", shown_name(k)),
+                None => shown_name(pair).to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    if fragment.is_some() {
+        out.push_str("#***");
+    }
+    out
+}
+
+/// A query parameter's name as messages show it: itself when it looks like a parameter name
+/// (lowercase words joined by `-` or `_`, as ours are), else `***`: someone may have pasted a
+/// key where a name belongs.
+fn shown_name(name: &str) -> &str {
+    let plain = name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '-' || c == '_');
+    if plain || PLAIN_PARAMETERS.contains(&name) {
+        name
+    } else {
+        "***"
+    }
+}
+
+/// `shown_name` quoted for a message.
+fn parameter_name(name: &str) -> String {
+    match shown_name(name) {
+        "***" => "***".to_string(),
+        plain => format!("`{plain}`"),
     }
 }
 
@@ -281,6 +366,38 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+
+    #[test]
+    fn urls_in_messages_hide_user_info_and_parameter_values() {
+        assert_eq!(
+            redact_url(
+                "s3://AKIA:S3CR3T@bkt/p?endpoint=http://h:1&secret-access-key=S3CR3T&region=x"
+            ),
+            "s3://***@bkt/p?endpoint=http://h:1&secret-access-key=***&region=x"
+        );
+        assert_eq!(redact_url("s3://bkt/p?S3CR3TKEY"), "s3://bkt/p?***");
+        assert_eq!(
+            redact_url("s3://bkt/p?token=abc#frag"),
+            "s3://bkt/p?token=***#***"
+        );
+        assert_eq!(redact_url("/plain/path"), "/plain/path");
+        for url in [
+            "s3://AKIAX:S3CR3T@bkt/p",
+            "s3://bkt/p?secret-access-key=S3CR3T",
+            "s3://bkt/p?S3CR3T",
+            "s3://bkt/%zz?S3CR3T=1",
+            "s3://?S3CR3T=1",
+            "ftp://u:S3CR3T@h/p",
+            "s3://bkt/p?endpoint=http://AKIAX:S3CR3T@127.0.0.1:9000",
+            "s3://bkt/p?x=1&endpoint=http://AKIAX:S3CR3T@127.0.0.1:9000",
+        ] {
+            let err = parse_replica_url(url, Path::new("/"), None).unwrap_err();
+            assert!(
+                !err.contains("S3CR3T") && !err.contains("AKIAX"),
+                "{url}: {err}"
+            );
+        }
+    }
     use crate::config::defaults;
     use crate::config::testing::*;
 

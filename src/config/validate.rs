@@ -18,7 +18,7 @@ use super::schema::{
     defaults, Config, ConfigError, DbConfig, LogLevel, LoggingConfig, ReplicaConfig, ReplicaTarget,
     S3Config,
 };
-use super::url::{check_endpoint, clean_key_prefix, parse_replica_url};
+use super::url::{check_endpoint, clean_key_prefix, parse_replica_url, redact_url};
 
 /// The longest `busy-timeout`: SQLite takes it in milliseconds as a C int (about 596h), and a
 /// db thread that waits a day for a lock has long stopped replicating anyway.
@@ -370,7 +370,7 @@ impl Builder<'_> {
                     format!(
                         "`{}` does not match the url {:?}, which is a {} replica",
                         k.name(),
-                        raw.url.as_deref().unwrap_or_default(),
+                        redact_url(raw.url.as_deref().unwrap_or_default()),
                         Kind::of(t).name()
                     ),
                 );
