@@ -167,17 +167,15 @@ pub fn create_dir_all(dir: &Path, mode: u32, owner: Option<Owner>) -> Result<()>
     // A daemon may write into a directory it cannot read (mode 0733, say), and opening a
     // directory to fsync it needs read permission: there, the new entry's durability is the
     // file system's, as it was before this fsync existed.
-    match File::open(parent_dir(dir)) {
-        Ok(d) => d
-            .sync_all()
-            .with_context(|| format!("{}: cannot fsync directory", parent_dir(dir).display()))?,
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("{}: cannot fsync directory", parent_dir(dir).display()))
+    match fsync_dir(parent_dir(dir)) {
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::PermissionDenied) =>
+        {
+            Ok(())
         }
+        other => other,
     }
-    Ok(())
 }
 
 /// Fills `buf` from `offset` with `pread`; fewer bytes only at the end of the file.

@@ -68,12 +68,11 @@ impl Db {
         let after = read_header(&wal)?;
         let done = Outcome {
             mode,
-            lock_busy: counts.lock_busy(),
-            busy: counts.busy,
+            pass: counts,
             restarted: before.is_some() && after != before,
         };
-        self.policy.record(done, Instant::now());
-        self.log_checkpoint(&done, &counts, started);
+        self.policy.record(&self.cfg, done, Instant::now());
+        self.log_checkpoint(&done, started);
         if done.restarted {
             self.follow_checkpoint_restart(after)?;
         }
@@ -128,10 +127,10 @@ impl Db {
     }
 
     /// The `checkpoint` log line.
-    fn log_checkpoint(&self, done: &Outcome, counts: &PassCounts, started: Instant) {
+    fn log_checkpoint(&self, done: &Outcome, started: Instant) {
         logging::log(
             // Retried soon while the lock is taken: not worth a line each time.
-            if done.lock_busy {
+            if done.lock_busy() {
                 LogLevel::Debug
             } else {
                 LogLevel::Info
@@ -141,8 +140,8 @@ impl Db {
                 ("db", &self.db_label()),
                 ("mode", &done.mode.name()),
                 ("result", &done.result()),
-                ("wal_frames", &counts.log),
-                ("checkpointed", &counts.checkpointed),
+                ("wal_frames", &done.pass.log),
+                ("checkpointed", &done.pass.checkpointed),
                 ("restarted", &done.restarted),
                 ("elapsed", &format!("{:?}", started.elapsed())),
             ],

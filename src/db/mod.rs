@@ -216,7 +216,7 @@ impl Db {
     /// replica threads.
     pub fn new(cfg: DbConfig, shared: Arc<DbShared>, replicas: Vec<Sender<Notice>>) -> Self {
         Db {
-            policy: CheckpointPolicy::new(&cfg, Instant::now()),
+            policy: CheckpointPolicy::new(Instant::now()),
             cfg,
             shared,
             replicas,
@@ -309,10 +309,9 @@ impl Db {
 
     /// Sizes for the gauges of SPEC §9 (a missing file counts as 0).
     fn update_gauges(&self) {
-        let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         self.shared.metrics.set_sizes(
-            size(&self.shared.path),
-            size(&wal_path(&self.shared.path)),
+            files::len_or_zero(&self.shared.path),
+            files::len_or_zero(&wal_path(&self.shared.path)),
             self.shadow.as_ref().map(|s| (s.index, s.size)),
         );
     }
@@ -345,7 +344,7 @@ impl Db {
         let wal_frames =
             now.len.saturating_sub(WAL_HEADER_SIZE as u64) / shadow.header.frame_size() as u64;
         self.policy
-            .decide(wal_frames, shadow.frames(), Instant::now())
+            .decide(&self.cfg, wal_frames, shadow.frames(), Instant::now())
             .is_none()
     }
 
@@ -370,9 +369,9 @@ impl Db {
             .as_ref()
             .ok_or_else(|| anyhow!("no shadow wal after sync"))?;
         let wal_frames = wal_frames(&wal_path(&self.shared.path), shadow.header.frame_size());
-        if let Some(mode) = self
-            .policy
-            .decide(wal_frames, shadow.frames(), Instant::now())
+        if let Some(mode) =
+            self.policy
+                .decide(&self.cfg, wal_frames, shadow.frames(), Instant::now())
         {
             self.checkpoint(mode)?;
         }

@@ -171,20 +171,23 @@ pub fn truncate_target(cfg: &DbConfig, frame_size: u64) -> u64 {
 pub struct Outcome {
     /// The mode that ran.
     pub mode: CheckpointMode,
-    /// Its PASSIVE pass found SQLite's checkpoint lock taken (`PassCounts::lock_busy`).
-    pub lock_busy: bool,
-    /// SQLite reported SQLITE_BUSY (`PassCounts::busy`).
-    pub busy: bool,
+    /// What SQLite answered: the PASSIVE pass's counts, or the restart's backfill.
+    pub pass: PassCounts,
     /// The WAL restarted (its header changed) during the checkpoint.
     pub restarted: bool,
 }
 
 impl Outcome {
+    /// The PASSIVE pass found SQLite's checkpoint lock taken (`PassCounts::lock_busy`).
+    pub fn lock_busy(&self) -> bool {
+        self.pass.lock_busy()
+    }
+
     /// `ok`, or `busy` for a checkpoint that was busy or that was to restart the WAL and did
     /// not: the `result` of the checkpoint log line.
     pub fn result(&self) -> &'static str {
         let wanted_restart = self.mode != CheckpointMode::Passive;
-        if self.busy || (wanted_restart && !self.restarted) {
+        if self.pass.busy || (wanted_restart && !self.restarted) {
             "busy"
         } else {
             "ok"
@@ -203,9 +206,9 @@ fn restart_backoff() -> Backoff {
 }
 
 /// The db thread's checkpoint state: when the last checkpoint was, and RESTART's back-off.
+/// The thresholds are the db's config, passed in, not copied.
 #[derive(Clone, Debug)]
 pub struct CheckpointPolicy {
-    cfg: DbConfig,
     last_checkpoint: Instant,
     restart_backoff: Backoff,
     restart_blocked_until: Option<Instant>,
@@ -213,12 +216,8 @@ pub struct CheckpointPolicy {
 
 impl CheckpointPolicy {
     /// A policy whose last checkpoint was at `now` (start-up waits a monitor-interval).
-    pub fn new(cfg: &DbConfig, now: Instant) -> CheckpointPolicy {
-        let mut cfg = cfg.clone();
-        // Only the thresholds matter here.
-        cfg.replicas.clear();
+    pub fn new(now: Instant) -> CheckpointPolicy {
         CheckpointPolicy {
-            cfg,
             last_checkpoint: now,
             restart_backoff: restart_backoff(),
             restart_blocked_until: None,
@@ -228,13 +227,14 @@ impl CheckpointPolicy {
     /// The checkpoint due at `now`, if any (`checkpoint_decision`).
     pub fn decide(
         &self,
+        cfg: &DbConfig,
         wal_frames: u64,
         shadow_frames: u64,
         now: Instant,
     ) -> Option<CheckpointMode> {
         let restart_allowed = self.restart_blocked_until.is_none_or(|until| now >= until);
         checkpoint_decision(
-            &self.cfg,
+            cfg,
             wal_frames,
             shadow_frames,
             now.saturating_duration_since(self.last_checkpoint),
@@ -251,15 +251,15 @@ impl CheckpointPolicy {
     /// gap is shorter, does retry on the next ticks: under a writer that never pauses the
     /// application's auto-checkpoint holds that lock more often than not, and one try a tenth
     /// of an interval let the WAL life grow to the TRUNCATE threshold.
-    pub fn record(&mut self, outcome: Outcome, now: Instant) {
-        let interval = self.cfg.monitor_interval;
-        self.last_checkpoint = if outcome.lock_busy {
+    pub fn record(&mut self, cfg: &DbConfig, outcome: Outcome, now: Instant) {
+        let interval = cfg.monitor_interval;
+        self.last_checkpoint = if outcome.lock_busy() {
             now.checked_sub(interval - lock_busy_retry(interval))
                 .unwrap_or(now)
         } else {
             now
         };
-        if outcome.mode != CheckpointMode::Passive && !outcome.lock_busy {
+        if outcome.mode != CheckpointMode::Passive && !outcome.lock_busy() {
             if outcome.restarted {
                 self.restart_backoff.reset();
                 self.restart_blocked_until = None;
@@ -353,10 +353,14 @@ mod tests {
     }
 
     fn outcome(mode: CheckpointMode, lock_busy: bool, restarted: bool) -> Outcome {
+        let pass = if lock_busy {
+            PassCounts::from_triple((true, -1, -1))
+        } else {
+            PassCounts::from_triple((false, 10, 10))
+        };
         Outcome {
             mode,
-            lock_busy,
-            busy: lock_busy,
+            pass,
             restarted,
         }
     }
@@ -365,42 +369,57 @@ mod tests {
     fn a_failed_restart_backs_off_doubling_and_a_success_resets() {
         let c = cfg();
         let t0 = Instant::now();
-        let mut p = CheckpointPolicy::new(&c, t0);
+        let mut p = CheckpointPolicy::new(t0);
         let s = Duration::from_secs;
         assert_eq!(
-            p.decide(10_000, 10_000, t0 + s(1)),
+            p.decide(&c, 10_000, 10_000, t0 + s(1)),
             Some(CheckpointMode::Restart)
         );
-        p.record(outcome(CheckpointMode::Restart, false, false), t0 + s(1));
+        p.record(
+            &c,
+            outcome(CheckpointMode::Restart, false, false),
+            t0 + s(1),
+        );
         // Blocked for 1 s: PASSIVE stands in once a monitor-interval has passed.
-        assert_eq!(p.decide(10_000, 10_000, t0 + s(1) + RESTART_MIN_GAP), None);
         assert_eq!(
-            p.decide(10_000, 10_000, t0 + s(2) - Duration::from_millis(1)),
+            p.decide(&c, 10_000, 10_000, t0 + s(1) + RESTART_MIN_GAP),
             None
         );
         assert_eq!(
-            p.decide(10_000, 10_000, t0 + s(2)),
+            p.decide(&c, 10_000, 10_000, t0 + s(2) - Duration::from_millis(1)),
+            None
+        );
+        assert_eq!(
+            p.decide(&c, 10_000, 10_000, t0 + s(2)),
             Some(CheckpointMode::Restart)
         );
-        p.record(outcome(CheckpointMode::Restart, false, false), t0 + s(2));
+        p.record(
+            &c,
+            outcome(CheckpointMode::Restart, false, false),
+            t0 + s(2),
+        );
         // Now 2 s.
         assert_eq!(
-            p.decide(10_000, 10_000, t0 + s(3)),
+            p.decide(&c, 10_000, 10_000, t0 + s(3)),
             Some(CheckpointMode::Passive)
         );
         assert_eq!(
-            p.decide(10_000, 10_000, t0 + s(4)),
+            p.decide(&c, 10_000, 10_000, t0 + s(4)),
             Some(CheckpointMode::Restart)
         );
-        p.record(outcome(CheckpointMode::Restart, false, true), t0 + s(4));
+        p.record(&c, outcome(CheckpointMode::Restart, false, true), t0 + s(4));
         // A restart resets the back-off.
         assert_eq!(
-            p.decide(10_000, 10_000, t0 + s(4) + RESTART_MIN_GAP),
+            p.decide(&c, 10_000, 10_000, t0 + s(4) + RESTART_MIN_GAP),
             Some(CheckpointMode::Restart)
         );
-        p.record(outcome(CheckpointMode::Restart, false, false), t0 + s(5));
+        p.record(
+            &c,
+            outcome(CheckpointMode::Restart, false, false),
+            t0 + s(5),
+        );
         assert_eq!(
-            p.decide(10_000, 10_000, t0 + s(6)),
+            p.decide(&c, 10_000, 10_000, t0 + s(6)),
             Some(CheckpointMode::Restart)
         );
     }
@@ -409,21 +428,21 @@ mod tests {
     fn the_checkpoint_lock_taken_means_retry_soon_without_backing_off() {
         let c = cfg();
         let t0 = Instant::now() + Duration::from_secs(10);
-        let mut p = CheckpointPolicy::new(&c, t0);
+        let mut p = CheckpointPolicy::new(t0);
         let at = t0 + c.monitor_interval;
-        assert_eq!(p.decide(1000, 1000, at), Some(CheckpointMode::Passive));
-        p.record(outcome(CheckpointMode::Passive, true, false), at);
+        assert_eq!(p.decide(&c, 1000, 1000, at), Some(CheckpointMode::Passive));
+        p.record(&c, outcome(CheckpointMode::Passive, true, false), at);
         let retry = lock_busy_retry(c.monitor_interval);
         assert_eq!(retry, Duration::from_millis(100));
-        assert_eq!(p.decide(1000, 1000, at + retry / 2), None);
+        assert_eq!(p.decide(&c, 1000, 1000, at + retry / 2), None);
         assert_eq!(
-            p.decide(1000, 1000, at + retry),
+            p.decide(&c, 1000, 1000, at + retry),
             Some(CheckpointMode::Passive)
         );
         // A RESTART that met the lock is not backed off either.
-        p.record(outcome(CheckpointMode::Restart, true, false), at);
+        p.record(&c, outcome(CheckpointMode::Restart, true, false), at);
         assert_eq!(
-            p.decide(10_000, 10_000, at + RESTART_MIN_GAP),
+            p.decide(&c, 10_000, 10_000, at + RESTART_MIN_GAP),
             Some(CheckpointMode::Restart)
         );
         assert_eq!(

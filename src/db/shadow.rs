@@ -367,12 +367,7 @@ pub(super) fn wal_facts(wal: &Path) -> Result<WalFacts> {
 
 /// The real WAL's header, or `None` while the file is shorter than one.
 pub(super) fn read_header(wal: &Path) -> Result<Option<[u8; WAL_HEADER_SIZE]>> {
-    if files::len_or_zero(wal) < WAL_HEADER_SIZE as u64 {
-        return Ok(None);
-    }
-    let mut hdr = [0u8; WAL_HEADER_SIZE];
-    read_at(wal, 0, &mut hdr)?;
-    Ok(Some(hdr))
+    Ok(wal_facts(wal)?.header)
 }
 
 /// Number of whole frames in the real WAL file (committed or not).
