@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::duration::go_duration;
-use super::env::expand_env_vars;
+use super::env::expand_config_text;
 use super::hints::{lead, yaml_problem};
 use super::paths::resolve_path;
 use super::raw::{Kind, RawConfig, RawDb, RawReplica};
@@ -26,7 +26,7 @@ const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 impl Config {
     /// Parses and validates configuration text. Pure: `env` answers `$VAR` lookups (only when
-    /// `expand_env`; an unset variable expands to nothing), `cwd` and `home` resolve relative
+    /// `expand_env`; a variable that is not set is an error naming it and its line), `cwd` and `home` resolve relative
     /// and `~` paths, `source` names the file in messages.
     pub fn parse(
         text: &str,
@@ -38,7 +38,12 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let expanded;
         let text = if expand_env {
-            expanded = expand_env_vars(text, env);
+            expanded = expand_config_text(text, env).map_err(|unset| ConfigError {
+                problems: unset
+                    .iter()
+                    .map(|u| format!("{}{u}", lead(source)))
+                    .collect(),
+            })?;
             expanded.as_str()
         } else {
             text
@@ -96,7 +101,7 @@ struct Builder<'a> {
     destinations: Vec<(String, String)>,
 }
 
-/// An optional string that counts as absent when empty (`$UNSET` expands to nothing).
+/// An optional string that counts as absent when empty (`$VAR` set to an empty value).
 fn non_empty(s: Option<String>) -> Option<String> {
     s.filter(|s| !s.is_empty())
 }
@@ -324,7 +329,7 @@ impl Builder<'_> {
 
     /// `None` when the replica has no usable type or url (already reported).
     fn replica(&mut self, place: &str, raw: RawReplica, keys: &Keys) -> Option<ReplicaConfig> {
-        // `$UNSET` expands to nothing: an empty string is an absent key.
+        // A `$VAR` set to an empty value: an empty string is an absent key.
         let mut raw = RawReplica {
             name: non_empty(raw.name),
             url: non_empty(raw.url),
@@ -983,10 +988,10 @@ mod tests {
 
     #[test]
     fn empty_strings_count_as_absent() {
-        // `$UNSET` expands to nothing: credentials fall back to the global ones, then to none.
+        // A `$VAR` set to nothing: credentials fall back to the global ones, then to none.
         let c = parse_with(
-            "access-key-id: $AK\ndbs:\n  - path: /a.db\n    replicas:\n      - type: s3\n        bucket: b\n        region: \"${REGION}\"\n        access-key-id: \"$UNSET\"\n        secret-access-key: \"\"\n",
-            &[("AK", "global")],
+            "access-key-id: $AK\ndbs:\n  - path: /a.db\n    replicas:\n      - type: s3\n        bucket: b\n        region: \"${REGION}\"\n        access-key-id: \"$EMPTY\"\n        secret-access-key: \"\"\n",
+            &[("AK", "global"), ("REGION", ""), ("EMPTY", "")],
         )
         .unwrap();
         let s = s3(&c.dbs[0].replicas[0]);
