@@ -276,6 +276,77 @@ fn bad_configs_fail_fast_with_one_line() {
     one_line(&o, "replicate with a missing config file");
 }
 
+/// The daemon's own refusals of a file that parses: each used to start, and then either loop
+/// on an error every second, write where nobody meant, or run for nothing.
+#[test]
+fn the_daemon_refuses_what_it_cannot_replicate_with_one_line() {
+    let env = Env::new("refuse-daemon");
+    let run = |name: &str, text: &str| {
+        let cfg = write_cfg(&env, name, text);
+        let o = env.run(&["replicate", "-config", cfg.to_str().unwrap()]);
+        o.assert_fails(name);
+        one_line(&o, name)
+    };
+
+    // A db path that is a directory: SQLite said only "unable to open database file".
+    let dir = env.root.join("dbdir");
+    fs::create_dir_all(&dir).unwrap();
+    let line = run(
+        "dir.yml",
+        &format!(
+            "dbs:\n  - path: {}\n    replicas:\n      - path: {}\n",
+            dir.display(),
+            env.replica.display()
+        ),
+    );
+    assert!(
+        line.contains("dbs[0].path") && line.contains("is a directory"),
+        "stderr: {line}"
+    );
+
+    // An unset variable: `${NOPE}/rep` used to become `/rep`, at the root.
+    let line = run(
+        "unset.yml",
+        &format!(
+            "dbs:\n  - path: {}\n    replicas:\n      - path: ${{LITESTREAM_TEST_NOPE}}/rep\n",
+            env.db.display()
+        ),
+    );
+    assert!(
+        line.contains("line 4") && line.contains("${LITESTREAM_TEST_NOPE} is not set"),
+        "stderr: {line}"
+    );
+
+    // A replica inside the db's own meta dir, whose clean-up deleted its generations.
+    let meta = env.root.join(format!(
+        ".{}-litestream",
+        env.db.file_name().unwrap().to_str().unwrap()
+    ));
+    let line = run(
+        "nested.yml",
+        &format!(
+            "dbs:\n  - path: {}\n    replicas:\n      - path: {}/rep\n",
+            env.db.display(),
+            meta.display()
+        ),
+    );
+    assert!(
+        line.contains("is inside the meta dir of dbs[0]"),
+        "stderr: {line}"
+    );
+
+    // A db with no replicas.
+    let line = run(
+        "none.yml",
+        &format!("dbs:\n  - path: {}\n", env.db.display()),
+    );
+    assert!(line.contains("has no replicas"), "stderr: {line}");
+
+    assert!(!env.replica.exists(), "a replica was created");
+    assert!(!meta.exists(), "a meta dir was created");
+    assert!(!PathBuf::from("/rep").exists(), "/rep was created");
+}
+
 #[test]
 fn command_line_refusals() {
     let env = Env::new("refuse-cli");

@@ -50,9 +50,7 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         let path = config_flag
             .map(PathBuf::from)
             .unwrap_or_else(default_config_path);
-        let config = Config::load(&path, !no_expand_env)?;
-        config.require_dbs()?;
-        config
+        Config::load(&path, !no_expand_env)?
     } else {
         if config_flag.is_some() {
             bail!("replicate: cannot specify -config with a database path and replica URLs");
@@ -71,6 +69,7 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         dedupe_names(&mut db.replicas);
         Config::with_dbs(vec![db])
     };
+    config.check_for_daemon()?;
     // `-exec` wins over the config's `exec:`.
     let exec = match exec.or_else(|| config.exec.clone()) {
         Some(cmd) => Some(
@@ -176,7 +175,16 @@ fn dedupe_names(replicas: &mut [ReplicaConfig]) {
 
 /// A db may not exist yet (we wait for it), but its directory must.
 fn check_databases(config: &Config) -> Result<()> {
-    for db in &config.dbs {
+    for (i, db) in config.dbs.iter().enumerate() {
+        if db.path.is_dir() {
+            // SQLite would only say "unable to open database file", every second.
+            bail!(
+                "{}dbs[{i}].path: {} is a directory; name the SQLite database file in it (e.g. {})",
+                source_lead(config),
+                db.path.display(),
+                db.path.join("app.db").display()
+            );
+        }
         let dir = db
             .path
             .parent()
@@ -190,6 +198,15 @@ fn check_databases(config: &Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `litestream.yml: ` before a message about the config's keys; nothing for a command line.
+fn source_lead(config: &Config) -> String {
+    if config.source.is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", config.source)
+    }
 }
 
 #[cfg(test)]

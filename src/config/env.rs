@@ -113,7 +113,12 @@ fn value_can_start(before: &[u8]) -> bool {
 /// Whether the line sets one of [`SECRET_KEYS`] (`key: value` or `- key: value`).
 fn is_secret_line(value: &str) -> bool {
     let t = value.trim_start().trim_start_matches("- ").trim_start();
-    let key = t.split(':').next().unwrap_or_default().trim().trim_matches(['"', '\'']);
+    let key = t
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_matches(['"', '\'']);
     SECRET_KEYS.contains(&key) || key.contains("secret")
 }
 
@@ -186,11 +191,7 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>, unset: &mut dyn FnMut(&
 }
 
 /// One reference's value: `NAME`, or `NAME:-default` (the default when unset or empty).
-fn lookup(
-    name: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    unset: &mut dyn FnMut(&str),
-) -> String {
+fn lookup(name: &str, env: &dyn Fn(&str) -> Option<String>, unset: &mut dyn FnMut(&str)) -> String {
     if let Some((name, default)) = name.split_once(":-") {
         return env(name)
             .filter(|v| !v.is_empty())

@@ -11,6 +11,7 @@ mod duration;
 mod env;
 mod hints;
 mod load;
+mod overlap;
 mod paths;
 mod raw;
 mod schema;
@@ -23,6 +24,7 @@ pub(crate) use duration::go_duration;
 pub use duration::parse_duration;
 pub use env::expand_env_vars;
 pub(crate) use load::default_config_path;
+pub use paths::default_meta_dir;
 pub use schema::{
     defaults, Config, ConfigError, DbConfig, LogLevel, LoggingConfig, ReplicaConfig, ReplicaTarget,
     S3Config,

@@ -25,6 +25,16 @@ pub(super) fn resolve_path(raw: &str, cwd: &Path, home: Option<&Path>) -> Result
     Ok(clean_path(&joined))
 }
 
+/// Default metadata directory of the db at `db_path`: `<dir>/.<file>-litestream`.
+pub fn default_meta_dir(db_path: &Path) -> PathBuf {
+    let dir = db_path.parent().unwrap_or_else(|| Path::new("/"));
+    let file = db_path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(".{file}-litestream"))
+}
+
 pub(super) fn clean_path(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     let mut normals = 0usize;
@@ -60,9 +70,9 @@ mod tests {
 
     #[test]
     fn db_and_replica_paths_resolve() {
-        let c = ok("dbs:\n  - path: ~/app.db\n    meta-path: \"~\"\n    replicas:\n      - path: ../up\n      - path: ~/bk\n        name: home\n  - path: ./sub/../rel.db\n    meta-path: /abs/./meta/\n  - path: /abs/app.db\n");
+        let c = ok("dbs:\n  - path: ~/app.db\n    meta-path: \"~/meta\"\n    replicas:\n      - path: ../up\n      - path: ~/bk\n        name: home\n  - path: ./sub/../rel.db\n    meta-path: /abs/./meta/\n  - path: /abs/app.db\n");
         assert_eq!(c.dbs[0].path, PathBuf::from("/home/user/app.db"));
-        assert_eq!(c.dbs[0].meta_path, Some(PathBuf::from("/home/user")));
+        assert_eq!(c.dbs[0].meta_path, Some(PathBuf::from("/home/user/meta")));
         assert_eq!(file_path(&c.dbs[0].replicas[0]), Path::new("/work/up"));
         assert_eq!(file_path(&c.dbs[0].replicas[1]), Path::new("/home/user/bk"));
         assert_eq!(c.dbs[1].path, PathBuf::from("/work/dir/rel.db"));
@@ -71,6 +81,8 @@ mod tests {
         for db in &c.dbs {
             assert!(db.path.is_absolute());
         }
+        let c = ok("dbs:\n  - path: /a.db\n    meta-path: \"~\"\n");
+        assert_eq!(c.dbs[0].meta_path, Some(PathBuf::from("/home/user")));
         // `~user` is not expanded (as in Litestream): it is a relative name.
         let c = ok("dbs:\n  - path: ~bob/app.db\n");
         assert_eq!(c.dbs[0].path, PathBuf::from("/work/dir/~bob/app.db"));

@@ -90,7 +90,8 @@ pub struct ReplicaConfig {
     pub name: String,
     /// Where the replica tree is kept.
     pub target: ReplicaTarget,
-    /// How long snapshots (and the WAL they need) are kept.
+    /// How long snapshots (and the WAL they need) are kept. Zero turns enforcement off (and
+    /// `retention_check_interval` is then zero too), as Litestream v0.3 does.
     pub retention: Duration,
     /// Zero = retention enforcement off.
     pub retention_check_interval: Duration,
@@ -230,6 +231,13 @@ impl Config {
 }
 
 impl DbConfig {
+    /// The metadata directory: `meta-path`, else `<dir>/.<file>-litestream`.
+    pub fn meta_dir(&self) -> PathBuf {
+        self.meta_path
+            .clone()
+            .unwrap_or_else(|| super::paths::default_meta_dir(&self.path))
+    }
+
     /// A db with default settings and no replicas (ad-hoc `replicate DB_PATH URL...`). The
     /// caller makes `path` absolute.
     pub(crate) fn with_defaults(path: PathBuf) -> DbConfig {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::duration::go_duration;
 use super::env::expand_config_text;
 use super::hints::{lead, yaml_problem};
+use super::overlap::overlaps;
 use super::paths::resolve_path;
 use super::raw::{Kind, RawConfig, RawDb, RawReplica};
 use super::schema::{
@@ -73,16 +74,35 @@ impl Config {
         }
     }
 
-    /// The daemon needs at least one db; `restore` from a URL does not, so this check is
-    /// separate from [`Config::parse`].
-    pub(crate) fn require_dbs(&self) -> Result<(), ConfigError> {
-        if !self.dbs.is_empty() {
-            return Ok(());
+    /// What the daemon needs beyond a valid file: at least one db, each with a replica (a db
+    /// with none would be watched and checkpointed for nothing), and no nested places (for a
+    /// config built from the command line; [`Config::parse`] checks its own). `restore` and
+    /// the listing commands need none of this, so it is separate from [`Config::parse`].
+    pub(crate) fn check_for_daemon(&self) -> Result<(), ConfigError> {
+        let lead = lead(&self.source);
+        if self.dbs.is_empty() {
+            let msg = "no databases configured (add a `dbs:` list)";
+            return Err(ConfigError {
+                problems: vec![format!("{lead}{msg}")],
+            });
         }
-        let msg = "no databases configured (add a `dbs:` list)";
-        Err(ConfigError {
-            problems: vec![format!("{}{msg}", lead(&self.source))],
-        })
+        let mut problems = Vec::new();
+        for (i, db) in self.dbs.iter().enumerate() {
+            if db.replicas.is_empty() {
+                problems.push(format!(
+                    "{lead}dbs[{i}]: {} has no replicas; add a `replicas:` list with at least one `url:` (e.g. `- url: file:///backups/app`)",
+                    db.path.display()
+                ));
+            }
+        }
+        for (place, msg) in overlaps(&self.dbs) {
+            problems.push(format!("{lead}{place}: {msg}"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
     }
 }
 
@@ -162,6 +182,10 @@ impl Builder<'_> {
                     format!("{} is already the meta-path of dbs[{j}]", meta.display()),
                 );
             }
+        }
+
+        for (place, msg) in overlaps(&dbs) {
+            self.problem(&place, msg);
         }
 
         Config {
@@ -493,6 +517,11 @@ impl Builder<'_> {
         if let Some(d) = raw.retention_check_interval {
             r.retention_check_interval = d.0;
         }
+        if r.retention.is_zero() {
+            // Litestream v0.3 disables enforcement at a zero retention; kept literally it
+            // would keep no snapshot and so take a new one at every check.
+            r.retention_check_interval = Duration::ZERO;
+        }
         if let Some(d) = raw.snapshot_interval {
             r.snapshot_interval = d.0;
         }
@@ -650,7 +679,7 @@ mod tests {
     fn shipped_example_config_parses() {
         let c = ok(include_str!("../../litestream.yml.example"));
         assert!(!c.dbs.is_empty());
-        c.require_dbs().unwrap();
+        c.check_for_daemon().unwrap();
     }
 
     #[test]
@@ -701,13 +730,13 @@ mod tests {
         ] {
             let c = ok(text);
             assert!(c.dbs.is_empty());
-            let e = c.require_dbs().unwrap_err();
+            let e = c.check_for_daemon().unwrap_err();
             assert_eq!(
                 e.to_string(),
                 "litestream.yml: no databases configured (add a `dbs:` list)"
             );
         }
-        let e = Config::with_dbs(vec![]).require_dbs().unwrap_err();
+        let e = Config::with_dbs(vec![]).check_for_daemon().unwrap_err();
         assert_eq!(e.to_string(), "no databases configured (add a `dbs:` list)");
     }
 
@@ -726,11 +755,44 @@ mod tests {
     }
 
     #[test]
-    fn zero_replicas_allowed() {
+    fn a_zero_retention_turns_enforcement_off() {
+        // It used to keep no snapshot, so every check took a new one.
+        let c = ok("dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n        retention: 0s\n        retention-check-interval: 1m\n");
+        let r = &c.dbs[0].replicas[0];
+        assert_eq!(r.retention, Duration::ZERO);
+        assert_eq!(r.retention_check_interval, Duration::ZERO);
+        let c =
+            ok("dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n        retention: 1m\n");
+        assert_eq!(c.dbs[0].replicas[0].retention_check_interval, secs(3600));
+    }
+
+    #[test]
+    fn zero_replicas_parse_but_the_daemon_refuses_them() {
+        // `restore` and the listing commands read such a file; the daemon used to watch and
+        // checkpoint the db for nothing, without a word.
         let c = ok("dbs:\n  - path: /a.db\n");
         assert!(c.dbs[0].replicas.is_empty());
-        let c = ok("dbs:\n  - path: /a.db\n    replicas: []\n");
+        let c = ok("dbs:\n  - path: /a.db\n    replicas: []\n  - path: /b.db\n    replicas:\n      - path: /bk\n");
         assert!(c.dbs[0].replicas.is_empty());
+        assert_eq!(
+            c.check_for_daemon().unwrap_err().problems,
+            ["litestream.yml: dbs[0]: /a.db has no replicas; add a `replicas:` list with at least one `url:` (e.g. `- url: file:///backups/app`)"]
+        );
+    }
+
+    #[test]
+    fn the_daemon_checks_nesting_in_a_config_from_the_command_line() {
+        let mut db = DbConfig::with_defaults(PathBuf::from("/d/app.db"));
+        db.replicas
+            .push(ReplicaConfig::with_defaults(ReplicaTarget::File {
+                path: PathBuf::from("/d/.app.db-litestream/r"),
+            }));
+        let e = Config::with_dbs(vec![db]).check_for_daemon().unwrap_err();
+        assert_eq!(e.problems.len(), 1);
+        assert!(
+            e.problems[0].starts_with("dbs[0].replicas[0]: the replica"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -142,15 +142,7 @@ impl DbShared {
     }
 }
 
-/// Default metadata directory: `<dir>/.<file>-litestream`.
-pub fn default_meta_dir(db_path: &Path) -> PathBuf {
-    let dir = db_path.parent().unwrap_or_else(|| Path::new("/"));
-    let file = db_path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.join(format!(".{file}-litestream"))
-}
+pub use crate::config::default_meta_dir;
 
 /// A message from the db thread to a replica thread.
 #[derive(Clone, Debug)]
