@@ -137,7 +137,6 @@ fn fix(inner: Kind, outer: Kind) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::testing::*;
 
     #[test]

@@ -245,6 +245,9 @@ pub(super) fn check_endpoint(v: &str) -> Result<String, String> {
             "endpoint {shown:?} must not hold credentials (use access-key-id/secret-access-key in the config, or LITESTREAM_ACCESS_KEY_ID/LITESTREAM_SECRET_ACCESS_KEY)"
         )),
         Some(host) if !host.trim_end_matches('/').is_empty() => {
+            // As written (ASCII lowercasing keeps every byte offset).
+            let authority = v[v.len() - host.len()..].split('/').next().unwrap_or_default();
+            check_authority(authority).map_err(|why| format!("endpoint {shown:?}: {why}"))?;
             Ok(v.trim_end_matches('/').to_string())
         }
         Some(_) => Err(format!("endpoint {shown:?} names no host")),
@@ -254,6 +257,52 @@ pub(super) fn check_endpoint(v: &str) -> Result<String, String> {
             v.split("://").last().unwrap_or(v)
         )),
     }
+}
+
+/// `host[:port]` of an endpoint: a DNS name, an IPv4 address or a bracketed IPv6 address, and
+/// a port that fits; caught here rather than as "invalid international domain name" at the
+/// first request.
+fn check_authority(authority: &str) -> Result<(), String> {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, after)) => {
+                if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                    return Err(format!("[{v6}] is not an IPv6 address"));
+                }
+                (None, after.strip_prefix(':'))
+            }
+            None => return Err("an IPv6 address needs its closing `]`".to_string()),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(authority), None),
+        },
+    };
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |n| n == 0) {
+            return Err(format!("port {p:?} is not a number from 1 to 65535"));
+        }
+    }
+    let Some(host) = host else { return Ok(()) };
+    if host.contains(['<', '>', '{', '}']) || host.contains("...") {
+        return Err(format!(
+            "{host:?} looks like a placeholder left from an example; put the real host name there"
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if host.is_empty() || host.len() > 253 || !host.trim_end_matches('.').split('.').all(label_ok) {
+        return Err(format!(
+            "{host:?} is not a host name (letters, digits, `-` and `.` only) or an IP address"
+        ));
+    }
+    Ok(())
 }
 
 /// The query parameters whose values are no secret, so messages may show them.
@@ -650,6 +699,39 @@ mod tests {
             "file:///%e9",
         ] {
             assert!(err(bad).contains("bad %-escape"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn endpoints_are_checked_at_load() {
+        // The probe's placeholder failed only at run time, as "invalid international domain name".
+        let e = check_endpoint("https://<ACCOUNT_ID>.r2.cloudflarestorage.com").unwrap_err();
+        assert_eq!(
+            e,
+            "endpoint \"https://<ACCOUNT_ID>.r2.cloudflarestorage.com\": \"<ACCOUNT_ID>.r2.cloudflarestorage.com\" looks like a placeholder left from an example; put the real host name there"
+        );
+        for (bad, why) in [
+            ("http://127.0.0.1:99999", "port \"99999\" is not a number"),
+            ("http://host:", "port \"\" is not a number"),
+            ("http://ho st:9000", "is not a host name"),
+            ("http://-x.example", "is not a host name"),
+            ("http://a..b", "is not a host name"),
+            ("http://[::1", "closing `]`"),
+            ("http://[zz]:9000", "[zz] is not an IPv6 address"),
+        ] {
+            let e = check_endpoint(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        for good in [
+            "http://127.0.0.1:9000",
+            "https://abc123.r2.cloudflarestorage.com",
+            "http://[::1]:9000/",
+            "http://[::1]",
+            "https://s3.us-west-002.backblazeb2.com",
+            "http://minio_1:9000",
+            "http://localhost.",
+        ] {
+            assert!(check_endpoint(good).is_ok(), "{good}");
         }
     }
 }
