@@ -36,10 +36,6 @@ use crate::sqlite::{self, CheckpointMode};
 use crate::sync::{lock, wait};
 use crate::wal::{self, FrameHeader, FrameVerifier, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
 
-/// Opens of one object (the first and each reopen after a store failure) before a failure is
-/// final: stores fail transiently.
-const DOWNLOAD_ATTEMPTS: u32 = 3;
-
 /// What to restore; all optional filters.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -544,11 +540,10 @@ fn decode_snapshot_into(
     let key = layout::snapshot_key(&info.generation, info.index, info.compression);
     logging::info("restoring snapshot", &[("snapshot", &key)]);
     let compression = info.compression;
-    let mut reader = Resumable::open(&key, move || {
-        let raw = client.open_snapshot(info)?;
-        Ok(codec::decoder(compression, raw)?)
-    })
-    .with_context(|| format!("cannot read snapshot {key}"))?;
+    let raw = Resumable::open(&key, info.size, move |at| client.open_snapshot_at(info, at))
+        .with_context(|| format!("cannot read snapshot {key}"))?;
+    let mut reader = codec::decoder(compression, raw)
+        .with_context(|| format!("cannot read snapshot {key}"))?;
     let mut buf = vec![0u8; SNAPSHOT_CHUNK];
     const HEADER: usize = 100;
     let n = read_full(&mut reader, &mut buf[..HEADER])
@@ -748,13 +743,14 @@ fn stream_segments(
                 codec::decoder(compression, raw)
                     .with_context(|| format!("cannot read WAL segment {key}"))?
             }
-            None => Box::new(
-                Resumable::open(&key, move || {
-                    let raw = client.open_wal_segment(seg)?;
-                    Ok(codec::decoder(compression, raw)?)
+            None => {
+                let raw = Resumable::open(&key, seg.size, move |at| {
+                    client.open_wal_segment_at(seg, at)
                 })
-                .map_err(|e| segment_open_error(e, &key))?,
-            ),
+                .map_err(|e| segment_open_error(e, &key))?;
+                codec::decoder(compression, raw)
+                    .with_context(|| format!("cannot read WAL segment {key}"))?
+            }
         };
         stream
             .segment(&mut reader, sink, limit)
@@ -815,7 +811,7 @@ fn spool_index(
     let mut at = 0u64;
     for seg in segments {
         let key = layout::wal_segment_key(generation, index, seg.offset, seg.compression);
-        let mut reader = Resumable::open(&key, move || client.open_wal_segment(seg))
+        let mut reader = Resumable::open(&key, seg.size, move |at| client.open_wal_segment_at(seg, at))
             .map_err(|e| segment_open_error(e, &key))?;
         let start = at;
         loop {
@@ -926,6 +922,8 @@ impl Read for SpoolReader<'_> {
 }
 
 /// A read error that means the data is bad (retrying cannot help), not that the store failed.
+/// Only decoders and our own checks say this: below the decoder every failure is the store's
+/// (a [`Resumable`] retries it), so a cut connection is never taken for a corrupt replica.
 fn is_corrupt(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -933,87 +931,116 @@ fn is_corrupt(e: &io::Error) -> bool {
     )
 }
 
-/// A decoded object read from a store that may fail part-way: a read failing for any reason
-/// but bad data reopens the object (at most `DOWNLOAD_ATTEMPTS` opens in all) and skips the
-/// bytes already delivered, so the reader sees one unbroken stream and a flaky store costs a
-/// re-download of that object, never bytes delivered twice or the restore. A store serving
-/// other bytes on the retry is caught like any corruption: the WAL checksum chain continues
-/// across the seam, and the snapshot is integrity-checked.
+/// Reopens that make no progress before a download fails: stores fail transiently, and a
+/// store that fails this often in a row at the same byte is reported rather than waited out.
+const DOWNLOAD_ATTEMPTS: u32 = 5;
+
+/// An object's stored (compressed) bytes, read from a store that may fail part-way. A read
+/// that fails, or a stream that ends before the listed size (a connection the store or the
+/// network cut: `UnexpectedEof` from the HTTP client, or a plain early end), reopens the
+/// object from the byte reached (a ranged GET, a seek) after the download back-off; only
+/// `DOWNLOAD_ATTEMPTS` failures in a row without a byte of progress are final. It sits below
+/// the decoder, so the decoder sees one unbroken stream and only bad content is ever called
+/// corrupt. A store serving other bytes on the retry is caught like any corruption: the WAL
+/// checksum chain continues across the seam, and the snapshot is integrity-checked.
 struct Resumable<'a> {
     what: String,
-    open: Box<dyn FnMut() -> Result<Box<dyn Read + Send + 'a>> + Send + 'a>,
+    size: u64,
+    open: Box<dyn FnMut(u64) -> Result<Box<dyn Read + Send + 'a>> + Send + 'a>,
     inner: Box<dyn Read + Send + 'a>,
     pos: u64,
-    opens: u32,
+    /// Failures since the last byte read.
+    failures: u32,
     backoff: Backoff,
 }
 
 impl<'a> Resumable<'a> {
-    /// Opens the object, retrying failures other than [`client::NotFound`].
+    /// Opens the object (`size` bytes, as listed), retrying failures other than
+    /// [`client::NotFound`]. `open(offset)` opens it from that byte on.
     fn open(
         what: &str,
-        open: impl FnMut() -> Result<Box<dyn Read + Send + 'a>> + Send + 'a,
+        size: u64,
+        open: impl FnMut(u64) -> Result<Box<dyn Read + Send + 'a>> + Send + 'a,
     ) -> Result<Resumable<'a>> {
-        let mut open: Box<dyn FnMut() -> Result<Box<dyn Read + Send + 'a>> + Send + 'a> =
+        let mut open: Box<dyn FnMut(u64) -> Result<Box<dyn Read + Send + 'a>> + Send + 'a> =
             Box::new(open);
-        let mut opens = 1;
+        let mut failures = 0;
         let mut backoff = download_backoff();
         let inner = loop {
-            match open() {
+            match open(0) {
                 Ok(r) => break r,
-                Err(e) if client::is_not_found(&e) || opens >= DOWNLOAD_ATTEMPTS => return Err(e),
+                Err(e) if client::is_not_found(&e) || failures + 1 >= DOWNLOAD_ATTEMPTS => {
+                    return Err(e)
+                }
                 Err(e) => {
+                    failures += 1;
                     retry_pause(what, &mut backoff, &format!("{e:#}"));
-                    opens += 1;
                 }
             }
         };
         Ok(Resumable {
             what: what.to_string(),
+            size,
             open,
             inner,
             pos: 0,
-            opens,
+            failures,
             backoff,
         })
-    }
-
-    fn reopen(&mut self) -> io::Result<()> {
-        let mut r = (self.open)().map_err(|e| io::Error::other(format!("{e:#}")))?;
-        let skipped = io::copy(&mut (&mut r).take(self.pos), &mut io::sink())?;
-        if skipped != self.pos {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} bytes on a second read, {} before", skipped, self.pos),
-            ));
-        }
-        self.inner = r;
-        Ok(())
     }
 }
 
 impl Read for Resumable<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         loop {
             let err = match self.inner.read(buf) {
+                Ok(0) if self.pos < self.size => io::Error::other(format!(
+                    "the download ended after {} of the {} bytes the store lists",
+                    self.pos, self.size
+                )),
                 Ok(n) => {
                     self.pos += n as u64;
+                    if self.pos > self.size {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "the store sends more than the {} bytes it lists; the replica changed during the restore or the store is broken",
+                                self.size
+                            ),
+                        ));
+                    }
+                    if n > 0 && self.failures > 0 {
+                        self.failures = 0;
+                        self.backoff.reset();
+                    }
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => e,
             };
-            if is_corrupt(&err) || self.opens >= DOWNLOAD_ATTEMPTS {
-                return Err(err);
+            self.failures += 1;
+            if self.failures >= DOWNLOAD_ATTEMPTS {
+                // Not `UnexpectedEof` even when that is what the client said: the decoder above
+                // must report a store that kept failing, not a corrupt object.
+                return Err(io::Error::other(format!(
+                    "download failed {} times in a row at byte {} of {}, last: {err}",
+                    self.failures, self.pos, self.size
+                )));
             }
             retry_pause(&self.what, &mut self.backoff, &err.to_string());
-            self.opens += 1;
-            if let Err(e) = self.reopen() {
-                if is_corrupt(&e) || self.opens >= DOWNLOAD_ATTEMPTS {
-                    return Err(e);
+            self.inner = match (self.open)(self.pos) {
+                Ok(r) => r,
+                Err(e) if client::is_not_found(&e) => {
+                    return Err(io::Error::other(format!(
+                        "{} disappeared from the replica during the restore",
+                        self.what
+                    )))
                 }
-                self.inner = Box::new(FailOnce(Some(e)));
-            }
+                Err(e) => Box::new(FailOnce(Some(io::Error::other(format!("{e:#}"))))),
+            };
         }
     }
 }
@@ -1931,22 +1958,26 @@ mod tests {
         assert!(out.kept.len() <= cut, "{} bytes kept", out.kept.len());
     }
 
-    /// Serves `data`, failing once with `fail` after `fail_at` bytes.
+    /// Serves `data` from `pos`, and (when `cut` is set) stops after byte `cut.0`: with an
+    /// error of kind `cut.1`, or, for `None`, with a plain early end of stream, as a
+    /// connection the network cut mid-body does.
     struct Flaky {
         data: Vec<u8>,
         pos: usize,
-        fail_at: Option<(usize, io::ErrorKind)>,
+        cut: Option<(usize, Option<io::ErrorKind>)>,
     }
 
     impl Read for Flaky {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             let mut end = self.data.len();
-            if let Some((at, kind)) = self.fail_at {
+            if let Some((at, kind)) = self.cut {
                 if self.pos >= at {
-                    self.fail_at = None;
-                    return Err(io::Error::new(kind, "injected"));
+                    return match kind {
+                        Some(kind) => Err(io::Error::new(kind, "injected")),
+                        None => Ok(0),
+                    };
                 }
-                end = at;
+                end = at.min(end);
             }
             let n = buf.len().min(end - self.pos);
             buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
@@ -1956,33 +1987,66 @@ mod tests {
     }
 
     #[test]
-    fn resumable_reopens_after_a_store_failure_and_skips_what_was_read() {
+    fn resumable_resumes_a_cut_download_where_it_stopped() {
         use std::sync::atomic::AtomicU32;
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let read_with = |kind: io::ErrorKind| {
+        // The first `cuts` opens stop 30 000 bytes after where they start.
+        let read_with = |cuts: u32, kind: Option<io::ErrorKind>| {
             let opens = AtomicU32::new(0);
-            let mut r = Resumable::open("obj", || {
-                let first = opens.fetch_add(1, Ordering::SeqCst) == 0;
+            let offsets = Mutex::new(Vec::new());
+            let mut r = Resumable::open("obj", data.len() as u64, |at| {
+                let n = opens.fetch_add(1, Ordering::SeqCst);
+                lock(&offsets).push(at);
+                let at = at as usize;
                 Ok(Box::new(Flaky {
                     data: data.clone(),
-                    pos: 0,
-                    fail_at: first.then_some((30_000, kind)),
+                    pos: at,
+                    cut: (n < cuts).then_some((at + 30_000, kind)),
                 }) as Box<dyn Read + Send>)
             })
             .unwrap();
             let mut out = Vec::new();
             let result = r.read_to_end(&mut out).map(|_| out);
             drop(r);
-            (result, opens.load(Ordering::SeqCst))
+            let offsets = lock(&offsets).clone();
+            (result, offsets)
         };
-        // A connection reset: reopened once, every byte delivered exactly once.
-        let (out, opens) = read_with(io::ErrorKind::ConnectionReset);
+        // The HTTP client's `UnexpectedEof` (a peer that disconnected), a reset, a stream that
+        // just ends early: each reopened at the byte reached, every byte delivered once.
+        for kind in [
+            Some(io::ErrorKind::UnexpectedEof),
+            Some(io::ErrorKind::ConnectionReset),
+            None,
+        ] {
+            let (out, offsets) = read_with(2, kind);
+            assert_eq!(out.unwrap(), data, "{kind:?}");
+            assert_eq!(offsets, vec![0, 30_000, 60_000], "{kind:?}");
+        }
+        // A store that cuts every connection still makes progress: no limit is reached.
+        let (out, _) = read_with(u32::MAX, None);
         assert_eq!(out.unwrap(), data);
-        assert_eq!(opens, 2);
-        // Bad data: never retried.
-        let (out, opens) = read_with(io::ErrorKind::InvalidData);
-        assert_eq!(out.unwrap_err().kind(), io::ErrorKind::InvalidData);
-        assert_eq!(opens, 1);
+    }
+
+    #[test]
+    fn resumable_gives_up_on_a_store_that_makes_no_progress() {
+        let data = vec![7u8; 1000];
+        let mut opens = 0;
+        let mut r = Resumable::open("obj", 2000, |at| {
+            opens += 1;
+            Ok(Box::new(Flaky {
+                data: data.clone(),
+                pos: at as usize,
+                cut: None,
+            }) as Box<dyn Read + Send>)
+        })
+        .unwrap();
+        let err = r.read_to_end(&mut Vec::new()).unwrap_err();
+        // Not a corruption: the store failed.
+        assert!(!is_corrupt(&err), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("1000 of 2000"), "{msg}");
+        drop(r);
+        assert_eq!(opens, DOWNLOAD_ATTEMPTS);
     }
 
     #[test]

@@ -111,10 +111,18 @@ impl FileClient {
         Ok((size, mtime))
     }
 
-    fn open_object(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+    /// The object at `key` from byte `offset` on.
+    fn open_object(&self, key: &str, offset: u64) -> Result<Box<dyn Read + Send>> {
+        use std::io::{Seek, SeekFrom};
         let path = self.path(key);
         match File::open(&path) {
-            Ok(f) => Ok(Box::new(BufReader::with_capacity(64 * 1024, f))),
+            Ok(mut f) => {
+                if offset > 0 {
+                    f.seek(SeekFrom::Start(offset))
+                        .map_err(|e| anyhow!("{}: cannot seek: {e}", path.display()))?;
+                }
+                Ok(Box::new(BufReader::with_capacity(64 * 1024, f)))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(anyhow::Error::new(NotFound(path.display().to_string())))
             }
@@ -248,20 +256,29 @@ impl ReplicaClient for FileClient {
     }
 
     fn open_snapshot(&self, info: &SnapshotInfo) -> Result<Box<dyn Read + Send>> {
-        self.open_object(&layout::snapshot_key(
-            &info.generation,
-            info.index,
-            info.compression,
-        ))
+        self.open_snapshot_at(info, 0)
     }
 
     fn open_wal_segment(&self, info: &WalSegmentInfo) -> Result<Box<dyn Read + Send>> {
-        self.open_object(&layout::wal_segment_key(
-            &info.generation,
-            info.index,
-            info.offset,
-            info.compression,
-        ))
+        self.open_wal_segment_at(info, 0)
+    }
+
+    fn open_snapshot_at(&self, info: &SnapshotInfo, offset: u64) -> Result<Box<dyn Read + Send>> {
+        self.open_object(
+            &layout::snapshot_key(&info.generation, info.index, info.compression),
+            offset,
+        )
+    }
+
+    fn open_wal_segment_at(
+        &self,
+        info: &WalSegmentInfo,
+        offset: u64,
+    ) -> Result<Box<dyn Read + Send>> {
+        self.open_object(
+            &layout::wal_segment_key(&info.generation, info.index, info.offset, info.compression),
+            offset,
+        )
     }
 
     fn delete_generation(&self, generation: &str) -> Result<()> {
