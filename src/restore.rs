@@ -28,7 +28,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::backoff::{Backoff, Growth};
 use crate::client::{self, ReplicaClient, SnapshotInfo, WalSegmentInfo};
-use crate::codec::{self, read_full};
+use crate::codec::{self, read_full, Compression};
 use crate::files;
 use crate::layout;
 use crate::logging;
@@ -165,7 +165,12 @@ pub fn choose(listings: &[GenerationListing], opts: &Options) -> Result<Option<P
     let mut indexes = Vec::with_capacity(by_index.len());
     let mut expected = snapshot.index;
     for (index, mut segments) in by_index {
-        segments.sort_by_key(|s| s.offset);
+        // The same segment stored twice, as `.gz` and `.lz4` (a replica copied from another
+        // tool, or re-compressed): the copies hold the same bytes, so one is read, always the
+        // same one: gzip, what this tool writes by default (Litestream v0.3 writes `.lz4`, so
+        // a pair means our daemon wrote the `.gz`). Any damage in it still fails its checks.
+        segments.sort_by_key(|s| (s.offset, s.compression != Compression::Gzip));
+        segments.dedup_by_key(|s| s.offset);
         if index != expected {
             bail!(
                 "missing WAL index {expected:08x} in generation {} (segments of index {index:08x} follow it); the replica cannot restore past {:08x}",
@@ -183,12 +188,25 @@ pub fn choose(listings: &[GenerationListing], opts: &Options) -> Result<Option<P
         indexes.push((index, segments));
         expected = index.saturating_add(1);
     }
-    Ok(Some(Plan {
+    let plan = Plan {
         replica: g.replica,
         generation: g.generation.clone(),
         snapshot: snapshot.clone(),
         indexes,
-    }))
+    };
+    if let Some(want) = opts.index {
+        if plan.last_index() < want {
+            bail!(
+                "generation {} has no WAL index {want:08x}: its last index is {:08x} (snapshot at {:08x}); choose an index from {:08x} to {:08x}",
+                g.generation,
+                plan.last_index(),
+                plan.snapshot.index,
+                plan.snapshot.index,
+                plan.last_index()
+            );
+        }
+    }
+    Ok(Some(plan))
 }
 
 /// With `-index I`: the highest snapshot at or below I. With `-timestamp T`: the latest
@@ -198,7 +216,7 @@ fn pick_snapshot<'a>(snapshots: &'a [SnapshotInfo], opts: &Options) -> Option<&'
         .iter()
         .filter(|s| opts.index.is_none_or(|i| s.index <= i))
         .filter(|s| opts.timestamp.is_none_or(|t| s.created <= t))
-        .max_by_key(|s| (s.index, s.created))
+        .max_by_key(|s| (s.index, s.compression == Compression::Gzip, s.created))
 }
 
 /// Lists every generation of every source (filtered by `-replica` and `-generation`).
@@ -1619,7 +1637,6 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Compression;
     use std::time::UNIX_EPOCH;
 
     const G1: &str = "1111111111111111";
@@ -1802,6 +1819,57 @@ mod tests {
             choose(&gens, &Options::default()).unwrap().unwrap().replica,
             0
         );
+    }
+
+    #[test]
+    fn a_segment_stored_as_gz_and_lz4_is_read_once_as_gz() {
+        let lz4 = |mut s: WalSegmentInfo| {
+            s.compression = Compression::Lz4;
+            s
+        };
+        let mut snap_lz4 = snap(G1, 0, 100);
+        snap_lz4.compression = Compression::Lz4;
+        let gens = vec![listing(
+            0,
+            G1,
+            vec![snap_lz4, snap(G1, 0, 100)],
+            vec![
+                lz4(seg(G1, 0, 0, 100)),
+                seg(G1, 0, 0, 100),
+                seg(G1, 0, 4152, 110),
+                lz4(seg(G1, 0, 8272, 120)),
+            ],
+        )];
+        let plan = choose(&gens, &Options::default()).unwrap().unwrap();
+        assert_eq!(plan.snapshot.compression, Compression::Gzip);
+        let segs = &plan.indexes[0].1;
+        let got: Vec<(u64, Compression)> = segs.iter().map(|s| (s.offset, s.compression)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, Compression::Gzip),
+                (4152, Compression::Gzip),
+                (8272, Compression::Lz4)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_index_past_the_last_one_is_an_error_naming_the_last() {
+        let opts = Options {
+            generation: Some(G2.into()),
+            index: Some(5),
+            ..Default::default()
+        };
+        let err = choose(&two_gens(), &opts).unwrap_err().to_string();
+        assert!(err.contains(G2) && err.contains("00000005"), "{err}");
+        assert!(err.contains("last index is 00000002"), "{err}");
+        // The last one itself is fine.
+        let opts = Options {
+            index: Some(2),
+            ..opts
+        };
+        assert_eq!(choose(&two_gens(), &opts).unwrap().unwrap().last_index(), 2);
     }
 
     #[test]
