@@ -560,8 +560,8 @@ fn decode_snapshot_into(
     let compression = info.compression;
     let raw = Resumable::open(&key, info.size, move |at| client.open_snapshot_at(info, at))
         .with_context(|| format!("cannot read snapshot {key}"))?;
-    let mut reader = codec::decoder(compression, raw)
-        .with_context(|| format!("cannot read snapshot {key}"))?;
+    let mut reader =
+        codec::decoder(compression, raw).with_context(|| format!("cannot read snapshot {key}"))?;
     let mut buf = vec![0u8; SNAPSHOT_CHUNK];
     const HEADER: usize = 100;
     let n = read_full(&mut reader, &mut buf[..HEADER])
@@ -829,8 +829,10 @@ fn spool_index(
     let mut at = 0u64;
     for seg in segments {
         let key = layout::wal_segment_key(generation, index, seg.offset, seg.compression);
-        let mut reader = Resumable::open(&key, seg.size, move |at| client.open_wal_segment_at(seg, at))
-            .map_err(|e| segment_open_error(e, &key))?;
+        let mut reader = Resumable::open(&key, seg.size, move |at| {
+            client.open_wal_segment_at(seg, at)
+        })
+        .map_err(|e| segment_open_error(e, &key))?;
         let start = at;
         loop {
             // Checked per read so a failed restore does not finish its downloads first.

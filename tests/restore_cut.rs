@@ -189,7 +189,10 @@ fn serve(client: TcpStream, upstream: u16, seen: &Mutex<Seen>) -> std::io::Resul
                     }
                     break;
                 }
-                std::io::copy(&mut (&mut from_server).take(size as u64 + 2), &mut to_client)?;
+                std::io::copy(
+                    &mut (&mut from_server).take(size as u64 + 2),
+                    &mut to_client,
+                )?;
             }
         } else {
             std::io::copy(&mut from_server, &mut to_client)?;
@@ -277,7 +280,12 @@ fn restore_resumes_downloads_the_store_cut_short() {
             "the proxy cut {} downloads; the test did not exercise anything",
             s.cut
         );
-        assert!(s.ranged >= s.cut, "{} cut, {} resumed with a range", s.cut, s.ranged);
+        assert!(
+            s.ranged >= s.cut,
+            "{} cut, {} resumed with a range",
+            s.cut,
+            s.ranged
+        );
         *s = Seen::default();
     }
 }

@@ -88,6 +88,7 @@ impl FileClient {
             match parse(&name, &meta).filter(|_| right_kind) {
                 Some(item) => items.push(item),
                 None if !dirs && meta.is_file() && layout::is_temp_name(&name) => {}
+                None if layout::is_junk_name(&name) => {}
                 None => foreign.push(format!("{rel}/{name}")),
             }
         }
@@ -396,6 +397,18 @@ mod tests {
         fs::write(g.join("snapshots/README"), b"").unwrap();
         fs::write(g.join("wal/00000003_00000000.wal.zst"), b"").unwrap();
         fs::write(g.join("wal/0000003_00000000.wal.gz"), b"").unwrap();
+        // Junk a desktop or an NFS server leaves is not even foreign.
+        fs::write(gens.join(".DS_Store"), b"").unwrap();
+        fs::write(g.join("wal/.nfs000000000012345600000001"), b"").unwrap();
+        fs::write(g.join("snapshots/._00000002.snapshot.gz"), b"").unwrap();
+        let foreign = |l: Vec<String>| {
+            l.into_iter()
+                .filter(|n| n.contains(".DS_Store") || n.contains(".nfs") || n.contains("._"))
+                .collect::<Vec<_>>()
+        };
+        assert!(foreign(c.list_generations().unwrap().foreign).is_empty());
+        assert!(foreign(c.list_snapshots(G).unwrap().foreign).is_empty());
+        assert!(foreign(c.list_wal_segments(G).unwrap().foreign).is_empty());
         assert_eq!(c.generations().unwrap(), vec![G.to_string()]);
         assert_eq!(
             c.snapshots(G)

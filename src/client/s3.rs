@@ -292,6 +292,7 @@ impl S3Client {
             };
             match parse(name, &o) {
                 Some(item) => items.push(item),
+                None if layout::is_junk_name(name) => {}
                 None => foreign.push(format!("{dir}{name}")),
             }
         }
