@@ -504,6 +504,7 @@ fn apply_all(
     pool: &BufferPool,
 ) -> Result<()> {
     let page_size = write_snapshot(file, db, snapshot, free)?;
+    let mut previous: Option<WalHeader> = None;
     for (k, rx) in indexes.into_iter().enumerate() {
         let (index, segments) = &plan.indexes[k];
         let first = segments
@@ -518,6 +519,7 @@ fn apply_all(
             *index,
             first.as_deref().unwrap_or("?"),
             pool,
+            &mut previous,
         )?;
         window.applied(k);
     }
@@ -641,15 +643,15 @@ fn write_snapshot(
 
 /// From a WAL worker to the applier, for one index.
 enum WalMsg {
-    /// Verified frames (`.len` bytes of `buf`, whole frames) of a WAL with this page size.
+    /// Verified frames (`.len` bytes of `buf`, whole frames) of the WAL with this header.
     Frames {
-        page_size: u32,
+        header: WalHeader,
         buf: Vec<u8>,
         len: usize,
     },
-    /// Every segment of the index was delivered and verified; the WAL's page size, if it
-    /// had a header.
-    End(Option<u32>),
+    /// Every segment of the index was delivered and verified; the WAL's header, if it had
+    /// one.
+    End(Option<WalHeader>),
     Failed(anyhow::Error),
 }
 
@@ -700,16 +702,16 @@ fn stream_index(
         pool,
         buf: Vec::new(),
         len: 0,
-        page_size: None,
+        header: None,
     };
     let result = stream_segments(client, generation, index, segments, &mut sink, abort, spool)
         .and_then(|()| {
             sink.flush()
                 .map_err(|_| anyhow!("restore stopped"))
-                .map(|()| sink.page_size)
+                .map(|()| sink.header)
         });
     let msg = match result {
-        Ok(page_size) => WalMsg::End(page_size),
+        Ok(header) => WalMsg::End(header),
         Err(e) => WalMsg::Failed(e),
     };
     // The applier is gone when this fails: it stopped on an error of its own.
@@ -1107,7 +1109,7 @@ struct ChunkSink<'a> {
     pool: &'a BufferPool,
     buf: Vec<u8>,
     len: usize,
-    page_size: Option<u32>,
+    header: Option<WalHeader>,
 }
 
 impl ChunkSink<'_> {
@@ -1115,24 +1117,20 @@ impl ChunkSink<'_> {
         if self.len == 0 {
             return Ok(());
         }
-        let Some(page_size) = self.page_size else {
+        let Some(header) = self.header else {
             return Ok(());
         };
         let buf = std::mem::take(&mut self.buf);
         let len = std::mem::replace(&mut self.len, 0);
         self.tx
-            .send(WalMsg::Frames {
-                page_size,
-                buf,
-                len,
-            })
+            .send(WalMsg::Frames { header, buf, len })
             .map_err(|_| io::Error::other("restore stopped"))
     }
 }
 
 impl FrameSink for ChunkSink<'_> {
     fn header(&mut self, header: &WalHeader, _raw: &[u8]) -> io::Result<()> {
-        self.page_size = Some(header.page_size);
+        self.header = Some(*header);
         Ok(())
     }
 
@@ -1178,12 +1176,34 @@ fn apply_wal_index(
     index: u32,
     first_key: &str,
     pool: &BufferPool,
+    previous: &mut Option<WalHeader>,
 ) -> Result<()> {
-    let check = |page_size: u32| -> Result<()> {
+    let prev = previous.take();
+    let mut seen: Option<WalHeader> = None;
+    let mut check = |header: WalHeader| -> Result<()> {
+        if seen.is_some() {
+            return Ok(());
+        }
+        seen = Some(header);
+        let page_size = header.page_size;
         if page_size != snapshot_page_size {
             bail!(
                 "WAL segment {first_key}: page size {page_size} differs from the snapshot's {snapshot_page_size}; the replica is corrupt"
             );
+        }
+        if let Some(prev) = &prev {
+            if !follows(prev, &header) {
+                bail!(
+                    "WAL index {generation}/{index:08x} does not follow index {:08x}: its header has checkpoint sequence {} and salt-1 {:08x}, where the WAL restart after {:08x} gives {} and {:08x}; it comes from another database or another WAL history and the replica is corrupt (restore up to the index before with -generation {generation} -index {:08x}, or another generation)",
+                    index.wrapping_sub(1),
+                    header.checkpoint_seq,
+                    header.salt1,
+                    index.wrapping_sub(1),
+                    prev.checkpoint_seq.wrapping_add(1),
+                    prev.salt1.wrapping_add(1),
+                    index.wrapping_sub(1),
+                );
+            }
         }
         Ok(())
     };
@@ -1191,13 +1211,9 @@ fn apply_wal_index(
     let mut frames = 0u64;
     loop {
         match rx.recv() {
-            Ok(WalMsg::Frames {
-                page_size,
-                buf,
-                len,
-            }) => {
-                check(page_size)?;
-                frames += write_frames(file, &buf[..len], page_size, &mut commit_pages)
+            Ok(WalMsg::Frames { header, buf, len }) => {
+                check(header)?;
+                frames += write_frames(file, &buf[..len], header.page_size, &mut commit_pages)
                     .map_err(|e| match e {
                         FramesError::PageZero => anyhow!(
                             "WAL index {generation}/{index:08x} holds a frame for page 0; the replica is corrupt"
@@ -1206,9 +1222,9 @@ fn apply_wal_index(
                     })?;
                 pool.give(buf);
             }
-            Ok(WalMsg::End(page_size)) => {
-                if let Some(p) = page_size {
-                    check(p)?;
+            Ok(WalMsg::End(header)) => {
+                if let Some(h) = header {
+                    check(h)?;
                 }
                 break;
             }
@@ -1216,6 +1232,7 @@ fn apply_wal_index(
             Err(_) => bail!("the download of WAL index {index:08x} stopped without a result"),
         }
     }
+    *previous = seen;
     if let Some(pages) = commit_pages {
         file.set_len(u64::from(pages) * u64::from(snapshot_page_size))
             .with_context(|| format!("{}: cannot resize", db.display()))?;
@@ -1229,6 +1246,16 @@ fn apply_wal_index(
         ],
     );
     Ok(())
+}
+
+/// Whether `next` heads the WAL life right after `prev`'s, as consecutive indexes of one
+/// generation must: SQLite's restart adds one to the checkpoint sequence and to salt-1 (and
+/// draws a new salt-2). Our daemon continues a generation only across such a restart
+/// (`wal::is_next_life`), and Litestream v0.3.13's replicas show the same steps. Any other
+/// header means the index comes from another database or another history: its frames'
+/// checksums hold on their own, so only this check catches it.
+fn follows(prev: &WalHeader, next: &WalHeader) -> bool {
+    wal::is_next_life(prev, next) && next.checkpoint_seq == prev.checkpoint_seq.wrapping_add(1)
 }
 
 enum FramesError {
@@ -1872,6 +1899,28 @@ mod tests {
             ..opts
         };
         assert_eq!(choose(&two_gens(), &opts).unwrap().unwrap().last_index(), 2);
+    }
+
+    #[test]
+    fn consecutive_indexes_follow_by_checkpoint_sequence_and_salt() {
+        let h = |ckpt: u32, salt1: u32, salt2: u32| {
+            let mut w = WalHeader::parse(&fixture("valid.wal")).unwrap();
+            w.checkpoint_seq = ckpt;
+            w.salt1 = salt1;
+            w.salt2 = salt2;
+            w
+        };
+        // As Litestream v0.3.13's replica shows (testdata/litestream-v0.3.13).
+        assert!(follows(
+            &h(1, 0xacd5018a, 0xc00b1487),
+            &h(2, 0xacd5018b, 0xceda8f46)
+        ));
+        assert!(follows(&h(u32::MAX, u32::MAX, 1), &h(0, 0, 2)));
+        // Another database's WAL, or a life skipped or repeated.
+        assert!(!follows(&h(1, 0xacd5018a, 1), &h(2, 0x12345678, 2)));
+        assert!(!follows(&h(1, 0xacd5018a, 1), &h(3, 0xacd5018c, 2)));
+        assert!(!follows(&h(1, 0xacd5018a, 1), &h(1, 0xacd5018a, 1)));
+        assert!(!follows(&h(1, 0xacd5018a, 1), &h(7, 0xacd5018b, 2)));
     }
 
     #[test]
