@@ -269,7 +269,8 @@ pub fn list(sources: &[Source], opts: &Options) -> Result<Vec<GenerationListing>
     Ok(out)
 }
 
-/// The temp files of a restore to `out`.
+/// The temp files of a restore to `out`: a database under a name of its own, and the
+/// `-wal`/`-shm` SQLite puts beside it while it checks it.
 struct TempPaths {
     db: PathBuf,
     wal: PathBuf,
@@ -278,46 +279,116 @@ struct TempPaths {
     stem: String,
 }
 
+/// Temp names drawn in this process, so two draws within one clock tick still differ.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
 impl TempPaths {
-    /// `<out>.tmp` and SQLite's files beside it. Not `files::sibling(out, ".tmp")`: the bare
-    /// stem also names spool and leftover files, and the name is taken from `out`'s last
-    /// component, so an output with a trailing `/` or one ending in `..` is handled (or
-    /// refused) as before.
-    fn new(out: &Path) -> Result<TempPaths> {
+    /// Creates the temp database beside `out` under a name no one else uses
+    /// (`<out>.tmp-<pid>-<n>`), created new (never an existing file, never through a link),
+    /// with no `-wal` or `-shm` of that name already there: every file of a restore is one
+    /// it created, so it removes only those. The name is taken from `out`'s last component,
+    /// so an output ending in `..` is refused.
+    fn create(out: &Path) -> Result<(TempPaths, File)> {
         let name = out
             .file_name()
             .ok_or_else(|| anyhow!("{}: output path has no file name", out.display()))?
             .to_string_lossy()
             .into_owned();
         let dir = files::parent_dir(out).to_path_buf();
-        let stem = format!("{name}.tmp");
-        let db = dir.join(&stem);
-        Ok(TempPaths {
-            wal: files::wal_path(&db),
-            shm: files::shm_path(&db),
-            db,
-            dir,
-            stem,
-        })
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let mut last = None;
+        for _ in 0..16 {
+            let n = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+            let stem = format!(
+                "{name}.tmp-{}-{:x}",
+                std::process::id(),
+                nanos ^ (n as u32).wrapping_mul(0x9e37_79b9)
+            );
+            let db = dir.join(&stem);
+            let t = TempPaths {
+                wal: files::wal_path(&db),
+                shm: files::shm_path(&db),
+                db,
+                dir: dir.clone(),
+                stem,
+            };
+            if fs::symlink_metadata(&t.wal).is_ok() || fs::symlink_metadata(&t.shm).is_ok() {
+                continue;
+            }
+            match files::create_new(&t.db, 0o600) {
+                Ok(f) => {
+                    signal_cleanup::remember(&t);
+                    return Ok((t, f));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| anyhow!("every temp name was taken"))
+            .context(format!(
+                "{}: cannot create the restore's temp file",
+                dir.display()
+            )))
     }
 
-    /// Removes every temp file of this output: SQLite's `-wal` and `-shm` beside the temp db
-    /// (the integrity check opens it), and the staged indexes (`<out>.tmp-XXXXXXXX.wal`) an
-    /// earlier version left when it was interrupted (they are ours by name).
+    /// Removes the files of this restore (SQLite's `-wal` and `-shm` exist only if our
+    /// integrity check created them: none were there when the temp name was drawn).
     fn remove_all(&self) {
         for p in [&self.db, &self.wal, &self.shm] {
             let _ = fs::remove_file(p);
         }
-        let prefix = format!("{}-", self.stem);
-        if let Ok(rd) = fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                if n.starts_with(&prefix) && n.ends_with(".wal") {
-                    let _ = fs::remove_file(e.path());
-                }
+    }
+}
+
+/// SIGINT/SIGTERM during `litestream restore`: the handler removes the temp files this
+/// restore created (`unlink` is async-signal-safe) and exits at once, 128 + the signal, so
+/// an interrupted restore leaves nothing, even while a download is blocked.
+pub mod signal_cleanup {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+    /// The temp paths (a leaked, NUL-terminated list) the handler removes; null before any.
+    static PATHS: AtomicPtr<Vec<CString>> = AtomicPtr::new(std::ptr::null_mut());
+    static ENABLED: AtomicBool = AtomicBool::new(false);
+
+    /// Installs the handlers (the restore command only: the daemon's validations run
+    /// restores under its own signal handling).
+    pub fn install() -> anyhow::Result<()> {
+        ENABLED.store(true, Ordering::SeqCst);
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: the handler only loads an atomic, reads memory that is never freed,
+            // and calls unlink and _exit, which are async-signal-safe.
+            unsafe {
+                signal_hook::low_level::register(sig, move || {
+                    let p = PATHS.load(Ordering::SeqCst);
+                    if !p.is_null() {
+                        for c in (*p).iter() {
+                            libc::unlink(c.as_ptr());
+                        }
+                    }
+                    libc::_exit(128 + sig);
+                })
             }
+            .map_err(|e| anyhow::anyhow!("cannot handle signal {sig}: {e}"))?;
         }
+        Ok(())
+    }
+
+    pub(super) fn remember(t: &super::TempPaths) {
+        if !ENABLED.load(Ordering::SeqCst) {
+            return;
+        }
+        let list: Vec<CString> = [&t.db, &t.wal, &t.shm]
+            .iter()
+            .filter_map(|p| CString::new(p.as_os_str().as_bytes()).ok())
+            .collect();
+        // Leaked on purpose: the handler may read it at any moment until the process ends.
+        let old = PATHS.swap(Box::into_raw(Box::new(list)), Ordering::SeqCst);
+        let _ = old; // a previous list stays valid memory too
     }
 }
 
@@ -356,11 +427,11 @@ pub fn apply(
     parallelism: usize,
     mode: Option<u32>,
 ) -> Result<()> {
-    let tmp = TempPaths::new(out)?;
-    fs::create_dir_all(&tmp.dir)
-        .with_context(|| format!("{}: cannot create output directory", tmp.dir.display()))?;
-    tmp.remove_all();
-    let result = build(client, plan, &tmp, parallelism.max(1)).and_then(|file| {
+    let dir = files::parent_dir(out);
+    fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create output directory", dir.display()))?;
+    let (tmp, file) = TempPaths::create(out)?;
+    let result = build(client, plan, &tmp, file, parallelism.max(1)).and_then(|file| {
         let mode = mode.unwrap_or(0o600) & 0o7777;
         // Through the descriptor: by name, a link swapped in for the temp file would be
         // chmod'ed instead.
@@ -393,9 +464,9 @@ fn build(
     client: &Arc<dyn ReplicaClient>,
     plan: &Plan,
     tmp: &TempPaths,
+    file: File,
     parallelism: usize,
 ) -> Result<File> {
-    let file = create_private(&tmp.db)?;
     let n = plan.indexes.len();
     // A file replica reads as fast as it decodes: streaming is best. Over a network, a worker
     // reading only as fast as the applier consumes serialises the downloads; spooling each
@@ -1194,12 +1265,10 @@ fn apply_wal_index(
         if let Some(prev) = &prev {
             if !follows(prev, &header) {
                 bail!(
-                    "WAL index {generation}/{index:08x} does not follow index {:08x}: its header has checkpoint sequence {} and salt-1 {:08x}, where the WAL restart after {:08x} gives {} and {:08x}; it comes from another database or another WAL history and the replica is corrupt (restore up to the index before with -generation {generation} -index {:08x}, or another generation)",
+                    "WAL index {generation}/{index:08x} does not follow index {:08x}: its header has salt-1 {:08x}, where the WAL restart after {:08x} gives {:08x}; it comes from another database or another WAL history and the replica is corrupt (restore up to the index before with -generation {generation} -index {:08x}, or another generation)",
                     index.wrapping_sub(1),
-                    header.checkpoint_seq,
                     header.salt1,
                     index.wrapping_sub(1),
-                    prev.checkpoint_seq.wrapping_add(1),
                     prev.salt1.wrapping_add(1),
                     index.wrapping_sub(1),
                 );
@@ -1249,13 +1318,15 @@ fn apply_wal_index(
 }
 
 /// Whether `next` heads the WAL life right after `prev`'s, as consecutive indexes of one
-/// generation must: SQLite's restart adds one to the checkpoint sequence and to salt-1 (and
-/// draws a new salt-2). Our daemon continues a generation only across such a restart
-/// (`wal::is_next_life`), and Litestream v0.3.13's replicas show the same steps. Any other
-/// header means the index comes from another database or another history: its frames'
-/// checksums hold on their own, so only this check catches it.
+/// generation must: SQLite's restart adds one to salt-1 (and draws a new salt-2). Our daemon
+/// continues a generation only across such a restart (`wal::is_next_life`), and Litestream
+/// v0.3.13's replicas show the same step. The checkpoint sequence is not part of the rule:
+/// it usually steps by one too, but our own replicas show indexes where it stays (a WAL
+/// that SQLite truncated and rewrote). Any other salt-1 means the index comes from another
+/// database or another history: its frames' checksums hold on their own, so only this
+/// check catches it.
 fn follows(prev: &WalHeader, next: &WalHeader) -> bool {
-    wal::is_next_life(prev, next) && next.checkpoint_seq == prev.checkpoint_seq.wrapping_add(1)
+    wal::is_next_life(prev, next)
 }
 
 enum FramesError {
@@ -1600,6 +1671,7 @@ fn publish(tmp: &Path, out: &Path, file: &File) -> Result<()> {
 }
 
 /// A new file readable by the owner only; never an existing one, never through a link.
+#[cfg(test)]
 fn create_private(path: &Path) -> Result<File> {
     files::create_new(path, 0o600)
 }
@@ -1902,7 +1974,7 @@ mod tests {
     }
 
     #[test]
-    fn consecutive_indexes_follow_by_checkpoint_sequence_and_salt() {
+    fn consecutive_indexes_follow_by_salt1() {
         let h = |ckpt: u32, salt1: u32, salt2: u32| {
             let mut w = WalHeader::parse(&fixture("valid.wal")).unwrap();
             w.checkpoint_seq = ckpt;
@@ -1920,7 +1992,8 @@ mod tests {
         assert!(!follows(&h(1, 0xacd5018a, 1), &h(2, 0x12345678, 2)));
         assert!(!follows(&h(1, 0xacd5018a, 1), &h(3, 0xacd5018c, 2)));
         assert!(!follows(&h(1, 0xacd5018a, 1), &h(1, 0xacd5018a, 1)));
-        assert!(!follows(&h(1, 0xacd5018a, 1), &h(7, 0xacd5018b, 2)));
+        // A checkpoint sequence that stays, as in our own replicas, is no break.
+        assert!(follows(&h(1, 0xacd5018a, 1), &h(1, 0xacd5018b, 2)));
     }
 
     #[test]

@@ -165,6 +165,8 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         .as_ref()
         .and_then(|db| std::fs::metadata(&db.path).ok())
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    // From here on the restore creates files: a signal removes them before the exit.
+    restore::signal_cleanup::install()?;
     restore::apply(&source.client, &plan, &out, opts.parallelism, mode).map_err(|e| {
         // Which backup failed, and where to look for an older one that may be sound.
         let hint = if opts.generation.is_none() && listings.len() > 1 {
