@@ -8,7 +8,6 @@ mod s3_server;
 
 use std::fs;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::*;
 use restore_proxy::*;
