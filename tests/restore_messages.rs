@@ -14,6 +14,17 @@ fn restore_refusals_name_the_thing_and_the_fix() {
     let url = env.replica_url();
     let gen = generations(&env.replica)[0].clone();
 
+    // Progress goes to stderr, as the daemon's logs; stdout stays empty.
+    let out = env.fresh("progress");
+    let o = env.run(&["restore", "-o", out.to_str().unwrap(), &url]);
+    o.assert_ok("restore");
+    assert!(o.stdout.is_empty(), "stdout: {}", o.stdout);
+    assert!(
+        o.stderr.contains("restore complete"),
+        "stderr: {}",
+        o.stderr
+    );
+
     // -o "" is not "output path already exists: …/".
     let o = env.run(&["restore", "-o", "", &url]);
     o.assert_fails("restore -o ''");

@@ -325,10 +325,11 @@ fn parse_flags(mut args: Arguments) -> Result<Flags> {
     })
 }
 
-/// Restore logs progress like the daemon but never on stderr unless configured: stderr is
-/// kept for the one error line.
+/// Restore's progress goes to stderr whatever `logging.stderr` says: stdout is for what a
+/// command outputs, and a restore outputs a file (a script piping stdout gets nothing
+/// mixed in). The error line, when there is one, comes last.
 fn init_logging(cfg: &LoggingConfig) {
-    logging::init(cfg.level, cfg.json, cfg.stderr);
+    logging::init(cfg.level, cfg.json, true);
 }
 
 fn absolute(p: &str) -> Result<PathBuf> {
