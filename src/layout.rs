@@ -112,6 +112,20 @@ pub(crate) fn is_temp_name(name: &str) -> bool {
         .is_some_and(|n| parse_snapshot_name(n).is_some() || parse_wal_segment_name(n).is_some())
 }
 
+/// True for a name that desktops and file servers drop into any directory they show or
+/// share (`.DS_Store`, `._*` resource forks, NFS's `.nfs*` silly-renames, `Thumbs.db`,
+/// `desktop.ini`): nobody's data, so listings skip it instead of calling the replica
+/// foreign. Only the last component counts (an S3 "directory" may end in `/`).
+pub(crate) fn is_junk_name(name: &str) -> bool {
+    let last = name.trim_end_matches('/');
+    let last = last.rsplit('/').next().unwrap_or(last);
+    last == ".DS_Store"
+        || last.starts_with("._")
+        || last.starts_with(".nfs")
+        || last.eq_ignore_ascii_case("Thumbs.db")
+        || last.eq_ignore_ascii_case("desktop.ini")
+}
+
 /// A name for messages: control characters escaped and at most 120 characters, so that a
 /// hostile listing cannot flood or garble a log line.
 pub(crate) fn display_name(name: &str) -> String {
@@ -127,6 +141,24 @@ pub(crate) fn display_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn junk_names() {
+        for junk in [
+            ".DS_Store",
+            "._00000001.snapshot.gz",
+            ".nfs0000000001a2b3c400000001",
+            "Thumbs.db",
+            "desktop.ini",
+            "generations/.DS_Store",
+            "generations/._x/",
+        ] {
+            assert!(is_junk_name(junk), "{junk}");
+        }
+        for ours_or_foreign in ["00000001.snapshot.gz", "..", "README", "x.DS_Store", "nfs"] {
+            assert!(!is_junk_name(ours_or_foreign), "{ours_or_foreign}");
+        }
+    }
 
     #[test]
     fn names_round_trip() {

@@ -63,6 +63,8 @@ pub struct Replica {
     next_validation: Option<Instant>,
     /// Validation results so far: (ok, failed).
     pub validations: (u64, u64),
+    /// Foreign names already warned about (once per name per run).
+    warned_foreign: std::collections::HashSet<String>,
 }
 
 impl Replica {
@@ -89,6 +91,25 @@ impl Replica {
             snapshot_recheck: None,
             next_validation: None,
             validations: (0, 0),
+            warned_foreign: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Warns, once per name per run, of names in the store that restore would refuse
+    /// (`client::Listing::foreign`): replication goes on, but the replica cannot be restored
+    /// until someone removes them.
+    fn warn_foreign(&mut self, foreign: Vec<String>) {
+        for name in foreign {
+            if self.warned_foreign.insert(name.clone()) {
+                logging::warn(
+                    "replica holds a name litestream never writes; restore refuses this replica until it is removed",
+                    &[
+                        ("db", &self.db_label()),
+                        ("replica", &self.cfg.name),
+                        ("name", &layout::display_name(&name)),
+                    ],
+                );
+            }
         }
     }
 
@@ -250,8 +271,15 @@ impl Replica {
         self.has_snapshot = false;
         self.newest_snapshot = None;
         self.db.set_replica_position(self.slot, None);
-        let snapshots = self.client.snapshots(generation)?;
-        let segments = self.client.wal_segments(generation)?;
+        // Only for the warning: a failure here shows up in the listings below.
+        if let Ok(generations) = self.client.list_generations() {
+            self.warn_foreign(generations.foreign);
+        }
+        let snapshots = self.client.list_snapshots(generation)?;
+        let segments = self.client.list_wal_segments(generation)?;
+        self.warn_foreign(snapshots.foreign);
+        self.warn_foreign(segments.foreign);
+        let (snapshots, segments) = (snapshots.items, segments.items);
         self.has_snapshot = !snapshots.is_empty();
         self.newest_snapshot = snapshots.iter().map(|s| (s.index, s.created)).max();
         let last_snapshot = snapshots.iter().map(|s| s.index).max();
@@ -536,7 +564,9 @@ impl Replica {
     ) -> Result<Vec<(String, Vec<SnapshotInfo>)>> {
         let mut listed = Vec::new();
         let mut any_kept = false;
-        for generation in self.client.generations()? {
+        let generations = self.client.list_generations()?;
+        self.warn_foreign(generations.foreign);
+        for generation in generations.items {
             let snapshots = self.client.snapshots(&generation)?;
             any_kept |= snapshots.iter().any(|s| s.created > cutoff);
             listed.push((generation, snapshots));

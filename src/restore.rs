@@ -28,17 +28,13 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::backoff::{Backoff, Growth};
 use crate::client::{self, ReplicaClient, SnapshotInfo, WalSegmentInfo};
-use crate::codec::{self, read_full};
+use crate::codec::{self, read_full, Compression};
 use crate::files;
 use crate::layout;
 use crate::logging;
 use crate::sqlite::{self, CheckpointMode};
 use crate::sync::{lock, wait};
 use crate::wal::{self, FrameHeader, FrameVerifier, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
-
-/// Opens of one object (the first and each reopen after a store failure) before a failure is
-/// final: stores fail transiently.
-const DOWNLOAD_ATTEMPTS: u32 = 3;
 
 /// What to restore; all optional filters.
 #[derive(Clone, Debug, Default)]
@@ -169,7 +165,12 @@ pub fn choose(listings: &[GenerationListing], opts: &Options) -> Result<Option<P
     let mut indexes = Vec::with_capacity(by_index.len());
     let mut expected = snapshot.index;
     for (index, mut segments) in by_index {
-        segments.sort_by_key(|s| s.offset);
+        // The same segment stored twice, as `.gz` and `.lz4` (a replica copied from another
+        // tool, or re-compressed): the copies hold the same bytes, so one is read, always the
+        // same one: gzip, what this tool writes by default (Litestream v0.3 writes `.lz4`, so
+        // a pair means our daemon wrote the `.gz`). Any damage in it still fails its checks.
+        segments.sort_by_key(|s| (s.offset, s.compression != Compression::Gzip));
+        segments.dedup_by_key(|s| s.offset);
         if index != expected {
             bail!(
                 "missing WAL index {expected:08x} in generation {} (segments of index {index:08x} follow it); the replica cannot restore past {:08x}",
@@ -187,12 +188,25 @@ pub fn choose(listings: &[GenerationListing], opts: &Options) -> Result<Option<P
         indexes.push((index, segments));
         expected = index.saturating_add(1);
     }
-    Ok(Some(Plan {
+    let plan = Plan {
         replica: g.replica,
         generation: g.generation.clone(),
         snapshot: snapshot.clone(),
         indexes,
-    }))
+    };
+    if let Some(want) = opts.index {
+        if plan.last_index() < want {
+            bail!(
+                "generation {} has no WAL index {want:08x}: its last index is {:08x} (snapshot at {:08x}); choose an index from {:08x} to {:08x}",
+                g.generation,
+                plan.last_index(),
+                plan.snapshot.index,
+                plan.snapshot.index,
+                plan.last_index()
+            );
+        }
+    }
+    Ok(Some(plan))
 }
 
 /// With `-index I`: the highest snapshot at or below I. With `-timestamp T`: the latest
@@ -202,7 +216,7 @@ fn pick_snapshot<'a>(snapshots: &'a [SnapshotInfo], opts: &Options) -> Option<&'
         .iter()
         .filter(|s| opts.index.is_none_or(|i| s.index <= i))
         .filter(|s| opts.timestamp.is_none_or(|t| s.created <= t))
-        .max_by_key(|s| (s.index, s.created))
+        .max_by_key(|s| (s.index, s.compression == Compression::Gzip, s.created))
 }
 
 /// Lists every generation of every source (filtered by `-replica` and `-generation`).
@@ -255,7 +269,8 @@ pub fn list(sources: &[Source], opts: &Options) -> Result<Vec<GenerationListing>
     Ok(out)
 }
 
-/// The temp files of a restore to `out`.
+/// The temp files of a restore to `out`: a database under a name of its own, and the
+/// `-wal`/`-shm` SQLite puts beside it while it checks it.
 struct TempPaths {
     db: PathBuf,
     wal: PathBuf,
@@ -264,46 +279,116 @@ struct TempPaths {
     stem: String,
 }
 
+/// Temp names drawn in this process, so two draws within one clock tick still differ.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
 impl TempPaths {
-    /// `<out>.tmp` and SQLite's files beside it. Not `files::sibling(out, ".tmp")`: the bare
-    /// stem also names spool and leftover files, and the name is taken from `out`'s last
-    /// component, so an output with a trailing `/` or one ending in `..` is handled (or
-    /// refused) as before.
-    fn new(out: &Path) -> Result<TempPaths> {
+    /// Creates the temp database beside `out` under a name no one else uses
+    /// (`<out>.tmp-<pid>-<n>`), created new (never an existing file, never through a link),
+    /// with no `-wal` or `-shm` of that name already there: every file of a restore is one
+    /// it created, so it removes only those. The name is taken from `out`'s last component,
+    /// so an output ending in `..` is refused.
+    fn create(out: &Path) -> Result<(TempPaths, File)> {
         let name = out
             .file_name()
             .ok_or_else(|| anyhow!("{}: output path has no file name", out.display()))?
             .to_string_lossy()
             .into_owned();
         let dir = files::parent_dir(out).to_path_buf();
-        let stem = format!("{name}.tmp");
-        let db = dir.join(&stem);
-        Ok(TempPaths {
-            wal: files::wal_path(&db),
-            shm: files::shm_path(&db),
-            db,
-            dir,
-            stem,
-        })
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let mut last = None;
+        for _ in 0..16 {
+            let n = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+            let stem = format!(
+                "{name}.tmp-{}-{:x}",
+                std::process::id(),
+                nanos ^ (n as u32).wrapping_mul(0x9e37_79b9)
+            );
+            let db = dir.join(&stem);
+            let t = TempPaths {
+                wal: files::wal_path(&db),
+                shm: files::shm_path(&db),
+                db,
+                dir: dir.clone(),
+                stem,
+            };
+            if fs::symlink_metadata(&t.wal).is_ok() || fs::symlink_metadata(&t.shm).is_ok() {
+                continue;
+            }
+            match files::create_new(&t.db, 0o600) {
+                Ok(f) => {
+                    signal_cleanup::remember(&t);
+                    return Ok((t, f));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| anyhow!("every temp name was taken"))
+            .context(format!(
+                "{}: cannot create the restore's temp file",
+                dir.display()
+            )))
     }
 
-    /// Removes every temp file of this output: SQLite's `-wal` and `-shm` beside the temp db
-    /// (the integrity check opens it), and the staged indexes (`<out>.tmp-XXXXXXXX.wal`) an
-    /// earlier version left when it was interrupted (they are ours by name).
+    /// Removes the files of this restore (SQLite's `-wal` and `-shm` exist only if our
+    /// integrity check created them: none were there when the temp name was drawn).
     fn remove_all(&self) {
         for p in [&self.db, &self.wal, &self.shm] {
             let _ = fs::remove_file(p);
         }
-        let prefix = format!("{}-", self.stem);
-        if let Ok(rd) = fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                if n.starts_with(&prefix) && n.ends_with(".wal") {
-                    let _ = fs::remove_file(e.path());
-                }
+    }
+}
+
+/// SIGINT/SIGTERM during `litestream restore`: the handler removes the temp files this
+/// restore created (`unlink` is async-signal-safe) and exits at once, 128 + the signal, so
+/// an interrupted restore leaves nothing, even while a download is blocked.
+pub mod signal_cleanup {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+    /// The temp paths (a leaked, NUL-terminated list) the handler removes; null before any.
+    static PATHS: AtomicPtr<Vec<CString>> = AtomicPtr::new(std::ptr::null_mut());
+    static ENABLED: AtomicBool = AtomicBool::new(false);
+
+    /// Installs the handlers (the restore command only: the daemon's validations run
+    /// restores under its own signal handling).
+    pub fn install() -> anyhow::Result<()> {
+        ENABLED.store(true, Ordering::SeqCst);
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: the handler only loads an atomic, reads memory that is never freed,
+            // and calls unlink and _exit, which are async-signal-safe.
+            unsafe {
+                signal_hook::low_level::register(sig, move || {
+                    let p = PATHS.load(Ordering::SeqCst);
+                    if !p.is_null() {
+                        for c in (*p).iter() {
+                            libc::unlink(c.as_ptr());
+                        }
+                    }
+                    libc::_exit(128 + sig);
+                })
             }
+            .map_err(|e| anyhow::anyhow!("cannot handle signal {sig}: {e}"))?;
         }
+        Ok(())
+    }
+
+    pub(super) fn remember(t: &super::TempPaths) {
+        if !ENABLED.load(Ordering::SeqCst) {
+            return;
+        }
+        let list: Vec<CString> = [&t.db, &t.wal, &t.shm]
+            .iter()
+            .filter_map(|p| CString::new(p.as_os_str().as_bytes()).ok())
+            .collect();
+        // Leaked on purpose: the handler may read it at any moment until the process ends.
+        let old = PATHS.swap(Box::into_raw(Box::new(list)), Ordering::SeqCst);
+        let _ = old; // a previous list stays valid memory too
     }
 }
 
@@ -342,11 +427,11 @@ pub fn apply(
     parallelism: usize,
     mode: Option<u32>,
 ) -> Result<()> {
-    let tmp = TempPaths::new(out)?;
-    fs::create_dir_all(&tmp.dir)
-        .with_context(|| format!("{}: cannot create output directory", tmp.dir.display()))?;
-    tmp.remove_all();
-    let result = build(client, plan, &tmp, parallelism.max(1)).and_then(|file| {
+    let dir = files::parent_dir(out);
+    fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create output directory", dir.display()))?;
+    let (tmp, file) = TempPaths::create(out)?;
+    let result = build(client, plan, &tmp, file, parallelism.max(1)).and_then(|file| {
         let mode = mode.unwrap_or(0o600) & 0o7777;
         // Through the descriptor: by name, a link swapped in for the temp file would be
         // chmod'ed instead.
@@ -379,9 +464,9 @@ fn build(
     client: &Arc<dyn ReplicaClient>,
     plan: &Plan,
     tmp: &TempPaths,
+    file: File,
     parallelism: usize,
 ) -> Result<File> {
-    let file = create_private(&tmp.db)?;
     let n = plan.indexes.len();
     // A file replica reads as fast as it decodes: streaming is best. Over a network, a worker
     // reading only as fast as the applier consumes serialises the downloads; spooling each
@@ -490,6 +575,7 @@ fn apply_all(
     pool: &BufferPool,
 ) -> Result<()> {
     let page_size = write_snapshot(file, db, snapshot, free)?;
+    let mut previous: Option<WalHeader> = None;
     for (k, rx) in indexes.into_iter().enumerate() {
         let (index, segments) = &plan.indexes[k];
         let first = segments
@@ -504,6 +590,7 @@ fn apply_all(
             *index,
             first.as_deref().unwrap_or("?"),
             pool,
+            &mut previous,
         )?;
         window.applied(k);
     }
@@ -544,11 +631,10 @@ fn decode_snapshot_into(
     let key = layout::snapshot_key(&info.generation, info.index, info.compression);
     logging::info("restoring snapshot", &[("snapshot", &key)]);
     let compression = info.compression;
-    let mut reader = Resumable::open(&key, move || {
-        let raw = client.open_snapshot(info)?;
-        Ok(codec::decoder(compression, raw)?)
-    })
-    .with_context(|| format!("cannot read snapshot {key}"))?;
+    let raw = Resumable::open(&key, info.size, move |at| client.open_snapshot_at(info, at))
+        .with_context(|| format!("cannot read snapshot {key}"))?;
+    let mut reader =
+        codec::decoder(compression, raw).with_context(|| format!("cannot read snapshot {key}"))?;
     let mut buf = vec![0u8; SNAPSHOT_CHUNK];
     const HEADER: usize = 100;
     let n = read_full(&mut reader, &mut buf[..HEADER])
@@ -628,15 +714,15 @@ fn write_snapshot(
 
 /// From a WAL worker to the applier, for one index.
 enum WalMsg {
-    /// Verified frames (`.len` bytes of `buf`, whole frames) of a WAL with this page size.
+    /// Verified frames (`.len` bytes of `buf`, whole frames) of the WAL with this header.
     Frames {
-        page_size: u32,
+        header: WalHeader,
         buf: Vec<u8>,
         len: usize,
     },
-    /// Every segment of the index was delivered and verified; the WAL's page size, if it
-    /// had a header.
-    End(Option<u32>),
+    /// Every segment of the index was delivered and verified; the WAL's header, if it had
+    /// one.
+    End(Option<WalHeader>),
     Failed(anyhow::Error),
 }
 
@@ -687,16 +773,16 @@ fn stream_index(
         pool,
         buf: Vec::new(),
         len: 0,
-        page_size: None,
+        header: None,
     };
     let result = stream_segments(client, generation, index, segments, &mut sink, abort, spool)
         .and_then(|()| {
             sink.flush()
                 .map_err(|_| anyhow!("restore stopped"))
-                .map(|()| sink.page_size)
+                .map(|()| sink.header)
         });
     let msg = match result {
-        Ok(page_size) => WalMsg::End(page_size),
+        Ok(header) => WalMsg::End(header),
         Err(e) => WalMsg::Failed(e),
     };
     // The applier is gone when this fails: it stopped on an error of its own.
@@ -748,13 +834,14 @@ fn stream_segments(
                 codec::decoder(compression, raw)
                     .with_context(|| format!("cannot read WAL segment {key}"))?
             }
-            None => Box::new(
-                Resumable::open(&key, move || {
-                    let raw = client.open_wal_segment(seg)?;
-                    Ok(codec::decoder(compression, raw)?)
+            None => {
+                let raw = Resumable::open(&key, seg.size, move |at| {
+                    client.open_wal_segment_at(seg, at)
                 })
-                .map_err(|e| segment_open_error(e, &key))?,
-            ),
+                .map_err(|e| segment_open_error(e, &key))?;
+                codec::decoder(compression, raw)
+                    .with_context(|| format!("cannot read WAL segment {key}"))?
+            }
         };
         stream
             .segment(&mut reader, sink, limit)
@@ -815,8 +902,10 @@ fn spool_index(
     let mut at = 0u64;
     for seg in segments {
         let key = layout::wal_segment_key(generation, index, seg.offset, seg.compression);
-        let mut reader = Resumable::open(&key, move || client.open_wal_segment(seg))
-            .map_err(|e| segment_open_error(e, &key))?;
+        let mut reader = Resumable::open(&key, seg.size, move |at| {
+            client.open_wal_segment_at(seg, at)
+        })
+        .map_err(|e| segment_open_error(e, &key))?;
         let start = at;
         loop {
             // Checked per read so a failed restore does not finish its downloads first.
@@ -926,6 +1015,8 @@ impl Read for SpoolReader<'_> {
 }
 
 /// A read error that means the data is bad (retrying cannot help), not that the store failed.
+/// Only decoders and our own checks say this: below the decoder every failure is the store's
+/// (a [`Resumable`] retries it), so a cut connection is never taken for a corrupt replica.
 fn is_corrupt(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -933,87 +1024,116 @@ fn is_corrupt(e: &io::Error) -> bool {
     )
 }
 
-/// A decoded object read from a store that may fail part-way: a read failing for any reason
-/// but bad data reopens the object (at most `DOWNLOAD_ATTEMPTS` opens in all) and skips the
-/// bytes already delivered, so the reader sees one unbroken stream and a flaky store costs a
-/// re-download of that object, never bytes delivered twice or the restore. A store serving
-/// other bytes on the retry is caught like any corruption: the WAL checksum chain continues
-/// across the seam, and the snapshot is integrity-checked.
+/// Reopens that make no progress before a download fails: stores fail transiently, and a
+/// store that fails this often in a row at the same byte is reported rather than waited out.
+const DOWNLOAD_ATTEMPTS: u32 = 5;
+
+/// An object's stored (compressed) bytes, read from a store that may fail part-way. A read
+/// that fails, or a stream that ends before the listed size (a connection the store or the
+/// network cut: `UnexpectedEof` from the HTTP client, or a plain early end), reopens the
+/// object from the byte reached (a ranged GET, a seek) after the download back-off; only
+/// `DOWNLOAD_ATTEMPTS` failures in a row without a byte of progress are final. It sits below
+/// the decoder, so the decoder sees one unbroken stream and only bad content is ever called
+/// corrupt. A store serving other bytes on the retry is caught like any corruption: the WAL
+/// checksum chain continues across the seam, and the snapshot is integrity-checked.
 struct Resumable<'a> {
     what: String,
-    open: Box<dyn FnMut() -> Result<Box<dyn Read + Send + 'a>> + Send + 'a>,
+    size: u64,
+    open: Box<dyn FnMut(u64) -> Result<Box<dyn Read + Send + 'a>> + Send + 'a>,
     inner: Box<dyn Read + Send + 'a>,
     pos: u64,
-    opens: u32,
+    /// Failures since the last byte read.
+    failures: u32,
     backoff: Backoff,
 }
 
 impl<'a> Resumable<'a> {
-    /// Opens the object, retrying failures other than [`client::NotFound`].
+    /// Opens the object (`size` bytes, as listed), retrying failures other than
+    /// [`client::NotFound`]. `open(offset)` opens it from that byte on.
     fn open(
         what: &str,
-        open: impl FnMut() -> Result<Box<dyn Read + Send + 'a>> + Send + 'a,
+        size: u64,
+        open: impl FnMut(u64) -> Result<Box<dyn Read + Send + 'a>> + Send + 'a,
     ) -> Result<Resumable<'a>> {
-        let mut open: Box<dyn FnMut() -> Result<Box<dyn Read + Send + 'a>> + Send + 'a> =
+        let mut open: Box<dyn FnMut(u64) -> Result<Box<dyn Read + Send + 'a>> + Send + 'a> =
             Box::new(open);
-        let mut opens = 1;
+        let mut failures = 0;
         let mut backoff = download_backoff();
         let inner = loop {
-            match open() {
+            match open(0) {
                 Ok(r) => break r,
-                Err(e) if client::is_not_found(&e) || opens >= DOWNLOAD_ATTEMPTS => return Err(e),
+                Err(e) if client::is_not_found(&e) || failures + 1 >= DOWNLOAD_ATTEMPTS => {
+                    return Err(e)
+                }
                 Err(e) => {
+                    failures += 1;
                     retry_pause(what, &mut backoff, &format!("{e:#}"));
-                    opens += 1;
                 }
             }
         };
         Ok(Resumable {
             what: what.to_string(),
+            size,
             open,
             inner,
             pos: 0,
-            opens,
+            failures,
             backoff,
         })
-    }
-
-    fn reopen(&mut self) -> io::Result<()> {
-        let mut r = (self.open)().map_err(|e| io::Error::other(format!("{e:#}")))?;
-        let skipped = io::copy(&mut (&mut r).take(self.pos), &mut io::sink())?;
-        if skipped != self.pos {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} bytes on a second read, {} before", skipped, self.pos),
-            ));
-        }
-        self.inner = r;
-        Ok(())
     }
 }
 
 impl Read for Resumable<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         loop {
             let err = match self.inner.read(buf) {
+                Ok(0) if self.pos < self.size => io::Error::other(format!(
+                    "the download ended after {} of the {} bytes the store lists",
+                    self.pos, self.size
+                )),
                 Ok(n) => {
                     self.pos += n as u64;
+                    if self.pos > self.size {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "the store sends more than the {} bytes it lists; the replica changed during the restore or the store is broken",
+                                self.size
+                            ),
+                        ));
+                    }
+                    if n > 0 && self.failures > 0 {
+                        self.failures = 0;
+                        self.backoff.reset();
+                    }
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => e,
             };
-            if is_corrupt(&err) || self.opens >= DOWNLOAD_ATTEMPTS {
-                return Err(err);
+            self.failures += 1;
+            if self.failures >= DOWNLOAD_ATTEMPTS {
+                // Not `UnexpectedEof` even when that is what the client said: the decoder above
+                // must report a store that kept failing, not a corrupt object.
+                return Err(io::Error::other(format!(
+                    "download failed {} times in a row at byte {} of {}, last: {err}",
+                    self.failures, self.pos, self.size
+                )));
             }
             retry_pause(&self.what, &mut self.backoff, &err.to_string());
-            self.opens += 1;
-            if let Err(e) = self.reopen() {
-                if is_corrupt(&e) || self.opens >= DOWNLOAD_ATTEMPTS {
-                    return Err(e);
+            self.inner = match (self.open)(self.pos) {
+                Ok(r) => r,
+                Err(e) if client::is_not_found(&e) => {
+                    return Err(io::Error::other(format!(
+                        "{} disappeared from the replica during the restore",
+                        self.what
+                    )))
                 }
-                self.inner = Box::new(FailOnce(Some(e)));
-            }
+                Err(e) => Box::new(FailOnce(Some(io::Error::other(format!("{e:#}"))))),
+            };
         }
     }
 }
@@ -1060,7 +1180,7 @@ struct ChunkSink<'a> {
     pool: &'a BufferPool,
     buf: Vec<u8>,
     len: usize,
-    page_size: Option<u32>,
+    header: Option<WalHeader>,
 }
 
 impl ChunkSink<'_> {
@@ -1068,24 +1188,20 @@ impl ChunkSink<'_> {
         if self.len == 0 {
             return Ok(());
         }
-        let Some(page_size) = self.page_size else {
+        let Some(header) = self.header else {
             return Ok(());
         };
         let buf = std::mem::take(&mut self.buf);
         let len = std::mem::replace(&mut self.len, 0);
         self.tx
-            .send(WalMsg::Frames {
-                page_size,
-                buf,
-                len,
-            })
+            .send(WalMsg::Frames { header, buf, len })
             .map_err(|_| io::Error::other("restore stopped"))
     }
 }
 
 impl FrameSink for ChunkSink<'_> {
     fn header(&mut self, header: &WalHeader, _raw: &[u8]) -> io::Result<()> {
-        self.page_size = Some(header.page_size);
+        self.header = Some(*header);
         Ok(())
     }
 
@@ -1131,12 +1247,32 @@ fn apply_wal_index(
     index: u32,
     first_key: &str,
     pool: &BufferPool,
+    previous: &mut Option<WalHeader>,
 ) -> Result<()> {
-    let check = |page_size: u32| -> Result<()> {
+    let prev = previous.take();
+    let mut seen: Option<WalHeader> = None;
+    let mut check = |header: WalHeader| -> Result<()> {
+        if seen.is_some() {
+            return Ok(());
+        }
+        seen = Some(header);
+        let page_size = header.page_size;
         if page_size != snapshot_page_size {
             bail!(
                 "WAL segment {first_key}: page size {page_size} differs from the snapshot's {snapshot_page_size}; the replica is corrupt"
             );
+        }
+        if let Some(prev) = &prev {
+            if !follows(prev, &header) {
+                bail!(
+                    "WAL index {generation}/{index:08x} does not follow index {:08x}: its header has salt-1 {:08x}, where the WAL restart after {:08x} gives {:08x}; it comes from another database or another WAL history and the replica is corrupt (restore up to the index before with -generation {generation} -index {:08x}, or another generation)",
+                    index.wrapping_sub(1),
+                    header.salt1,
+                    index.wrapping_sub(1),
+                    prev.salt1.wrapping_add(1),
+                    index.wrapping_sub(1),
+                );
+            }
         }
         Ok(())
     };
@@ -1144,13 +1280,9 @@ fn apply_wal_index(
     let mut frames = 0u64;
     loop {
         match rx.recv() {
-            Ok(WalMsg::Frames {
-                page_size,
-                buf,
-                len,
-            }) => {
-                check(page_size)?;
-                frames += write_frames(file, &buf[..len], page_size, &mut commit_pages)
+            Ok(WalMsg::Frames { header, buf, len }) => {
+                check(header)?;
+                frames += write_frames(file, &buf[..len], header.page_size, &mut commit_pages)
                     .map_err(|e| match e {
                         FramesError::PageZero => anyhow!(
                             "WAL index {generation}/{index:08x} holds a frame for page 0; the replica is corrupt"
@@ -1159,9 +1291,9 @@ fn apply_wal_index(
                     })?;
                 pool.give(buf);
             }
-            Ok(WalMsg::End(page_size)) => {
-                if let Some(p) = page_size {
-                    check(p)?;
+            Ok(WalMsg::End(header)) => {
+                if let Some(h) = header {
+                    check(h)?;
                 }
                 break;
             }
@@ -1169,6 +1301,7 @@ fn apply_wal_index(
             Err(_) => bail!("the download of WAL index {index:08x} stopped without a result"),
         }
     }
+    *previous = seen;
     if let Some(pages) = commit_pages {
         file.set_len(u64::from(pages) * u64::from(snapshot_page_size))
             .with_context(|| format!("{}: cannot resize", db.display()))?;
@@ -1182,6 +1315,18 @@ fn apply_wal_index(
         ],
     );
     Ok(())
+}
+
+/// Whether `next` heads the WAL life right after `prev`'s, as consecutive indexes of one
+/// generation must: SQLite's restart adds one to salt-1 (and draws a new salt-2). Our daemon
+/// continues a generation only across such a restart (`wal::is_next_life`), and Litestream
+/// v0.3.13's replicas show the same step. The checkpoint sequence is not part of the rule:
+/// it usually steps by one too, but our own replicas show indexes where it stays (a WAL
+/// that SQLite truncated and rewrote). Any other salt-1 means the index comes from another
+/// database or another history: its frames' checksums hold on their own, so only this
+/// check catches it.
+fn follows(prev: &WalHeader, next: &WalHeader) -> bool {
+    wal::is_next_life(prev, next)
 }
 
 enum FramesError {
@@ -1526,6 +1671,7 @@ fn publish(tmp: &Path, out: &Path, file: &File) -> Result<()> {
 }
 
 /// A new file readable by the owner only; never an existing one, never through a link.
+#[cfg(test)]
 fn create_private(path: &Path) -> Result<File> {
     files::create_new(path, 0o600)
 }
@@ -1592,7 +1738,6 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Compression;
     use std::time::UNIX_EPOCH;
 
     const G1: &str = "1111111111111111";
@@ -1778,6 +1923,80 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_stored_as_gz_and_lz4_is_read_once_as_gz() {
+        let lz4 = |mut s: WalSegmentInfo| {
+            s.compression = Compression::Lz4;
+            s
+        };
+        let mut snap_lz4 = snap(G1, 0, 100);
+        snap_lz4.compression = Compression::Lz4;
+        let gens = vec![listing(
+            0,
+            G1,
+            vec![snap_lz4, snap(G1, 0, 100)],
+            vec![
+                lz4(seg(G1, 0, 0, 100)),
+                seg(G1, 0, 0, 100),
+                seg(G1, 0, 4152, 110),
+                lz4(seg(G1, 0, 8272, 120)),
+            ],
+        )];
+        let plan = choose(&gens, &Options::default()).unwrap().unwrap();
+        assert_eq!(plan.snapshot.compression, Compression::Gzip);
+        let segs = &plan.indexes[0].1;
+        let got: Vec<(u64, Compression)> = segs.iter().map(|s| (s.offset, s.compression)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, Compression::Gzip),
+                (4152, Compression::Gzip),
+                (8272, Compression::Lz4)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_index_past_the_last_one_is_an_error_naming_the_last() {
+        let opts = Options {
+            generation: Some(G2.into()),
+            index: Some(5),
+            ..Default::default()
+        };
+        let err = choose(&two_gens(), &opts).unwrap_err().to_string();
+        assert!(err.contains(G2) && err.contains("00000005"), "{err}");
+        assert!(err.contains("last index is 00000002"), "{err}");
+        // The last one itself is fine.
+        let opts = Options {
+            index: Some(2),
+            ..opts
+        };
+        assert_eq!(choose(&two_gens(), &opts).unwrap().unwrap().last_index(), 2);
+    }
+
+    #[test]
+    fn consecutive_indexes_follow_by_salt1() {
+        let h = |ckpt: u32, salt1: u32, salt2: u32| {
+            let mut w = WalHeader::parse(&fixture("valid.wal")).unwrap();
+            w.checkpoint_seq = ckpt;
+            w.salt1 = salt1;
+            w.salt2 = salt2;
+            w
+        };
+        // As Litestream v0.3.13's replica shows (testdata/litestream-v0.3.13).
+        assert!(follows(
+            &h(1, 0xacd5018a, 0xc00b1487),
+            &h(2, 0xacd5018b, 0xceda8f46)
+        ));
+        assert!(follows(&h(u32::MAX, u32::MAX, 1), &h(0, 0, 2)));
+        // Another database's WAL, or a life skipped or repeated.
+        assert!(!follows(&h(1, 0xacd5018a, 1), &h(2, 0x12345678, 2)));
+        assert!(!follows(&h(1, 0xacd5018a, 1), &h(3, 0xacd5018c, 2)));
+        assert!(!follows(&h(1, 0xacd5018a, 1), &h(1, 0xacd5018a, 1)));
+        // A checkpoint sequence that stays, as in our own replicas, is no break.
+        assert!(follows(&h(1, 0xacd5018a, 1), &h(1, 0xacd5018b, 2)));
+    }
+
+    #[test]
     fn holes_are_errors() {
         let gens = vec![listing(
             0,
@@ -1931,22 +2150,26 @@ mod tests {
         assert!(out.kept.len() <= cut, "{} bytes kept", out.kept.len());
     }
 
-    /// Serves `data`, failing once with `fail` after `fail_at` bytes.
+    /// Serves `data` from `pos`, and (when `cut` is set) stops after byte `cut.0`: with an
+    /// error of kind `cut.1`, or, for `None`, with a plain early end of stream, as a
+    /// connection the network cut mid-body does.
     struct Flaky {
         data: Vec<u8>,
         pos: usize,
-        fail_at: Option<(usize, io::ErrorKind)>,
+        cut: Option<(usize, Option<io::ErrorKind>)>,
     }
 
     impl Read for Flaky {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             let mut end = self.data.len();
-            if let Some((at, kind)) = self.fail_at {
+            if let Some((at, kind)) = self.cut {
                 if self.pos >= at {
-                    self.fail_at = None;
-                    return Err(io::Error::new(kind, "injected"));
+                    return match kind {
+                        Some(kind) => Err(io::Error::new(kind, "injected")),
+                        None => Ok(0),
+                    };
                 }
-                end = at;
+                end = at.min(end);
             }
             let n = buf.len().min(end - self.pos);
             buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
@@ -1956,33 +2179,66 @@ mod tests {
     }
 
     #[test]
-    fn resumable_reopens_after_a_store_failure_and_skips_what_was_read() {
+    fn resumable_resumes_a_cut_download_where_it_stopped() {
         use std::sync::atomic::AtomicU32;
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let read_with = |kind: io::ErrorKind| {
+        // The first `cuts` opens stop 30 000 bytes after where they start.
+        let read_with = |cuts: u32, kind: Option<io::ErrorKind>| {
             let opens = AtomicU32::new(0);
-            let mut r = Resumable::open("obj", || {
-                let first = opens.fetch_add(1, Ordering::SeqCst) == 0;
+            let offsets = Mutex::new(Vec::new());
+            let mut r = Resumable::open("obj", data.len() as u64, |at| {
+                let n = opens.fetch_add(1, Ordering::SeqCst);
+                lock(&offsets).push(at);
+                let at = at as usize;
                 Ok(Box::new(Flaky {
                     data: data.clone(),
-                    pos: 0,
-                    fail_at: first.then_some((30_000, kind)),
+                    pos: at,
+                    cut: (n < cuts).then_some((at + 30_000, kind)),
                 }) as Box<dyn Read + Send>)
             })
             .unwrap();
             let mut out = Vec::new();
             let result = r.read_to_end(&mut out).map(|_| out);
             drop(r);
-            (result, opens.load(Ordering::SeqCst))
+            let offsets = lock(&offsets).clone();
+            (result, offsets)
         };
-        // A connection reset: reopened once, every byte delivered exactly once.
-        let (out, opens) = read_with(io::ErrorKind::ConnectionReset);
+        // The HTTP client's `UnexpectedEof` (a peer that disconnected), a reset, a stream that
+        // just ends early: each reopened at the byte reached, every byte delivered once.
+        for kind in [
+            Some(io::ErrorKind::UnexpectedEof),
+            Some(io::ErrorKind::ConnectionReset),
+            None,
+        ] {
+            let (out, offsets) = read_with(2, kind);
+            assert_eq!(out.unwrap(), data, "{kind:?}");
+            assert_eq!(offsets, vec![0, 30_000, 60_000], "{kind:?}");
+        }
+        // A store that cuts every connection still makes progress: no limit is reached.
+        let (out, _) = read_with(u32::MAX, None);
         assert_eq!(out.unwrap(), data);
-        assert_eq!(opens, 2);
-        // Bad data: never retried.
-        let (out, opens) = read_with(io::ErrorKind::InvalidData);
-        assert_eq!(out.unwrap_err().kind(), io::ErrorKind::InvalidData);
-        assert_eq!(opens, 1);
+    }
+
+    #[test]
+    fn resumable_gives_up_on_a_store_that_makes_no_progress() {
+        let data = vec![7u8; 1000];
+        let mut opens = 0;
+        let mut r = Resumable::open("obj", 2000, |at| {
+            opens += 1;
+            Ok(Box::new(Flaky {
+                data: data.clone(),
+                pos: at as usize,
+                cut: None,
+            }) as Box<dyn Read + Send>)
+        })
+        .unwrap();
+        let err = r.read_to_end(&mut Vec::new()).unwrap_err();
+        // Not a corruption: the store failed.
+        assert!(!is_corrupt(&err), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("1000 of 2000"), "{msg}");
+        drop(r);
+        assert_eq!(opens, DOWNLOAD_ATTEMPTS);
     }
 
     #[test]

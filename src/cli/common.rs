@@ -65,6 +65,14 @@ pub fn resolve_target(arg: &str, config_flag: Option<&str>, expand_env: bool) ->
                 if let Some(t) = as_replica_dir() {
                     return Ok(t);
                 }
+                let default = default_config_path();
+                if std::fs::symlink_metadata(&default).is_err() {
+                    bail!(
+                        "{} is not a replica URL or replica directory, and no config names it: {} does not exist (pass -config PATH naming this db, or a replica URL such as file:///backups/app or s3://bucket/path)",
+                        path.display(),
+                        default.display()
+                    );
+                }
             }
             return Err(e);
         }
@@ -188,6 +196,13 @@ pub fn listing_args(
         ),
         _ => bail!("{command}: too many arguments; give one database path or replica URL"),
     };
+    if let Some(g) = &generation {
+        if !crate::position::is_generation(g) {
+            bail!(
+                "{command}: -generation {g:?} is not a generation id (16 lowercase hex characters; list them with `litestream generations {arg}`)"
+            );
+        }
+    }
     let target = resolve_target(arg, config_flag.as_deref(), !no_expand_env)?;
     let mut replicas = target.replicas;
     if let Some(name) = &replica {

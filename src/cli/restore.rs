@@ -106,6 +106,12 @@ pub fn run(mut args: Arguments) -> Result<i32> {
     init_logging(&logging_cfg);
 
     let out = match (&flags.output, &target.db) {
+        (Some(o), _) if o.is_empty() => {
+            bail!("restore: -o needs a path for the restored database, got an empty one")
+        }
+        (Some(o), _) if o.ends_with('/') => bail!(
+            "restore: -o {o:?} names a directory; give the path of the database file to create in it"
+        ),
         (Some(o), _) => absolute(o)?,
         (None, Some(db)) => db.path.clone(),
         (None, None) => bail!("restore: -o PATH is required when restoring from a replica URL"),
@@ -146,7 +152,10 @@ pub fn run(mut args: Arguments) -> Result<i32> {
             logging::info("no backups found, skipping", &[]);
             return Ok(0);
         }
-        bail!("no matching backups found");
+        bail!(
+            "restore: no matching backups found: {}",
+            no_match(&listings, &opts, &sources, &flags.target)
+        );
     };
     let source = &sources[plan.replica];
     log_plan(&source.name, &plan, &out);
@@ -156,8 +165,25 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         .as_ref()
         .and_then(|db| std::fs::metadata(&db.path).ok())
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
-    restore::apply(&source.client, &plan, &out, opts.parallelism, mode)
-        .map_err(|e| anyhow!("restore: {e:#}"))?;
+    // From here on the restore creates files: a signal removes them before the exit.
+    restore::signal_cleanup::install()?;
+    restore::apply(&source.client, &plan, &out, opts.parallelism, mode).map_err(|e| {
+        // Which backup failed, and where to look for an older one that may be sound.
+        let hint = if opts.generation.is_none() && listings.len() > 1 {
+            format!(
+                "; an older generation may restore: list them with `litestream generations {}` and pass one with -generation",
+                flags.target
+            )
+        } else {
+            String::new()
+        };
+        anyhow!(
+            "restore: generation {} up to index {:08x} from replica {}: {e:#}{hint}",
+            plan.generation,
+            plan.last_index(),
+            source.name
+        )
+    })?;
     logging::info(
         "restore complete",
         &[
@@ -167,6 +193,49 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         ],
     );
     Ok(0)
+}
+
+/// Why nothing matched: no generation at all, not the one asked for, or no snapshot.
+fn no_match(
+    listings: &[restore::GenerationListing],
+    opts: &Options,
+    sources: &[Source],
+    target: &str,
+) -> String {
+    let replicas: Vec<&str> = sources
+        .iter()
+        .filter(|s| opts.replica.as_deref().is_none_or(|r| r == s.name))
+        .map(|s| s.name.as_str())
+        .collect();
+    let replicas = replicas.join(", ");
+    if let Some(g) = &opts.generation {
+        if listings.is_empty() {
+            return format!(
+                "no generation {g} in replica {replicas} (list them with `litestream generations {target}`)"
+            );
+        }
+    }
+    if listings.is_empty() {
+        return format!("replica {replicas} holds no generation");
+    }
+    if listings.iter().all(|l| l.snapshots.is_empty()) {
+        let gens: Vec<&str> = listings.iter().map(|l| l.generation.as_str()).collect();
+        return format!(
+            "no snapshot in generation {} of replica {replicas}: WAL segments alone cannot be restored (the replica is incomplete; a running daemon uploads a snapshot first)",
+            gens.join(", ")
+        );
+    }
+    match (opts.index, opts.timestamp) {
+        (Some(i), _) => format!(
+            "no snapshot at or before index {i:08x} in generation {} (list them with `litestream snapshots {target}`)",
+            opts.generation.as_deref().unwrap_or("?")
+        ),
+        (_, Some(t)) => format!(
+            "nothing at or before {} in replica {replicas} (list the snapshots with `litestream snapshots {target}`)",
+            format_time(t)
+        ),
+        _ => format!("no usable snapshot in replica {replicas}"),
+    }
 }
 
 /// The `restoring` log line: what will be restored from where.
@@ -256,10 +325,11 @@ fn parse_flags(mut args: Arguments) -> Result<Flags> {
     })
 }
 
-/// Restore logs progress like the daemon but never on stderr unless configured: stderr is
-/// kept for the one error line.
+/// Restore's progress goes to stderr whatever `logging.stderr` says: stdout is for what a
+/// command outputs, and a restore outputs a file (a script piping stdout gets nothing
+/// mixed in). The error line, when there is one, comes last.
 fn init_logging(cfg: &LoggingConfig) {
-    logging::init(cfg.level, cfg.json, cfg.stderr);
+    logging::init(cfg.level, cfg.json, true);
 }
 
 fn absolute(p: &str) -> Result<PathBuf> {

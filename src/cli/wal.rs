@@ -1,6 +1,6 @@
 //! `litestream wal`: every WAL segment of each replica of a db.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use pico_args::Arguments;
 
 use crate::cli::common::{format_time, listing_args, table};
@@ -35,15 +35,24 @@ pub fn run(args: Arguments) -> Result<i32> {
         return Ok(0);
     };
     let mut rows = Vec::new();
+    let mut found = false;
     for (name, client) in &l.clients {
         for generation in client.generations()? {
             if l.generation.as_deref().is_some_and(|g| g != generation) {
                 continue;
             }
+            found = true;
             for s in client.wal_segments(&generation)? {
                 rows.push((s.created, s.index, s.offset, name.clone(), s));
             }
         }
+    }
+    if let (Some(g), false) = (&l.generation, found) {
+        let names: Vec<&str> = l.clients.iter().map(|(n, _)| n.as_str()).collect();
+        bail!(
+            "wal: no generation {g} in replica {} (list the generations with `litestream generations`)",
+            names.join(", ")
+        );
     }
     rows.sort_by_key(|r| (r.0, r.1, r.2));
     let rows: Vec<Vec<String>> = rows

@@ -107,6 +107,16 @@ impl ReplicaClient for CountingClient {
     fn open_wal_segment(&self, info: &WalSegmentInfo) -> Result<Box<dyn Read + Send>> {
         self.get(self.inner.open_wal_segment(info))
     }
+    fn open_snapshot_at(&self, info: &SnapshotInfo, offset: u64) -> Result<Box<dyn Read + Send>> {
+        self.get(self.inner.open_snapshot_at(info, offset))
+    }
+    fn open_wal_segment_at(
+        &self,
+        info: &WalSegmentInfo,
+        offset: u64,
+    ) -> Result<Box<dyn Read + Send>> {
+        self.get(self.inner.open_wal_segment_at(info, offset))
+    }
     fn delete_generation(&self, generation: &str) -> Result<()> {
         self.ops.count(Operation::Delete, 0);
         self.inner.delete_generation(generation)

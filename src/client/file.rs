@@ -88,6 +88,7 @@ impl FileClient {
             match parse(&name, &meta).filter(|_| right_kind) {
                 Some(item) => items.push(item),
                 None if !dirs && meta.is_file() && layout::is_temp_name(&name) => {}
+                None if layout::is_junk_name(&name) => {}
                 None => foreign.push(format!("{rel}/{name}")),
             }
         }
@@ -111,10 +112,18 @@ impl FileClient {
         Ok((size, mtime))
     }
 
-    fn open_object(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+    /// The object at `key` from byte `offset` on.
+    fn open_object(&self, key: &str, offset: u64) -> Result<Box<dyn Read + Send>> {
+        use std::io::{Seek, SeekFrom};
         let path = self.path(key);
         match File::open(&path) {
-            Ok(f) => Ok(Box::new(BufReader::with_capacity(64 * 1024, f))),
+            Ok(mut f) => {
+                if offset > 0 {
+                    f.seek(SeekFrom::Start(offset))
+                        .map_err(|e| anyhow!("{}: cannot seek: {e}", path.display()))?;
+                }
+                Ok(Box::new(BufReader::with_capacity(64 * 1024, f)))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(anyhow::Error::new(NotFound(path.display().to_string())))
             }
@@ -248,20 +257,29 @@ impl ReplicaClient for FileClient {
     }
 
     fn open_snapshot(&self, info: &SnapshotInfo) -> Result<Box<dyn Read + Send>> {
-        self.open_object(&layout::snapshot_key(
-            &info.generation,
-            info.index,
-            info.compression,
-        ))
+        self.open_snapshot_at(info, 0)
     }
 
     fn open_wal_segment(&self, info: &WalSegmentInfo) -> Result<Box<dyn Read + Send>> {
-        self.open_object(&layout::wal_segment_key(
-            &info.generation,
-            info.index,
-            info.offset,
-            info.compression,
-        ))
+        self.open_wal_segment_at(info, 0)
+    }
+
+    fn open_snapshot_at(&self, info: &SnapshotInfo, offset: u64) -> Result<Box<dyn Read + Send>> {
+        self.open_object(
+            &layout::snapshot_key(&info.generation, info.index, info.compression),
+            offset,
+        )
+    }
+
+    fn open_wal_segment_at(
+        &self,
+        info: &WalSegmentInfo,
+        offset: u64,
+    ) -> Result<Box<dyn Read + Send>> {
+        self.open_object(
+            &layout::wal_segment_key(&info.generation, info.index, info.offset, info.compression),
+            offset,
+        )
     }
 
     fn delete_generation(&self, generation: &str) -> Result<()> {
@@ -379,6 +397,18 @@ mod tests {
         fs::write(g.join("snapshots/README"), b"").unwrap();
         fs::write(g.join("wal/00000003_00000000.wal.zst"), b"").unwrap();
         fs::write(g.join("wal/0000003_00000000.wal.gz"), b"").unwrap();
+        // Junk a desktop or an NFS server leaves is not even foreign.
+        fs::write(gens.join(".DS_Store"), b"").unwrap();
+        fs::write(g.join("wal/.nfs000000000012345600000001"), b"").unwrap();
+        fs::write(g.join("snapshots/._00000002.snapshot.gz"), b"").unwrap();
+        let foreign = |l: Vec<String>| {
+            l.into_iter()
+                .filter(|n| n.contains(".DS_Store") || n.contains(".nfs") || n.contains("._"))
+                .collect::<Vec<_>>()
+        };
+        assert!(foreign(c.list_generations().unwrap().foreign).is_empty());
+        assert!(foreign(c.list_snapshots(G).unwrap().foreign).is_empty());
+        assert!(foreign(c.list_wal_segments(G).unwrap().foreign).is_empty());
         assert_eq!(c.generations().unwrap(), vec![G.to_string()]);
         assert_eq!(
             c.snapshots(G)

@@ -189,12 +189,37 @@ pub trait ReplicaClient: Send + Sync {
     /// The compressed bytes of a WAL segment; [`NotFound`] when it is gone.
     fn open_wal_segment(&self, info: &WalSegmentInfo) -> Result<Box<dyn Read + Send>>;
 
+    /// The compressed bytes of a snapshot from byte `offset` on: how restore resumes a
+    /// download the store cut short. Stores that can seek or send a range override this; the
+    /// default reads and drops the first `offset` bytes.
+    fn open_snapshot_at(&self, info: &SnapshotInfo, offset: u64) -> Result<Box<dyn Read + Send>> {
+        skip_to(self.open_snapshot(info)?, offset)
+    }
+    /// The compressed bytes of a WAL segment from byte `offset` on (see `open_snapshot_at`).
+    fn open_wal_segment_at(
+        &self,
+        info: &WalSegmentInfo,
+        offset: u64,
+    ) -> Result<Box<dyn Read + Send>> {
+        skip_to(self.open_wal_segment(info)?, offset)
+    }
+
     /// Removes a whole generation (retention, once none of its snapshots is kept).
     fn delete_generation(&self, generation: &str) -> Result<()>;
     /// Removes these snapshots.
     fn delete_snapshots(&self, snapshots: &[SnapshotInfo]) -> Result<()>;
     /// Removes these WAL segments.
     fn delete_wal_segments(&self, segments: &[WalSegmentInfo]) -> Result<()>;
+}
+
+/// `r` with its first `offset` bytes read and dropped; an object shorter than that is an
+/// error (the caller retries it as any failed download).
+pub(crate) fn skip_to(mut r: Box<dyn Read + Send>, offset: u64) -> Result<Box<dyn Read + Send>> {
+    let skipped = std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink())?;
+    if skipped != offset {
+        anyhow::bail!("the object ended after {skipped} bytes, before offset {offset}");
+    }
+    Ok(r)
 }
 
 /// The client for a configured replica.

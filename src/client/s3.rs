@@ -292,6 +292,7 @@ impl S3Client {
             };
             match parse(name, &o) {
                 Some(item) => items.push(item),
+                None if layout::is_junk_name(name) => {}
                 None => foreign.push(format!("{dir}{name}")),
             }
         }
@@ -416,9 +417,26 @@ impl S3Client {
         Ok(())
     }
 
-    fn get(&self, key: &str) -> Result<Box<dyn Read + Send>> {
-        let resp = self.call("GET", key, key, &|| Command::GetObject, None)?;
-        Ok(Box::new(resp.into_body().into_reader()))
+    /// The object from byte `offset` on: a ranged GET past 0, so a download the network cut
+    /// short resumes where it stopped. A store that ignores the range (200, not 206) sends
+    /// the whole object, and its first `offset` bytes are dropped here.
+    fn get(&self, key: &str, offset: u64) -> Result<Box<dyn Read + Send>> {
+        if offset == 0 {
+            let resp = self.call("GET", key, key, &|| Command::GetObject, None)?;
+            return Ok(Box::new(resp.into_body().into_reader()));
+        }
+        let make = || Command::GetObjectRange {
+            start: offset,
+            end: None,
+        };
+        let resp = self.call("GET", key, key, &make, None)?;
+        let partial = resp.status().as_u16() == 206;
+        let body: Box<dyn Read + Send> = Box::new(resp.into_body().into_reader());
+        if partial {
+            Ok(body)
+        } else {
+            crate::client::skip_to(body, offset)
+        }
     }
 
     /// Deletes keys in batches of at most 1000, checking each key's result.
@@ -663,20 +681,26 @@ impl ReplicaClient for S3Client {
     }
 
     fn open_snapshot(&self, info: &SnapshotInfo) -> Result<Box<dyn Read + Send>> {
-        self.get(&self.key(&layout::snapshot_key(
-            &info.generation,
-            info.index,
-            info.compression,
-        )))
+        self.open_snapshot_at(info, 0)
     }
 
     fn open_wal_segment(&self, info: &WalSegmentInfo) -> Result<Box<dyn Read + Send>> {
-        self.get(&self.key(&layout::wal_segment_key(
-            &info.generation,
-            info.index,
-            info.offset,
-            info.compression,
-        )))
+        self.open_wal_segment_at(info, 0)
+    }
+
+    fn open_snapshot_at(&self, info: &SnapshotInfo, offset: u64) -> Result<Box<dyn Read + Send>> {
+        let rel = layout::snapshot_key(&info.generation, info.index, info.compression);
+        self.get(&self.key(&rel), offset)
+    }
+
+    fn open_wal_segment_at(
+        &self,
+        info: &WalSegmentInfo,
+        offset: u64,
+    ) -> Result<Box<dyn Read + Send>> {
+        let rel =
+            layout::wal_segment_key(&info.generation, info.index, info.offset, info.compression);
+        self.get(&self.key(&rel), offset)
     }
 
     fn delete_generation(&self, generation: &str) -> Result<()> {

@@ -1297,7 +1297,12 @@ pub fn restore_from(env: &Env, replica: &Path, out: &Path, extra: &[&str]) -> Ou
 }
 
 pub fn one_line(o: &Out, what: &str) -> String {
-    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    // Log lines (restore's progress goes to stderr too) are not part of the error.
+    let lines: Vec<&str> = o
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("time=") && !l.starts_with("{\"time\""))
+        .collect();
     assert_eq!(
         lines.len(),
         1,
