@@ -339,10 +339,18 @@ fn is_link(st: &libc::stat) -> bool {
 /// Opens the subdirectory `name` of `dir`, never through a link (`O_PATH` when we may search
 /// it but not read it).
 fn open_dir_at(dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
-    match open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) {
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
-            open_at(dir, name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
-        }
+    match open_at(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => open_at(
+            dir,
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ),
         r => r,
     }
 }
@@ -384,8 +392,7 @@ impl Dir {
             std::env::current_dir()?.join(path)
         };
         let slash = c"/";
-        let open_root =
-            || open_at(libc::AT_FDCWD, slash, libc::O_RDONLY | libc::O_DIRECTORY, 0);
+        let open_root = || open_at(libc::AT_FDCWD, slash, libc::O_RDONLY | libc::O_DIRECTORY, 0);
         let mut fd = open_root()?;
         let mut st = stat_fd(fd.as_raw_fd())?;
         let mut shown = PathBuf::from("/");
@@ -465,11 +472,7 @@ impl Dir {
                 shown.push(&comp);
             }
         }
-        Ok(Dir {
-            fd,
-            st,
-            path: abs,
-        })
+        Ok(Dir { fd, st, path: abs })
     }
 
     /// Opens the directory at `path` (see `walk`).
@@ -523,7 +526,12 @@ impl Dir {
 
     /// The names in it (never `.` or `..`).
     pub fn names(&self) -> io::Result<Vec<OsString>> {
-        let reopened = open_at(self.fd.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let reopened = open_at(
+            self.fd.as_raw_fd(),
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
         // SAFETY: fdopendir takes ownership of the descriptor (released from `reopened`);
         // readdir's entries are valid until the next readdir; closedir closes it.
         unsafe {

@@ -117,7 +117,9 @@ fn a_shadow_wal_dir_swapped_for_a_link_by_the_db_owner_gets_nothing_written_thro
     assert!(moved_on, "the daemon neither refused the link nor moved on");
     // And the replica still restores to the db's rows.
     let digest = table_digest(&env.db, "t");
-    env.wait_restore(DEADLINE, "the db's rows", |p| table_digest(p, "t") == digest);
+    env.wait_restore(DEADLINE, "the db's rows", |p| {
+        table_digest(p, "t") == digest
+    });
     d.stop_ok();
 }
 
