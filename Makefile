@@ -38,6 +38,8 @@ SECONDS ?= 300
 soak: prereqs
 	SOAK_SECONDS=$(SECONDS) $(if $(SEED),SOAK_SEED=$(SEED)) $(CARGO) test --test soak -- --nocapture
 
+# No `cargo audit`/`cargo deny` here: both fetch the RustSec advisory DB from GitHub, which
+# this build host cannot reach (no registry carries the DB).
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings

@@ -715,7 +715,9 @@ impl Replica {
     fn upload_segment(&mut self, pos: &Position, end: u64) -> Result<()> {
         let started = Instant::now();
         let path = self.db.shadow_wal_path(&pos.generation, pos.index);
-        let mut f = File::open(&path)
+        // Never through a link: the meta dir is the db owner's, and a link swapped in for the
+        // shadow file would have us upload a file of root's to the replica.
+        let mut f = crate::files::open_existing(&path, false)
             .with_context(|| format!("{}: cannot open shadow wal", path.display()))?;
         f.seek(SeekFrom::Start(pos.offset))?;
         let raw = f.take(end - pos.offset);

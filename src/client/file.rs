@@ -135,7 +135,7 @@ impl FileClient {
         let mut dirs: Vec<PathBuf> = Vec::new();
         for key in keys {
             let path = self.path(&key);
-            match fs::remove_file(&path) {
+            match files::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(anyhow!("{}: cannot delete: {e}", path.display())),
@@ -289,7 +289,8 @@ impl ReplicaClient for FileClient {
             ));
         }
         let dir = self.path(&layout::generation_dir(generation));
-        match fs::remove_dir_all(&dir) {
+        // Never following a link on the way or inside (see `files::Dir`).
+        match files::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(anyhow!("{}: cannot delete generation: {e}", dir.display())),

@@ -683,18 +683,18 @@ fn lock_meta_dir(meta_dir: &Path, db_path: &Path, mode: u32) -> Result<File> {
 
 /// Creates the metadata dir `dir` with the db file's mode (plus `x` where it has `r`, see
 /// `files::dir_mode_for`) and, as root, the db file's owner: the shadow WAL holds the data,
-/// so no more people may read it than may read the db.
+/// so no more people may read it than may read the db. Everything created inside it is owned
+/// like it (`files::create_new`), so a later run as the db's owner can use it all. One that
+/// was there before is checked: owned by root, us or the db's owner, and not writable by all.
 fn create_dir_like(dir: &Path, db_path: &Path) -> Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
     let meta =
         fs::metadata(db_path).with_context(|| format!("{}: cannot stat", db_path.display()))?;
     let owner = files::Owner {
         uid: meta.uid(),
         gid: meta.gid(),
     };
-    files::create_dir_all(dir, files::dir_mode_for(meta.mode()), Some(owner))
+    files::create_dir_all(dir, files::dir_mode_for(meta.mode()), Some(owner))?;
+    files::check_dir(dir, Some(meta.uid()))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! It never talks to SQLite and decides nothing about generations (`verdict` does); nothing
 //! reads a shadow file past the committed `Shadow::size` this module keeps.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -377,54 +377,56 @@ pub(super) fn wal_frames(wal: &Path, frame_size: usize) -> u64 {
 
 /// The highest index among a generation's shadow files.
 pub(super) fn highest_shadow_index(dir: &Path) -> Result<Option<u32>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
+    let names = match files::read_dir_names(dir) {
+        Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("{}: cannot list", dir.display())),
     };
-    Ok(entries
-        .flatten()
-        .filter_map(|e| shadow_index(&e.file_name().to_string_lossy()))
+    Ok(names
+        .iter()
+        .filter_map(|n| shadow_index(&n.to_string_lossy()))
         .max())
 }
 
+// The removals below list and unlink through `files`, which never follows a link on the way:
+// the meta dir is the db owner's, who could otherwise swap `generations` for a link to `/`.
+
 /// Removes a generation's shadow files below `keep_from`.
 pub(super) fn remove_indexes_below(dir: &Path, keep_from: u32) {
-    let Ok(entries) = fs::read_dir(dir) else {
+    let Ok(names) = files::read_dir_names(dir) else {
         return;
     };
-    for entry in entries.flatten() {
-        if shadow_index(&entry.file_name().to_string_lossy()).is_some_and(|i| i < keep_from) {
-            let _ = fs::remove_file(entry.path());
+    for name in names {
+        if shadow_index(&name.to_string_lossy()).is_some_and(|i| i < keep_from) {
+            let _ = files::remove_file(&dir.join(name));
         }
     }
 }
 
 /// Removes every generation's shadow files but `keep`'s.
 pub(super) fn remove_other_generations(meta_dir: &Path, keep: &str) {
-    let Ok(entries) = fs::read_dir(meta_dir.join("generations")) else {
+    let dir = meta_dir.join("generations");
+    let Ok(names) = files::read_dir_names(&dir) else {
         return;
     };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy() != keep {
-            let _ = fs::remove_dir_all(entry.path());
+    for name in names {
+        if name.to_string_lossy() != keep {
+            let _ = files::remove_dir_all(&dir.join(name));
         }
     }
 }
 
 /// Removes `*.tmp` files left by a crash (SPEC §3).
 pub(super) fn remove_tmp_files(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
+    let Ok(names) = files::read_dir_names(dir) else {
         return;
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => remove_tmp_files(&path),
-            Ok(_) if path.extension().is_some_and(|e| e == "tmp") => {
-                let _ = fs::remove_file(&path);
-            }
-            _ => {}
+    for name in names {
+        let path = dir.join(name);
+        if files::is_real_dir(&path) {
+            remove_tmp_files(&path);
+        } else if path.extension().is_some_and(|e| e == "tmp") {
+            let _ = files::remove_file(&path);
         }
     }
 }
