@@ -2,7 +2,7 @@
 //! database beside its final path and move it into place only once it is proven sound.
 //!
 //! Choosing is pure ([`choose`] over listings, unit-tested); applying touches only files named
-//! after the output (`<out>.tmp`, and SQLite's `<out>.tmp-wal`/`-shm` while it checks it) and
+//! after the output (a temp `<out>.tmp-<pid>-<n>` it created new, and SQLite's `-wal`/`-shm` beside it while it checks it) and
 //! never the output itself until the final no-clobber link. Every WAL frame is verified (salts
 //! and checksum chain) before its page is written, and a segment that breaks contiguity or ends
 //! inside a transaction fails the whole restore, temp file removed: SQLite's own WAL recovery
