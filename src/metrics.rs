@@ -1,9 +1,11 @@
-//! Prometheus metrics (SPEC §9) and the health check, served on `addr` by one tiny_http
-//! thread: `GET /metrics` (text format 0.0.4), `GET /healthz`, 404 for anything else.
+//! Prometheus metrics (SPEC §9) and the health check, served on `addr` by `server` (a
+//! bounded GET-only HTTP server): `GET /metrics` (text format 0.0.4), `GET /healthz`, 404 for
+//! anything else.
 //!
 //! The db and replica threads only store into atomics they were handed at start-up; the
 //! server thread loads them when scraped and renders the text with a pure function. No lock is
-//! taken on the replication path and a slow scraper only ever holds up the server thread.
+//! taken on the replication path, and a slow or hostile client only ever holds up the server's
+//! own threads.
 //! Nothing here may carry a secret: labels are db paths, replica names and replica types.
 //!
 //! Replica lag (`litestream_replica_lag_seconds`): the db thread numbers every shadow position
@@ -13,16 +15,14 @@
 //! keeps its older time, so the lag is overstated rather than understated.
 
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
-
-use crate::logging;
 use crate::sync::lock;
+
+mod server;
+pub(crate) use server::Server;
 
 /// Publish times kept per db for the lag computation (2 KiB per db).
 const RING: u64 = 256;
@@ -540,16 +540,10 @@ struct Family<'a> {
 }
 
 impl<'a> Family<'a> {
-    /// `# HELP` and `# TYPE`. Counters whose Litestream name lacks `_total` are typed
-    /// `untyped`: the names are fixed by Litestream compatibility, and Prometheus' own lint
-    /// (`promtool check metrics`) rejects a counter without that suffix. Queries (`rate()`)
-    /// work the same on either type.
+    /// `# HELP` and `# TYPE`, as Litestream v0.3 declares them: its counters are typed
+    /// `counter` even where the name lacks `_total` (`promtool check metrics` lints those
+    /// names; they are fixed by compatibility).
     fn new(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
-        let kind = if kind == "counter" && !name.ends_with("_total") {
-            "untyped"
-        } else {
-            kind
-        };
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         Family { out, name }
@@ -592,49 +586,49 @@ fn render_db(out: &mut String, s: &Snapshot) {
         (
             "litestream_db_size",
             "gauge",
-            "The current size of the database file in bytes.",
+            "The current size of the real DB",
             |d| d.db_size as f64,
         ),
         (
             "litestream_wal_size",
             "gauge",
-            "The current size of the real WAL file in bytes.",
+            "The current size of the real WAL",
             |d| d.wal_size as f64,
         ),
         (
             "litestream_shadow_wal_index",
             "gauge",
-            "The current index of the shadow WAL.",
+            "The current index of the shadow WAL",
             |d| d.shadow_wal_index as f64,
         ),
         (
             "litestream_shadow_wal_size",
             "gauge",
-            "The current size of the shadow WAL in bytes.",
+            "Current size of shadow WAL, in bytes",
             |d| d.shadow_wal_size as f64,
         ),
         (
             "litestream_total_wal_bytes",
             "counter",
-            "Total number of bytes written to the shadow WAL.",
+            "Total number of bytes written to shadow WAL",
             |d| d.total_wal_bytes as f64,
         ),
         (
             "litestream_sync_count",
             "counter",
-            "Number of sync operations performed.",
+            "Number of sync operations performed",
             |d| d.sync_count as f64,
         ),
         (
             "litestream_sync_error_count",
             "counter",
-            "Number of sync errors that have occurred.",
+            "Number of sync errors that have occurred",
             |d| d.sync_error_count as f64,
         ),
         (
             "litestream_sync_seconds",
             "counter",
-            "Time spent syncing the shadow WAL, in seconds.",
+            "Time spent syncing shadow WAL, in seconds",
             |d| d.sync_seconds,
         ),
     ];
@@ -652,17 +646,17 @@ fn render_checkpoints(out: &mut String, s: &Snapshot) {
     let ck_families: [(&str, &str, CkValue); 3] = [
         (
             "litestream_checkpoint_count",
-            "Number of checkpoints performed.",
+            "Number of checkpoint operations performed",
             |c| c.0 as f64,
         ),
         (
             "litestream_checkpoint_error_count",
-            "Number of checkpoint errors that have occurred.",
+            "Number of checkpoint errors that have occurred",
             |c| c.1 as f64,
         ),
         (
             "litestream_checkpoint_seconds",
-            "Time spent checkpointing, in seconds.",
+            "Time spent checkpointing WAL, in seconds",
             |c| c.2,
         ),
     ];
@@ -680,10 +674,10 @@ fn render_checkpoints(out: &mut String, s: &Snapshot) {
 fn render_replicas(out: &mut String, s: &Snapshot) {
     type RValue = fn(&ReplicaSnapshot) -> f64;
     let r_families: [(&str, &str, &str, RValue); 4] = [
-        ("litestream_replica_wal_index", "gauge", "The current WAL index of the replica.", |r| r.wal_index as f64),
-        ("litestream_replica_wal_offset", "gauge", "The current WAL offset of the replica.", |r| r.wal_offset as f64),
+        ("litestream_replica_wal_index", "gauge", "The current WAL index", |r| r.wal_index as f64),
+        ("litestream_replica_wal_offset", "gauge", "The current WAL offset", |r| r.wal_offset as f64),
         ("litestream_replica_lag_seconds", "gauge", "Seconds since the oldest committed data not yet on the replica was written to the shadow WAL; 0 when caught up.", |r| r.lag_seconds),
-        ("litestream_replica_wal_bytes", "counter", "Number of WAL bytes written to the replica (uncompressed).", |r| r.wal_bytes as f64),
+        ("litestream_replica_wal_bytes", "counter", "The number wal bytes written", |r| r.wal_bytes as f64),
     ];
     for (name, kind, help, value) in r_families {
         let mut f = Family::new(out, name, kind, help);
@@ -698,7 +692,7 @@ fn render_replicas(out: &mut String, s: &Snapshot) {
             out,
             "litestream_replica_validation_total",
             "counter",
-            "Number of replica validations, by result.",
+            "The number of validations performed",
         );
         for d in &s.dbs {
             for r in &d.replicas {
@@ -831,105 +825,6 @@ fn one_line(s: &str, max: usize) -> String {
     format!("{}…", &line[..end])
 }
 
-// ---------------------------------------------------------------------------------------------
-// HTTP
-// ---------------------------------------------------------------------------------------------
-
-/// The metrics server: one thread answering requests in turn.
-pub(crate) struct Server {
-    http: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// `:9090` means every interface, as in Litestream (and Go's `net.Listen`).
-pub(crate) fn listen_addr(addr: &str) -> String {
-    if addr.starts_with(':') {
-        format!("0.0.0.0{addr}")
-    } else {
-        addr.to_string()
-    }
-}
-
-impl Server {
-    /// Binds `addr` now (so a taken port stops start-up) and serves on a new thread.
-    pub(crate) fn start(addr: &str, registry: Arc<Registry>, max_lag: Duration) -> Result<Server> {
-        let listen = listen_addr(addr);
-        let listener = TcpListener::bind(&listen).with_context(|| {
-            format!("cannot listen on addr {addr:?} for metrics (free the port or change `addr` in the config)")
-        })?;
-        let bound = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or(listen);
-        let http = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr:?}: {e}"))?;
-        let http = Arc::new(http);
-        let h = http.clone();
-        let thread = std::thread::Builder::new()
-            .name("metrics".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                for req in h.incoming_requests() {
-                    respond(req, &registry, max_lag);
-                }
-            })
-            .context("cannot start the metrics thread")?;
-        logging::info("serving metrics", &[("addr", &bound)]);
-        Ok(Server {
-            http,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops answering and joins the server thread.
-    pub(crate) fn stop(mut self) {
-        self.http.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// What a request gets: status, content type, body. Pure apart from taking the snapshot.
-pub(crate) fn route(
-    method: &str,
-    url: &str,
-    registry: &Registry,
-    max_lag: Duration,
-) -> (u16, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    let path = url.split('?').next().unwrap_or("");
-    let known = matches!(path, "/metrics" | "/healthz");
-    if !known {
-        return (404, TEXT, "404 page not found\n".into());
-    }
-    if method != "GET" && method != "HEAD" {
-        return (405, TEXT, "method not allowed\n".into());
-    }
-    let snap = registry.snapshot(SystemTime::now());
-    if path == "/metrics" {
-        return (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(&snap),
-        );
-    }
-    match health(&snap, max_lag) {
-        Ok(()) => (200, TEXT, "ok\n".into()),
-        Err(lines) => (503, TEXT, lines),
-    }
-}
-
-fn respond(req: tiny_http::Request, registry: &Registry, max_lag: Duration) {
-    let (code, ctype, body) = route(req.method().as_str(), req.url(), registry, max_lag);
-    let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
-    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes()) {
-        resp = resp.with_header(h);
-    }
-    // A client that went away is its own problem; the next request is served as usual.
-    let _ = req.respond(resp);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -980,7 +875,7 @@ mod tests {
         for line in [
             "# TYPE litestream_db_size gauge",
             r#"litestream_db_size{db="/data/a \"b\".db"} 8192"#,
-            "# TYPE litestream_sync_count untyped",
+            "# TYPE litestream_sync_count counter",
             r#"litestream_sync_seconds{db="/data/a \"b\".db"} 0.25"#,
             r#"litestream_checkpoint_count{db="/data/a \"b\".db",mode="RESTART"} 1"#,
             r#"litestream_checkpoint_error_count{db="/data/a \"b\".db",mode="TRUNCATE"} 0"#,
@@ -1077,35 +972,6 @@ mod tests {
         let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 524288               files\n";
         assert_eq!(parse_max_fds(limits), Some(1024));
         assert!(ProcessStats::read().is_some_and(|p| p.resident_bytes > 0 && p.open_fds > 0));
-    }
-
-    #[test]
-    fn routes() {
-        let reg = Registry::new(
-            vec![Arc::new(DbMetrics::new("/a.db".into(), &["file".into()]))],
-            &["file"],
-        );
-        let max = Duration::from_secs(60);
-        assert_eq!(route("GET", "/nope", &reg, max).0, 404);
-        assert_eq!(route("GET", "/debug/pprof/", &reg, max).0, 404);
-        assert_eq!(route("POST", "/metrics", &reg, max).0, 405);
-        let (code, ctype, body) = route("GET", "/metrics?x=1", &reg, max);
-        assert_eq!(
-            (code, ctype),
-            (200, "text/plain; version=0.0.4; charset=utf-8")
-        );
-        assert!(body.contains("litestream_db_size{db=\"/a.db\"} 0"));
-        assert_eq!(
-            route("GET", "/healthz", &reg, max),
-            (200, "text/plain; charset=utf-8", "ok\n".into())
-        );
-    }
-
-    #[test]
-    fn listen_addr_forms() {
-        assert_eq!(listen_addr(":9090"), "0.0.0.0:9090");
-        assert_eq!(listen_addr("127.0.0.1:9090"), "127.0.0.1:9090");
-        assert_eq!(listen_addr("[::1]:9090"), "[::1]:9090");
     }
 
     #[test]
