@@ -81,6 +81,9 @@ pub struct DbMetrics {
     publish_times: Vec<AtomicU64>,
     /// Set after the db thread's first tick, whatever its outcome (`-exec` waits for it).
     first_tick_done: AtomicBool,
+    /// Why the db thread cannot vouch for its replicas now (the db file replaced or gone);
+    /// `/healthz` is not ok while set. Touched only when that changes, and on scrapes.
+    db_problem: Mutex<Option<String>>,
     pub(crate) replicas: Vec<ReplicaMetrics>,
 }
 
@@ -118,6 +121,7 @@ impl DbMetrics {
             publish_seq: AtomicU64::new(0),
             publish_times: (0..RING).map(|_| AtomicU64::new(0)).collect(),
             first_tick_done: AtomicBool::new(false),
+            db_problem: Mutex::new(None),
             replicas: replica_names
                 .iter()
                 .map(|name| ReplicaMetrics {
@@ -167,6 +171,11 @@ impl DbMetrics {
     /// Whether the db thread has run its first tick (see `tick_done`).
     pub(crate) fn first_tick_done(&self) -> bool {
         self.first_tick_done.load(Ordering::SeqCst)
+    }
+
+    /// Sets (or with `None` clears) why this db's replicas cannot be trusted now.
+    pub(crate) fn set_db_problem(&self, problem: Option<String>) {
+        *self.db_problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
     }
 
     /// Counts a checkpoint in `mode` (one of `MODES`, as `sqlite::CheckpointMode::name` spells
@@ -268,6 +277,11 @@ impl DbMetrics {
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
         DbSnapshot {
             path: self.path.clone(),
+            problem: self
+                .db_problem
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             db_size: ld(&self.db_size),
             wal_size: ld(&self.wal_size),
             shadow_wal_index: ld(&self.shadow_wal_index),
@@ -406,6 +420,8 @@ pub(crate) struct Snapshot {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct DbSnapshot {
     pub path: String,
+    /// See `DbMetrics::db_problem`.
+    pub problem: Option<String>,
     pub db_size: u64,
     pub wal_size: u64,
     pub shadow_wal_index: u64,
@@ -788,6 +804,9 @@ fn render_process(out: &mut String, p: &ProcessStats) {
 pub(crate) fn health(s: &Snapshot, max_lag: Duration) -> std::result::Result<(), String> {
     let mut bad = String::new();
     for d in &s.dbs {
+        if let Some(p) = &d.problem {
+            let _ = writeln!(bad, "db {}: {p}", d.path);
+        }
         for r in &d.replicas {
             if r.lag_seconds < max_lag.as_secs_f64() {
                 continue;
@@ -833,6 +852,7 @@ mod tests {
         Snapshot {
             dbs: vec![DbSnapshot {
                 path: "/data/a \"b\".db".into(),
+                problem: None,
                 db_size: 8192,
                 wal_size: 4152,
                 shadow_wal_index: 3,

@@ -131,14 +131,57 @@ impl DbShared {
         lock(&self.db_file).clone()
     }
 
-    fn open_db_file(&self) -> Result<()> {
+    /// Opens the db file unless the one open is still the file at the path; returns its
+    /// identity. Called only while no connection is open (closing the old descriptor then
+    /// drops no lock of ours).
+    fn open_db_file(&self) -> Result<FileId> {
         let mut slot = lock(&self.db_file);
-        if slot.is_none() {
-            let f = File::open(&self.path)
-                .with_context(|| format!("{}: cannot open database", self.path.display()))?;
-            *slot = Some(Arc::new(f));
+        if let Some(f) = slot.as_ref() {
+            let open = FileId::of_file(f)?;
+            if FileId::of_path(&self.path)? == Some(open) {
+                return Ok(open);
+            }
         }
-        Ok(())
+        let f = File::open(&self.path)
+            .with_context(|| format!("{}: cannot open database", self.path.display()))?;
+        let id = FileId::of_file(&f)?;
+        *slot = Some(Arc::new(f));
+        Ok(id)
+    }
+
+    /// Forgets the db file (see `Db::let_go_of_db_file`).
+    fn close_db_file(&self) {
+        *lock(&self.db_file) = None;
+    }
+}
+
+/// Which file a descriptor or path is: device and inode. While we hold a descriptor of a file
+/// its inode number cannot be reused, so a different identity at the path is another file.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of_file(f: &File) -> Result<FileId> {
+        let m = f.metadata().context("cannot stat the open database file")?;
+        Ok(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// `None` when nothing is at `path`.
+    fn of_path(path: &Path) -> Result<Option<FileId>> {
+        match fs::metadata(path) {
+            Ok(m) => Ok(Some(FileId {
+                dev: m.dev(),
+                ino: m.ino(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot stat database", path.display())),
+        }
     }
 }
 
@@ -177,6 +220,14 @@ pub struct Db {
     copy_buffer: Vec<u8>,
     /// The generation and first kept index `clean_up_shadow` last acted on.
     cleaned_for: Option<(String, u32)>,
+    /// The db file our connection and `DbShared::db_file` have open.
+    db_id: Option<FileId>,
+    /// Why the next `init` must start a new generation whatever the shadow says (the db file
+    /// at the path is not the one the shadow followed).
+    forced_reason: Option<Reason>,
+    /// The health problem we set (`DbMetrics::set_db_problem`) is to be cleared once every
+    /// replica has a snapshot of the current generation.
+    problem_set: bool,
 }
 
 /// What a `stat` of the WAL file says about its contents: which file, how long, when changed.
@@ -222,6 +273,9 @@ impl Db {
             wal_seen: None,
             copy_buffer: Vec::new(),
             cleaned_for: None,
+            db_id: None,
+            forced_reason: None,
+            problem_set: false,
         }
     }
 
@@ -273,11 +327,14 @@ impl Db {
     /// failed. `unwoken`: no write woke this tick, so an unchanged WAL needs only a `stat`.
     pub fn tick_logged(&mut self, unwoken: bool) -> bool {
         let started = Instant::now();
-        let result = if unwoken && self.unchanged_since_last_tick() {
-            self.clean_up_shadow()
-        } else {
-            self.tick()
+        let result = match self.db_file_moved() {
+            Err(e) => Err(e),
+            // Busy: the old file is let go of on a later tick.
+            Ok(Moved::Busy) => Ok(()),
+            Ok(Moved::No) if unwoken && self.unchanged_since_last_tick() => self.clean_up_shadow(),
+            Ok(Moved::No | Moved::LetGo) => self.tick(),
         };
+        self.clear_problem_once_snapshotted();
         self.update_gauges();
         self.shared
             .metrics
@@ -397,15 +454,28 @@ impl Db {
         if self.meta_lock.is_none() {
             self.meta_lock = Some(lock_meta_dir(&meta_dir, &path, self.shared.file_mode())?);
         }
-        self.shared.open_db_file()?;
+        let db_id = self.shared.open_db_file()?;
         let conn = open_connection(&path, self.cfg.busy_timeout)?;
+        if FileId::of_path(&path)? != Some(db_id) {
+            // Replaced again between the two opens: the connection may be on another file
+            // than the one snapshots read. Start over on the next tick.
+            bail!(
+                "{}: the database file changed while it was being opened; retrying",
+                path.display()
+            );
+        }
         self.conn = Some(conn);
+        self.db_id = Some(db_id);
         self.in_read_tx = false;
         self.begin_read_tx()?;
 
         remove_tmp_files(&meta_dir);
 
-        match self.resume()? {
+        let resumed = match self.forced_reason.clone() {
+            Some(reason) => Err(reason),
+            None => self.resume()?,
+        };
+        match resumed {
             Ok(shadow) => {
                 logging::info(
                     "resuming generation",
@@ -417,6 +487,7 @@ impl Db {
             Err(reason) => {
                 self.shadow = None;
                 self.new_generation(reason)?;
+                self.forced_reason = None;
             }
         }
         self.publish();
@@ -638,12 +709,119 @@ impl Db {
         Ok(())
     }
 
+    /// Whether the db file at the path is still the one we opened. When it is not (replaced,
+    /// or deleted and maybe created again), our connection and snapshots would read the old
+    /// file while the shadow follows the new `-wal` by its path: a replica mixing two
+    /// databases. So everything on the old file is let go of, the replicas see no position
+    /// until a new generation starts from the new file, and health is not ok until every
+    /// replica holds that generation's snapshot.
+    fn db_file_moved(&mut self) -> Result<Moved> {
+        let Some(open) = self.db_id else {
+            return Ok(Moved::No);
+        };
+        let now = FileId::of_path(&self.shared.path)?;
+        if now == Some(open) {
+            return Ok(Moved::No);
+        }
+        // No snapshot may be reading the old file (or pairing it with the new position).
+        let shared = self.shared.clone();
+        let Ok(_guard) = shared.checkpoint_lock.try_write() else {
+            return Ok(Moved::Busy);
+        };
+        let (what, reason) = match now {
+            Some(_) => (
+                "database file replaced: another file now has its path",
+                Reason::DbFileReplaced,
+            ),
+            None => (
+                "database file deleted: nothing is replicated until a database is created at its path again",
+                Reason::DbFileRecreated,
+            ),
+        };
+        logging::warn(
+            what,
+            &[
+                ("db", &self.db_label()),
+                (
+                    "generation",
+                    &self
+                        .shadow
+                        .as_ref()
+                        .map(|s| s.generation.clone())
+                        .unwrap_or_default(),
+                ),
+            ],
+        );
+        self.let_go_of_db_file();
+        // `init` logs nothing more while the path stays empty.
+        self.waiting_logged = true;
+        self.forced_reason = Some(reason);
+        self.shared.metrics.set_db_problem(Some(format!(
+            "{what}; the replicas hold the old file's data"
+        )));
+        self.problem_set = true;
+        Ok(Moved::LetGo)
+    }
+
+    /// Closes the connection on a db file that is no longer at the path, and forgets the
+    /// file, the shadow and the published position. SQLite must not checkpoint on this close:
+    /// as the last connection it would then delete the `-wal` by its path, which may by now
+    /// be the new file's.
+    fn let_go_of_db_file(&mut self) {
+        if let Some(conn) = &self.conn {
+            let _ = conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            );
+        }
+        self.close();
+        self.shared.close_db_file();
+        self.db_id = None;
+        self.shadow = None;
+        self.wal_seen = None;
+        self.cleaned_for = None;
+        self.shared.set_position(None);
+    }
+
+    /// Clears the health problem `db_file_moved` set once every replica has uploaded a
+    /// snapshot of the current generation (a replica reports a position only after that).
+    fn clear_problem_once_snapshotted(&mut self) {
+        if !self.problem_set || self.forced_reason.is_some() {
+            return;
+        }
+        let Some(shadow) = &self.shadow else {
+            return;
+        };
+        let all = lock(&self.shared.replica_positions).iter().all(|p| {
+            p.as_ref()
+                .is_some_and(|p| p.generation == shadow.generation)
+        });
+        if all {
+            self.shared.metrics.set_db_problem(None);
+            self.problem_set = false;
+            logging::info(
+                "replicas hold a snapshot of the new database file",
+                &[("db", &self.db_label()), ("generation", &shadow.generation)],
+            );
+        }
+    }
+
     /// Releases the read lock and closes the connection.
     pub fn close(&mut self) {
         let _ = self.end_read_tx();
         self.conn = None;
         self.in_read_tx = false;
     }
+}
+
+/// What `Db::db_file_moved` found.
+enum Moved {
+    /// The db file at the path is the one we have open.
+    No,
+    /// It is not; we let go of the old one, and `init` starts again from the path.
+    LetGo,
+    /// It is not, but a snapshot is reading the old file: try again next tick.
+    Busy,
 }
 
 /// Takes an exclusive `flock` on `<meta dir>/lock`. Two daemons replicating one db would each

@@ -54,12 +54,22 @@ pub enum Reason {
     /// After a restart out of sight, the old life cannot be proven whole in the shadow
     /// (`wal::old_life_copied_whole` says why).
     OldLifeNotProven(String),
+    /// Another file was moved to the db's path while we replicated it.
+    DbFileReplaced,
+    /// The db file was deleted while we replicated it, and a database created at its path.
+    DbFileRecreated,
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::NoGeneration => f.write_str("no generation"),
+            Reason::DbFileReplaced => f.write_str(
+                "the database file was replaced by another file; replicating the new one from a fresh snapshot (restore -generation <old> gets the old file's data)",
+            ),
+            Reason::DbFileRecreated => f.write_str(
+                "the database file was deleted and created again; replicating the new one from a fresh snapshot (restore -generation <old> gets the old file's data)",
+            ),
             Reason::InvalidGenerationFile => f.write_str("invalid generation file"),
             Reason::NoShadowWal => f.write_str("no shadow wal"),
             Reason::ShortShadowWal => f.write_str("short shadow wal"),
