@@ -1008,4 +1008,78 @@ mod tests {
         assert_eq!(root.key("generations/x"), "generations/x");
         assert_eq!(root.describe(), "s3://bkt");
     }
+
+    #[test]
+    fn endpoint_host_port_for_messages() {
+        assert_eq!(
+            host_port("http://127.0.0.1:9/bkt").as_deref(),
+            Some("127.0.0.1:9")
+        );
+        assert_eq!(
+            host_port("https://bkt.s3.amazonaws.com").as_deref(),
+            Some("bkt.s3.amazonaws.com:443")
+        );
+        assert_eq!(
+            host_port("http://ak:secret@h/x?X-Amz-Signature=s").as_deref(),
+            Some("h:80")
+        );
+        assert_eq!(host_port("http://[::1]/b").as_deref(), Some("[::1]:80"));
+        assert_eq!(host_port("nonsense"), None);
+    }
+
+    #[test]
+    fn stale_uploads_are_only_ours_and_old() {
+        let g = "0123456789abcdef";
+        assert!(is_our_object_key(&format!(
+            "generations/{g}/snapshots/00000001.snapshot.lz4"
+        )));
+        assert!(is_our_object_key(&format!(
+            "generations/{g}/wal/00000001_00000000.wal.lz4"
+        )));
+        assert!(!is_our_object_key(&format!("generations/{g}/other/x")));
+        assert!(!is_our_object_key(
+            "generations/zz/snapshots/00000001.snapshot.lz4"
+        ));
+        assert!(!is_our_object_key("elsewhere/big.bin"));
+        let now = humantime::parse_rfc3339("2026-01-01T12:00:00Z").unwrap();
+        assert!(is_older_than(
+            "2026-01-01T10:00:00.000Z",
+            now,
+            STALE_UPLOAD_AGE
+        ));
+        assert!(!is_older_than(
+            "2026-01-01T11:30:00.000Z",
+            now,
+            STALE_UPLOAD_AGE
+        ));
+        assert!(!is_older_than("garbage", now, STALE_UPLOAD_AGE));
+        let xml = "<ListMultipartUploadsResult><Bucket>b</Bucket><IsTruncated>false</IsTruncated><Upload><Key>p/k</Key><UploadId>u1</UploadId><Initiated>2026-01-01T10:00:00.000Z</Initiated></Upload></ListMultipartUploadsResult>";
+        let page: MultipartUploads = quick_xml::de::from_str(xml).unwrap();
+        assert_eq!((page.uploads.len(), page.is_truncated), (1, false));
+        assert_eq!(
+            (page.uploads[0].key.as_str(), page.uploads[0].id.as_str()),
+            ("p/k", "u1")
+        );
+    }
+
+    #[test]
+    fn an_unreachable_store_is_named_and_no_request_runs_past_the_deadline() {
+        let cfg = S3Config {
+            bucket: "bkt".into(),
+            path: "p".into(),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            force_path_style: true,
+            access_key_id: Some("AK".into()),
+            secret_access_key: Some("SECRETSK".into()),
+            ..Default::default()
+        };
+        let c = S3Client::new("s3", &cfg).unwrap();
+        c.set_deadline(Some(Instant::now() + Duration::from_millis(300)));
+        let err = format!("{:#}", c.list_generations().unwrap_err());
+        assert!(err.contains("127.0.0.1:1"), "{err}");
+        assert!(!err.contains("SECRETSK"), "{err}");
+        std::thread::sleep(Duration::from_millis(350));
+        let err = format!("{:#}", c.list_generations().unwrap_err());
+        assert!(err.contains("shutdown deadline"), "{err}");
+    }
 }
