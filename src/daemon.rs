@@ -3,6 +3,10 @@
 //! signal (or the child's exit), and shuts everything down in order (final db tick, then every
 //! replica uploads what it has, bounded by the shutdown timeout).
 //!
+//! SIGHUP stops the daemon as SIGTERM does (a final sync, then exit): it is what a closed
+//! terminal or a supervisor's stop sends, and the default action would kill us without the
+//! final sync. It does not reload the config; nothing here re-reads it.
+//!
 //! This is the only place that spawns threads, child processes or handles signals. It holds no
 //! replication logic of its own.
 
@@ -14,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::client::{self, ReplicaClient};
@@ -26,8 +30,23 @@ use crate::replica::Replica;
 use crate::sync::Semaphore;
 use crate::watch;
 
-/// How long replicas may keep uploading after a stop signal.
+/// How long the shutdown may take after a stop signal, from the signal to the exit: the
+/// final db ticks, every replica's last uploads (each request bounded by the time left) and
+/// the abort of uploads cut short.
 pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Of `SHUTDOWN_TIMEOUT`, what is kept for the end: aborting the multipart uploads that did
+/// not finish, and stopping the metrics server.
+const SHUTDOWN_RESERVE: Duration = Duration::from_secs(2);
+
+/// The exit code when the shutdown left changes that no replica holds (`EX_TEMPFAIL` of
+/// sysexits.h): they stay in the shadow WAL, and the next start uploads them.
+pub const EXIT_UNREPLICATED: i32 = 75;
+
+/// The signals that stop the daemon (and are forwarded to an `-exec` child).
+fn is_stop(sig: i32) -> bool {
+    sig == SIGINT || sig == SIGTERM || sig == SIGHUP
+}
 
 /// Every db's replica clients, in config order; the first that cannot be opened is the error.
 fn open_clients(config: &Config) -> Result<Vec<Vec<Arc<dyn ReplicaClient>>>> {
@@ -38,16 +57,17 @@ fn open_clients(config: &Config) -> Result<Vec<Vec<Arc<dyn ReplicaClient>>>> {
             db.replicas
                 .iter()
                 .map(|r| {
-                    client::open(r)
-                        .with_context(|| format!("{}: replica {}", db.path.display(), r.name))
+                    // `client::open` names the replica itself.
+                    client::open(r).with_context(|| db.path.display().to_string())
                 })
                 .collect()
         })
         .collect()
 }
 
-/// A replica's stop channel (carrying the shutdown deadline) and thread.
-type ReplicaRuntime = (Sender<Instant>, JoinHandle<()>);
+/// A replica's stop channel (carrying the shutdown deadline) and thread, which returns
+/// whether the replica holds everything at the end.
+type ReplicaRuntime = (Sender<Instant>, JoinHandle<bool>);
 
 /// Starts one thread per replica of a db; returns their wake-up senders, for the db thread.
 fn start_replicas(
@@ -73,6 +93,7 @@ fn start_replicas(
         // Capacity 1: one pending wake-up says all there is to say.
         let (ntx, nrx) = bounded(1);
         let (stx, srx) = bounded(1);
+        let raw = client.clone();
         let replica = Replica::new(
             slot,
             r_cfg.clone(),
@@ -80,13 +101,35 @@ fn start_replicas(
             shared.clone(),
             snapshots.clone(),
         );
+        let (db_path, name) = (db_cfg.path.clone(), r_cfg.name.clone());
         let thread = spawn(format!("replica-{}", r_cfg.name), move || {
+            clean_up_stale_uploads(&*raw, &db_path, &name);
             replica.run(nrx, srx)
         })?;
         notices.push(ntx);
         replicas.push((stx, thread));
     }
     Ok((notices, replicas))
+}
+
+/// Aborts what an earlier process left of its uploads; a store that cannot list them only
+/// gets a warning (its lifecycle rules are then the way to clean up).
+fn clean_up_stale_uploads(client: &dyn ReplicaClient, db: &std::path::Path, name: &str) {
+    match client.clean_up_stale_uploads() {
+        Ok(0) => {}
+        Ok(n) => logging::info(
+            "stale multipart uploads aborted",
+            &[("db", &db.display()), ("replica", &name), ("count", &n)],
+        ),
+        Err(err) => logging::warn(
+            "cannot clean up stale multipart uploads (a lifecycle rule AbortIncompleteMultipartUpload on the bucket does it instead)",
+            &[
+                ("db", &db.display()),
+                ("replica", &name),
+                ("error", &format!("{err:#}")),
+            ],
+        ),
+    }
 }
 
 /// The db thread's wake-ups from the WAL watcher; `None` when its WAL cannot be watched, and
@@ -125,6 +168,8 @@ struct DbRuntime {
 /// A running daemon: every db and replica thread, and the metrics server.
 pub(crate) struct Daemon {
     dbs: Vec<DbRuntime>,
+    /// Every replica client (unwrapped), for the shutdown's deadline and aborts.
+    clients: Vec<Arc<dyn ReplicaClient>>,
     registry: Arc<Registry>,
     server: Option<metrics::Server>,
     watcher: Option<watch::WalWatcher>,
@@ -138,6 +183,7 @@ impl Daemon {
         let snapshots = Arc::new(Semaphore::new(config.snapshot_concurrency));
         // Every client first, so a bad replica stops start-up before any thread runs.
         let clients = open_clients(config)?;
+        let all_clients: Vec<Arc<dyn ReplicaClient>> = clients.iter().flatten().cloned().collect();
         let db_metrics: Vec<Arc<DbMetrics>> = config
             .dbs
             .iter()
@@ -184,6 +230,7 @@ impl Daemon {
         }
         Ok(Daemon {
             dbs,
+            clients: all_clients,
             registry,
             server,
             watcher: watcher.ok(),
@@ -196,10 +243,16 @@ impl Daemon {
         self.registry.dbs.iter().all(|d| d.first_tick_done())
     }
 
-    /// Stops every db thread (each runs a final tick), then lets replicas upload what is left
-    /// until `timeout`. The metrics server answers until the end.
-    pub(crate) fn stop(self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+    /// Stops every db thread (each runs a final tick), then lets replicas upload what is left;
+    /// returns within `timeout` (all but a moment), true when every replica holds everything.
+    /// A replica still uploading at the deadline is left behind (the process is about to
+    /// exit) and its multipart uploads are aborted. The metrics server answers until the end.
+    pub(crate) fn stop(self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        let deadline = start + timeout.saturating_sub(SHUTDOWN_RESERVE.min(timeout / 4));
+        for c in &self.clients {
+            c.set_deadline(Some(deadline));
+        }
         for db in &self.dbs {
             let _ = db.stop.send(());
         }
@@ -211,15 +264,50 @@ impl Daemon {
         for (stop, _) in &replicas {
             let _ = stop.send(deadline);
         }
+        // A replica thread returns by the deadline unless a request or a read ignores it:
+        // wait a moment past it, never longer.
+        let give_up = deadline + (start + timeout).saturating_duration_since(deadline) / 2;
+        while replicas.iter().any(|(_, t)| !t.is_finished()) && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut synced = true;
+        let mut abandoned = 0;
         for (_, thread) in replicas {
-            let _ = thread.join();
+            if thread.is_finished() {
+                synced &= thread.join().unwrap_or(false);
+            } else {
+                synced = false;
+                abandoned += 1;
+            }
+        }
+        if abandoned > 0 {
+            logging::error(
+                "replica still uploading at the shutdown deadline; its upload is abandoned",
+                &[
+                    ("replicas", &abandoned),
+                    ("timeout", &format!("{timeout:?}")),
+                ],
+            );
+            abort_uploads(&self.clients, start + timeout);
         }
         drop(self.watcher);
         if let Some(server) = self.server {
             server.stop();
         }
+        synced
     }
 }
+
+/// Aborts every client's uploads in progress, each request bounded by `deadline`.
+fn abort_uploads(clients: &[Arc<dyn ReplicaClient>], deadline: Instant) {
+    for c in clients {
+        c.set_deadline(Some(deadline));
+        c.abort_uploads();
+    }
+}
+
+/// How long the abort of uploads may take when a second signal asks to exit at once.
+const ABORT_ON_EXIT: Duration = Duration::from_secs(3);
 
 /// Makes freed buffers go back to the kernel. glibc's defaults suit few threads: every thread
 /// may get its own arena (up to 8 per core), and after the first large buffer is freed the
@@ -241,7 +329,10 @@ fn limit_allocator_caches() {
     }
 }
 
-fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+fn spawn<T: Send + 'static>(
+    name: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>> {
     std::thread::Builder::new()
         .name(name.clone())
         .stack_size(THREAD_STACK)
@@ -249,16 +340,18 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .with_context(|| format!("cannot start thread {name}"))
 }
 
-/// Runs the daemon until SIGINT or SIGTERM, or, with `exec` (an argv), until that child exits
-/// (signals are forwarded to it). A second signal exits at once. Returns the exit code: 0, or
-/// the child's (128 + signal when a signal killed it).
+/// Runs the daemon until SIGINT, SIGTERM or SIGHUP, or, with `exec` (an argv), until that
+/// child exits (signals are forwarded to it). A second signal aborts the uploads in progress
+/// and exits at once (1). Returns the exit code: 0, or the child's (128 + signal when a signal
+/// killed it), or `EXIT_UNREPLICATED` instead of 0 when the shutdown left changes that no
+/// replica holds.
 pub(crate) fn run(config: &Config, exec: Option<Vec<String>>) -> Result<i32> {
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGCHLD]).context("cannot install signal handlers")?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGCHLD])
+        .context("cannot install signal handlers")?;
     let daemon = Daemon::start(config)?;
     let code = match exec {
         None => {
-            let first = signals.forever().find(|s| *s == SIGINT || *s == SIGTERM);
+            let first = signals.forever().find(|s| is_stop(*s));
             logging::info(
                 "signal received, litestream shutting down",
                 &[("signal", &first.unwrap_or(0))],
@@ -269,30 +362,46 @@ pub(crate) fn run(config: &Config, exec: Option<Vec<String>>) -> Result<i32> {
             Ok(code) => code,
             Err(err) => {
                 // The child never ran: still stop cleanly (final sync) before reporting.
-                daemon.stop(SHUTDOWN_TIMEOUT);
+                let _ = daemon.stop(SHUTDOWN_TIMEOUT);
                 return Err(err);
             }
         },
     };
     let handle = signals.handle();
+    let clients = daemon.clients.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .stack_size(THREAD_STACK)
         .spawn(move || {
-            if signals.forever().any(|s| s == SIGINT || s == SIGTERM) {
-                logging::warn("second signal received, exiting immediately", &[]);
-                std::process::exit(1);
+            if signals.forever().any(is_stop) {
+                exit_now(&clients);
             }
         })
         .context("cannot start signal thread")?;
-    daemon.stop(SHUTDOWN_TIMEOUT);
+    let synced = daemon.stop(SHUTDOWN_TIMEOUT);
     handle.close();
+    let code = if !synced && code == 0 {
+        logging::error(
+            "changes left unreplicated at shutdown; the next start uploads them from the shadow wal",
+            &[("exit_code", &EXIT_UNREPLICATED)],
+        );
+        EXIT_UNREPLICATED
+    } else {
+        code
+    };
     logging::info("litestream shut down", &[("exit_code", &code)]);
     Ok(code)
 }
 
-/// `-exec`: starts the child once every db has had its first tick, forwards SIGINT/SIGTERM to
-/// it, and returns its exit code when it ends. Only this thread reaps the child, so a signal
+/// The second signal: abort the uploads in progress (briefly), then exit 1.
+fn exit_now(clients: &[Arc<dyn ReplicaClient>]) -> ! {
+    logging::warn("second signal received, exiting immediately", &[]);
+    abort_uploads(clients, Instant::now() + ABORT_ON_EXIT);
+    std::process::exit(1);
+}
+
+/// `-exec`: starts the child once every db has had its first tick, forwards SIGINT, SIGTERM
+/// and SIGHUP to it, and returns its exit code when it ends. Only this thread reaps the child, so a signal
 /// is never sent to a pid that was already reaped (and maybe reused).
 fn supervise(daemon: &Daemon, signals: &mut Signals, argv: &[String]) -> Result<i32> {
     let Some((prog, args)) = argv.split_first() else {
@@ -301,7 +410,7 @@ fn supervise(daemon: &Daemon, signals: &mut Signals, argv: &[String]) -> Result<
     // The application should find its db replicated from its first write on.
     while !daemon.first_ticks_done() {
         for sig in signals.pending() {
-            if sig == SIGINT || sig == SIGTERM {
+            if is_stop(sig) {
                 logging::info(
                     "signal received before the subprocess started, litestream shutting down",
                     &[("signal", &sig)],
@@ -339,15 +448,14 @@ fn supervise(daemon: &Daemon, signals: &mut Signals, argv: &[String]) -> Result<
                 .context("-exec: cannot wait for the subprocess")?;
             return Ok(exit_code(status));
         };
-        if sig == SIGINT || sig == SIGTERM {
+        if is_stop(sig) {
             forwarded += 1;
             if forwarded > 1 {
-                logging::warn("second signal received, exiting immediately", &[]);
                 // SAFETY: kill on the pid of our own unreaped child.
                 unsafe {
                     libc::kill(child.id() as libc::pid_t, sig);
                 }
-                std::process::exit(1);
+                exit_now(&daemon.clients);
             }
             logging::info(
                 "signal received, forwarding to the subprocess",

@@ -1,10 +1,9 @@
 //! Where replication stands: a generation, an index (one WAL life) and a byte offset into it.
 //!
 //! Pure value types with their text form (`GEN/IIIIIIII:OFFSET`) and generation ids. No I/O
-//! except drawing a new generation id from the OS random source.
+//! except drawing random bytes from the kernel (the `getrandom` system call, no file).
 
 use std::fmt;
-use std::io::Read;
 
 /// A generation id: 16 lowercase hex characters.
 pub type Generation = String;
@@ -57,11 +56,40 @@ pub fn is_generation(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// A fresh generation id from 8 bytes of the OS random source.
+/// A fresh generation id from 8 random bytes.
 pub(crate) fn new_generation() -> std::io::Result<Generation> {
     let mut buf = [0u8; 8];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    random_bytes(&mut buf)?;
+    Ok(hex(&buf))
+}
+
+/// `buf.len()` random bytes from the kernel's `getrandom` system call. It needs no file: a
+/// minimal chroot or initramfs without a `/dev` still gets its ids. It blocks only until the
+/// kernel's pool is first initialised (early boot), which reading the device did not.
+pub(crate) fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the pointer and length describe `rest`, a live, writable slice.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(std::io::Error::new(
+                err.kind(),
+                format!("cannot draw random bytes (getrandom system call): {err}"),
+            ));
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -91,5 +119,22 @@ mod tests {
         assert!(!is_generation("9B0ED7758F1927B6"));
         assert!(!is_generation("9b0ed7758f1927b"));
         assert!(!is_generation("../../etc/passwd"));
+    }
+
+    #[test]
+    fn random_bytes_fill_the_buffer_without_a_device_file() {
+        // 4 KiB of zeros left after a draw would mean the buffer was not filled.
+        let mut big = vec![0u8; 4096];
+        random_bytes(&mut big).unwrap();
+        assert!(big.iter().filter(|b| **b == 0).count() < 100);
+        random_bytes(&mut []).unwrap();
+        // The id never comes from a device file: a chroot without /dev has none.
+        let src = include_str!("position.rs");
+        let code = &src[..src.find("#[cfg(test)]").unwrap()];
+        assert!(
+            !code.contains(concat!("/dev/", "urandom")),
+            "opens a device file"
+        );
+        assert!(!code.contains(concat!("File::", "open")), "opens a file");
     }
 }

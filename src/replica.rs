@@ -124,7 +124,8 @@ impl Replica {
 
     /// The thread body. Uploads at most once per sync-interval and only when something
     /// changed; on `stop` (carrying the shutdown deadline) it uploads what is left, then exits.
-    pub fn run(mut self, notices: Receiver<Notice>, stop: Receiver<Instant>) {
+    /// Returns whether the store holds everything the shadow did at the end.
+    pub fn run(mut self, notices: Receiver<Notice>, stop: Receiver<Instant>) -> bool {
         // Start-up counts as a change: the store may lag the shadow from before a restart.
         let mut dirty = true;
         let mut backoff = store_backoff();
@@ -170,15 +171,14 @@ impl Replica {
                     Ok(_) => dirty = true,
                     // The db thread is gone; only a stop can follow.
                     Err(_) => {
-                        if let Ok(deadline) = stop.recv() {
-                            self.final_sync(deadline);
-                        }
-                        return;
+                        return match stop.recv() {
+                            Ok(deadline) => self.final_sync(deadline),
+                            Err(_) => false,
+                        };
                     }
                 },
                 recv(stop) -> deadline => {
-                    self.final_sync(deadline.unwrap_or_else(|_| Instant::now()));
-                    return;
+                    return self.final_sync(deadline.unwrap_or_else(|_| Instant::now()));
                 }
                 default(wait) => {}
             }
@@ -200,12 +200,12 @@ impl Replica {
         Instant::now() + wait
     }
 
-    /// Uploads everything the shadow holds, retrying until `deadline`.
-    fn final_sync(&mut self, deadline: Instant) {
+    /// Uploads everything the shadow holds, retrying until `deadline`; returns whether it did.
+    fn final_sync(&mut self, deadline: Instant) -> bool {
         let mut backoff = store_backoff();
         loop {
             match self.sync() {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(err) => {
                     let wait = backoff.next_wait();
                     let give_up = Instant::now() + wait >= deadline;
@@ -222,7 +222,7 @@ impl Replica {
                         ],
                     );
                     if give_up {
-                        return;
+                        return false;
                     }
                     std::thread::sleep(wait);
                 }

@@ -11,7 +11,7 @@ pub mod file;
 pub mod s3;
 
 use std::io::Read;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::codec::Compression;
 
@@ -136,6 +136,20 @@ pub trait ReplicaClient: Send + Sync {
     /// so a replica never lets more people read the data than the database does.
     fn set_object_mode(&self, _mode: u32) {}
 
+    /// From now on no request runs past `deadline` (the shutdown's): each is bounded by the
+    /// time left, and none starts or is retried after it. `None` lifts the bound.
+    fn set_deadline(&self, _deadline: Option<Instant>) {}
+
+    /// Aborts the uploads in progress that would otherwise leave partial data in the store
+    /// (S3 multipart uploads); for the way out, when the process exits before they finish.
+    fn abort_uploads(&self) {}
+
+    /// Removes partial uploads that an earlier process left behind (S3: multipart uploads of
+    /// our keys older than an hour); returns how many. Called once when a replica starts.
+    fn clean_up_stale_uploads(&self) -> Result<usize> {
+        Ok(0)
+    }
+
     /// Whether objects come over a network (S3) rather than from a local directory: restore
     /// then downloads each WAL index whole into a local spool file before decoding it, so
     /// downloads run in parallel instead of at the pace of the applier. Derived from `kind`
@@ -222,7 +236,8 @@ pub(crate) fn skip_to(mut r: Box<dyn Read + Send>, offset: u64) -> Result<Box<dy
     Ok(r)
 }
 
-/// The client for a configured replica.
+/// The client for a configured replica; an error names the replica ("replica NAME: …")
+/// once, here, so callers add only their own context.
 pub(crate) fn open(
     cfg: &crate::config::ReplicaConfig,
 ) -> Result<std::sync::Arc<dyn ReplicaClient>> {
@@ -230,8 +245,9 @@ pub(crate) fn open(
         crate::config::ReplicaTarget::File { path } => {
             Ok(std::sync::Arc::new(file::FileClient::new(path.clone())))
         }
-        crate::config::ReplicaTarget::S3(s3) => {
-            Ok(std::sync::Arc::new(s3::S3Client::new(&cfg.name, s3)?))
-        }
+        crate::config::ReplicaTarget::S3(s3) => Ok(std::sync::Arc::new(
+            s3::S3Client::new(&cfg.name, s3)
+                .map_err(|e| e.context(format!("replica {}", cfg.name)))?,
+        )),
     }
 }

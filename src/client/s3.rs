@@ -11,7 +11,8 @@
 //! in an error: only the store's own error code and message do.
 
 use std::io::Read;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use s3::command::{Command, Multipart};
@@ -38,6 +39,11 @@ const ATTEMPTS: u32 = 5;
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 /// Largest error body we read to find the store's error code.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
+/// A multipart upload of one of our keys started longer ago than this is taken for an
+/// abandoned one (a daemon killed mid-upload) and aborted at start. A live upload is never
+/// that old unless a single snapshot takes an hour to upload; aborting it costs one retried
+/// snapshot (an object only appears when its upload completes), never data.
+pub(crate) const STALE_UPLOAD_AGE: Duration = Duration::from_secs(3600);
 
 /// A replica in an S3-compatible bucket (an `s3` replica): the replica tree under a key prefix.
 pub struct S3Client {
@@ -46,6 +52,14 @@ pub struct S3Client {
     prefix: String,
     agent: ureq::Agent,
     part_size: usize,
+    /// `host:port` of the store, for transport errors (never credentials).
+    endpoint: String,
+    /// When set (at shutdown), no request runs past it: each gets the time left as its
+    /// whole timeout, and none starts or retries after it.
+    deadline: Mutex<Option<Instant>>,
+    /// Multipart uploads in progress, (key, upload id): aborted when the daemon exits before
+    /// they complete, so no parts are left in the bucket.
+    uploads: Mutex<Vec<(String, String)>>,
 }
 
 /// Where the credentials come from, in SPEC §5.6 order.
@@ -79,7 +93,9 @@ impl S3Client {
     /// region, when the config names neither a region nor an endpoint.
     pub fn new(name: &str, cfg: &S3Config) -> Result<S3Client> {
         let env = |k: &str| std::env::var(k).ok();
-        let creds = credentials(cfg, &env).with_context(|| format!("replica {name}"))?;
+        // Messages here name no replica: `client::open` adds "replica NAME" once.
+        let _ = name;
+        let creds = credentials(cfg, &env)?;
         let agent = agent(cfg.skip_verify);
         let region = match (&cfg.region, &cfg.endpoint) {
             (region, Some(endpoint)) => Region::Custom {
@@ -88,25 +104,93 @@ impl S3Client {
             },
             (Some(region), None) => region
                 .parse()
-                .map_err(|_| anyhow!("replica {name}: unknown S3 region {region:?}"))?,
-            (None, None) => lookup_region(&agent, &cfg.bucket, &creds).with_context(|| {
-                format!(
-                    "replica {name}: cannot find the region of bucket {}",
-                    cfg.bucket
-                )
-            })?,
+                .map_err(|_| anyhow!("unknown S3 region {region:?}"))?,
+            (None, None) => lookup_region(&agent, &cfg.bucket, &creds)
+                .with_context(|| format!("cannot find the region of bucket {}", cfg.bucket))?,
         };
         let mut bucket = Bucket::new(&cfg.bucket, region, creds)
-            .map_err(|e| anyhow!("replica {name}: bucket {}: {e}", cfg.bucket))?;
+            .map_err(|e| anyhow!("bucket {}: {e}", cfg.bucket))?;
         if cfg.force_path_style {
             bucket = bucket.with_path_style();
         }
+        let endpoint = endpoint_of(&bucket);
         Ok(S3Client {
             bucket,
             prefix: cfg.path.trim_matches('/').to_string(),
             agent,
             part_size: DEFAULT_PART_SIZE,
+            endpoint,
+            deadline: Mutex::new(None),
+            uploads: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The shutdown deadline, if one is set.
+    fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Aborts multipart uploads of our keys under the prefix that are older than `min_age`;
+    /// returns how many. Keys of other shapes (another tool's uploads beside ours) are left.
+    pub fn abort_stale_uploads(&self, min_age: Duration) -> Result<usize> {
+        let prefix = self.key(&format!("{}/", layout::GENERATIONS_DIR));
+        let mut aborted = 0;
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let make = || Command::ListMultipartUploads {
+                prefix: Some(&prefix),
+                delimiter: None,
+                key_marker: key_marker.clone(),
+                upload_id_marker: id_marker.clone(),
+                max_uploads: Some(1000),
+            };
+            let resp = self.call("LIST (multipart uploads)", "", &prefix, &make, None)?;
+            let body = read_body(resp, 16 * 1024 * 1024)?;
+            let page: MultipartUploads = quick_xml::de::from_str(&body).map_err(|e| {
+                anyhow!(
+                    "LIST (multipart uploads) {}: unreadable reply: {e}",
+                    self.describe_key(&prefix)
+                )
+            })?;
+            let now = SystemTime::now();
+            for u in &page.uploads {
+                let Some(rel) = self.relative(&u.key) else {
+                    continue;
+                };
+                if !is_our_object_key(rel) || !is_older_than(&u.initiated, now, min_age) {
+                    continue;
+                }
+                self.abort_multipart(&u.key, &u.id)?;
+                aborted += 1;
+            }
+            match (page.is_truncated, page.next_key_marker) {
+                (true, Some(k)) => {
+                    key_marker = Some(k);
+                    id_marker = page.next_upload_id_marker;
+                }
+                _ => break,
+            }
+        }
+        Ok(aborted)
+    }
+
+    /// `key` relative to our prefix; `None` outside it.
+    fn relative<'k>(&self, key: &'k str) -> Option<&'k str> {
+        if self.prefix.is_empty() {
+            Some(key)
+        } else {
+            key.strip_prefix(&self.prefix)?.strip_prefix('/')
+        }
+    }
+
+    fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
+        let make = || Command::AbortMultipartUpload { upload_id };
+        let result = self.call("DELETE (abort multipart)", key, key, &make, None);
+        match result {
+            Err(e) if super::is_not_found(&e) => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+        }
     }
 
     fn key(&self, rel: &str) -> String {
@@ -134,7 +218,18 @@ impl S3Client {
         let path = format!("/{url_key}");
         let mut attempt = 1;
         let mut backoff = request_backoff();
+        let deadline = self.deadline();
         loop {
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => bail!(
+                        "{op} {}: not sent, the shutdown deadline has passed",
+                        self.describe_key(key)
+                    ),
+                },
+                None => None,
+            };
             let outcome =
                 (|| -> Result<std::result::Result<http::Response<ureq::Body>, ureq::Error>> {
                     let req = AttoRequest::new(&self.bucket, &path, make())
@@ -164,9 +259,17 @@ impl S3Client {
                             &owned
                         }
                     };
-                    let request = builder
+                    let mut request = builder
                         .body(payload)
                         .map_err(|e| anyhow!("cannot build request: {e}"))?;
+                    if left.is_some() {
+                        // The whole exchange, body included, ends by the deadline.
+                        request = self
+                            .agent
+                            .configure_request(request)
+                            .timeout_global(left)
+                            .build();
+                    }
                     Ok(self.agent.run(request))
                 })()
                 .map_err(|e| anyhow!("{op} {}: {e}", self.describe_key(key)))?;
@@ -178,17 +281,20 @@ impl S3Client {
                 }
                 Err(e) => is_transient(e),
             };
-            if !retryable || attempt >= ATTEMPTS {
+            let wait = backoff.next_wait();
+            let past_deadline = deadline.is_some_and(|d| Instant::now() + wait >= d);
+            if !retryable || attempt >= ATTEMPTS || past_deadline {
                 return match outcome {
                     Ok(resp) => Ok(resp),
                     Err(e) => Err(anyhow!(
-                        "{op} {}: {}",
+                        "{op} {}: {} {}",
                         self.describe_key(key),
-                        transport_message(&e)
+                        transport_message(&e),
+                        self.endpoint
                     )),
                 };
             }
-            std::thread::sleep(backoff.next_wait());
+            std::thread::sleep(wait);
             attempt += 1;
         }
     }
@@ -318,6 +424,10 @@ impl S3Client {
         }
 
         let upload_id = self.initiate_multipart(key)?;
+        self.uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((key.to_string(), upload_id.clone()));
         let result = (|| -> Result<u64> {
             let mut parts = Vec::new();
             let mut total = 0u64;
@@ -333,13 +443,14 @@ impl S3Client {
             self.complete_multipart(key, &upload_id, parts)?;
             Ok(total)
         })();
+        self.uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, id)| *id != upload_id);
         match result {
             Ok(total) => Ok((total, SystemTime::now())),
             Err(e) => {
-                let make = || Command::AbortMultipartUpload {
-                    upload_id: &upload_id,
-                };
-                let _ = self.call("PUT (abort multipart)", key, key, &make, None);
+                let _ = self.abort_multipart(key, &upload_id);
                 Err(e)
             }
         }
@@ -510,7 +621,7 @@ fn lookup_region(agent: &ureq::Agent, bucket: &str, creds: &Credentials) -> Resu
     let request = builder.body(()).map_err(|e| anyhow!("{e}"))?;
     let resp = agent
         .run(request)
-        .map_err(|e| anyhow!("{}", transport_message(&e)))?;
+        .map_err(|e| anyhow!("{} {}", transport_message(&e), endpoint_of(&b)))?;
     if let Some(r) = resp
         .headers()
         .get("x-amz-bucket-region")
@@ -547,13 +658,101 @@ fn is_transient(e: &ureq::Error) -> bool {
     )
 }
 
+/// What went wrong on the way to the store; the caller appends `host:port`, which a message
+/// below ends with "to", "of" or "with".
 fn transport_message(e: &ureq::Error) -> String {
     match e {
-        ureq::Error::Timeout(t) => format!("timed out ({t})"),
-        ureq::Error::ConnectionFailed => "connection failed".into(),
-        ureq::Error::HostNotFound => "host not found".into(),
-        ureq::Error::Io(io) => format!("connection error: {io}"),
-        other => other.to_string(),
+        ureq::Error::Timeout(t) => format!("timed out ({t}) talking to"),
+        ureq::Error::ConnectionFailed => "cannot connect to".into(),
+        ureq::Error::HostNotFound => "cannot resolve the host name of".into(),
+        ureq::Error::Io(io) => format!("connection error ({io}) with"),
+        other => format!("{other}; store"),
+    }
+}
+
+/// `host:port` the requests go to (the port is the scheme's default when none is given).
+/// Only the endpoint's host part: a URL's user info or query never reaches a message.
+fn endpoint_of(bucket: &Bucket) -> String {
+    host_port(&bucket.url()).unwrap_or_else(|| "the S3 endpoint".into())
+}
+
+/// `host:port` of an `http(s)://[user@]host[:port]/…` URL.
+fn host_port(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    if host_port.is_empty() {
+        return None;
+    }
+    let has_port = match host_port.rfind(':') {
+        // An IPv6 literal ([::1]) has colons of its own; a port follows its `]`.
+        Some(i) => !host_port[i..].contains(']'),
+        None => false,
+    };
+    if has_port {
+        return Some(host_port.to_string());
+    }
+    let port = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    };
+    Some(format!("{host_port}:{port}"))
+}
+
+/// A ListMultipartUploads reply: only the fields we use, each optional where stores differ.
+#[derive(serde::Deserialize)]
+struct MultipartUploads {
+    #[serde(rename = "Upload", default)]
+    uploads: Vec<MultipartUpload>,
+    #[serde(rename = "IsTruncated", default)]
+    is_truncated: bool,
+    #[serde(rename = "NextKeyMarker", default)]
+    next_key_marker: Option<String>,
+    #[serde(rename = "NextUploadIdMarker", default)]
+    next_upload_id_marker: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct MultipartUpload {
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "UploadId")]
+    id: String,
+    #[serde(rename = "Initiated", default)]
+    initiated: String,
+}
+
+/// True for the keys we upload (relative to the prefix): snapshots and WAL segments.
+fn is_our_object_key(rel: &str) -> bool {
+    let Some(rest) = rel
+        .strip_prefix(layout::GENERATIONS_DIR)
+        .and_then(|r| r.strip_prefix('/'))
+    else {
+        return false;
+    };
+    let mut parts = rest.split('/');
+    let (Some(gen), Some(dir), Some(name), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    is_generation(gen)
+        && match dir {
+            "snapshots" => layout::parse_snapshot_name(name).is_some(),
+            "wal" => layout::parse_wal_segment_name(name).is_some(),
+            _ => false,
+        }
+}
+
+/// Whether an S3 `Initiated` time (RFC 3339) is more than `age` before `now`; an unreadable
+/// time is not (an upload we cannot date is left alone).
+fn is_older_than(initiated: &str, now: SystemTime, age: Duration) -> bool {
+    let t = humantime::parse_rfc3339_weak(initiated.trim_end_matches('Z'))
+        .or_else(|_| humantime::parse_rfc3339(initiated));
+    match t {
+        Ok(t) => now.duration_since(t).is_ok_and(|d| d > age),
+        Err(_) => false,
     }
 }
 
@@ -598,6 +797,30 @@ fn between(s: &str, open: &str, close: &str) -> Option<String> {
 impl ReplicaClient for S3Client {
     fn kind(&self) -> &'static str {
         "s3"
+    }
+
+    fn set_deadline(&self, deadline: Option<Instant>) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+    }
+
+    fn abort_uploads(&self) {
+        let uploads = std::mem::take(&mut *self.uploads.lock().unwrap_or_else(|e| e.into_inner()));
+        for (key, id) in uploads {
+            match self.abort_multipart(&key, &id) {
+                Ok(()) => crate::logging::info(
+                    "multipart upload aborted",
+                    &[("key", &self.describe_key(&key))],
+                ),
+                Err(err) => crate::logging::warn(
+                    "cannot abort a multipart upload; its parts stay in the bucket until a lifecycle rule (AbortIncompleteMultipartUpload) or the next start removes them",
+                    &[("key", &self.describe_key(&key)), ("error", &format!("{err:#}"))],
+                ),
+            }
+        }
+    }
+
+    fn clean_up_stale_uploads(&self) -> Result<usize> {
+        self.abort_stale_uploads(STALE_UPLOAD_AGE)
     }
 
     fn describe(&self) -> String {
@@ -808,5 +1031,79 @@ mod tests {
         .unwrap();
         assert_eq!(root.key("generations/x"), "generations/x");
         assert_eq!(root.describe(), "s3://bkt");
+    }
+
+    #[test]
+    fn endpoint_host_port_for_messages() {
+        assert_eq!(
+            host_port("http://127.0.0.1:9/bkt").as_deref(),
+            Some("127.0.0.1:9")
+        );
+        assert_eq!(
+            host_port("https://bkt.s3.amazonaws.com").as_deref(),
+            Some("bkt.s3.amazonaws.com:443")
+        );
+        assert_eq!(
+            host_port("http://ak:secret@h/x?X-Amz-Signature=s").as_deref(),
+            Some("h:80")
+        );
+        assert_eq!(host_port("http://[::1]/b").as_deref(), Some("[::1]:80"));
+        assert_eq!(host_port("nonsense"), None);
+    }
+
+    #[test]
+    fn stale_uploads_are_only_ours_and_old() {
+        let g = "0123456789abcdef";
+        assert!(is_our_object_key(&format!(
+            "generations/{g}/snapshots/00000001.snapshot.lz4"
+        )));
+        assert!(is_our_object_key(&format!(
+            "generations/{g}/wal/00000001_00000000.wal.lz4"
+        )));
+        assert!(!is_our_object_key(&format!("generations/{g}/other/x")));
+        assert!(!is_our_object_key(
+            "generations/zz/snapshots/00000001.snapshot.lz4"
+        ));
+        assert!(!is_our_object_key("elsewhere/big.bin"));
+        let now = humantime::parse_rfc3339("2026-01-01T12:00:00Z").unwrap();
+        assert!(is_older_than(
+            "2026-01-01T10:00:00.000Z",
+            now,
+            STALE_UPLOAD_AGE
+        ));
+        assert!(!is_older_than(
+            "2026-01-01T11:30:00.000Z",
+            now,
+            STALE_UPLOAD_AGE
+        ));
+        assert!(!is_older_than("garbage", now, STALE_UPLOAD_AGE));
+        let xml = "<ListMultipartUploadsResult><Bucket>b</Bucket><IsTruncated>false</IsTruncated><Upload><Key>p/k</Key><UploadId>u1</UploadId><Initiated>2026-01-01T10:00:00.000Z</Initiated></Upload></ListMultipartUploadsResult>";
+        let page: MultipartUploads = quick_xml::de::from_str(xml).unwrap();
+        assert_eq!((page.uploads.len(), page.is_truncated), (1, false));
+        assert_eq!(
+            (page.uploads[0].key.as_str(), page.uploads[0].id.as_str()),
+            ("p/k", "u1")
+        );
+    }
+
+    #[test]
+    fn an_unreachable_store_is_named_and_no_request_runs_past_the_deadline() {
+        let cfg = S3Config {
+            bucket: "bkt".into(),
+            path: "p".into(),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            force_path_style: true,
+            access_key_id: Some("AK".into()),
+            secret_access_key: Some("SECRETSK".into()),
+            ..Default::default()
+        };
+        let c = S3Client::new("s3", &cfg).unwrap();
+        c.set_deadline(Some(Instant::now() + Duration::from_millis(300)));
+        let err = format!("{:#}", c.list_generations().unwrap_err());
+        assert!(err.contains("127.0.0.1:1"), "{err}");
+        assert!(!err.contains("SECRETSK"), "{err}");
+        std::thread::sleep(Duration::from_millis(350));
+        let err = format!("{:#}", c.list_generations().unwrap_err());
+        assert!(err.contains("shutdown deadline"), "{err}");
     }
 }
