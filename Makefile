@@ -67,6 +67,11 @@ install: build
 	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
 	sed 's|/usr/local/bin/litestream|$(PREFIX)/bin/litestream|' etc/litestream.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/litestream.service
 	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/litestream.service
+	@# The unit runs as the system user `litestream`: create it on a real install (as root).
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && ! id litestream >/dev/null 2>&1; then \
+		useradd --system --home-dir /var/lib/litestream --no-create-home --shell /usr/sbin/nologin litestream && \
+		echo "created system user litestream"; \
+	fi
 	@echo "installed; next: write /etc/litestream.yml, then systemctl daemon-reload && systemctl enable --now litestream"
 
 clean:
