@@ -378,7 +378,7 @@ fn command_line_refusals() {
     let o = env.run(&["version"]);
     o.assert_ok("version");
     assert!(
-        o.stdout.trim().starts_with('v'),
+        o.stdout.trim().starts_with('v') && o.stdout.contains(" (commit "),
         "version output: {}",
         o.stdout
     );

@@ -730,3 +730,42 @@ fn s3_restore_of_several_indexes_leaves_no_spool_file() {
     assert_eq!(names_in(&out_dir), vec!["restored.db".to_string()]);
     assert!(names_in(&tmp_dir).is_empty(), "{:?}", names_in(&tmp_dir));
 }
+
+/// #21: a shutdown with the store unreachable used to exit 0 ("replica not fully synced at
+/// shutdown"), so a supervisor saw a clean stop while changes sat only in the shadow WAL. It
+/// now exits 75 (EX_TEMPFAIL), and the next start uploads what was left: nothing is lost.
+#[test]
+fn a_shutdown_that_leaves_changes_unreplicated_exits_75_and_the_next_start_uploads_them() {
+    let Some((env, s3)) = setup("s3-shutdown-unreplicated") else {
+        return;
+    };
+    write_s3_config(&env, &s3, SECRET_KEY, "100ms", 200);
+    let app = create_app_db(&env.db, 4096);
+    let mut d = env.start("daemon");
+    wait_first_snapshot(&s3, &mut d);
+    let (mut next_id, mut live) = (1i64, Vec::new());
+    mixed(&app, 20, 7, &mut next_id, &mut live);
+    s3.proxy.set_down();
+    mixed(&app, 20, 8, &mut next_id, &mut live);
+    // Let the db thread copy the commits into the shadow WAL (its final sync would anyway).
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let stopped = d.stop();
+    eprintln!("shutdown with the store down took {:?}", started.elapsed());
+    assert_eq!(
+        stopped.code,
+        Some(75),
+        "a shutdown that left changes unreplicated must exit 75; log:\n{}",
+        stopped.log
+    );
+
+    s3.proxy.set_up();
+    let src = digest_conn(&app, "t");
+    let d = env.start("daemon-again");
+    let out = wait_restore(&env, "the next start uploads what was left", |p| {
+        table_digest(p, "t") == src
+    });
+    assert_integrity_ok(&out);
+    let stopped = d.stop_ok();
+    assert!(!stopped.log.contains("panicked"), "{}", stopped.log);
+}

@@ -34,6 +34,16 @@ The commands are:
 	wal          list available WAL files for a database
 ";
 
+/// `litestream version`: the version, then the git commit the binary was built from
+/// ("unknown" when built outside a git checkout; see build.rs).
+pub fn version_line() -> String {
+    format!(
+        "v{} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("LITESTREAM_COMMIT")
+    )
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn run(argv: Vec<OsString>) -> Result<i32> {
     let mut argv = argv.into_iter();
@@ -45,7 +55,7 @@ pub fn run(argv: Vec<OsString>) -> Result<i32> {
             Ok(1)
         }
         Some("version") | Some("-version") | Some("--version") | Some("-v") => {
-            println!("v{}", env!("CARGO_PKG_VERSION"));
+            println!("{}", version_line());
             Ok(0)
         }
         Some("replicate") => replicate::run(args),
