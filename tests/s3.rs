@@ -318,7 +318,16 @@ fn s3_request_counts_idle_and_busy() {
     // Busy: continuous writes for 10 s at sync-interval 1s: at most ~one PUT a second.
     write_s3_config(&env, &s3, SECRET_KEY, "1s", 1000);
     let d = env.start("daemon-busy");
-    std::thread::sleep(Duration::from_secs(2));
+    // The start's own LISTs (stale multipart uploads, then the generation, its snapshots and
+    // its WAL) are not steady-state traffic: wait until the last of them has gone out.
+    let started = wait_until(DEADLINE, || {
+        s3.proxy
+            .requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.target.contains("%2Fwal%2F&list-type=2"))
+    });
+    assert!(started, "the busy daemon never listed its WAL segments");
+    std::thread::sleep(Duration::from_millis(500));
     s3.proxy.clear();
     let start = Instant::now();
     let mut id = 2;
@@ -366,7 +375,9 @@ fn s3_wrong_secret_is_a_clear_error_and_never_printed() {
         "the error does not name the replica: {line}"
     );
     assert!(line.contains("403"), "no HTTP status: {line}");
-    let stopped = d.stop_ok();
+    let stopped = d.stop();
+    // Nothing could be replicated: the shutdown says so with EX_TEMPFAIL, not 0.
+    assert_eq!(stopped.code, Some(75), "log:\n{}", stopped.log);
     assert!(!stopped.log.contains(wrong), "the secret is in the log");
     assert!(
         !stopped.log.contains("Signature="),
