@@ -33,6 +33,17 @@ fn setup(name: &str) -> Option<(Env, S3Server)> {
     Some((env, s3))
 }
 
+/// The common start: a store, the config at sync-interval 100ms, an app db, a daemon that has
+/// written its first snapshot. `None` when s3s-fs is not installed.
+fn start_replicating(name: &str) -> Option<(Env, S3Server, Connection, Daemon)> {
+    let (env, s3) = setup(name)?;
+    write_s3_config(&env, &s3, SECRET_KEY, "100ms", 200);
+    let app = create_app_db(&env.db, 4096);
+    let mut d = env.start("daemon");
+    wait_first_snapshot(&s3, &mut d);
+    Some((env, s3, app, d))
+}
+
 /// `restore -config -o <fresh> DB`, whatever the outcome.
 fn try_restore(env: &Env) -> (Out, PathBuf) {
     let out = env.fresh("restored-s3");
@@ -133,13 +144,9 @@ fn lists(reqs: &[Req]) -> usize {
 
 #[test]
 fn s3_replicate_and_restore_by_config_and_url() {
-    let Some((env, s3)) = setup("s3-basic") else {
+    let Some((env, s3, app, d)) = start_replicating("s3-basic") else {
         return;
     };
-    write_s3_config(&env, &s3, SECRET_KEY, "100ms", 200);
-    let app = create_app_db(&env.db, 4096);
-    let mut d = env.start("daemon");
-    wait_first_snapshot(&s3, &mut d);
 
     let (mut next_id, mut live) = (1i64, Vec::new());
     mixed(&app, 320, 5, &mut next_id, &mut live);
@@ -230,13 +237,9 @@ fn s3_sigkill_under_load_restores_consistent_prefixes() {
 
 #[test]
 fn s3_outage_then_catch_up_without_restart() {
-    let Some((env, s3)) = setup("s3-outage") else {
+    let Some((env, s3, app, mut d)) = start_replicating("s3-outage") else {
         return;
     };
-    write_s3_config(&env, &s3, SECRET_KEY, "100ms", 200);
-    let app = create_app_db(&env.db, 4096);
-    let mut d = env.start("daemon");
-    wait_first_snapshot(&s3, &mut d);
 
     let (mut next_id, mut live) = (1i64, Vec::new());
     mixed(&app, 40, 21, &mut next_id, &mut live);
@@ -295,13 +298,9 @@ fn s3_outage_then_catch_up_without_restart() {
 
 #[test]
 fn s3_request_counts_idle_and_busy() {
-    let Some((env, s3)) = setup("s3-requests") else {
+    let Some((env, s3, app, d)) = start_replicating("s3-requests") else {
         return;
     };
-    write_s3_config(&env, &s3, SECRET_KEY, "100ms", 200);
-    let app = create_app_db(&env.db, 4096);
-    let mut d = env.start("daemon");
-    wait_first_snapshot(&s3, &mut d);
     tx(&app, |c| insert_row(c, 1, 100));
     let out = wait_restore(&env, "first row", |p| id_summary(p).0 == 1);
     remove_db_files(&out);
@@ -747,13 +746,9 @@ fn s3_restore_of_several_indexes_leaves_no_spool_file() {
 /// now exits 75 (EX_TEMPFAIL), and the next start uploads what was left: nothing is lost.
 #[test]
 fn a_shutdown_that_leaves_changes_unreplicated_exits_75_and_the_next_start_uploads_them() {
-    let Some((env, s3)) = setup("s3-shutdown-unreplicated") else {
+    let Some((env, s3, app, d)) = start_replicating("s3-shutdown-unreplicated") else {
         return;
     };
-    write_s3_config(&env, &s3, SECRET_KEY, "100ms", 200);
-    let app = create_app_db(&env.db, 4096);
-    let mut d = env.start("daemon");
-    wait_first_snapshot(&s3, &mut d);
     let (mut next_id, mut live) = (1i64, Vec::new());
     mixed(&app, 20, 7, &mut next_id, &mut live);
     s3.proxy.set_down();
