@@ -5,7 +5,7 @@ SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 TARGET_GNU := x86_64-unknown-linux-gnu
 TARGET_MUSL := x86_64-unknown-linux-musl
 
-.PHONY: build run test lint bench soak static install clean prereqs fuzz
+.PHONY: build run test lint bench soak static static-bin install clean prereqs fuzz
 
 build:
 	$(CARGO) build --release
@@ -50,14 +50,17 @@ lint:
 # Release profile (LTO, one codegen unit, panic=abort, stripped) optimised for size: this
 # binary is for small hosts, and opt-level s keeps it under 6 MB (opt-level 3: about 7 MB).
 STATIC_ENV := CARGO_PROFILE_RELEASE_OPT_LEVEL=s
-static:
+static: static-bin
+	@scripts/static-check.sh target/litestream-static
+
+# The static binary alone (no check): what `make deb`, `make dist` and the empty-root test use.
+static-bin:
 	@if rustup target list --installed 2>/dev/null | grep -qx $(TARGET_MUSL); then \
 		$(STATIC_ENV) $(CARGO) build --release --target $(TARGET_MUSL) && cp target/$(TARGET_MUSL)/release/litestream target/litestream-static; \
 	else \
 		$(STATIC_ENV) RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static' $(CARGO) build --release --target $(TARGET_GNU) && \
 		cp target/$(TARGET_GNU)/release/litestream target/litestream-static; \
 	fi
-	@scripts/static-check.sh target/litestream-static
 
 # Binary, example config and systemd unit (DESTDIR for staging, e.g. packaging).
 # Never overwrites a live /etc/litestream.yml: only the example is installed.

@@ -1311,3 +1311,25 @@ pub fn one_line(o: &Out, what: &str) -> String {
     );
     lines[0].to_string()
 }
+
+/// `target/litestream-static`, built by `make static-bin` (cargo's incremental build makes the
+/// second caller's run a no-op). One build at a time across test binaries: an exclusive
+/// `flock` on `target/static-bin.lock`.
+pub fn static_binary() -> PathBuf {
+    use std::os::fd::AsRawFd;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lock = fs::File::create(root.join("target/static-bin.lock")).expect("lock file");
+    // SAFETY: flock on a descriptor we own; released when `lock` drops.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let out = Command::new("make")
+        .args(["-s", "static-bin"])
+        .current_dir(root)
+        .output()
+        .expect("make static-bin");
+    assert!(
+        out.status.success(),
+        "make static-bin failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    root.join("target/litestream-static")
+}
