@@ -1324,9 +1324,13 @@ fn apply_wal_index(
 /// it usually steps by one too, but our own replicas show indexes where it stays (a WAL
 /// that SQLite truncated and rewrote). Any other salt-1 means the index comes from another
 /// database or another history: its frames' checksums hold on their own, so only this
-/// check catches it.
+/// check catches it. One exception: a fresh WAL (checkpoint sequence 0, as SQLite writes a
+/// WAL it creates anew) follows any index. Our daemon continues a generation across one only
+/// after a clean stop proved the db file unchanged since the previous index's end (the
+/// application closed the database, deleting its WAL, while the daemon was stopped: see
+/// `db::seal`); a foreign index from a restarted WAL is still refused.
 fn follows(prev: &WalHeader, next: &WalHeader) -> bool {
-    wal::is_next_life(prev, next)
+    wal::is_next_life(prev, next) || next.checkpoint_seq == 0
 }
 
 enum FramesError {
@@ -1994,6 +1998,8 @@ mod tests {
         assert!(!follows(&h(1, 0xacd5018a, 1), &h(1, 0xacd5018a, 1)));
         // A checkpoint sequence that stays, as in our own replicas, is no break.
         assert!(follows(&h(1, 0xacd5018a, 1), &h(1, 0xacd5018b, 2)));
+        // A fresh WAL (the application deleted and created it while the daemon was stopped).
+        assert!(follows(&h(5, 0xacd5018a, 1), &h(0, 0x12345678, 2)));
     }
 
     #[test]

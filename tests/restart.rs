@@ -251,3 +251,108 @@ fn a_second_daemon_on_the_same_db_waits_then_takes_over() {
     );
     assert!(!log.contains("new generation"), "{log}");
 }
+
+/// Issue #21 (needless new generations): the app closes the db while the daemon is stopped
+/// (SQLite's last close checkpoints and deletes the WAL), as on every `make run` restart. The
+/// clean stop's record proves the db file unchanged since, so the next start continues the
+/// generation: no second snapshot, one generation, every row restored.
+#[test]
+fn a_clean_stop_then_the_app_closing_the_db_continues_the_generation() {
+    let env = Env::new("restart-sealed-close");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let mut d1 = env.start("daemon-1");
+    wait_for_a_snapshot(&env, &mut d1);
+    insert_ids(&app, 1, 30);
+    wait_rows(&env, 30);
+    let s1 = d1.stop_ok();
+    assert!(s1.log.contains("clean stop recorded"), "{}", s1.log);
+    drop(app);
+    assert!(
+        !env.db.with_file_name("app.db-wal").exists() || wal_len(&env) == 0,
+        "the app's last close left its WAL"
+    );
+    let before = list_tree(&env.replica);
+
+    let mut d2 = env.start("daemon-2");
+    d2.wait_log("resuming generation after a clean stop", DEADLINE);
+    let app = open_existing(&env.db);
+    insert_ids(&app, 31, 60);
+    wait_rows(&env, 60);
+    let src = digest_conn(&app, "t");
+    let s2 = d2.stop_ok();
+    assert!(!s2.log.contains("new generation"), "{}", s2.log);
+    let after = list_tree(&env.replica);
+    assert_eq!(generations(&env.replica).len(), 1, "{after:?}");
+    assert_eq!(
+        snapshots_of(&after),
+        snapshots_of(&before),
+        "a second snapshot"
+    );
+    assert_replica_tree_valid(&env.replica);
+    let out = env.restore_config();
+    assert_integrity_ok(&out);
+    assert_eq!(table_digest(&out, "t"), src);
+    assert_eq!(id_summary(&out), (60, 1, 60));
+}
+
+/// The app keeps writing after a clean stop: its next commit restarts the WAL (the seal left
+/// it fully checkpointed), and the start after continues the generation with that life.
+#[test]
+fn a_clean_stop_then_app_writes_continue_the_generation() {
+    let env = Env::new("restart-sealed-writes");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let mut d1 = env.start("daemon-1");
+    wait_for_a_snapshot(&env, &mut d1);
+    insert_ids(&app, 1, 30);
+    wait_rows(&env, 30);
+    d1.stop_ok();
+    insert_ids(&app, 31, 50);
+
+    let mut d2 = env.start("daemon-2");
+    d2.wait_log("resuming generation after a clean stop", DEADLINE);
+    insert_ids(&app, 51, 70);
+    wait_rows(&env, 70);
+    let src = digest_conn(&app, "t");
+    let s2 = d2.stop_ok();
+    assert!(!s2.log.contains("new generation"), "{}", s2.log);
+    assert_eq!(generations(&env.replica).len(), 1);
+    let out = env.restore_config();
+    assert_integrity_ok(&out);
+    assert_eq!(table_digest(&out, "t"), src);
+    assert_eq!(id_summary(&out), (70, 1, 70));
+}
+
+/// After a clean stop the app writes and closes: its close checkpoints frames the daemon never
+/// saw into the db file. That cannot be replayed: a new generation, with a reason that says so.
+#[test]
+fn a_db_changed_while_stopped_starts_a_new_generation_that_says_why() {
+    let env = Env::new("restart-sealed-changed");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let mut d1 = env.start("daemon-1");
+    wait_for_a_snapshot(&env, &mut d1);
+    insert_ids(&app, 1, 20);
+    wait_rows(&env, 20);
+    d1.stop_ok();
+    insert_ids(&app, 21, 40);
+    drop(app);
+
+    let mut d2 = env.start("daemon-2");
+    let log = d2.wait_log("new generation", DEADLINE);
+    assert!(
+        log.contains("the database changed while the daemon was stopped"),
+        "{log}"
+    );
+    let out = wait_rows(&env, 40);
+    assert_integrity_ok(&out);
+    d2.stop_ok();
+    assert_eq!(generations(&env.replica).len(), 2);
+}
+
+fn wal_len(env: &Env) -> u64 {
+    std::fs::metadata(env.db.with_file_name("app.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}

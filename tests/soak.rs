@@ -3,7 +3,8 @@
 //! A live application writes sequential ids in transactions of random sizes (now and then a
 //! multi-MB one) while a seeded random schedule applies one fault per step: SIGKILL and
 //! restart the daemon, SIGSTOP/SIGCONT, the application's own PASSIVE/RESTART/TRUNCATE
-//! checkpoints, the application closing every connection and reopening, the file replica's
+//! checkpoints, the application closing every connection and reopening, the db file replaced
+//! by a copy or deleted and put back (a new generation each, from the file now live), the file replica's
 //! directory made unwritable, and the S3 proxy dropping connections, stalling or answering
 //! 500/503. Before each step the daemon is asked, through `/metrics`, which committed point it
 //! has synced (a db tick after that commit, then zero lag on the replica); after each step a
@@ -14,7 +15,7 @@
 //! to the final state. The summary prints the steps per kind, restores checked, rows committed
 //! and lost, peak RSS and the seed, plus evidence that the replica faults met syncs (sync
 //! errors the daemon logged in the window, S3 requests that got the fault) and the time per
-//! phase of a step.
+//! phase of a step, and the generations started with their logged reasons.
 //!
 //! `SOAK_SECONDS` (default 60) and `SOAK_SEED` (default: from the clock) drive it.
 
@@ -39,6 +40,8 @@ const KINDS: &[&str] = &[
     "app-checkpoint-restart",
     "app-checkpoint-truncate",
     "app-close-reopen",
+    "db-replaced",
+    "db-deleted-recreated",
     "file-replica-unwritable",
     "s3-connections-dropped",
     "s3-stall",
@@ -572,6 +575,30 @@ fn soak() {
                 std::thread::sleep(hold);
                 app.set(RUN);
             }
+            "db-replaced" | "db-deleted-recreated" => {
+                // The operator swaps the db under the daemon: a consistent copy of it (same
+                // rows, so the oracle still holds; other pages) moved over it, or the db
+                // deleted and the copy put in its place a moment later. The app is closed
+                // meanwhile, as SQLite requires for a file swap. The stale -wal and -shm go
+                // first: the daemon's connection keeps its descriptors of them, and a -wal
+                // left beside the new file would be replayed into it by SQLite.
+                app.set(CLOSED);
+                let db = soak.env.db.clone();
+                let copy = soak.env.root.join("swap.db");
+                let _ = fs::remove_file(&copy);
+                open_app(&db)
+                    .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+                    .unwrap_or_else(|e| panic!("{kind}: VACUUM INTO: {e}"));
+                for sibling in ["-wal", "-shm"] {
+                    let _ = fs::remove_file(format!("{}{sibling}", db.display()));
+                }
+                if kind == "db-deleted-recreated" {
+                    fs::remove_file(&db).unwrap();
+                    std::thread::sleep(hold);
+                }
+                fs::rename(&copy, &db).unwrap();
+                app.set(RUN);
+            }
             "file-replica-unwritable" => {
                 // A file where the directory was: every write fails, even as root.
                 let moved = soak.env.root.join("replica.moved");
@@ -676,6 +703,38 @@ fn soak() {
     println!("  rows committed            {committed}");
     println!("  rows lost                 {lost}");
     println!("  daemon restarts           {}", soak.restarts - 1);
+    // Every generation is a full snapshot upload: count them, each with its logged reason.
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let mut logs: Vec<PathBuf> = fs::read_dir(&soak.env.root)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    for log in &logs {
+        for line in fs::read_to_string(log).unwrap_or_default().lines() {
+            if !line.contains("msg=\"new generation\"") {
+                continue;
+            }
+            let reason = line
+                .split_once("reason=")
+                .map(|(_, r)| r.trim_matches('"').to_string())
+                .unwrap_or_default();
+            assert!(
+                !reason.is_empty(),
+                "a new generation without a reason: {line}"
+            );
+            *reasons.entry(reason).or_default() += 1;
+        }
+    }
+    let gens = generations(&soak.env.replica).len();
+    println!(
+        "  generations               {gens} in the file replica, {} logged:",
+        reasons.values().sum::<u64>()
+    );
+    for (reason, n) in &reasons {
+        println!("    {n:>4}  {reason}");
+    }
     println!("  replica barriers missed   {barrier_misses} (no zero-lag report within 40 s)");
     println!("  peak RSS (daemon)         {} KiB", soak.peak_kb);
     println!(

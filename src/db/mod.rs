@@ -29,6 +29,7 @@ use rusqlite::Connection;
 
 mod checkpoint;
 mod policy;
+mod seal;
 mod shadow;
 mod verdict;
 
@@ -47,7 +48,7 @@ use crate::metrics::DbMetrics;
 use crate::position::{self, Position, MAX_INDEX};
 use crate::sqlite::open_connection;
 use crate::sync::lock;
-use crate::wal::WAL_HEADER_SIZE;
+use crate::wal::{WalHeader, WAL_HEADER_SIZE};
 
 /// What the db thread shares with its replica threads.
 pub struct DbShared {
@@ -319,7 +320,9 @@ impl Db {
             }
             failed = !self.tick_logged(!woken);
         }
-        let _ = self.tick_logged(false);
+        if self.tick_logged(false) {
+            self.seal();
+        }
         self.close();
     }
 
@@ -476,13 +479,19 @@ impl Db {
             None => self.resume()?,
         };
         match resumed {
-            Ok(shadow) => {
+            Ok(Resume::Following(shadow)) => {
                 logging::info(
                     "resuming generation",
                     &[("db", &self.db_label()), ("position", &shadow.position())],
                 );
                 self.shadow = Some(shadow);
                 self.after_read_tx_begun()?;
+            }
+            Ok(Resume::AfterCleanStop(shadow, seal)) => {
+                if let Some(reason) = self.continue_after_clean_stop(shadow, &seal)? {
+                    self.shadow = None;
+                    self.new_generation(reason)?;
+                }
             }
             Err(reason) => {
                 self.shadow = None;
@@ -496,8 +505,11 @@ impl Db {
     }
 
     /// The generation recorded on disk, if its shadow still follows the real WAL (SPEC §4.1
-    /// step 4); else why a new generation is needed.
-    fn resume(&mut self) -> Result<Verdict<Shadow>> {
+    /// step 4) or the last stop was sealed at its end (`seal`); else why a new generation is
+    /// needed.
+    fn resume(&mut self) -> Result<Verdict<Resume>> {
+        // Single-use, whatever follows (see `seal`).
+        let sealed = seal::take(&self.shared.meta_dir);
         let meta_dir = &self.shared.meta_dir;
         let generation = match fs::read_to_string(meta_dir.join("generation")) {
             Ok(s) if position::is_generation(s.trim()) => s.trim().to_string(),
@@ -513,12 +525,70 @@ impl Db {
             Ok(s) => s,
             Err(reason) => return Ok(Err(reason)),
         };
-        Ok(match self.follow(&shadow, When::Resuming)? {
-            Follow::Same => Ok(shadow),
-            Follow::NewGeneration(reason) => Err(reason),
+        let reason = match self.follow(&shadow, When::Resuming)? {
+            Follow::Same => return Ok(Ok(Resume::Following(shadow))),
+            Follow::NewGeneration(reason) => reason,
             // `When::Resuming` takes every other WAL life for a mismatch.
-            Follow::Restart | Follow::UnseenRestart => Err(Reason::WalHeaderMismatch),
+            Follow::Restart | Follow::UnseenRestart => Reason::WalHeaderMismatch,
+        };
+        // Another WAL life than the shadow's (or none): only the seal can say that the db
+        // file holds the shadow's end state, so that this WAL's frames are all newer.
+        let other_life = matches!(
+            reason,
+            Reason::WalMissingOrEmpty | Reason::WalHeaderMismatch | Reason::HeaderOnlyMismatched
+        );
+        Ok(match sealed {
+            Some(seal) if other_life && seal.is_at_end_of(&shadow) => {
+                Ok(Resume::AfterCleanStop(shadow, seal))
+            }
+            _ if other_life => Err(Reason::NoCleanStop(Box::new(reason))),
+            _ => Err(reason),
         })
+    }
+
+    /// Continues `shadow`'s generation in its next index after a sealed stop, once the db
+    /// file is proven unchanged since (see `seal`); else why a new generation is needed.
+    fn continue_after_clean_stop(
+        &mut self,
+        shadow: Shadow,
+        seal: &seal::Seal,
+    ) -> Result<Option<Reason>> {
+        self.shadow = Some(shadow);
+        // The next index starts from a WAL header: a missing or empty WAL gets one from our
+        // tiny write, after which our read lock is held again.
+        if self.wal_len() < WAL_HEADER_SIZE as u64 {
+            self.write_seq()?;
+        }
+        // Checked under our read lock and after our write: a checkpoint that changed the db
+        // file since the seal (of frames we never saw) shows here, and none can drop a frame
+        // from now on.
+        let now = seal::DbStamp::of(&self.shared.path)
+            .with_context(|| format!("{}: cannot stat", self.shared.path.display()))?;
+        if let Some(what) = now.changed_since(&seal.stamp) {
+            return Ok(Some(Reason::ChangedWhileStopped(what)));
+        }
+        let header = shadow::read_header(&wal_path(&self.shared.path))?;
+        if let Err(e) = header
+            .ok_or_else(|| "the wal has no header".to_string())
+            .and_then(|h| WalHeader::parse(&h).map(|_| ()).map_err(|e| e.to_string()))
+        {
+            return Ok(Some(Reason::WalHeaderInvalid(e)));
+        }
+        self.start_next_index()?;
+        self.copy_to_shadow()?;
+        self.after_read_tx_begun()?;
+        let position = self.shadow.as_ref().map(Shadow::position);
+        logging::info(
+            "resuming generation after a clean stop: the database file is as the last stop left it, and its new wal continues the generation",
+            &[
+                ("db", &self.db_label()),
+                (
+                    "position",
+                    &position.map(|p| p.to_string()).unwrap_or_default(),
+                ),
+            ],
+        );
+        Ok(None)
     }
 
     /// Copies newly committed frames into the shadow WAL after checking that the WAL is still
@@ -812,6 +882,14 @@ impl Db {
         self.conn = None;
         self.in_read_tx = false;
     }
+}
+
+/// What `Db::resume` found on disk.
+enum Resume {
+    /// The shadow still follows the WAL: go on in its index.
+    Following(Shadow),
+    /// The WAL is another life (or none), and the last stop was sealed at the shadow's end.
+    AfterCleanStop(Shadow, seal::Seal),
 }
 
 /// What `Db::db_file_moved` found.

@@ -58,6 +58,11 @@ pub enum Reason {
     DbFileReplaced,
     /// The db file was deleted while we replicated it, and a database created at its path.
     DbFileRecreated,
+    /// At start-up the WAL is another life than the shadow's (or none), and the last stop
+    /// left no clean-stop record to prove the db file unchanged (`seal`).
+    NoCleanStop(Box<Reason>),
+    /// The last stop was clean, but the db file changed since (what changed).
+    ChangedWhileStopped(&'static str),
 }
 
 impl fmt::Display for Reason {
@@ -90,6 +95,14 @@ impl fmt::Display for Reason {
             Reason::WalLostHeader => f.write_str("the wal lost its header"),
             Reason::WalHeaderInvalid(e) => write!(f, "the wal header is invalid: {e}"),
             Reason::OldLifeNotProven(why) => f.write_str(why),
+            Reason::NoCleanStop(inner) => write!(
+                f,
+                "{inner}, and the last stop recorded no clean stop (killed, or see its \"clean stop not recorded\" line), so the database file cannot be proven unchanged"
+            ),
+            Reason::ChangedWhileStopped(what) => write!(
+                f,
+                "the database changed while the daemon was stopped ({what}): changes made without the daemon cannot be replayed, only snapshotted"
+            ),
         }
     }
 }
