@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -237,6 +237,9 @@ impl Replica {
         // Read before the target: what gets uploaded is at least what this number published.
         let seq = metrics.publish_seq();
         self.client.set_object_mode(self.db.file_mode());
+        if let Some(meta) = self.db.db_file().and_then(|f| f.metadata().ok()) {
+            self.client.set_db_owner(meta.uid());
+        }
         let result = self.sync_to_shadow();
         match &result {
             Ok(()) => metrics.replica_synced(self.slot, seq),

@@ -60,6 +60,9 @@ impl ReplicaClient for CountingClient {
     fn set_object_mode(&self, mode: u32) {
         self.inner.set_object_mode(mode)
     }
+    fn set_db_owner(&self, uid: u32) {
+        self.inner.set_db_owner(uid)
+    }
     fn list_generations(&self) -> Result<Listing<String>> {
         self.ops.count(Operation::List, 0);
         self.inner.list_generations()

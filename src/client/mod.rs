@@ -136,6 +136,10 @@ pub trait ReplicaClient: Send + Sync {
     /// so a replica never lets more people read the data than the database does.
     fn set_object_mode(&self, _mode: u32) {}
 
+    /// The db file's owner, who may own a file replica's directory besides root and us
+    /// (they can rewrite the database itself, so owning its backups gives them no more).
+    fn set_db_owner(&self, _uid: u32) {}
+
     /// From now on no request runs past `deadline` (the shutdown's): each is bounded by the
     /// time left, and none starts or is retried after it. `None` lifts the bound.
     fn set_deadline(&self, _deadline: Option<Instant>) {}
