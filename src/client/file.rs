@@ -309,6 +309,16 @@ impl ReplicaClient for FileClient {
         )
     }
 
+    fn write_db_id(&self, generation: &str, id: &str) -> Result<()> {
+        let data = format!("{id}\n");
+        self.write_object(&layout::db_id_key(generation), &mut data.as_bytes())?;
+        Ok(())
+    }
+
+    fn read_db_id(&self, generation: &str) -> Result<Option<String>> {
+        super::read_id(self.open_object(&layout::db_id_key(generation), 0))
+    }
+
     fn delete_generation(&self, generation: &str) -> Result<()> {
         if !is_generation(generation) {
             return Err(anyhow!(
