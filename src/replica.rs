@@ -113,16 +113,21 @@ impl Replica {
         Ok(id)
     }
 
-    /// The id of the other db that wrote `generation`, when its marker names one that is not
-    /// ours; `None` for ours, for a generation without a marker (older versions, Litestream
-    /// v0.3: today's behaviour) and when the marker cannot be read now (asked again later).
-    /// Warns once per generation, naming both ids and the fix.
-    fn foreign_writer(&mut self, generation: &str) -> Option<String> {
-        let ours = self.db_id().ok()?;
+    /// Whether `generation` is another db's: `Ok(Some(id))` when its marker names an id not
+    /// ours; `Ok(None)` for ours and for a generation without a marker (older versions,
+    /// Litestream v0.3: today's behaviour); an error when the marker cannot be read now
+    /// (asked again later; retention leaves such a generation alone this time). Warns once
+    /// per generation, naming both ids and the fix.
+    fn foreign_writer(&mut self, generation: &str) -> Result<Option<String>> {
+        // Without an id of our own (meta dir unwritable) nothing can be told apart; the
+        // snapshot that needs the id reports the error.
+        let Ok(ours) = self.db_id() else {
+            return Ok(None);
+        };
         let marker = match self.markers.get(generation) {
             Some(m) => m.clone(),
             None => {
-                let m = self.client.read_db_id(generation).ok()?;
+                let m = self.client.read_db_id(generation)?;
                 self.markers.insert(generation.to_string(), m.clone());
                 if let Some(other) = m.as_ref().filter(|m| **m != ours) {
                     logging::warn(
@@ -140,7 +145,7 @@ impl Replica {
                 m
             }
         };
-        marker.filter(|m| *m != ours)
+        Ok(marker.filter(|m| *m != ours))
     }
 
     /// Warns, once per name per run, of names in the store that restore would refuse
@@ -326,7 +331,7 @@ impl Replica {
         if let Ok(generations) = self.client.list_generations() {
             self.warn_foreign(generations.foreign);
             for g in generations.items.iter().filter(|g| *g != generation) {
-                self.foreign_writer(g);
+                let _ = self.foreign_writer(g);
             }
         }
         let snapshots = self.client.list_snapshots(generation)?;
@@ -635,7 +640,7 @@ impl Replica {
         for generation in generations.items {
             // Another db's history is not ours to trim (warned once in `foreign_writer`).
             if current.as_deref() != Some(generation.as_str())
-                && self.foreign_writer(&generation).is_some()
+                && !matches!(self.foreign_writer(&generation), Ok(None))
             {
                 continue;
             }
