@@ -14,6 +14,14 @@ pub(crate) fn generation_dir(generation: &str) -> String {
     format!("{GENERATIONS_DIR}/{generation}")
 }
 
+/// The marker naming the db that wrote a generation (`db::identity`). It sits beside
+/// `snapshots/` and `wal/`, which is never listed (by us or by Litestream v0.3.13, which lists
+/// only `generations/`, `…/snapshots/` and `…/wal/`), and goes with the generation when
+/// either deletes it (both remove everything under `generations/<gen>/`).
+pub(crate) fn db_id_key(generation: &str) -> String {
+    format!("{GENERATIONS_DIR}/{generation}/db-id")
+}
+
 /// Key of the directory holding a generation's snapshots.
 pub fn snapshots_dir(generation: &str) -> String {
     format!("{GENERATIONS_DIR}/{generation}/snapshots")

@@ -7,9 +7,10 @@
 //! far the shadow is durable. A slow or failing store only delays this thread; the db thread
 //! never waits for it.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +21,7 @@ use crate::backoff::{Backoff, Growth};
 use crate::client::{ReplicaClient, SnapshotInfo};
 use crate::codec;
 use crate::config::ReplicaConfig;
-use crate::db::{DbShared, Notice};
+use crate::db::{identity, DbShared, Notice};
 use crate::layout;
 use crate::logging;
 use crate::position::Position;
@@ -65,6 +66,10 @@ pub struct Replica {
     pub validations: (u64, u64),
     /// Foreign names already warned about (once per name per run).
     warned_foreign: std::collections::HashSet<String>,
+    /// This db's identity (`db::identity`), once loaded.
+    db_id: Option<String>,
+    /// Each other generation's marker as read (`None`: it has none), read once per run.
+    markers: HashMap<String, Option<String>>,
 }
 
 impl Replica {
@@ -92,7 +97,55 @@ impl Replica {
             next_validation: None,
             validations: (0, 0),
             warned_foreign: std::collections::HashSet::new(),
+            db_id: None,
+            markers: HashMap::new(),
         }
+    }
+
+    /// This db's identity (`db::identity`), created on first use.
+    fn db_id(&mut self) -> Result<String> {
+        if let Some(id) = &self.db_id {
+            return Ok(id.clone());
+        }
+        let id = identity::load_or_create(&self.db.meta_dir, self.db.file_mode())
+            .context("cannot keep the database's identity in its meta dir")?;
+        self.db_id = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Whether `generation` is another db's: `Ok(Some(id))` when its marker names an id not
+    /// ours; `Ok(None)` for ours and for a generation without a marker (older versions,
+    /// Litestream v0.3: today's behaviour); an error when the marker cannot be read now
+    /// (asked again later; retention leaves such a generation alone this time). Warns once
+    /// per generation, naming both ids and the fix.
+    fn foreign_writer(&mut self, generation: &str) -> Result<Option<String>> {
+        // Without an id of our own (meta dir unwritable) nothing can be told apart; the
+        // snapshot that needs the id reports the error.
+        let Ok(ours) = self.db_id() else {
+            return Ok(None);
+        };
+        let marker = match self.markers.get(generation) {
+            Some(m) => m.clone(),
+            None => {
+                let m = self.client.read_db_id(generation)?;
+                self.markers.insert(generation.to_string(), m.clone());
+                if let Some(other) = m.as_ref().filter(|m| **m != ours) {
+                    logging::warn(
+                        "replica holds a generation written by another database: it is kept (never deleted by retention) and this database's generations go beside it; point this db at its own path",
+                        &[
+                            ("db", &self.db_label()),
+                            ("replica", &self.cfg.name),
+                            ("path", &self.client.describe()),
+                            ("generation", &generation),
+                            ("writer_db_id", other),
+                            ("db_id", &ours),
+                        ],
+                    );
+                }
+                m
+            }
+        };
+        Ok(marker.filter(|m| *m != ours))
     }
 
     /// Warns, once per name per run, of names in the store that restore would refuse
@@ -237,6 +290,9 @@ impl Replica {
         // Read before the target: what gets uploaded is at least what this number published.
         let seq = metrics.publish_seq();
         self.client.set_object_mode(self.db.file_mode());
+        if let Some(meta) = self.db.db_file().and_then(|f| f.metadata().ok()) {
+            self.client.set_db_owner(meta.uid());
+        }
         let result = self.sync_to_shadow();
         match &result {
             Ok(()) => metrics.replica_synced(self.slot, seq),
@@ -274,6 +330,9 @@ impl Replica {
         // Only for the warning: a failure here shows up in the listings below.
         if let Ok(generations) = self.client.list_generations() {
             self.warn_foreign(generations.foreign);
+            for g in generations.items.iter().filter(|g| *g != generation) {
+                let _ = self.foreign_writer(g);
+            }
         }
         let snapshots = self.client.list_snapshots(generation)?;
         let segments = self.client.list_wal_segments(generation)?;
@@ -356,6 +415,17 @@ impl Replica {
                 if p.generation == generation && p.index < target.index && self.has_snapshot => {}
             _ => self.pos = Some(Position::new(generation.clone(), target.index, 0)),
         }
+        if !self.has_snapshot {
+            // The generation's first object in the store names its writer (`db::identity`).
+            let id = self.db_id()?;
+            self.client.write_db_id(&generation, &id).with_context(|| {
+                format!(
+                    "replica {}: cannot write the marker of generation {generation}",
+                    self.cfg.name
+                )
+            })?;
+        }
+
         self.upload_until(&target)?;
 
         let started = Instant::now();
@@ -566,7 +636,14 @@ impl Replica {
         let mut any_kept = false;
         let generations = self.client.list_generations()?;
         self.warn_foreign(generations.foreign);
+        let current = self.db.position().map(|p| p.generation);
         for generation in generations.items {
+            // Another db's history is not ours to trim (warned once in `foreign_writer`).
+            if current.as_deref() != Some(generation.as_str())
+                && !matches!(self.foreign_writer(&generation), Ok(None))
+            {
+                continue;
+            }
             let snapshots = self.client.snapshots(&generation)?;
             any_kept |= snapshots.iter().any(|s| s.created > cutoff);
             listed.push((generation, snapshots));

@@ -438,10 +438,37 @@ pub fn apply(
         file.set_permissions(fs::Permissions::from_mode(mode))
             .with_context(|| format!("{}: cannot set mode {mode:o}", tmp.db.display()))?;
         publish(&tmp.db, out, &file)?;
+        inherit_db_id(client, &plan.generation, out, mode);
         Ok(())
     });
     tmp.remove_all();
     result
+}
+
+/// Gives the restored db the identity (`db::identity`) of the db that wrote the generation
+/// it came from, in its default meta dir: it is that db's continuation, so replicating it
+/// back to the same replica (the normal recovery) must not find the replica's generations
+/// foreign. Any id already there goes: nothing was at `out`, so it was not this db's. Only
+/// a nicety: a failure is a warning, the restore stands.
+fn inherit_db_id(client: &Arc<dyn ReplicaClient>, generation: &str, out: &Path, mode: u32) {
+    let result = (|| -> Result<()> {
+        let Some(id) = client.read_db_id(generation)? else {
+            return Ok(());
+        };
+        let meta = crate::config::default_meta_dir(out);
+        if meta.exists() {
+            files::check_dir(&meta, None)?;
+        } else {
+            files::create_dir_all(&meta, files::dir_mode_for(mode), None)?;
+        }
+        crate::db::identity::store(&meta, &id, mode)
+    })();
+    if let Err(e) = result {
+        logging::warn(
+            "restored database keeps no identity: replicating it back to this replica will warn of the replica's generations as another database's",
+            &[("path", &out.display()), ("error", &format!("{e:#}"))],
+        );
+    }
 }
 
 /// Verified WAL frames a worker hands the applier at once: large enough that each hand-off

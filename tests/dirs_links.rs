@@ -250,3 +250,44 @@ fn everything_in_the_meta_dir_belongs_to_the_db_owner_when_run_as_root() {
         "cat lock generation >/dev/null && for f in generations/*/wal/*.wal; do cat \"$f\" >/dev/null || exit 1; done",
     );
 }
+
+#[test]
+fn a_replica_dir_owned_by_a_stranger_is_refused_with_the_fix() {
+    // The replica dir exists and belongs to another local user (nobody: neither root, nor
+    // the daemon's user, nor the db's owner), who could swap what the daemon writes there.
+    let env = Env::new("replica-stranger");
+    fs::create_dir(&env.replica).unwrap();
+    fs::set_permissions(&env.replica, fs::Permissions::from_mode(0o755)).unwrap();
+    chown(&env.replica, NOBODY);
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    tx(&app, |c| insert_row(c, 1, 100));
+    let mut d = env.start("daemon");
+    let log = d.wait_log("belongs to uid 65534", DEADLINE);
+    let line = log
+        .lines()
+        .find(|l| l.contains("belongs to uid 65534"))
+        .unwrap();
+    assert!(
+        line.contains(&env.replica.display().to_string()) && line.contains("chown"),
+        "{line}"
+    );
+    assert!(names(&env.replica).is_empty(), "{:?}", names(&env.replica));
+    d.assert_alive();
+}
+
+#[test]
+fn a_replica_dir_owned_by_the_db_owner_is_written_by_a_root_daemon() {
+    // The db's owner may rewrite the database itself, so their owning its backups gives them
+    // nothing: a root daemon replicates there.
+    let env = Env::new("replica-db-owner");
+    env.write_config(&Cfg::default());
+    let app = db_owned_by_nobody(&env);
+    fs::create_dir(&env.replica).unwrap();
+    fs::set_permissions(&env.replica, fs::Permissions::from_mode(0o755)).unwrap();
+    chown(&env.replica, NOBODY);
+    tx(&app, |c| insert_row(c, 1, 100));
+    let d = env.start("daemon");
+    env.wait_restore(DEADLINE, "1 row", |p| id_summary(p) == (1, 1, 1));
+    d.stop_ok();
+}

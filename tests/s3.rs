@@ -718,7 +718,18 @@ fn s3_restore_of_several_indexes_leaves_no_spool_file() {
     );
     assert_eq!(table_digest(&out, "t"), src);
     assert_integrity_ok(&out);
-    assert_eq!(names_in(&out_dir), vec!["restored.db".to_string()]);
+    // Beside the db only its meta dir, holding the identity it inherits (`db-id`).
+    assert_eq!(
+        names_in(&out_dir),
+        vec![
+            ".restored.db-litestream".to_string(),
+            "restored.db".to_string()
+        ]
+    );
+    assert_eq!(
+        names_in(&out_dir.join(".restored.db-litestream")),
+        vec!["db-id"]
+    );
     assert!(names_in(&tmp_dir).is_empty(), "{:?}", names_in(&tmp_dir));
 
     // A corrupt segment of a middle index: the restore fails and leaves nothing behind.
@@ -737,7 +748,13 @@ fn s3_restore_of_several_indexes_leaves_no_spool_file() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("corrupt"), "{stderr}");
     assert!(!out.exists());
-    assert_eq!(names_in(&out_dir), vec!["restored.db".to_string()]);
+    assert_eq!(
+        names_in(&out_dir),
+        vec![
+            ".restored.db-litestream".to_string(),
+            "restored.db".to_string()
+        ]
+    );
     assert!(names_in(&tmp_dir).is_empty(), "{:?}", names_in(&tmp_dir));
 }
 

@@ -60,6 +60,17 @@ impl ReplicaClient for CountingClient {
     fn set_object_mode(&self, mode: u32) {
         self.inner.set_object_mode(mode)
     }
+    fn set_db_owner(&self, uid: u32) {
+        self.inner.set_db_owner(uid)
+    }
+    fn write_db_id(&self, generation: &str, id: &str) -> Result<()> {
+        self.ops.count(Operation::Put, id.len() as u64 + 1);
+        self.inner.write_db_id(generation, id)
+    }
+    fn read_db_id(&self, generation: &str) -> Result<Option<String>> {
+        self.ops.count(Operation::Get, 0);
+        self.inner.read_db_id(generation)
+    }
     fn list_generations(&self) -> Result<Listing<String>> {
         self.ops.count(Operation::List, 0);
         self.inner.list_generations()

@@ -9,7 +9,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::SystemTime;
 
 use anyhow::{anyhow, Context};
@@ -29,6 +29,12 @@ pub struct FileClient {
     /// Mode of the object files (the db file's, set by the replica); directories get it with
     /// `x` wherever it has `r`. Owner-only until told otherwise.
     mode: AtomicU32,
+    /// The db file's owner (set by the replica), who may own the replica dir besides root
+    /// and us; `u32::MAX` until told.
+    db_owner: AtomicU32,
+    /// The root was found owned by root, us or the db's owner and not writable by all: an
+    /// owner cannot change without root, so it is checked until it passes once.
+    root_checked: AtomicBool,
 }
 
 impl FileClient {
@@ -37,6 +43,8 @@ impl FileClient {
         FileClient {
             root,
             mode: AtomicU32::new(0o600),
+            db_owner: AtomicU32::new(u32::MAX),
+            root_checked: AtomicBool::new(false),
         }
     }
 
@@ -102,6 +110,7 @@ impl FileClient {
         let dir = path
             .parent()
             .ok_or_else(|| anyhow!("{}: no parent directory", path.display()))?;
+        self.check_root()?;
         let mode = self.mode.load(Ordering::Relaxed);
         // Exactly the db's mode: the umask must not widen it nor a leftover keep its own.
         files::create_dir_all(dir, files::dir_mode_for(mode), None)?;
@@ -110,6 +119,20 @@ impl FileClient {
             .modified()
             .with_context(|| format!("{}: cannot stat", path.display()))?;
         Ok((size, mtime))
+    }
+
+    /// Refuses a root directory that exists and that someone else could swap the contents
+    /// of: owned by another user than root, us or the db's owner, or writable by all without
+    /// the sticky bit (`files::check_dir`). One we are about to create is made by the walk
+    /// in `create_dir_all`, which refuses a world-writable parent.
+    fn check_root(&self) -> Result<()> {
+        if self.root_checked.load(Ordering::Relaxed) || !self.root.exists() {
+            return Ok(());
+        }
+        let owner = Some(self.db_owner.load(Ordering::Relaxed)).filter(|&u| u != u32::MAX);
+        files::check_dir(&self.root, owner).context("file replica")?;
+        self.root_checked.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The object at `key` from byte `offset` on.
@@ -188,6 +211,10 @@ impl ReplicaClient for FileClient {
 
     fn set_object_mode(&self, mode: u32) {
         self.mode.store(mode & 0o777, Ordering::Relaxed);
+    }
+
+    fn set_db_owner(&self, uid: u32) {
+        self.db_owner.store(uid, Ordering::Relaxed);
     }
 
     fn describe(&self) -> String {
@@ -280,6 +307,16 @@ impl ReplicaClient for FileClient {
             &layout::wal_segment_key(&info.generation, info.index, info.offset, info.compression),
             offset,
         )
+    }
+
+    fn write_db_id(&self, generation: &str, id: &str) -> Result<()> {
+        let data = format!("{id}\n");
+        self.write_object(&layout::db_id_key(generation), &mut data.as_bytes())?;
+        Ok(())
+    }
+
+    fn read_db_id(&self, generation: &str) -> Result<Option<String>> {
+        super::read_id(self.open_object(&layout::db_id_key(generation), 0))
     }
 
     fn delete_generation(&self, generation: &str) -> Result<()> {

@@ -136,6 +136,10 @@ pub trait ReplicaClient: Send + Sync {
     /// so a replica never lets more people read the data than the database does.
     fn set_object_mode(&self, _mode: u32) {}
 
+    /// The db file's owner, who may own a file replica's directory besides root and us
+    /// (they can rewrite the database itself, so owning its backups gives them no more).
+    fn set_db_owner(&self, _uid: u32) {}
+
     /// From now on no request runs past `deadline` (the shutdown's): each is bounded by the
     /// time left, and none starts or is retried after it. `None` lifts the bound.
     fn set_deadline(&self, _deadline: Option<Instant>) {}
@@ -218,6 +222,17 @@ pub trait ReplicaClient: Send + Sync {
         skip_to(self.open_wal_segment(info)?, offset)
     }
 
+    /// Writes the marker naming the db (`db::identity`) that writes `generation`.
+    fn write_db_id(&self, _generation: &str, _id: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// The id in `generation`'s marker; `None` when it has none (older versions, Litestream
+    /// v0.3) or it is not an id.
+    fn read_db_id(&self, _generation: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Removes a whole generation (retention, once none of its snapshots is kept).
     fn delete_generation(&self, generation: &str) -> Result<()>;
     /// Removes these snapshots.
@@ -250,4 +265,19 @@ pub(crate) fn open(
                 .map_err(|e| e.context(format!("replica {}", cfg.name)))?,
         )),
     }
+}
+
+/// Reads a marker's text (at most 64 bytes) as an id (`read_db_id`): absent or not an id is
+/// `None`.
+pub(crate) fn read_id(r: Result<Box<dyn Read + Send>>) -> Result<Option<String>> {
+    let r = match r {
+        Ok(r) => r,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut text = String::new();
+    // Not UTF-8 is simply not an id.
+    let _ = r.take(64).read_to_string(&mut text);
+    let id = text.trim();
+    Ok(crate::db::identity::is_db_id(id).then(|| id.to_string()))
 }

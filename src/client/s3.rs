@@ -926,6 +926,19 @@ impl ReplicaClient for S3Client {
         self.get(&self.key(&rel), offset)
     }
 
+    fn write_db_id(&self, generation: &str, id: &str) -> Result<()> {
+        let data = format!("{id}\n");
+        self.put(
+            &self.key(&layout::db_id_key(generation)),
+            &mut data.as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    fn read_db_id(&self, generation: &str) -> Result<Option<String>> {
+        super::read_id(self.get(&self.key(&layout::db_id_key(generation)), 0))
+    }
+
     fn delete_generation(&self, generation: &str) -> Result<()> {
         if !is_generation(generation) {
             bail!("refusing to delete {generation:?}: not a generation id");

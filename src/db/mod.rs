@@ -28,6 +28,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rusqlite::Connection;
 
 mod checkpoint;
+pub mod identity;
 mod policy;
 mod seal;
 mod shadow;
