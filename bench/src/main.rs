@@ -1,5 +1,6 @@
 //! `make bench`: benchmarks of the release binary `target/release/litestream` against the
-//! targets of the performance issue, beside Litestream v0.3.13's measured figures. Prints one
+//! targets of the performance issue, beside Litestream v0.3.13's figures (sections 9–12 run
+//! it in the same run, see `versus`; elsewhere quoted from the issue). Prints one
 //! table and writes it to BENCHMARKS.md (a `--quick` run writes bench/target/BENCHMARKS.quick.md
 //! instead, so it never replaces a full run's results).
 //!
@@ -363,7 +364,7 @@ fn main() {
     md.push_str(
         "Written by `make bench` (source: `bench/`): the release binary `target/release/litestream` \
 driven as a real daemon against real SQLite databases, beside the targets of the performance \
-issue and Litestream v0.3.13's measured figures (from the issue). Everything runs on 127.0.0.1; \
+issue and Litestream v0.3.13's figures: measured in the same run for the side-by-side rows (sections 9–12: no daemon, ours and v0.3.13 at their defaults with a file replica, phases in ABBA order, median of the phases; the \"no daemon\" column is the baseline), quoted from the issue elsewhere. Everything runs on 127.0.0.1; \
 S3 rows use a local s3s-fs server (lag and request counts through a request-timing proxy, \
 restores straight to it), so they measure our client and the protocol, not a network. The application writes with `journal_mode=WAL`, `synchronous=NORMAL` \
 and table `t(id INTEGER PRIMARY KEY, v BLOB)`; \"half random, half text\" means alternate rows are \
