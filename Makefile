@@ -26,7 +26,10 @@ prereqs:
 
 # Release-built benchmarks (not part of `make test`): prints one table and writes BENCHMARKS.md.
 # `make bench BENCH_ARGS=--quick` (or BENCH_QUICK=1): a short run, written to
-# bench/target/BENCHMARKS.quick.md instead. Source: bench/.
+# bench/target/BENCHMARKS.quick.md instead; `BENCH_ARGS="--only 9,10"`: those sections only
+# (9-12: no daemon / ours / Litestream v0.3.13 side by side; the list: `BENCH_ARGS=--help`).
+# v0.3.13 comes from LITESTREAM_V0313 or is unpacked into bench/target from ../shared/anchors;
+# without it those rows say why. Source: bench/.
 bench:
 	$(CARGO) build --release
 	cd bench && $(CARGO) run --release -- $(BENCH_ARGS)

@@ -38,7 +38,7 @@ fn start_daemon(
 }
 
 /// Waits until the daemon has snapshotted every generation and uploaded all WAL.
-fn wait_ready(d: &Daemon, replica: &Path, port: u16) -> Result<(), String> {
+pub fn wait_ready(d: &Daemon, replica: &Path, port: u16) -> Result<(), String> {
     let ok = harness::wait_for(Duration::from_secs(300), Duration::from_millis(50), || {
         harness::all_generations_snapshotted(replica).then_some(())
     })
@@ -51,7 +51,7 @@ fn wait_ready(d: &Daemon, replica: &Path, port: u16) -> Result<(), String> {
     }
 }
 
-struct Writer {
+pub struct Writer {
     conn: Connection,
     big: bool,
     pool: Vec<Vec<u8>>,
@@ -59,7 +59,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(db: &Path, big: bool) -> Writer {
+    pub fn new(db: &Path, big: bool) -> Writer {
         let mut g = Gen::new(7);
         let pool = if big {
             (0..16).map(|i| g.row(i, 64 * 1024)).collect()
@@ -75,7 +75,7 @@ impl Writer {
     }
 
     /// One transaction: a ~100-byte text row, or a 64 KiB row (alternately random and text).
-    fn commit(&mut self) {
+    pub fn commit(&mut self) {
         self.i += 1;
         let mut st = self
             .conn
@@ -92,7 +92,7 @@ impl Writer {
     }
 
     /// Commits for `d`; returns transactions per second.
-    fn run_for(&mut self, d: Duration) -> (u64, Duration) {
+    pub fn run_for(&mut self, d: Duration) -> (u64, Duration) {
         let start = Instant::now();
         let mut n = 0;
         while start.elapsed() < d {

@@ -28,6 +28,45 @@ pub fn bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/litestream")
 }
 
+/// Litestream v0.3.13, for the side-by-side rows: `LITESTREAM_V0313` (a binary), else
+/// `bench/target/litestream-v0.3.13`, unpacked there if absent by
+/// `get-litestream-v0.3.13.sh` from `LITESTREAM_ANCHORS` (default `../shared/anchors` beside
+/// the repo). Err says why it is not there; the rows then say so instead of failing.
+pub fn v0313(repo: &Path) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("LITESTREAM_V0313") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("LITESTREAM_V0313={} is not a file", p.display()))
+        };
+    }
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/litestream-v0.3.13");
+    if out.is_file() {
+        return Ok(out);
+    }
+    let anchors = std::env::var_os("LITESTREAM_ANCHORS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("../shared/anchors"));
+    let script = anchors.join("get-litestream-v0.3.13.sh");
+    if !script.is_file() {
+        return Err(format!(
+            "not found: {} absent and no {} (set LITESTREAM_V0313 or LITESTREAM_ANCHORS)",
+            out.display(),
+            script.display()
+        ));
+    }
+    match Command::new(&script).arg(&out).output() {
+        Ok(o) if o.status.success() && out.is_file() => Ok(out),
+        Ok(o) => Err(format!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("{}: {e}", script.display())),
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -67,8 +106,13 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, log: &Path) -> Daemon {
+        Daemon::start_bin(&bin(), config, log)
+    }
+
+    /// `BIN replicate -config CFG`: ours or another Litestream (v0.3.13 reads the same config).
+    pub fn start_bin(bin: &Path, config: &Path, log: &Path) -> Daemon {
         let out = fs::File::create(log).expect("create daemon log");
-        let child = Command::new(bin())
+        let child = Command::new(bin)
             .arg("replicate")
             .arg("-config")
             .arg(config)
@@ -76,7 +120,7 @@ impl Daemon {
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin().display()));
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         let pid = child.id() as i32;
         Daemon {
             child: Some(child),

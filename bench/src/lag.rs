@@ -13,15 +13,15 @@ use crate::{Ctx, Met, Row};
 
 const PERIOD: Duration = Duration::from_millis(1500);
 
-struct Lags {
+pub struct Lags {
     /// Milliseconds, sorted.
-    ms: Vec<f64>,
-    missing: usize,
-    generations: usize,
+    pub ms: Vec<f64>,
+    pub missing: usize,
+    pub generations: usize,
 }
 
 impl Lags {
-    fn pct(&self, p: f64) -> f64 {
+    pub fn pct(&self, p: f64) -> f64 {
         if self.ms.is_empty() {
             return f64::NAN;
         }
@@ -92,6 +92,17 @@ fn match_lags(
 }
 
 fn lag_file(ctx: &Ctx, label: &str, interval: Option<&str>, n: usize) -> Result<Lags, String> {
+    lag_file_bin(ctx, &harness::bin(), label, interval, n)
+}
+
+/// [`lag_file`] with another Litestream binary (v0.3.13 reads the same config).
+pub fn lag_file_bin(
+    ctx: &Ctx,
+    bin: &std::path::Path,
+    label: &str,
+    interval: Option<&str>,
+    n: usize,
+) -> Result<Lags, String> {
     let dir = ctx.dir(&format!("lag-{label}"));
     let db = dir.join("app.db");
     let replica = dir.join("replica");
@@ -109,7 +120,7 @@ fn lag_file(ctx: &Ctx, label: &str, interval: Option<&str>, n: usize) -> Result<
             replicas: vec![harness::file_replica("file", &replica, interval, None)],
         }],
     );
-    let daemon = Daemon::start(&cfg, &dir.join("daemon.log"));
+    let daemon = Daemon::start_bin(bin, &cfg, &dir.join("daemon.log"));
     let wal_dir = harness::wait_for(Duration::from_secs(60), Duration::from_millis(10), || {
         if !harness::all_generations_snapshotted(&replica) {
             return None;
@@ -180,7 +191,7 @@ fn lag_s3(ctx: &Ctx, label: &str, interval: Option<&str>, n: usize) -> Result<La
     Ok(match_lags(label, &commits, &objects, gens))
 }
 
-fn describe(l: &Lags) -> String {
+pub fn describe(l: &Lags) -> String {
     format!(
         "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
         l.pct(0.5),
@@ -189,7 +200,7 @@ fn describe(l: &Lags) -> String {
     )
 }
 
-fn notes(l: &Lags) -> String {
+pub fn notes(l: &Lags) -> String {
     let mut s = String::new();
     if l.missing > 0 {
         s.push_str(&format!(

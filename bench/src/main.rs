@@ -1,12 +1,10 @@
 //! `make bench`: benchmarks of the release binary `target/release/litestream` against the
-//! targets of the performance issue, beside Litestream v0.3.13's measured figures. Prints one
+//! targets of the performance issue, beside Litestream v0.3.13's figures (sections 9–12 run
+//! it in the same run, see `versus`; elsewhere quoted from the issue). Prints one
 //! table and writes it to BENCHMARKS.md (a `--quick` run writes bench/target/BENCHMARKS.quick.md
 //! instead, so it never replaces a full run's results).
 //!
-//! Flags: `--quick` (or BENCH_QUICK=1): every row small, about two minutes; `--only 1,5`: just
-//! those sections. Env: LITESTREAM_BIN (binary under test), BENCH_TMPDIR (parent of the
-//! scratch dir, default /tmp), BENCH_NOTE (a line added to the report),
-//! BENCH_KEEP (keep the scratch dir, for debugging).
+//! Flags and environment: see [`USAGE`] (`bench --help`).
 
 mod app;
 mod harness;
@@ -15,12 +13,45 @@ mod memory;
 mod requests;
 mod s3;
 mod snapshot;
+mod versus;
 
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
+
+const USAGE: &str = "\
+litestream-bench: benchmarks of target/release/litestream (make bench)
+
+usage: litestream-bench [--quick] [--only N,M,...] [--help]
+
+  --quick        every row small (about two minutes for sections 1-8); also BENCH_QUICK=1.
+                 Written to bench/target/BENCHMARKS.quick.md, never to BENCHMARKS.md.
+  --only N,...   only these sections (also written to bench/target/BENCHMARKS.quick.md):
+                   1  lag (sparse commits, file and S3 replicas)
+                   2  application throughput, ours only (small rows, v0.3 read lock, 64 KiB)
+                   3  CPU per GiB of WAL, ours (gzip, lz4)
+                   4  memory
+                   5  snapshot and restore (also 6)
+                   7  S3 requests
+                   8  static binary size
+                 side by side: no daemon / ours / Litestream v0.3.13, file replica, ABBA:
+                   9  throughput with/without: Python writer, Rust writer, 64 KiB rows
+                  10  paced writer 1000 tx/s beside readers: commit p99, longest, BUSY, peak WAL
+                  11  daemon CPU per GiB (one 64 KiB row per tx) and per 1,000 small commits
+                  12  lag: p50 of sparse commits, p99 under the heavy writer
+
+environment:
+  LITESTREAM_BIN      binary under test (default ../target/release/litestream)
+  LITESTREAM_V0313    Litestream v0.3.13 binary (default bench/target/litestream-v0.3.13,
+                      unpacked there if absent from LITESTREAM_ANCHORS, default
+                      ../shared/anchors beside the repo; if it cannot be had, its column
+                      says why and the bench goes on)
+  BENCH_TMPDIR        parent of the scratch dir (default /tmp)
+  BENCH_NOTE          a line added to the report
+  BENCH_KEEP          keep the scratch dir (debugging)
+";
 
 /// Whether a row meets its target.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -33,6 +64,8 @@ pub enum Met {
 
 pub struct Row {
     pub metric: String,
+    /// The figure without any daemon (side-by-side rows), else "–".
+    pub alone: String,
     pub ours: String,
     pub target: String,
     pub v0313: String,
@@ -51,12 +84,19 @@ impl Row {
     ) -> Row {
         Row {
             metric: metric.to_string(),
+            alone: "–".to_string(),
             ours,
             target: target.to_string(),
             v0313: v0313.to_string(),
             met,
             workload,
         }
+    }
+
+    /// Sets the without-a-daemon column.
+    pub fn alone(mut self, alone: String) -> Row {
+        self.alone = alone;
+        self
     }
 
     pub fn met_if(ok: bool) -> Met {
@@ -74,6 +114,8 @@ pub struct Ctx {
     pub tmp: PathBuf,
     pub s3: Option<s3::S3Server>,
     pub rows: Vec<Row>,
+    /// Litestream v0.3.13's binary, or why it is not there.
+    pub v0313: Result<PathBuf, String>,
 }
 
 impl Ctx {
@@ -87,9 +129,18 @@ impl Ctx {
 
     pub fn push(&mut self, row: Row) {
         println!(
-            "  {:<52} {:<40} target {:<28} [{}]",
+            "  {:<52} {}{:<40} target {:<28} [{}]",
             row.metric,
-            row.ours,
+            if row.alone == "–" {
+                String::new()
+            } else {
+                format!("alone {} | ", row.alone)
+            },
+            if row.alone == "–" {
+                row.ours.clone()
+            } else {
+                format!("ours {} | v0.3.13 {}", row.ours, row.v0313)
+            },
             row.target,
             status(row.met)
         );
@@ -155,6 +206,10 @@ fn md_escape(s: &str) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick")
         || std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let only: Option<Vec<u32>> = args
@@ -218,16 +273,27 @@ fn main() {
         eprintln!("s3s-fs not installed (scripts/install-test-prereqs.sh): S3 rows skipped");
         None
     };
+    let v0313 = if (9..=12).any(want) {
+        harness::v0313(&repo)
+    } else {
+        Err("not needed by these sections".into())
+    };
+    match &v0313 {
+        Ok(p) => println!("Litestream v0.3.13: {}", p.display()),
+        Err(e) if (9..=12).any(want) => eprintln!("Litestream v0.3.13 unavailable: {e}"),
+        Err(_) => {}
+    }
     let mut ctx = Ctx {
         quick,
         tmp: tmp.clone(),
         s3,
         rows: Vec::new(),
+        v0313,
     };
 
     let started = Instant::now();
     type Section = fn(&mut Ctx);
-    let sections: [(u32, &str, Section); 7] = [
+    let sections: [(u32, &str, Section); 11] = [
         (8, "static binary", snapshot::static_binary),
         (1, "lag", lag::run),
         (2, "application overhead", app::overhead),
@@ -235,6 +301,14 @@ fn main() {
         (4, "memory", memory::run),
         (5, "snapshot and restore (5, 6)", snapshot::run),
         (7, "S3 requests", requests::run),
+        (9, "throughput side by side", versus::throughput),
+        (
+            10,
+            "paced writer beside readers, side by side",
+            versus::paced,
+        ),
+        (11, "daemon CPU side by side", versus::cpu),
+        (12, "lag side by side", versus::lag),
     ];
     for (n, name, f) in sections {
         let n_want = if n == 5 { want(5) || want(6) } else { want(n) };
@@ -266,12 +340,13 @@ fn main() {
     drop(ctx); // stops the S3 server
 
     let mut t = String::new();
-    t.push_str("| metric | ours | target | v0.3.13 | status | workload |\n");
-    t.push_str("|---|---|---|---|---|---|\n");
+    t.push_str("| metric | no daemon | ours | target | v0.3.13 | status | workload |\n");
+    t.push_str("|---|---|---|---|---|---|---|\n");
     for r in &rows {
         t.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             md_escape(&r.metric),
+            md_escape(&r.alone),
             md_escape(&r.ours),
             md_escape(&r.target),
             md_escape(&r.v0313),
@@ -289,7 +364,7 @@ fn main() {
     md.push_str(
         "Written by `make bench` (source: `bench/`): the release binary `target/release/litestream` \
 driven as a real daemon against real SQLite databases, beside the targets of the performance \
-issue and Litestream v0.3.13's measured figures (from the issue). Everything runs on 127.0.0.1; \
+issue and Litestream v0.3.13's figures: measured in the same run for the side-by-side rows (sections 9–12: no daemon, ours and v0.3.13 at their defaults with a file replica, phases in ABBA order, median of the phases; the \"no daemon\" column is the baseline), quoted from the issue elsewhere. Everything runs on 127.0.0.1; \
 S3 rows use a local s3s-fs server (lag and request counts through a request-timing proxy, \
 restores straight to it), so they measure our client and the protocol, not a network. The application writes with `journal_mode=WAL`, `synchronous=NORMAL` \
 and table `t(id INTEGER PRIMARY KEY, v BLOB)`; \"half random, half text\" means alternate rows are \
