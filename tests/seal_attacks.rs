@@ -354,3 +354,31 @@ fn app_frames_after_the_seal_with_the_shm_removed_continue() {
     d2.stop_ok();
     assert_restore_equals_app(&env, want);
 }
+
+/// A reboot while stopped (simulated: the record's boot id is another boot's). After a crash
+/// the disk can hold a checkpoint's data without its mtime/ctime (fdatasync does not flush
+/// them, and `lazytime` holds them for hours), so the stamp proves nothing across a boot: a
+/// new generation, and the data is whole.
+#[test]
+fn a_seal_from_another_boot_is_not_trusted() {
+    let env = Env::new("seal-reboot");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    sealed_after(&env, &app, 20);
+    drop(app);
+    let rec = meta_dir(&env.db).join("clean-stop");
+    let text = std::fs::read_to_string(&rec).unwrap();
+    let boot = record_field(&env, "boot-id");
+    std::fs::write(
+        &rec,
+        text.replace(&boot, "00000000-0000-4000-8000-000000000000"),
+    )
+    .unwrap();
+    let mut d2 = env.start("daemon-2");
+    let log = d2.wait_log("new generation", DEADLINE);
+    assert!(log.contains("the machine restarted"), "{log}");
+    wait_rows(&env, 20);
+    let want = app_digest(&env.db);
+    d2.stop_ok();
+    assert_restore_equals_app(&env, want);
+}
