@@ -563,17 +563,39 @@ impl Db {
         // Checked under our read lock and after our write: a checkpoint that changed the db
         // file since the seal (of frames we never saw) shows here, and none can drop a frame
         // from now on.
+        if seal::boot_id().as_deref() != Some(seal.boot_id.as_str()) {
+            return Ok(Some(Reason::ChangedWhileStopped(
+                "the machine restarted since the clean stop, and a crash can keep a write's data on disk without its mtime",
+            )));
+        }
         let now = seal::DbStamp::of(&self.shared.path)
             .with_context(|| format!("{}: cannot stat", self.shared.path.display()))?;
         if let Some(what) = now.changed_since(&seal.stamp) {
             return Ok(Some(Reason::ChangedWhileStopped(what)));
         }
         let header = shadow::read_header(&wal_path(&self.shared.path))?;
-        if let Err(e) = header
+        let header = match header
             .ok_or_else(|| "the wal has no header".to_string())
-            .and_then(|h| WalHeader::parse(&h).map(|_| ()).map_err(|e| e.to_string()))
+            .and_then(|h| WalHeader::parse(&h).map_err(|e| e.to_string()))
         {
-            return Ok(Some(Reason::WalHeaderInvalid(e)));
+            Ok(h) => h,
+            Err(e) => return Ok(Some(Reason::WalHeaderInvalid(e))),
+        };
+        // Only a life restore will accept after the shadow's (its `follows`): the next one
+        // (salt-1 + 1) or a fresh WAL (checkpoint sequence 0). Another (say two TRUNCATE
+        // checkpoints while stopped: two restarts without a frame) holds only newer frames
+        // too, but an index restore refuses would cut the generation short there.
+        let prev = self.shadow.as_ref().map(|s| s.header);
+        if let Some(prev) = prev {
+            if header.page_size != prev.page_size {
+                return Ok(Some(Reason::WalHeaderInvalid(format!(
+                    "its page size {} is not the shadow's {}",
+                    header.page_size, prev.page_size
+                ))));
+            }
+            if !(crate::wal::is_next_life(&prev, &header) || header.checkpoint_seq == 0) {
+                return Ok(Some(Reason::RestartedTwiceBeforeCopy));
+            }
         }
         self.start_next_index()?;
         self.copy_to_shadow()?;

@@ -16,6 +16,13 @@
 //! fresh one, or the life the application restarted) holds only changes made after that
 //! state, and becomes the generation's next index.
 //!
+//! Two limits of `stat`, where the seal is refused: a filesystem with whole-second timestamps
+//! (a write in the seal's second leaves the stamp as it was), and another boot (after a crash
+//! the disk can hold a checkpoint's data without its new mtime/ctime: fdatasync does not flush
+//! them, `lazytime` keeps them for hours). And the next index must be one restore follows: a
+//! WAL life that is neither the next (salt-1 + 1) nor a fresh WAL (checkpoint sequence 0),
+//! say after two TRUNCATE checkpoints while stopped, starts a new generation.
+//!
 //! The record is single-use: it is removed when the next start reads it, whatever it decides,
 //! so a crash later never resumes from a stale one. A `kill -9` leaves no record, and the start
 //! after it behaves as before (resume if the WAL life is the shadow's, else a new generation).
@@ -67,6 +74,15 @@ impl DbStamp {
         })
     }
 
+    /// Whether both times are whole seconds: the mark of a filesystem whose timestamps are
+    /// that coarse (ext4 with 128-byte inodes, ext3, FAT, HFS+). There a write in the same
+    /// second as the seal (the app's close checkpointing an in-place update) leaves the stamp
+    /// as it was, and no sleep short enough to hold the write lock through can wait it out.
+    /// (On a nanosecond filesystem both are zero about once in 10^18 seals.)
+    pub(super) fn has_whole_second_times(&self) -> bool {
+        self.mtime.1 == 0 && self.ctime.1 == 0
+    }
+
     /// What differs from `then`, in words for the log; `None` when nothing does.
     pub(super) fn changed_since(&self, then: &DbStamp) -> Option<&'static str> {
         if (self.dev, self.ino) != (then.dev, then.ino) {
@@ -92,13 +108,16 @@ pub(super) struct Seal {
     pub offset: u64,
     pub header: [u8; WAL_HEADER_SIZE],
     pub stamp: DbStamp,
+    /// The kernel's boot id at the seal: a stamp is in-memory truth, and after a crash the
+    /// disk may hold a write's data without its mtime/ctime (fdatasync does not flush them).
+    pub boot_id: String,
 }
 
 impl Seal {
     pub(super) fn encode(&self) -> String {
         let s = &self.stamp;
         format!(
-            "generation={}\nindex={:08x}\noffset={}\nwal-header={}\ndb-dev={}\ndb-ino={}\ndb-size={}\ndb-mtime={}.{:09}\ndb-ctime={}.{:09}\n",
+            "generation={}\nindex={:08x}\noffset={}\nwal-header={}\ndb-dev={}\ndb-ino={}\ndb-size={}\ndb-mtime={}.{:09}\ndb-ctime={}.{:09}\nboot-id={}\n",
             self.generation,
             self.index,
             self.offset,
@@ -110,6 +129,7 @@ impl Seal {
             s.mtime.1,
             s.ctime.0,
             s.ctime.1,
+            self.boot_id,
         )
     }
 
@@ -134,7 +154,12 @@ impl Seal {
             mtime: time(get("db-mtime")?)?,
             ctime: time(get("db-ctime")?)?,
         };
+        let boot_id = get("boot-id")?.to_string();
+        if boot_id.is_empty() {
+            return None;
+        }
         Some(Seal {
+            boot_id,
             generation,
             index,
             offset,
@@ -150,6 +175,13 @@ impl Seal {
             && self.offset == shadow.size
             && self.header == shadow.header_bytes
     }
+}
+
+/// This boot's id (Linux), `None` where there is none.
+pub(super) fn boot_id() -> Option<String> {
+    let s = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let s = s.trim();
+    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| s.to_string())
 }
 
 fn hex(b: &[u8]) -> String {
@@ -262,6 +294,11 @@ impl Db {
         }
         let stamp = DbStamp::of(&self.shared.path)
             .with_context(|| format!("{}: cannot stat", self.shared.path.display()))?;
+        if stamp.has_whole_second_times() {
+            return Ok(Err(
+                "the filesystem keeps whole-second timestamps, too coarse to prove the database file unchanged".into(),
+            ));
+        }
         // A write after we let go must not land in the granule of the last one before.
         let changed = UNIX_EPOCH
             + Duration::new(
@@ -276,7 +313,11 @@ impl Db {
             // An mtime in the future (clock stepped back): the granule argument fails.
             return Ok(Err("the database file's mtime is in the future".into()));
         }
+        let Some(boot_id) = boot_id() else {
+            return Ok(Err("this system has no boot id to tell a reboot by".into()));
+        };
         let seal = Seal {
+            boot_id,
             generation: shadow.generation.clone(),
             index: shadow.index,
             offset: shadow.size,
@@ -314,6 +355,7 @@ mod tests {
             offset: 32 + 3 * 4120,
             header: [7u8; WAL_HEADER_SIZE],
             stamp: stamp(),
+            boot_id: "0f6c2a1e-3b7d-4c59-9e2a-7d1b8c4f5a60".into(),
         };
         assert_eq!(Seal::decode(&seal.encode()), Some(seal));
     }
@@ -326,6 +368,7 @@ mod tests {
             offset: 32,
             header: [7u8; WAL_HEADER_SIZE],
             stamp: stamp(),
+            boot_id: "0f6c2a1e-3b7d-4c59-9e2a-7d1b8c4f5a60".into(),
         };
         let text = seal.encode();
         for n in 0..text.lines().count() {
@@ -337,6 +380,23 @@ mod tests {
             None
         );
         assert_eq!(Seal::decode(&text.replace("db-size=", "db-size=-")), None);
+    }
+
+    #[test]
+    fn whole_second_times_are_too_coarse_to_seal() {
+        assert!(!stamp().has_whole_second_times());
+        let coarse = DbStamp {
+            mtime: (1_700_000_000, 0),
+            ctime: (1_700_000_001, 0),
+            ..stamp()
+        };
+        assert!(coarse.has_whole_second_times());
+        // One zero alone is chance, not a coarse filesystem.
+        assert!(!DbStamp {
+            mtime: (1_700_000_000, 0),
+            ..stamp()
+        }
+        .has_whole_second_times());
     }
 
     #[test]
