@@ -19,7 +19,7 @@ use anyhow::{anyhow, Context, Result};
 use rusqlite::Connection;
 
 use super::policy::{self, AfterPass, Outcome, PassCounts};
-use super::shadow::{read_header, Shadow};
+use super::shadow::{read_header, wal_frames, Shadow};
 use super::verdict::{self, Reason, Verdict};
 use super::Db;
 use crate::config::LogLevel;
@@ -66,10 +66,12 @@ impl Db {
         let started = Instant::now();
         let counts = self.pinned(mode, before)?;
         let after = read_header(&wal)?;
+        let frame_size = self.shadow.as_ref().map_or(4096, |s| s.header.frame_size());
         let done = Outcome {
             mode,
             pass: counts,
             restarted: before.is_some() && after != before,
+            shrunk: wal_frames(&wal, frame_size) < u64::from(self.cfg.truncate_page_count),
         };
         self.policy.record(&self.cfg, done, Instant::now());
         self.log_checkpoint(&done, started);

@@ -4,7 +4,10 @@
 //! protocol that carries a decision out safely is `db::checkpoint`.
 //!
 //! Rules, first match wins:
-//! 1. the WAL file holds `truncate-page-count` frames or more: TRUNCATE, at once;
+//! 1. the WAL file holds `truncate-page-count` frames or more: TRUNCATE, at once, unless a
+//!    TRUNCATE since that restarted the WAL left the file that long (the application's write
+//!    restarted it before ours, so no shrink) and TRUNCATE is backing off; the WAL's own life
+//!    reaching `truncate-page-count` frames always fires at once (the hard bound);
 //! 2. the shadow's WAL life holds `max-checkpoint-page-count` frames or more, RESTART is not
 //!    backing off, and `RESTART_MIN_GAP` (or the monitor-interval, if shorter) has passed:
 //!    RESTART;
@@ -15,7 +18,15 @@
 //! After a checkpoint (`CheckpointPolicy::record`): a RESTART or TRUNCATE that did not
 //! restart the WAL backs RESTART off (1 s, doubling to 60 s; PASSIVE keeps its own pace
 //! meanwhile); SQLite's checkpoint lock found taken is no reason to back off and is tried again
-//! soon (`lock_busy_retry`).
+//! soon (`lock_busy_retry`). A TRUNCATE that left the file at or above the threshold backs
+//! TRUNCATE-for-the-file's-length off the same way (1 s doubling to 60 s): before, it fired
+//! again on every tick, each time taking the write lock and backfilling, until our own write
+//! won the race with the application's.
+//!
+//! The WAL's hard bound is `truncate-page-count` (one config key, default 121,359 frames,
+//! ~500 MB at 4 KiB pages): a life that reaches it is truncated at the next tick, whatever
+//! the back-offs say. Only an application reader that holds one read transaction open past
+//! it can grow the WAL further (SQLite cannot restart under it, and we never wait on it).
 
 use std::time::{Duration, Instant};
 
@@ -49,8 +60,10 @@ pub fn checkpoint_decision(
     shadow_frames: u64,
     since_last_checkpoint: Duration,
     restart_allowed: bool,
+    truncate_allowed: bool,
 ) -> Option<CheckpointMode> {
-    if cfg.truncate_page_count > 0 && wal_frames >= u64::from(cfg.truncate_page_count) {
+    let limit = u64::from(cfg.truncate_page_count);
+    if limit > 0 && (shadow_frames >= limit || (truncate_allowed && wal_frames >= limit)) {
         return Some(CheckpointMode::Truncate);
     }
     let restart_due = restart_allowed
@@ -175,6 +188,8 @@ pub struct Outcome {
     pub pass: PassCounts,
     /// The WAL restarted (its header changed) during the checkpoint.
     pub restarted: bool,
+    /// The WAL file was below `truncate-page-count` frames afterwards.
+    pub shrunk: bool,
 }
 
 impl Outcome {
@@ -212,6 +227,8 @@ pub struct CheckpointPolicy {
     last_checkpoint: Instant,
     restart_backoff: Backoff,
     restart_blocked_until: Option<Instant>,
+    truncate_backoff: Backoff,
+    truncate_blocked_until: Option<Instant>,
 }
 
 impl CheckpointPolicy {
@@ -221,6 +238,8 @@ impl CheckpointPolicy {
             last_checkpoint: now,
             restart_backoff: restart_backoff(),
             restart_blocked_until: None,
+            truncate_backoff: restart_backoff(),
+            truncate_blocked_until: None,
         }
     }
 
@@ -233,12 +252,14 @@ impl CheckpointPolicy {
         now: Instant,
     ) -> Option<CheckpointMode> {
         let restart_allowed = self.restart_blocked_until.is_none_or(|until| now >= until);
+        let truncate_allowed = self.truncate_blocked_until.is_none_or(|until| now >= until);
         checkpoint_decision(
             cfg,
             wal_frames,
             shadow_frames,
             now.saturating_duration_since(self.last_checkpoint),
             restart_allowed,
+            truncate_allowed,
         )
     }
 
@@ -267,6 +288,14 @@ impl CheckpointPolicy {
                 self.restart_blocked_until = Some(now + self.restart_backoff.next_wait());
             }
         }
+        if outcome.mode == CheckpointMode::Truncate && !outcome.lock_busy() {
+            if outcome.shrunk {
+                self.truncate_backoff.reset();
+                self.truncate_blocked_until = None;
+            } else {
+                self.truncate_blocked_until = Some(now + self.truncate_backoff.next_wait());
+            }
+        }
     }
 }
 
@@ -291,28 +320,28 @@ mod tests {
         let minute = Duration::from_secs(60);
         let interval = c.monitor_interval;
         assert_eq!(
-            checkpoint_decision(&c, 121_359, 10, Duration::ZERO, true),
+            checkpoint_decision(&c, 121_359, 10, Duration::ZERO, true, true),
             Some(CheckpointMode::Truncate)
         );
         assert_eq!(
-            checkpoint_decision(&c, 10_000, 10_000, interval, true),
+            checkpoint_decision(&c, 10_000, 10_000, interval, true, true),
             Some(CheckpointMode::Restart)
         );
         assert_eq!(
-            checkpoint_decision(&c, 1000, 1000, interval, true),
+            checkpoint_decision(&c, 1000, 1000, interval, true, true),
             Some(CheckpointMode::Passive)
         );
-        assert_eq!(checkpoint_decision(&c, 5, 5, interval, true), None);
+        assert_eq!(checkpoint_decision(&c, 5, 5, interval, true, true), None);
         assert_eq!(
-            checkpoint_decision(&c, 5, 5, minute, true),
+            checkpoint_decision(&c, 5, 5, minute, true, true),
             Some(CheckpointMode::Passive)
         );
-        assert_eq!(checkpoint_decision(&c, 1, 1, minute, true), None);
-        assert_eq!(checkpoint_decision(&c, 500, 1, minute, true), None);
+        assert_eq!(checkpoint_decision(&c, 1, 1, minute, true, true), None);
+        assert_eq!(checkpoint_decision(&c, 500, 1, minute, true, true), None);
         let mut never = cfg();
         never.max_checkpoint_page_count = 0;
         assert_eq!(
-            checkpoint_decision(&never, 20_000, 20_000, interval, true),
+            checkpoint_decision(&never, 20_000, 20_000, interval, true, true),
             Some(CheckpointMode::Passive)
         );
     }
@@ -321,33 +350,39 @@ mod tests {
     fn passive_waits_a_monitor_interval_and_restart_a_short_gap() {
         let c = cfg();
         let soon = c.monitor_interval / 2;
-        assert_eq!(checkpoint_decision(&c, 1000, 1000, soon, true), None);
-        assert_eq!(checkpoint_decision(&c, 9_999, 9_999, soon, true), None);
+        assert_eq!(checkpoint_decision(&c, 1000, 1000, soon, true, true), None);
+        assert_eq!(
+            checkpoint_decision(&c, 9_999, 9_999, soon, true, true),
+            None
+        );
         // A RESTART resets the count, so it waits only RESTART_MIN_GAP, or the monitor-interval
         // when that is shorter.
         assert_eq!(
-            checkpoint_decision(&c, 10_000, 10_000, soon, true),
+            checkpoint_decision(&c, 10_000, 10_000, soon, true, true),
             Some(CheckpointMode::Restart)
         );
         assert_eq!(
-            checkpoint_decision(&c, 10_000, 10_000, RESTART_MIN_GAP / 2, true),
+            checkpoint_decision(&c, 10_000, 10_000, RESTART_MIN_GAP / 2, true, true),
             None
         );
         let mut fast = cfg();
         fast.monitor_interval = Duration::from_millis(10);
         assert_eq!(
-            checkpoint_decision(&fast, 10_000, 10_000, Duration::from_millis(10), true),
+            checkpoint_decision(&fast, 10_000, 10_000, Duration::from_millis(10), true, true),
             Some(CheckpointMode::Restart)
         );
         // While RESTART backs off, PASSIVE stands in at its own pace.
-        assert_eq!(checkpoint_decision(&c, 10_000, 10_000, soon, false), None);
         assert_eq!(
-            checkpoint_decision(&c, 10_000, 10_000, c.monitor_interval, false),
+            checkpoint_decision(&c, 10_000, 10_000, soon, false, true),
+            None
+        );
+        assert_eq!(
+            checkpoint_decision(&c, 10_000, 10_000, c.monitor_interval, false, true),
             Some(CheckpointMode::Passive)
         );
         // The WAL-size safety valve does not wait.
         assert_eq!(
-            checkpoint_decision(&c, 121_359, 10, soon, true),
+            checkpoint_decision(&c, 121_359, 10, soon, true, true),
             Some(CheckpointMode::Truncate)
         );
     }
@@ -362,6 +397,7 @@ mod tests {
             mode,
             pass,
             restarted,
+            shrunk: true,
         }
     }
 
@@ -452,6 +488,48 @@ mod tests {
         assert_eq!(
             lock_busy_retry(Duration::from_millis(5)),
             Duration::from_millis(5)
+        );
+    }
+
+    #[test]
+    fn a_truncate_that_left_the_file_long_backs_off_but_not_past_the_hard_bound() {
+        let c = cfg();
+        let t0 = Instant::now();
+        let mut p = CheckpointPolicy::new(t0);
+        let ms = Duration::from_millis;
+        let long = u64::from(c.truncate_page_count) + 10;
+        assert_eq!(p.decide(&c, long, 10, t0), Some(CheckpointMode::Truncate));
+        // The application's write restarted the WAL before ours: the file stays long.
+        let mut left_long = outcome(CheckpointMode::Truncate, false, true);
+        left_long.shrunk = false;
+        p.record(&c, left_long, t0);
+        // Not on every tick after that (it took the write lock each time)...
+        assert_eq!(p.decide(&c, long, 10, t0 + ms(5)), None);
+        assert_eq!(p.decide(&c, long, 10, t0 + ms(999)), None);
+        assert_eq!(
+            p.decide(&c, long, 10, t0 + ms(1000)),
+            Some(CheckpointMode::Truncate)
+        );
+        // ...but a life that itself reaches the threshold is truncated at once.
+        assert_eq!(
+            p.decide(&c, long, long - 10, t0 + ms(5)),
+            Some(CheckpointMode::Truncate)
+        );
+        // Doubling, and a shrink resets it.
+        p.record(&c, left_long, t0 + ms(1000));
+        assert_eq!(p.decide(&c, long, 10, t0 + ms(2999)), None);
+        assert_eq!(
+            p.decide(&c, long, 10, t0 + ms(3000)),
+            Some(CheckpointMode::Truncate)
+        );
+        p.record(
+            &c,
+            outcome(CheckpointMode::Truncate, false, true),
+            t0 + ms(3000),
+        );
+        assert_eq!(
+            p.decide(&c, long, 10, t0 + ms(3001)),
+            Some(CheckpointMode::Truncate)
         );
     }
 
