@@ -170,11 +170,21 @@ impl RootDaemon {
             .collect()
     }
 
-    /// Panics (with the log) if the daemon exited or logged that it cannot resolve a name.
+    /// Panics (with the log) if the daemon exited, logged an error, or failed to resolve a
+    /// name (first seen as a warning: the clean-up of stale uploads is its first request).
     fn assert_healthy(&mut self) {
         let log = self.log();
-        if log.contains("cannot resolve") {
-            panic!("the daemon in the empty root cannot resolve the endpoint; log:\n{log}");
+        // std's getaddrinfo error reaches us as "failed to lookup address information: …".
+        if ["lookup address", "cannot resolve"]
+            .iter()
+            .any(|m| log.contains(m))
+        {
+            panic!(
+                "the daemon in the empty root cannot resolve an endpoint's host name; log:\n{log}"
+            );
+        }
+        if log.contains("level=ERROR") {
+            panic!("the daemon in the empty root logged an error; log:\n{log}");
         }
         if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
             panic!("the daemon in the empty root exited ({st}); log:\n{log}");
