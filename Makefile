@@ -47,18 +47,26 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# A fully static binary: musl where the target is installed, else glibc with crt-static
+# A fully static binary: musl where the target and a musl C compiler (Debian: musl-tools, for
+# the bundled SQLite and ring) are installed, else glibc with crt-static
 # (non-PIE, so `ldd` says "not a dynamic executable"). scripts/static-check.sh prints the
 # size and runs `version` and a file-replica round trip with it.
 # Release profile (LTO, one codegen unit, panic=abort, stripped) optimised for size: this
 # binary is for small hosts, and opt-level s keeps it under 6 MB (opt-level 3: about 7 MB).
 STATIC_ENV := CARGO_PROFILE_RELEASE_OPT_LEVEL=s
+# The tests run `make static-bin` (tests/common::static_binary) under `cargo test`, which hands
+# down its package's variables (CARGO_PKG_*, CARGO_MANIFEST_* …, tracked by ring's build script)
+# and the build script's LITESTREAM_COMMIT. Cleared, and the commit set, for every caller: else
+# each switch between a shell and the tests is another 2-minute LTO build.
+STATIC_COMMIT := $(or $(LITESTREAM_COMMIT),$(shell git rev-parse --short=12 HEAD 2>/dev/null))
+STATIC_UNSET := CARGO_PKG_[A-Z_]*\|CARGO_MANIFEST_[A-Z_]*\|CARGO_CRATE_NAME\|CARGO_BIN_NAME\|CARGO_PRIMARY_PACKAGE\|OUT_DIR
 static: static-bin
 	@scripts/static-check.sh target/litestream-static
 
 # The static binary alone (no check): what `make deb`, `make dist` and the empty-root test use.
 static-bin:
-	@if rustup target list --installed 2>/dev/null | grep -qx $(TARGET_MUSL); then \
+	@unset $$(env | sed -n 's/^\($(STATIC_UNSET)\)=.*/\1/p'); export LITESTREAM_COMMIT=$(STATIC_COMMIT); \
+	if rustup target list --installed 2>/dev/null | grep -qx $(TARGET_MUSL) && command -v x86_64-linux-musl-gcc >/dev/null; then \
 		$(STATIC_ENV) $(CARGO) build --release --target $(TARGET_MUSL) && cp target/$(TARGET_MUSL)/release/litestream target/litestream-static; \
 	else \
 		$(STATIC_ENV) RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static' $(CARGO) build --release --target $(TARGET_GNU) && \

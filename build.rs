@@ -30,14 +30,24 @@ fn main() {
             PathBuf::from(&dir).join("HEAD").display()
         );
     }
+    // Only paths that exist: cargo counts a missing one as changed on every build, which
+    // rebuilt the crate (and the LTO static binary) each time in a repo without packed-refs.
+    let watch = |p: PathBuf| {
+        if p.exists() {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    };
     if let Some(common) = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]) {
         let common = PathBuf::from(common);
-        println!(
-            "cargo:rerun-if-changed={}",
-            common.join("packed-refs").display()
-        );
+        watch(common.join("packed-refs"));
         if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={}", common.join(r).display());
+            let loose = common.join(r);
+            // A ref kept only in packed-refs becomes a loose file at the next commit: then
+            // its directory changes.
+            match loose.parent() {
+                Some(dir) if !loose.exists() => watch(dir.to_path_buf()),
+                _ => watch(loose),
+            }
         }
     }
 }
