@@ -275,10 +275,7 @@ impl S3Client {
                 .map_err(|e| anyhow!("{op} {}: {e}", self.describe_key(key)))?;
 
             let retryable = match &outcome {
-                Ok(resp) => {
-                    let s = resp.status().as_u16();
-                    s >= 500 || s == 429
-                }
+                Ok(resp) => is_retryable_status(resp.status().as_u16()),
                 Err(e) => is_transient(e),
             };
             let wait = backoff.next_wait();
@@ -648,6 +645,13 @@ fn lookup_region(agent: &ureq::Agent, bucket: &str, creds: &Credentials) -> Resu
     name.parse().map_err(|_| anyhow!("unknown region {name:?}"))
 }
 
+/// A status worth asking again: a server error or throttling, but not 501 Not Implemented
+/// (an S3-compatible store without the operation answers it every time; retrying it held
+/// every start against such a store for ~6 s).
+fn is_retryable_status(s: u16) -> bool {
+    (s >= 500 && s != 501) || s == 429
+}
+
 fn is_transient(e: &ureq::Error) -> bool {
     matches!(
         e,
@@ -665,6 +669,11 @@ fn transport_message(e: &ureq::Error) -> String {
         ureq::Error::Timeout(t) => format!("timed out ({t}) talking to"),
         ureq::Error::ConnectionFailed => "cannot connect to".into(),
         ureq::Error::HostNotFound => "cannot resolve the host name of".into(),
+        // std's resolver (through ureq's default one) reports a name that does not resolve
+        // as an I/O error, not as HostNotFound.
+        ureq::Error::Io(io) if io.to_string().contains("failed to lookup address") => {
+            format!("cannot resolve the host name ({io}) of")
+        }
         ureq::Error::Io(io) => format!("connection error ({io}) with"),
         other => format!("{other}; store"),
     }
@@ -980,6 +989,25 @@ impl ReplicaClient for S3Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_implemented_is_final_other_server_errors_and_throttling_are_retried() {
+        assert!(!is_retryable_status(501));
+        for s in [500, 502, 503, 504, 429] {
+            assert!(is_retryable_status(s), "{s}");
+        }
+        for s in [200, 400, 403, 404] {
+            assert!(!is_retryable_status(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_name_that_does_not_resolve_is_said_so() {
+        let e = ureq::Error::Io(std::io::Error::other(
+            "failed to lookup address information: Name does not resolve",
+        ));
+        assert!(transport_message(&e).starts_with("cannot resolve the host name"));
+    }
 
     #[test]
     fn credential_order() {
