@@ -24,20 +24,30 @@ fn main() {
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=LITESTREAM_COMMIT={commit}");
     // HEAD itself (a branch switch), the branch's ref (a commit) and packed-refs (a gc).
+    // Cargo counts a watched file that does not exist as changed, every build: watch only
+    // those that exist, and a missing loose ref's directory (where a commit creates it).
     if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        println!(
-            "cargo:rerun-if-changed={}",
-            PathBuf::from(&dir).join("HEAD").display()
-        );
+        watch(&PathBuf::from(&dir).join("HEAD"));
     }
     if let Some(common) = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]) {
         let common = PathBuf::from(common);
-        println!(
-            "cargo:rerun-if-changed={}",
-            common.join("packed-refs").display()
-        );
+        watch(&common.join("packed-refs"));
         if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={}", common.join(r).display());
+            let loose = common.join(r);
+            if !watch(&loose) {
+                if let Some(parent) = loose.parent() {
+                    watch(parent);
+                }
+            }
         }
     }
+}
+
+/// `rerun-if-changed` for `path` if it exists; whether it does.
+fn watch(path: &std::path::Path) -> bool {
+    let exists = path.exists();
+    if exists {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    exists
 }
