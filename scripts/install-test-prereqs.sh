@@ -2,7 +2,8 @@
 # Installs what the tests need beyond crates, on a bare Debian machine. It installs no
 # service and starts or enables nothing:
 # - apt packages: sqlite3 and python3 (tests write databases from separate processes with
-#   them) and lz4 (its CLI must read every LZ4 object we write);
+#   them), lz4 (its CLI must read every LZ4 object we write), and fakeroot for a non-root
+#   user (the package test's dpkg --root install);
 # - promtool alone, which checks the /metrics output: taken out of Debian's `prometheus`
 #   package (apt-get download + dpkg-deb, never installed) into target/tools/bin/;
 # - systemd-analyze alone, which checks the packaged unit (tests/package.rs): taken out of
@@ -26,6 +27,8 @@ apt_missing=()
 have sqlite3 || apt_missing+=(sqlite3)
 have python3 || apt_missing+=(python3)
 have lz4 || apt_missing+=(lz4)
+# tests/package.rs installs the .deb into a scratch root under fakeroot when not root.
+if [ "$(id -u)" -ne 0 ]; then have fakeroot || apt_missing+=(fakeroot); fi
 need_promtool=0
 have promtool || need_promtool=1
 need_analyze=0
