@@ -73,6 +73,18 @@ static-bin:
 		cp target/$(TARGET_GNU)/release/litestream target/litestream-static; \
 	fi
 
+# The Debian package target/litestream_<version>_amd64.deb (dpkg-deb; packaging/): the static
+# binary in /usr/bin, the unit (never enabled or started by the package), /etc/litestream.yml
+# as a conffile, the man page; postinst creates the system user. tests/package.rs checks it.
+.PHONY: deb dist
+deb: static-bin
+	@packaging/build.sh deb target/litestream-static target
+
+# Release archive target/dist/litestream-<version>-linux-amd64.tar.gz (static binary, example
+# config, unit, man page, README, LICENSE) and target/dist/SHA256SUMS.
+dist: static-bin
+	@packaging/build.sh dist target/litestream-static target/dist
+
 # Binary, example config and systemd unit (DESTDIR for staging, e.g. packaging).
 # Never overwrites a live /etc/litestream.yml: only the example is installed.
 install: build

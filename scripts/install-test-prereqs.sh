@@ -1,35 +1,82 @@
 #!/usr/bin/env bash
-# Installs what the tests need beyond crates, on a bare Debian machine:
-# - the sqlite3 CLI and python3 (tests write databases from separate processes with them);
-# - promtool (Debian package `prometheus`), which checks the /metrics output;
-# - the lz4 CLI, which must read every LZ4 object we write;
-# - s3s-fs 0.14.1, a local S3 server that verifies SigV4 signatures (0.15+ needs rustc >= 1.96).
+# Installs what the tests need beyond crates, on a bare Debian machine. It installs no
+# service and starts or enables nothing:
+# - apt packages: sqlite3 and python3 (tests write databases from separate processes with
+#   them), lz4 (its CLI must read every LZ4 object we write), and fakeroot for a non-root
+#   user (the package test's dpkg --root install);
+# - promtool alone, which checks the /metrics output: taken out of Debian's `prometheus`
+#   package (apt-get download + dpkg-deb, never installed) into target/tools/bin/;
+# - systemd-analyze alone, which checks the packaged unit (tests/package.rs): taken out of
+#   the `systemd` package the same way, into target/tools/bin/, with the library package it
+#   links to (libsystemd-shared, plain libraries: apt-get install);
+# - s3s-fs 0.14.1, a local S3 server that verifies SigV4 signatures (cargo install into
+#   ~/.cargo/bin; 0.15+ needs rustc >= 1.96).
+# A tool already on PATH is used as it is. The tests look in target/tools/bin/, then on PATH.
 # With --check-only, exits 0 when everything is present and 1 otherwise, installing nothing.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 S3S_VERSION=0.14.1
+TOOLS_BIN=$PWD/target/tools/bin
 export PATH="$HOME/.cargo/bin:$PATH"
 
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "$TOOLS_BIN/$1" ]; }
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+
 apt_missing=()
-command -v sqlite3 >/dev/null 2>&1 || apt_missing+=(sqlite3)
-command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
-command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
-command -v lz4 >/dev/null 2>&1 || apt_missing+=(lz4)
+have sqlite3 || apt_missing+=(sqlite3)
+have python3 || apt_missing+=(python3)
+have lz4 || apt_missing+=(lz4)
+# tests/package.rs installs the .deb into a scratch root under fakeroot when not root.
+if [ "$(id -u)" -ne 0 ]; then have fakeroot || apt_missing+=(fakeroot); fi
+need_promtool=0
+have promtool || need_promtool=1
+need_analyze=0
+if ! have systemd-analyze; then
+  need_analyze=1
+  installed libsystemd-shared || apt_missing+=(libsystemd-shared)
+fi
 need_s3s=0
 if ! s3s-fs --version 2>/dev/null | grep -q "$S3S_VERSION"; then need_s3s=1; fi
 
 if [ "${1:-}" = "--check-only" ]; then
-  [ ${#apt_missing[@]} -eq 0 ] && [ $need_s3s -eq 0 ]
+  [ ${#apt_missing[@]} -eq 0 ] && [ $need_promtool -eq 0 ] && [ $need_analyze -eq 0 ] && [ $need_s3s -eq 0 ]
   exit
 fi
-if [ ${#apt_missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-  echo "installing: ${apt_missing[*]}"
+
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+if [ ${#apt_missing[@]} -gt 0 ] || [ $need_promtool -eq 1 ] || [ $need_analyze -eq 1 ]; then
   $SUDO apt-get update -qq
+fi
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  echo "installing (apt): ${apt_missing[*]}"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
 fi
+
+# take PACKAGE[=VERSION] PATH: downloads the .deb (not installed: no maintainer script runs)
+# and copies the one file ./PATH out of it into target/tools/bin/.
+take() {
+  local tmp deb
+  mkdir -p "$TOOLS_BIN"
+  tmp=$(mktemp -d "$TOOLS_BIN/../.download.XXXXXX")
+  # apt-get download runs as the _apt user when it can; it must be able to write here.
+  chmod 0777 "$tmp"
+  (cd "$tmp" && apt-get download -qq "$1")
+  deb=$(echo "$tmp"/*.deb)
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" "./$2"
+  install -m 0755 "$tmp/$2" "$TOOLS_BIN/"
+  rm -rf "$tmp"
+  echo "took $2 from $(basename "$deb") into $TOOLS_BIN/"
+}
+if [ $need_promtool -eq 1 ]; then
+  take prometheus usr/bin/promtool
+fi
+if [ $need_analyze -eq 1 ]; then
+  # The same version as the libsystemd-shared it links to.
+  take "systemd=$(dpkg-query -W -f='${Version}' libsystemd-shared)" usr/bin/systemd-analyze
+fi
 if [ $need_s3s -eq 1 ]; then
-  echo "installing: s3s-fs $S3S_VERSION (cargo install, about 2 minutes)"
+  echo "installing: s3s-fs $S3S_VERSION (cargo install into ~/.cargo/bin; about 6 minutes on 2 cores)"
   cargo install "s3s-fs@$S3S_VERSION" --locked --features binary
 fi
 echo "test prerequisites present"

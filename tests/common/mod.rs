@@ -595,32 +595,56 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Runs `program args` with `input` on stdin and returns its output; `None` (with a SKIP
-/// line) when the program is missing outside CI. Under CI a missing tool fails the test: the
-/// prerequisites script installs it.
+/// Where the prerequisites script puts the tools it takes out of Debian packages without
+/// installing them (promtool, systemd-analyze): searched before PATH.
+pub fn tools_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin")
+}
+
+/// `program` in [`tools_dir`], else the first executable of that name on PATH.
+pub fn find_tool(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::iter::once(tools_dir())
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(program))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// [`find_tool`], or `None` (with a SKIP line) when the program is missing outside CI. Under
+/// CI a missing tool fails the test: the prerequisites script provides it.
+pub fn require_tool(program: &str) -> Option<PathBuf> {
+    let found = find_tool(program);
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} missing under CI (looked in {} and on PATH); run scripts/install-test-prereqs.sh",
+            tools_dir().display()
+        );
+        eprintln!(
+            "SKIP: {program} not found in {} or on PATH (scripts/install-test-prereqs.sh provides it)",
+            tools_dir().display()
+        );
+    }
+    found
+}
+
+/// Runs `program args` (found by [`require_tool`]) with `input` on stdin and returns its
+/// output; `None` (with a SKIP line) when the program is missing outside CI.
 pub fn pipe_through_tool(
     program: &str,
     args: &[&str],
     input: &[u8],
 ) -> Option<std::process::Output> {
     use std::io::Write;
-    let child = Command::new(program)
+    let path = require_tool(program)?;
+    let mut child = Command::new(&path)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{program} missing under CI ({e}); run scripts/install-test-prereqs.sh"
-            );
-            eprintln!("SKIP: {program} not found ({e})");
-            return None;
-        }
-    };
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     child.stdin.take().unwrap().write_all(input).unwrap();
     Some(child.wait_with_output().unwrap())
 }
