@@ -7,27 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use rusqlite::Connection;
-
-/// Inserts ids `from..=to`, a few rows per transaction.
-fn insert_ids(app: &Connection, from: i64, to: i64) {
-    let mut id = from;
-    while id <= to {
-        let end = (id + 4).min(to);
-        tx(app, |c| {
-            for i in id..=end {
-                insert_row(c, i, 3000 + (i as usize * 37) % 6000);
-            }
-        });
-        id = end + 1;
-    }
-}
-
-fn wait_rows(env: &Env, n: i64) -> std::path::PathBuf {
-    env.wait_restore(DEADLINE, &format!("restore holds ids 1..={n}"), |p| {
-        id_summary(p) == (n, 1, n)
-    })
-}
 
 fn snapshots_of(tree: &BTreeMap<String, u64>) -> Vec<String> {
     tree.keys()
@@ -261,12 +240,7 @@ fn a_clean_stop_then_the_app_closing_the_db_continues_the_generation() {
     let env = Env::new("restart-sealed-close");
     env.write_config(&Cfg::default());
     let app = create_app_db(&env.db, 4096);
-    let mut d1 = env.start("daemon-1");
-    wait_for_a_snapshot(&env, &mut d1);
-    insert_ids(&app, 1, 30);
-    wait_rows(&env, 30);
-    let s1 = d1.stop_ok();
-    assert!(s1.log.contains("clean stop recorded"), "{}", s1.log);
+    sealed_after(&env, &app, 30);
     drop(app);
     assert!(
         !env.db.with_file_name("app.db-wal").exists() || wal_len(&env) == 0,
@@ -303,11 +277,7 @@ fn a_clean_stop_then_app_writes_continue_the_generation() {
     let env = Env::new("restart-sealed-writes");
     env.write_config(&Cfg::default());
     let app = create_app_db(&env.db, 4096);
-    let mut d1 = env.start("daemon-1");
-    wait_for_a_snapshot(&env, &mut d1);
-    insert_ids(&app, 1, 30);
-    wait_rows(&env, 30);
-    d1.stop_ok();
+    sealed_after(&env, &app, 30);
     insert_ids(&app, 31, 50);
 
     let mut d2 = env.start("daemon-2");
@@ -331,11 +301,7 @@ fn a_db_changed_while_stopped_starts_a_new_generation_that_says_why() {
     let env = Env::new("restart-sealed-changed");
     env.write_config(&Cfg::default());
     let app = create_app_db(&env.db, 4096);
-    let mut d1 = env.start("daemon-1");
-    wait_for_a_snapshot(&env, &mut d1);
-    insert_ids(&app, 1, 20);
-    wait_rows(&env, 20);
-    d1.stop_ok();
+    sealed_after(&env, &app, 20);
     insert_ids(&app, 21, 40);
     drop(app);
 

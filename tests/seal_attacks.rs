@@ -11,26 +11,6 @@ use std::time::Duration;
 use common::*;
 use rusqlite::Connection;
 
-/// Inserts ids `from..=to`, a few rows per transaction.
-fn insert_ids(app: &Connection, from: i64, to: i64) {
-    let mut id = from;
-    while id <= to {
-        let end = (id + 4).min(to);
-        tx(app, |c| {
-            for i in id..=end {
-                insert_row(c, i, 3000 + (i as usize * 37) % 6000);
-            }
-        });
-        id = end + 1;
-    }
-}
-
-fn wait_rows(env: &Env, n: i64) -> std::path::PathBuf {
-    env.wait_restore(DEADLINE, &format!("restore holds ids 1..={n}"), |p| {
-        id_summary(p) == (n, 1, n)
-    })
-}
-
 /// The app's data as SQLite shows it now (a fresh connection reads db + WAL).
 fn app_digest(db: &Path) -> Digest {
     table_digest(db, "t")
@@ -42,17 +22,6 @@ fn assert_restore_equals_app(env: &Env, want: Digest) {
     o.assert_ok("restore of the replica after the attack");
     assert_integrity_ok(&out);
     assert_eq!(table_digest(&out, "t"), want, "restored rows differ");
-}
-
-/// A daemon that has replicated ids 1..=n and then stopped cleanly (seal recorded).
-fn sealed_after(env: &Env, app: &Connection, n: i64) -> Stopped {
-    let mut d = env.start("daemon-1");
-    wait_for_a_snapshot(env, &mut d);
-    insert_ids(app, 1, n);
-    wait_rows(env, n);
-    let s = d.stop_ok();
-    assert!(s.log.contains("clean stop recorded"), "{}", s.log);
-    s
 }
 
 fn record_field(env: &Env, key: &str) -> String {

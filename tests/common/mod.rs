@@ -1362,3 +1362,35 @@ pub fn static_binary() -> PathBuf {
     );
     root.join("target/litestream-static")
 }
+
+/// Inserts ids `from..=to` into `t`, a few rows of 3–9 KB per transaction.
+pub fn insert_ids(app: &Connection, from: i64, to: i64) {
+    let mut id = from;
+    while id <= to {
+        let end = (id + 4).min(to);
+        tx(app, |c| {
+            for i in id..=end {
+                insert_row(c, i, 3000 + (i as usize * 37) % 6000);
+            }
+        });
+        id = end + 1;
+    }
+}
+
+/// Waits until a restore of the replica holds exactly ids 1..=n; returns it.
+pub fn wait_rows(env: &Env, n: i64) -> PathBuf {
+    env.wait_restore(DEADLINE, &format!("restore holds ids 1..={n}"), |p| {
+        id_summary(p) == (n, 1, n)
+    })
+}
+
+/// A daemon that has replicated ids 1..=n and then stopped cleanly (its seal recorded).
+pub fn sealed_after(env: &Env, app: &Connection, n: i64) -> Stopped {
+    let mut d = env.start("daemon-1");
+    wait_for_a_snapshot(env, &mut d);
+    insert_ids(app, 1, n);
+    wait_rows(env, n);
+    let s = d.stop_ok();
+    assert!(s.log.contains("clean stop recorded"), "{}", s.log);
+    s
+}
