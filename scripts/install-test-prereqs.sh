@@ -9,6 +9,7 @@
 # - systemd-analyze alone, which checks the packaged unit (tests/package.rs): taken out of
 #   the `systemd` package the same way, into target/tools/bin/, with the library package it
 #   links to (libsystemd-shared, plain libraries: apt-get install);
+# - best effort, for `make static-bin`: the musl target (rustup) and musl-tools (apt);
 # - s3s-fs 0.14.1, a local S3 server that verifies SigV4 signatures (cargo install into
 #   ~/.cargo/bin; 0.15+ needs rustc >= 1.96).
 # A tool already on PATH is used as it is. The tests look in target/tools/bin/, then on PATH.
@@ -74,6 +75,19 @@ fi
 if [ $need_analyze -eq 1 ]; then
   # The same version as the libsystemd-shared it links to.
   take "systemd=$(dpkg-query -W -f='${Version}' libsystemd-shared)" usr/bin/systemd-analyze
+fi
+# The static binary is built for musl when the target and a musl C compiler are present
+# (make static-bin), as the design asks; both install from their registries here. Best
+# effort and not checked by --check-only: without them make static-bin builds glibc with
+# crt-static, which tests/empty_root.rs proves in an empty root as well.
+if command -v rustup >/dev/null 2>&1 &&
+  ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+  rustup target add x86_64-unknown-linux-musl ||
+    echo "musl target not installed: make static-bin builds glibc with crt-static"
+fi
+if ! have x86_64-linux-musl-gcc; then
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends musl-tools; } ||
+    echo "musl-tools not installed: make static-bin builds glibc with crt-static"
 fi
 if [ $need_s3s -eq 1 ]; then
   echo "installing: s3s-fs $S3S_VERSION (cargo install into ~/.cargo/bin; about 6 minutes on 2 cores)"
