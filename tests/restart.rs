@@ -23,10 +23,7 @@ fn restart_without_writes_uploads_nothing_then_resumes_in_same_generation() {
     // last connection while the daemon is down would checkpoint and delete the WAL.
     let app = create_app_db(&env.db, 4096);
 
-    let mut d1 = env.start("daemon-1");
-    wait_for_a_snapshot(&env, &mut d1);
-    insert_ids(&app, 1, 30);
-    wait_rows(&env, 30);
+    let d1 = replicating(&env, &app, 30);
     d1.stop_ok();
 
     let before = list_tree(&env.replica);
@@ -101,10 +98,7 @@ fn restart_after_sigkill_without_writes_keeps_generation() {
     env.write_config(&Cfg::default());
     let app = create_app_db(&env.db, 4096);
 
-    let mut d1 = env.start("daemon-1");
-    wait_for_a_snapshot(&env, &mut d1);
-    insert_ids(&app, 1, 20);
-    wait_rows(&env, 20);
+    let d1 = replicating(&env, &app, 20);
     let gen = generations(&env.replica)[0].clone();
     d1.kill();
 
@@ -131,10 +125,7 @@ fn external_truncate_checkpoint_while_stopped_starts_new_generation() {
     env.write_config(&Cfg::default());
     let app = create_app_db(&env.db, 4096);
 
-    let mut d1 = env.start("daemon-1");
-    wait_for_a_snapshot(&env, &mut d1);
-    insert_ids(&app, 1, 20);
-    wait_rows(&env, 20);
+    let d1 = replicating(&env, &app, 20);
     d1.stop_ok();
     let gens1 = generations(&env.replica);
     assert_eq!(gens1.len(), 1);

@@ -104,10 +104,7 @@ fn the_daemon_closing_last_then_continuing_loses_nothing() {
     let env = Env::new("seal-daemon-last");
     env.write_config(&Cfg::default());
     let app = create_app_db(&env.db, 4096);
-    let mut d1 = env.start("daemon-1");
-    wait_for_a_snapshot(&env, &mut d1);
-    insert_ids(&app, 1, 30);
-    wait_rows(&env, 30);
+    let d1 = replicating(&env, &app, 30);
     drop(app);
     let s = d1.stop_ok();
     assert!(s.log.contains("clean stop recorded"), "{}", s.log);
@@ -162,10 +159,7 @@ fn the_app_holding_the_write_lock_through_the_stop_is_not_waited_for() {
     let env = Env::new("seal-write-lock");
     env.write_config(&Cfg::default());
     let app = create_app_db(&env.db, 4096);
-    let mut d1 = env.start("daemon-1");
-    wait_for_a_snapshot(&env, &mut d1);
-    insert_ids(&app, 1, 10);
-    wait_rows(&env, 10);
+    let d1 = replicating(&env, &app, 10);
     app.execute_batch("BEGIN IMMEDIATE").unwrap();
     insert_row(&app, 11, 100);
     let s = d1.stop_ok();

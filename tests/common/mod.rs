@@ -1384,13 +1384,18 @@ pub fn wait_rows(env: &Env, n: i64) -> PathBuf {
     })
 }
 
-/// A daemon that has replicated ids 1..=n and then stopped cleanly (its seal recorded).
-pub fn sealed_after(env: &Env, app: &Connection, n: i64) -> Stopped {
+/// A daemon ("daemon-1") that has snapshotted, then replicated ids 1..=n written by `app`.
+pub fn replicating(env: &Env, app: &Connection, n: i64) -> Daemon {
     let mut d = env.start("daemon-1");
     wait_for_a_snapshot(env, &mut d);
     insert_ids(app, 1, n);
     wait_rows(env, n);
-    let s = d.stop_ok();
+    d
+}
+
+/// A daemon that has replicated ids 1..=n and then stopped cleanly (its seal recorded).
+pub fn sealed_after(env: &Env, app: &Connection, n: i64) -> Stopped {
+    let s = replicating(env, app, n).stop_ok();
     assert!(s.log.contains("clean stop recorded"), "{}", s.log);
     s
 }
