@@ -62,7 +62,7 @@ pub(crate) fn profile(
     let mut out = Profile::new();
     for (section, values) in config {
         let this = match section.split_once(char::is_whitespace) {
-            Some((kind, rest)) if kind == "profile" => rest.trim() == name,
+            Some(("profile", rest)) => rest.trim() == name,
             Some(_) => false,
             None => section == name && name == "default",
         };

@@ -90,10 +90,8 @@ impl S3Client {
     /// the bucket or region is unusable. Its only request is the lookup of the bucket's
     /// region, when the config names neither a region nor an endpoint.
     pub fn new(name: &str, cfg: &S3Config) -> Result<S3Client> {
-        let env = |k: &str| std::env::var(k).ok();
         // Messages here name no replica: `client::open` adds "replica NAME" once.
         let _ = name;
-        let _ = env;
         let creds = crate::aws::Provider::for_s3(cfg)?;
         let agent = agent(cfg.skip_verify);
         let region = match (&cfg.region, &cfg.endpoint) {
@@ -104,23 +102,20 @@ impl S3Client {
             (Some(region), None) => region
                 .parse()
                 .map_err(|_| anyhow!("unknown S3 region {region:?}"))?,
-            // AWS_REGION, AWS_DEFAULT_REGION, the profile's region; else the bucket's own,
-            // and the instance's when the bucket cannot be asked.
-            (None, None) => match crate::aws::region_from_environment() {
-                Some(r) => r.parse().map_err(|_| anyhow!("unknown S3 region {r:?}"))?,
-                None => match lookup_region(&agent, &cfg.bucket, &creds.get()?.0.to_s3()?) {
-                    Ok(r) => r,
-                    Err(e) => match crate::aws::region_from_instance_metadata()
-                        .and_then(|r| r.parse().ok())
-                    {
-                        Some(r) => r,
-                        None => {
-                            return Err(e.context(format!(
-                                "cannot find the region of bucket {}",
-                                cfg.bucket
-                            )))
-                        }
-                    },
+            // The bucket's own region, as Litestream v0.3 looks it up; when the store will not
+            // say, AWS_REGION, AWS_DEFAULT_REGION, the profile's region, the instance's.
+            (None, None) => match lookup_region(&agent, &cfg.bucket, &creds.get()?.0.to_s3()?) {
+                Ok(r) => r,
+                Err(e) => match crate::aws::region_from_environment()
+                    .or_else(crate::aws::region_from_instance_metadata)
+                    .and_then(|r| r.parse().ok())
+                {
+                    Some(r) => r,
+                    None => {
+                        return Err(
+                            e.context(format!("cannot find the region of bucket {}", cfg.bucket))
+                        )
+                    }
                 },
             },
         };
