@@ -594,8 +594,10 @@ impl Cache {
             Some(c) => c.refresh_at.is_some_and(|r| now >= r),
         };
         if !due {
-            if let Some(k) = usable {
-                return Ok((k, st.generation));
+            // Not yet due: used even when they look expired by our clock (refresh_time's
+            // floor); the store is the judge, and its expired-token answer invalidates them.
+            if let Some(c) = &st.current {
+                return Ok((c.keys.clone(), st.generation));
             }
         }
         if st.retry_at.is_some_and(|r| mono < r) {
@@ -666,10 +668,12 @@ impl Cache {
 }
 
 /// When keys fetched at `now` that expire at `expires` are fetched again: 5 minutes early,
-/// or halfway through a shorter remaining life.
+/// or halfway through a shorter remaining life, and never sooner than 1 s after `now` (a
+/// source whose clock is behind ours hands out keys that look expired: it is not asked again
+/// for every request).
 fn refresh_time(now: SystemTime, expires: SystemTime) -> SystemTime {
     let left = expires.duration_since(now).unwrap_or(Duration::ZERO);
-    expires - REFRESH_EARLY.min(left / 2)
+    (expires - REFRESH_EARLY.min(left / 2)).max(now + Duration::from_secs(1))
 }
 
 /// Logs once per process and source where the S3 credentials come from; a refresh is logged
@@ -1056,7 +1060,7 @@ mod tests {
         );
         assert_eq!(
             refresh_time(now, now - Duration::from_secs(1)),
-            now - Duration::from_secs(1)
+            now + Duration::from_secs(1)
         );
     }
 }
