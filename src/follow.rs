@@ -19,6 +19,7 @@
 //! landed; equal to `cur`, it did not; anything else means someone else wrote to OUT, and the
 //! follower refuses to continue. While running, `PRAGMA data_version` tells the same.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -192,11 +193,25 @@ fn read_position(out: &Path) -> Result<Option<PositionFile>> {
 /// page, so a transaction updates it from the pages it touches alone. Not a defence against
 /// someone forging pages (who can write OUT can do anything to its readers anyway), but no
 /// careless write goes unseen.
+///
+/// Page 1's file change counter and version-valid-for (bytes 24..28 and 92..96) are left
+/// out: SQLite's pager rewrites them with its own count whenever a commit writes page 1, so
+/// the follower's differ from the primary's (harmless in WAL mode, where readers use the
+/// WAL index, not the counter, to see changes).
 fn page_hash(pgno: u32, data: &[u8]) -> u128 {
     const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013B;
     let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    for b in pgno.to_le_bytes().iter().chain(data) {
-        h ^= u128::from(*b);
+    for b in pgno.to_le_bytes() {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(PRIME);
+    }
+    for (i, b) in data.iter().enumerate() {
+        let b = if pgno == 1 && ((24..28).contains(&i) || (92..96).contains(&i)) {
+            0
+        } else {
+            *b
+        };
+        h ^= u128::from(b);
         h = h.wrapping_mul(PRIME);
     }
     h
@@ -589,7 +604,7 @@ impl<'a> Follower<'a> {
         let frame_size = header.frame_size();
         let mut frame = vec![0u8; frame_size];
         let mut in_tx = false;
-        let mut touched: Vec<u32> = Vec::new();
+        let mut touched: HashMap<u32, u128> = HashMap::new();
         let mut applied = 0u64;
         let mut frames_in_tx = 0u64;
         let result = (|| -> Result<()> {
@@ -664,14 +679,23 @@ impl<'a> Follower<'a> {
         Ok(applied)
     }
 
-    /// Writes one frame's page inside the open transaction, keeping the content hash.
-    fn write_page(&self, pgno: u32, data: &[u8], next: &mut State, touched: &mut Vec<u32>) -> Result<()> {
-        if !touched.contains(&pgno) {
-            touched.push(pgno);
+    /// Writes one frame's page inside the open transaction, keeping the content hash: the
+    /// page's old version leaves it when first touched, and `touched` keeps the hash of its
+    /// newest version. (Within the transaction `sqlite_dbpage` sees only the pages that
+    /// existed when it began: writes through it bypass the b-tree's page count.)
+    fn write_page(
+        &self,
+        pgno: u32,
+        data: &[u8],
+        next: &mut State,
+        touched: &mut HashMap<u32, u128>,
+    ) -> Result<()> {
+        if !touched.contains_key(&pgno) {
             if let Some(old) = self.read_page(pgno)? {
                 next.hash ^= page_hash(pgno, &old);
             }
         }
+        touched.insert(pgno, page_hash(pgno, data));
         self.conn
             .prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)")?
             .execute(params![pgno, data])
@@ -699,29 +723,29 @@ impl<'a> Follower<'a> {
         frames: u64,
         frame_size: usize,
         next: &mut State,
-        touched: &[u32],
+        touched: &HashMap<u32, u128>,
     ) -> Result<()> {
+        // The size when the transaction began (see `write_page`).
         let pages: u32 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         // Pages past the new end leave the hash (those written in this transaction were
         // counted out when first touched).
         for p in fh.db_size.saturating_add(1)..=pages {
-            if !touched.contains(&p) {
+            if !touched.contains_key(&p) {
                 if let Some(old) = self.read_page(p)? {
                     next.hash ^= page_hash(p, &old);
                 }
             }
         }
-        if fh.db_size < pages {
+        let end = touched.keys().copied().max().unwrap_or(0).max(pages);
+        if fh.db_size < end {
             self.conn
                 .prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, NULL)")?
                 .execute(params![fh.db_size + 1])
                 .with_context(|| format!("{}: cannot shrink", self.out.display()))?;
         }
-        for &p in touched {
+        for (&p, &h) in touched {
             if p <= fh.db_size {
-                if let Some(new) = self.read_page(p)? {
-                    next.hash ^= page_hash(p, &new);
-                }
+                next.hash ^= h;
             }
         }
         next.offset += frames * frame_size as u64;
@@ -738,6 +762,21 @@ impl<'a> Follower<'a> {
             .execute_batch("COMMIT")
             .with_context(|| format!("{}: cannot commit", self.out.display()))?;
         self.version = data_version(&self.conn)?;
+        if cfg!(debug_assertions) && std::env::var_os("LITESTREAM_FOLLOW_VERIFY").is_some() {
+            // Tests: the incremental hash against a full one after every commit.
+            let full = content_hash(&self.conn)?;
+            if full != next.hash {
+                let mut stmt = self.conn.prepare("SELECT pgno, data FROM sqlite_dbpage")?;
+                let mut rows = stmt.query([])?;
+                let mut info = Vec::new();
+                while let Some(row) = rows.next()? {
+                    let pgno: u32 = row.get(0)?;
+                    let data: Vec<u8> = row.get(1)?;
+                    info.push((pgno, page_hash(pgno, &data) as u16, touched.get(&pgno).map(|h| *h as u16)));
+                }
+                bail!("content hash drifted after index {:08x} offset {} pages_at_begin={pages} db_size={} {info:?}", next.index, next.offset, fh.db_size);
+            }
+        }
         self.state = next.clone();
         logging::debug(
             "applied transaction",
@@ -787,9 +826,9 @@ fn resume(out: &Path, p: PositionFile) -> Result<(Connection, State)> {
     Ok((conn, state))
 }
 
-/// Restores `plan` beside OUT (`<out>.follow-new`) and swaps it in. The last index of the
-/// plan is left to the follower, which applies it transaction by transaction: it knows where
-/// that index ends only by reading it.
+/// Restores `plan` beside OUT (`<out>.follow-new`) and swaps it in. The whole plan is
+/// restored before any reader sees it (the snapshot is newer than the start of its index, so
+/// the index's first transactions replayed one by one would show states that never were).
 fn build(
     sources: &[Source],
     plan: &Plan,
@@ -802,20 +841,22 @@ fn build(
         // Only ours: a leftover of a build a crash interrupted.
         let _ = fs::remove_file(&p);
     }
-    let mut trimmed = plan.clone();
-    let last = trimmed
-        .indexes
-        .pop()
-        .map(|(i, segs)| (i, segs.last().map(|s| s.compression)))
-        .unwrap_or((plan.snapshot.index, None));
     let source = &sources[plan.replica];
-    restore::apply(&source.client, &trimmed, &new, opts.parallelism, opts.mode).map_err(|e| {
+    restore::apply(&source.client, plan, &new, opts.parallelism, opts.mode).map_err(|e| {
         anyhow!(
             "restore: generation {} from replica {}: {e:#}",
             plan.generation,
             source.name
         )
     })?;
+    // Where the last index ends, and its checksum chain there: read again, verified.
+    let (index, end) = match plan.indexes.last() {
+        Some((index, segments)) => (
+            *index,
+            Some(index_end(source.client.as_ref(), &plan.generation, *index, segments)?),
+        ),
+        None => (plan.snapshot.index, None),
+    };
     let hash = {
         let conn = open_out(&new)?;
         let h = content_hash(&conn)?;
@@ -825,14 +866,31 @@ fn build(
     for p in [files::wal_path(&new), files::shm_path(&new)] {
         let _ = fs::remove_file(&p);
     }
-    let state = State {
-        generation: plan.generation.clone(),
-        index: last.0,
-        offset: 0,
-        header: None,
-        chain: (0, 0),
-        compression: last.1.unwrap_or(plan.snapshot.compression),
-        hash,
+    let compression = plan
+        .indexes
+        .last()
+        .and_then(|(_, segs)| segs.last())
+        .map(|s| s.compression)
+        .unwrap_or(plan.snapshot.compression);
+    let state = match end {
+        Some((header, offset, chain)) => State {
+            generation: plan.generation.clone(),
+            index,
+            offset,
+            header: Some(header),
+            chain,
+            compression,
+            hash,
+        },
+        None => State {
+            generation: plan.generation.clone(),
+            index,
+            offset: 0,
+            header: None,
+            chain: (0, 0),
+            compression,
+            hash,
+        },
     };
     if let Some(old) = old {
         drain_wal(out, &old)?;
@@ -855,6 +913,68 @@ fn build(
         ],
     );
     Ok((conn, state))
+}
+
+/// Reads one index's segments again, verifying every frame, to find where it ends: (its
+/// header, the offset after its last frame, the checksum chain there). A restore applies an
+/// index without recording that; the follower continues from exactly there.
+fn index_end(
+    client: &dyn ReplicaClient,
+    generation: &str,
+    index: u32,
+    segments: &[WalSegmentInfo],
+) -> Result<([u8; WAL_HEADER_SIZE], u64, (u32, u32))> {
+    let mut header: Option<([u8; WAL_HEADER_SIZE], WalHeader, FrameVerifier)> = None;
+    let mut offset = 0u64;
+    let mut frame = Vec::new();
+    for seg in segments {
+        let key = layout::wal_segment_key(generation, index, seg.offset, seg.compression);
+        let corrupt = |msg: String| anyhow!("WAL segment {key}: {msg}; the replica is corrupt");
+        if seg.offset != offset {
+            return Err(corrupt(format!("expected offset {offset}")));
+        }
+        let raw = client
+            .open_wal_segment(seg)
+            .with_context(|| format!("cannot read WAL segment {key}"))?;
+        let mut r = codec::decoder(seg.compression, raw)
+            .with_context(|| format!("cannot read WAL segment {key}"))?;
+        if header.is_none() {
+            let mut raw = [0u8; WAL_HEADER_SIZE];
+            let n = read_full(&mut r, &mut raw).map_err(|e| corrupt(e.to_string()))?;
+            if n < WAL_HEADER_SIZE {
+                return Err(corrupt("shorter than a WAL header".into()));
+            }
+            let h = WalHeader::parse(&raw).map_err(|e| corrupt(e.to_string()))?;
+            frame = vec![0u8; h.frame_size()];
+            header = Some((raw, h, FrameVerifier::new(&h)));
+            offset = WAL_HEADER_SIZE as u64;
+        }
+        let Some((_, _, verifier)) = header.as_mut() else {
+            return Err(corrupt("no WAL header".into()));
+        };
+        let mut last_commit = true;
+        loop {
+            let n = read_full(&mut r, &mut frame).map_err(|e| corrupt(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            if n < frame.len() {
+                return Err(corrupt("torn frame".into()));
+            }
+            let fh = verifier
+                .check(&frame)
+                .ok_or_else(|| corrupt(format!("frame at offset {offset} fails its checksum check")))?;
+            last_commit = fh.is_commit();
+            offset += frame.len() as u64;
+        }
+        if !last_commit {
+            return Err(corrupt("ends inside a transaction".into()));
+        }
+    }
+    match header {
+        Some((raw, _, verifier)) => Ok((raw, offset, verifier.chain())),
+        None => bail!("WAL index {generation}/{index:08x} has no segments"),
+    }
 }
 
 /// Checkpoints OUT's WAL into the db file and empties it, waiting for readers still using it:

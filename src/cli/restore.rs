@@ -153,6 +153,13 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         return Ok(0);
     }
     if !resuming {
+        if flags.follow && std::fs::symlink_metadata(&out).is_ok() {
+            bail!(
+                "restore -f: {} exists and has no follower position file {}: it was not made by `restore -f` (move it away, or restore without -f)",
+                out.display(),
+                crate::follow::position_path(&out).display()
+            );
+        }
         restore::check_output(&out)?;
     }
 
