@@ -2,6 +2,7 @@
 //! the follower's database checking that they only ever see committed prefixes.
 
 mod common;
+mod s3_server;
 
 use std::ffi::OsString;
 use std::fs;
@@ -17,6 +18,7 @@ use rusqlite::{Connection, OpenFlags};
 
 /// Starts `restore -f -follow-interval 100ms -o out URL`.
 fn follower(env: &Env, out: &Path, label: &str) -> Daemon {
+    verify_hashes();
     let args: Vec<OsString> = vec![
         "restore".into(),
         "-f".into(),
@@ -27,6 +29,13 @@ fn follower(env: &Env, out: &Path, label: &str) -> Daemon {
         env.replica_url().into(),
     ];
     env.spawn_daemon(label, args)
+}
+
+/// Followers check their incremental content hash against a full one after every commit
+/// (debug builds: `LITESTREAM_FOLLOW_VERIFY`).
+fn verify_hashes() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var("LITESTREAM_FOLLOW_VERIFY", "1"));
 }
 
 /// `(count, min, max)` of `t` in the follower's db, read as a plain reader; `None` while the
@@ -402,4 +411,65 @@ fn an_application_writing_to_the_follower_stops_it() {
     let stopped = f.wait_exit(Duration::from_secs(60));
     assert_ne!(stopped.code, Some(0), "{}", stopped.log);
     assert!(stopped.log.contains("someone else wrote"), "{}", stopped.log);
+}
+
+#[test]
+fn follows_an_s3_replica_with_one_get_per_idle_poll_and_no_list() {
+    if !s3_server::s3s_fs_available() {
+        eprintln!("s3s-fs not installed; skipped");
+        return;
+    }
+    let env = Env::new("follow-s3");
+    let s3 = s3_server::S3Server::start(&env.root.join("s3"));
+    let y = format!(
+        "dbs:\n  - path: \"{}\"\n    monitor-interval: 100ms\n    min-checkpoint-page-count: 40\n    replicas:\n{}",
+        env.db.display(),
+        s3.replica_yaml(s3_server::SECRET_KEY, "100ms")
+    );
+    fs::write(&env.config, y).unwrap();
+    let app = create_app_db(&env.db, 4096);
+    let mut d = env.start("daemon");
+    let snap = wait_until(DEADLINE, || {
+        d.assert_alive();
+        generations(&s3.replica_dir())
+            .iter()
+            .any(|g| !snapshot_indexes(&s3.replica_dir(), g).is_empty())
+    });
+    assert!(snap, "no snapshot in the bucket");
+    insert_ids(&app, 1, 10);
+    let out = env.root.join("follower.db");
+    let args: Vec<OsString> = vec![
+        "restore".into(),
+        "-f".into(),
+        "-follow-interval".into(),
+        "100ms".into(),
+        "-config".into(),
+        env.config.clone().into(),
+        "-o".into(),
+        out.clone().into(),
+        env.db.clone().into(),
+    ];
+    let mut f = env.spawn_daemon("follower", args);
+    wait_follower_rows(&mut f, &out, 10);
+    let readers = Readers::start(&out, 2);
+    insert_ids(&app, 11, 60);
+    wait_follower_rows(&mut f, &out, 60);
+    assert!(readers.finish() > 0);
+    assert_same(&env.db, &out);
+
+    // Idle: the primary makes no requests; the follower one GET per poll and no LIST.
+    std::thread::sleep(Duration::from_millis(500));
+    s3.proxy.clear();
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let reqs = s3.proxy.requests();
+    let elapsed = started.elapsed();
+    let polls = (elapsed.as_millis() / 100) as usize + 1;
+    let lists = reqs.iter().filter(|r| r.target.contains("list-type")).count();
+    let gets = reqs.iter().filter(|r| r.method == "GET" || r.method == "HEAD").count();
+    eprintln!("idle {elapsed:?}: {} requests ({gets} GET/HEAD, {lists} LIST), at most {polls} polls", reqs.len());
+    assert_eq!(lists, 0, "{reqs:?}");
+    assert!(gets <= polls, "{gets} GETs for at most {polls} polls: {reqs:?}");
+    assert_eq!(gets, reqs.len(), "{reqs:?}");
+    f.stop_ok();
 }
