@@ -395,7 +395,9 @@ impl<'a> Follower<'a> {
             let next_index = segs
                 .iter()
                 .any(|s| (s.index, s.offset) == (st.index.wrapping_add(1), 0));
-            let later = segs.iter().any(|s| (s.index, s.offset) > (st.index, st.offset));
+            let later = segs
+                .iter()
+                .any(|s| (s.index, s.offset) > (st.index, st.offset));
             if later && !next_here && !next_index {
                 Some(format!(
                     "the replica no longer holds WAL segment {} or {} (retention removed what this copy needs next)",
@@ -430,7 +432,10 @@ impl<'a> Follower<'a> {
         let listings = restore::list(self.sources, &self.opts.restore)?;
         let gens: Vec<String> = listings.iter().map(|l| l.generation.clone()).collect();
         if gens != self.known {
-            logging::info("the replica's generations changed", &[("generations", &gens.join(","))]);
+            logging::info(
+                "the replica's generations changed",
+                &[("generations", &gens.join(","))],
+            );
         }
         self.known = gens;
         let Some(plan) = restore::choose(&listings, &self.opts.restore)? else {
@@ -571,13 +576,22 @@ impl<'a> Follower<'a> {
         }
         let header = if offset == 0 {
             let mut raw = [0u8; WAL_HEADER_SIZE];
-            let n = read_full(&mut r, &mut raw).map_err(|e| corrupt(format!("cannot read: {e}")))?;
+            let n =
+                read_full(&mut r, &mut raw).map_err(|e| corrupt(format!("cannot read: {e}")))?;
             if n < WAL_HEADER_SIZE {
                 return Err(corrupt(format!("{n} bytes, shorter than a WAL header")));
             }
             let h = WalHeader::parse(&raw).map_err(|e| corrupt(e.to_string()))?;
-            if let Some(prev) = self.state.header.as_ref().and_then(|p| WalHeader::parse(p).ok()) {
-                if index != self.state.index && !wal::is_next_life(&prev, &h) && h.checkpoint_seq != 0 {
+            if let Some(prev) = self
+                .state
+                .header
+                .as_ref()
+                .and_then(|p| WalHeader::parse(p).ok())
+            {
+                if index != self.state.index
+                    && !wal::is_next_life(&prev, &h)
+                    && h.checkpoint_seq != 0
+                {
                     return Err(corrupt(format!(
                         "its header has salt-1 {:08x}, where the WAL restart after index {:08x} gives {:08x}; it comes from another database or WAL history",
                         h.salt1, self.state.index, prev.salt1.wrapping_add(1)
@@ -651,9 +665,21 @@ impl<'a> Follower<'a> {
                     touched.clear();
                 }
                 frames_in_tx += 1;
-                self.write_page(fh.page_no, &frame[wal::FRAME_HEADER_SIZE..], &mut next, &mut touched)?;
+                self.write_page(
+                    fh.page_no,
+                    &frame[wal::FRAME_HEADER_SIZE..],
+                    &mut next,
+                    &mut touched,
+                )?;
                 if fh.is_commit() {
-                    self.commit(&fh, &verifier, frames_in_tx, frame_size, &mut next, &touched)?;
+                    self.commit(
+                        &fh,
+                        &verifier,
+                        frames_in_tx,
+                        frame_size,
+                        &mut next,
+                        &touched,
+                    )?;
                     in_tx = false;
                     frames_in_tx = 0;
                     applied += 1;
@@ -674,7 +700,14 @@ impl<'a> Follower<'a> {
                 hash: self.state.hash,
                 ..next
             };
-            write_position(self.out, &PositionFile { cur: self.state.clone(), next: None, swap: false })?;
+            write_position(
+                self.out,
+                &PositionFile {
+                    cur: self.state.clone(),
+                    next: None,
+                    swap: false,
+                },
+            )?;
         }
         Ok(applied)
     }
@@ -772,7 +805,11 @@ impl<'a> Follower<'a> {
                 while let Some(row) = rows.next()? {
                     let pgno: u32 = row.get(0)?;
                     let data: Vec<u8> = row.get(1)?;
-                    info.push((pgno, page_hash(pgno, &data) as u16, touched.get(&pgno).map(|h| *h as u16)));
+                    info.push((
+                        pgno,
+                        page_hash(pgno, &data) as u16,
+                        touched.get(&pgno).map(|h| *h as u16),
+                    ));
                 }
                 bail!("content hash drifted after index {:08x} offset {} pages_at_begin={pages} db_size={} {info:?}", next.index, next.offset, fh.db_size);
             }
@@ -853,7 +890,12 @@ fn build(
     let (index, end) = match plan.indexes.last() {
         Some((index, segments)) => (
             *index,
-            Some(index_end(source.client.as_ref(), &plan.generation, *index, segments)?),
+            Some(index_end(
+                source.client.as_ref(),
+                &plan.generation,
+                *index,
+                segments,
+            )?),
         ),
         None => (plan.snapshot.index, None),
     };
@@ -961,9 +1003,9 @@ fn index_end(
             if n < frame.len() {
                 return Err(corrupt("torn frame".into()));
             }
-            let fh = verifier
-                .check(&frame)
-                .ok_or_else(|| corrupt(format!("frame at offset {offset} fails its checksum check")))?;
+            let fh = verifier.check(&frame).ok_or_else(|| {
+                corrupt(format!("frame at offset {offset} fails its checksum check"))
+            })?;
             last_commit = fh.is_commit();
             offset += frame.len() as u64;
         }

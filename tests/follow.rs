@@ -311,7 +311,7 @@ fn a_corrupt_segment_stops_the_follower_at_its_last_good_transaction() {
     // OUT holds whole transactions only: the ones before the bad frame's transaction.
     let (count, min, max) = summary(&out).unwrap();
     assert_eq!((min, max), (1, count));
-    assert!(count >= 10 && count < 20, "count {count}");
+    assert!((10..20).contains(&count), "count {count}");
     assert_integrity_ok(&out);
     let _ = before;
 }
@@ -361,12 +361,30 @@ fn follow_refuses_index_and_timestamp_and_foreign_outputs() {
     let env = Env::new("follow-flags");
     let url = env.replica_url();
     let o = env.run(&[
-        "restore", "-f", "-timestamp", "2020-01-01T00:00:00Z", "-o", "x.db", &url,
+        "restore",
+        "-f",
+        "-timestamp",
+        "2020-01-01T00:00:00Z",
+        "-o",
+        "x.db",
+        &url,
     ]);
     o.assert_fails("-f -timestamp");
-    assert!(o.stderr.contains("-f") && o.stderr.contains("-timestamp"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("-f") && o.stderr.contains("-timestamp"),
+        "{}",
+        o.stderr
+    );
     let o = env.run(&[
-        "restore", "-f", "-generation", "0123456789abcdef", "-index", "1", "-o", "x.db", &url,
+        "restore",
+        "-f",
+        "-generation",
+        "0123456789abcdef",
+        "-index",
+        "1",
+        "-o",
+        "x.db",
+        &url,
     ]);
     o.assert_fails("-f -index");
     assert!(o.stderr.contains("-index"), "{}", o.stderr);
@@ -379,9 +397,16 @@ fn follow_refuses_index_and_timestamp_and_foreign_outputs() {
     fs::write(&out, b"precious").unwrap();
     let o = env.run(&["restore", "-f", "-o", out.to_str().unwrap(), &url]);
     o.assert_fails("-f over a foreign file");
-    assert!(o.stderr.contains("not made by `restore -f`"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("not made by `restore -f`"),
+        "{}",
+        o.stderr
+    );
     let mut kept = Vec::new();
-    fs::File::open(&out).unwrap().read_to_end(&mut kept).unwrap();
+    fs::File::open(&out)
+        .unwrap()
+        .read_to_end(&mut kept)
+        .unwrap();
     assert_eq!(kept, b"precious");
 }
 
@@ -410,7 +435,11 @@ fn an_application_writing_to_the_follower_stops_it() {
     let f = follower(&env, &out, "follower-2");
     let stopped = f.wait_exit(Duration::from_secs(60));
     assert_ne!(stopped.code, Some(0), "{}", stopped.log);
-    assert!(stopped.log.contains("someone else wrote"), "{}", stopped.log);
+    assert!(
+        stopped.log.contains("someone else wrote"),
+        "{}",
+        stopped.log
+    );
 }
 
 #[test]
@@ -465,11 +494,23 @@ fn follows_an_s3_replica_with_one_get_per_idle_poll_and_no_list() {
     let reqs = s3.proxy.requests();
     let elapsed = started.elapsed();
     let polls = (elapsed.as_millis() / 100) as usize + 1;
-    let lists = reqs.iter().filter(|r| r.target.contains("list-type")).count();
-    let gets = reqs.iter().filter(|r| r.method == "GET" || r.method == "HEAD").count();
-    eprintln!("idle {elapsed:?}: {} requests ({gets} GET/HEAD, {lists} LIST), at most {polls} polls", reqs.len());
+    let lists = reqs
+        .iter()
+        .filter(|r| r.target.contains("list-type"))
+        .count();
+    let gets = reqs
+        .iter()
+        .filter(|r| r.method == "GET" || r.method == "HEAD")
+        .count();
+    eprintln!(
+        "idle {elapsed:?}: {} requests ({gets} GET/HEAD, {lists} LIST), at most {polls} polls",
+        reqs.len()
+    );
     assert_eq!(lists, 0, "{reqs:?}");
-    assert!(gets <= polls, "{gets} GETs for at most {polls} polls: {reqs:?}");
+    assert!(
+        gets <= polls,
+        "{gets} GETs for at most {polls} polls: {reqs:?}"
+    );
     assert_eq!(gets, reqs.len(), "{reqs:?}");
     f.stop_ok();
 }

@@ -142,8 +142,8 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         }
     }
     // A follower's own output (it has a position file) is resumed, never skipped.
-    let resuming = flags.follow
-        && std::fs::symlink_metadata(crate::follow::position_path(&out)).is_ok();
+    let resuming =
+        flags.follow && std::fs::symlink_metadata(crate::follow::position_path(&out)).is_ok();
     // An existing output is never touched, whatever else is wrong.
     if !resuming && std::fs::symlink_metadata(&out).is_ok() && flags.if_db_not_exists {
         logging::info(
