@@ -59,16 +59,6 @@ Arguments:
 	    Restore to a specific point-in-time (RFC 3339, e.g. 2020-01-01T00:00:00Z).
 	    Defaults to the latest point in time.
 
-	-f
-	    Follow mode. After restoring, keep applying new WAL segments as they
-	    appear on the replica, until SIGINT or SIGTERM. The output stays
-	    readable with plain SQLite (WAL mode) and must not be written to;
-	    its position is kept in OUTPUT-follow. Cannot be used with -index
-	    or -timestamp.
-
-	-follow-interval DURATION
-	    Polling interval for follow mode. Defaults to 1s.
-
 Examples:
 
 	# Restore latest replica for database to original location.
@@ -82,9 +72,6 @@ Examples:
 
 	# Restore from a replica URL.
 	$ litestream restore -o /tmp/db file:///backups/db
-
-	# Continuously restore (follow) a database from a replica.
-	$ litestream restore -f -o /tmp/db s3://mybucket/db
 ";
 
 /// The restore command's flags, checked.
@@ -99,9 +86,6 @@ struct Flags {
     if_replica_exists: bool,
     parallelism: usize,
     timestamp: Option<std::time::SystemTime>,
-    /// `-f`: keep following the replica.
-    follow: bool,
-    follow_interval: std::time::Duration,
     /// The database path or replica URL.
     target: String,
 }
@@ -141,27 +125,15 @@ pub fn run(mut args: Arguments) -> Result<i32> {
             );
         }
     }
-    // A follower's own output (it has a position file) is resumed, never skipped.
-    let resuming =
-        flags.follow && std::fs::symlink_metadata(crate::follow::position_path(&out)).is_ok();
     // An existing output is never touched, whatever else is wrong.
-    if !resuming && std::fs::symlink_metadata(&out).is_ok() && flags.if_db_not_exists {
+    if std::fs::symlink_metadata(&out).is_ok() && flags.if_db_not_exists {
         logging::info(
             "database already exists, skipping",
             &[("path", &out.display())],
         );
         return Ok(0);
     }
-    if !resuming {
-        if flags.follow && std::fs::symlink_metadata(&out).is_ok() {
-            bail!(
-                "restore -f: {} exists and has no follower position file {}: it was not made by `restore -f` (move it away, or restore without -f)",
-                out.display(),
-                crate::follow::position_path(&out).display()
-            );
-        }
-        restore::check_output(&out)?;
-    }
+    restore::check_output(&out)?;
 
     let sources: Vec<Source> = open_clients(&target.replicas)?
         .into_iter()
@@ -174,23 +146,6 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         timestamp: flags.timestamp,
         parallelism: flags.parallelism,
     };
-    // The restore's mode, as below: the original db's when it is still there, else 0600.
-    let db_mode = target
-        .db
-        .as_ref()
-        .and_then(|db| std::fs::metadata(&db.path).ok())
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
-    if flags.follow {
-        let fopts = crate::follow::FollowOptions {
-            interval: flags.follow_interval,
-            parallelism: opts.parallelism,
-            mode: db_mode,
-            restore: opts,
-        };
-        crate::follow::run(&sources, &out, &fopts)
-            .map_err(|e| anyhow!("restore -f: {}: {e:#}", out.display()))?;
-        return Ok(0);
-    }
     let listings = restore::list(&sources, &opts)?;
     let Some(plan) = restore::choose(&listings, &opts)? else {
         if flags.if_replica_exists {
@@ -313,9 +268,6 @@ fn parse_flags(mut args: Arguments) -> Result<Flags> {
     let if_replica_exists = flag(&mut args, ["-if-replica-exists", "--if-replica-exists"]);
     let parallelism = opt_value(&mut args, ["-parallelism", "--parallelism"])?;
     let timestamp = opt_value(&mut args, ["-timestamp", "--timestamp"])?;
-    let follow = flag(&mut args, ["-f", "--f"]);
-    let follow_interval: Option<String> =
-        opt_value(&mut args, ["-follow-interval", "--follow-interval"])?;
     let rest = positionals(args, "restore")?;
 
     let arg = match rest.as_slice() {
@@ -350,23 +302,6 @@ fn parse_flags(mut args: Arguments) -> Result<Flags> {
     if index.is_some() && timestamp.is_some() {
         bail!("restore: cannot use -index and -timestamp together; choose one");
     }
-    if follow && index.is_some() {
-        bail!("restore: -f follows the replica to its latest state and cannot stop at -index; drop one of them");
-    }
-    if follow && timestamp.is_some() {
-        bail!("restore: -f follows the replica to its latest state and cannot stop at -timestamp; drop one of them");
-    }
-    let follow_interval = match follow_interval {
-        None => std::time::Duration::from_secs(1),
-        Some(s) => match crate::config::parse_duration(&s) {
-            Ok(d) if !d.is_zero() && d <= std::time::Duration::from_secs(86_400) => d,
-            Ok(_) => bail!("restore: -follow-interval {s:?} must be more than 0 and at most 24h"),
-            Err(e) => bail!("restore: -follow-interval {s:?}: {e} (e.g. 1s, 500ms)"),
-        },
-    };
-    if !follow && follow_interval != std::time::Duration::from_secs(1) {
-        bail!("restore: -follow-interval needs -f");
-    }
     let parallelism = match parallelism {
         None => 8,
         Some(s) => match s.parse::<usize>() {
@@ -386,8 +321,6 @@ fn parse_flags(mut args: Arguments) -> Result<Flags> {
         if_replica_exists,
         parallelism,
         timestamp,
-        follow,
-        follow_interval,
         target: arg.to_string(),
     })
 }
