@@ -159,11 +159,11 @@ impl Source {
             Source::Process { profile, .. } => format!("profile {profile} (credential_process)"),
             Source::Ecs { url, .. } => format!(
                 "ECS container credentials ({})",
-                sources::host_port(url).unwrap_or_else(|| "endpoint".into())
+                crate::config::host_port(url).unwrap_or_else(|| "endpoint".into())
             ),
             Source::Imds { endpoint } => format!(
                 "EC2 instance metadata (IMDSv2, {})",
-                sources::host_port(endpoint).unwrap_or_else(|| "endpoint".into())
+                crate::config::host_port(endpoint).unwrap_or_else(|| "endpoint".into())
             ),
         }
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::{sigv4, AwsCredentials, EcsToken, Source, Sts};
+use crate::config::host_port;
 
 /// Largest reply or token file we read.
 const MAX_REPLY: u64 = 64 * 1024;
@@ -471,26 +472,6 @@ pub(super) fn allowed_container_url(url: &str) -> bool {
             .any(|a| a.parse::<std::net::IpAddr>().ok() == Some(ip)),
         Err(_) => false,
     }
-}
-
-/// `host:port` of an `http(s)://host[:port]/…` URL, for messages.
-pub(super) fn host_port(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let hp = authority.rsplit('@').next()?;
-    if hp.is_empty() {
-        return None;
-    }
-    let has_port = hp.rfind(':').is_some_and(|i| !hp[i..].contains(']'));
-    if has_port {
-        return Some(hp.to_string());
-    }
-    let port = if scheme.eq_ignore_ascii_case("https") {
-        443
-    } else {
-        80
-    };
-    Some(format!("{hp}:{port}"))
 }
 
 /// The `Host` header ureq sends for `url` (the port only when it is not the scheme's).

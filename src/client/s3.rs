@@ -732,31 +732,7 @@ fn transport_message(e: &ureq::Error) -> String {
 /// `host:port` the requests go to (the port is the scheme's default when none is given).
 /// Only the endpoint's host part: a URL's user info or query never reaches a message.
 fn endpoint_of(bucket: &Bucket) -> String {
-    host_port(&bucket.url()).unwrap_or_else(|| "the S3 endpoint".into())
-}
-
-/// `host:port` of an `http(s)://[user@]host[:port]/…` URL.
-fn host_port(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit('@').next()?;
-    if host_port.is_empty() {
-        return None;
-    }
-    let has_port = match host_port.rfind(':') {
-        // An IPv6 literal ([::1]) has colons of its own; a port follows its `]`.
-        Some(i) => !host_port[i..].contains(']'),
-        None => false,
-    };
-    if has_port {
-        return Some(host_port.to_string());
-    }
-    let port = if scheme.eq_ignore_ascii_case("https") {
-        443
-    } else {
-        80
-    };
-    Some(format!("{host_port}:{port}"))
+    crate::config::host_port(&bucket.url()).unwrap_or_else(|| "the S3 endpoint".into())
 }
 
 /// A ListMultipartUploads reply: only the fields we use, each optional where stores differ.
@@ -1100,24 +1076,6 @@ mod tests {
         .unwrap();
         assert_eq!(root.key("generations/x"), "generations/x");
         assert_eq!(root.describe(), "s3://bkt");
-    }
-
-    #[test]
-    fn endpoint_host_port_for_messages() {
-        assert_eq!(
-            host_port("http://127.0.0.1:9/bkt").as_deref(),
-            Some("127.0.0.1:9")
-        );
-        assert_eq!(
-            host_port("https://bkt.s3.amazonaws.com").as_deref(),
-            Some("bkt.s3.amazonaws.com:443")
-        );
-        assert_eq!(
-            host_port("http://ak:secret@h/x?X-Amz-Signature=s").as_deref(),
-            Some("h:80")
-        );
-        assert_eq!(host_port("http://[::1]/b").as_deref(), Some("[::1]:80"));
-        assert_eq!(host_port("nonsense"), None);
     }
 
     #[test]
