@@ -94,6 +94,7 @@ impl S3Client {
         let _ = name;
         let creds = crate::aws::Provider::for_s3(cfg)?;
         let agent = agent(cfg.skip_verify);
+        let first = creds.get()?.0.to_s3()?;
         let region = match (&cfg.region, &cfg.endpoint) {
             (region, Some(endpoint)) => Region::Custom {
                 region: region.clone().unwrap_or_else(|| "us-east-1".into()),
@@ -104,7 +105,7 @@ impl S3Client {
                 .map_err(|_| anyhow!("unknown S3 region {region:?}"))?,
             // The bucket's own region, as Litestream v0.3 looks it up; when the store will not
             // say, AWS_REGION, AWS_DEFAULT_REGION, the profile's region, the instance's.
-            (None, None) => match lookup_region(&agent, &cfg.bucket, &creds.get()?.0.to_s3()?) {
+            (None, None) => match lookup_region(&agent, &cfg.bucket, &first) {
                 Ok(r) => r,
                 Err(e) => match crate::aws::region_from_environment()
                     .or_else(crate::aws::region_from_instance_metadata)
@@ -119,7 +120,6 @@ impl S3Client {
                 },
             },
         };
-        let first = creds.get()?.0.to_s3()?;
         let mut bucket = Bucket::new(&cfg.bucket, region, first)
             .map_err(|e| anyhow!("bucket {}: {e}", cfg.bucket))?;
         if cfg.force_path_style {
