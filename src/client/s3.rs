@@ -335,7 +335,7 @@ impl S3Client {
                     let req = AttoRequest::new(&bucket, &path, command)
                         .map_err(|e| anyhow!("cannot sign request: {e}"))?;
                     let url = req.url().map_err(|e| anyhow!("cannot build URL: {e}"))?;
-                    let headers = req
+                    let mut headers = req
                         .headers()
                         .map_err(|e| anyhow!("cannot sign request: {e}"))?;
                     let method = match req.command().http_verb() {
@@ -345,10 +345,6 @@ impl S3Client {
                         s3::command::HttpMethod::Delete => http::Method::DELETE,
                         s3::command::HttpMethod::Head => http::Method::HEAD,
                     };
-                    let mut builder = http::Request::builder().method(method).uri(url.as_str());
-                    for (k, v) in headers.iter() {
-                        builder = builder.header(k.as_str(), v.as_bytes());
-                    }
                     let owned;
                     let payload: &[u8] = match body {
                         Some(b) => b,
@@ -359,6 +355,26 @@ impl S3Client {
                             &owned
                         }
                     };
+                    if !bucket.extra_headers.is_empty() {
+                        let region = bucket.region.to_string();
+                        let path = s3::signing::canonical_uri_string(&url);
+                        let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+                        let query: Vec<(&str, &str)> = query
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), v.as_str()))
+                            .collect();
+                        let signed = SignedParts {
+                            method: method.as_str(),
+                            path: &path,
+                            query: &query,
+                            payload,
+                        };
+                        resign(&mut headers, &signed, &region, &keys)?;
+                    }
+                    let mut builder = http::Request::builder().method(method).uri(url.as_str());
+                    for (k, v) in headers.iter() {
+                        builder = builder.header(k.as_str(), v.as_bytes());
+                    }
                     let mut request = builder
                         .body(payload)
                         .map_err(|e| anyhow!("cannot build request: {e}"))?;
@@ -803,6 +819,71 @@ fn sse_headers(cfg: Option<&crate::config::Sse>) -> Result<Option<SseHeaders>> {
         headers: h,
         key_b64,
     }))
+}
+
+/// What of a request [`resign`] signs besides its headers: the path as rust-s3 encodes it,
+/// the query decoded.
+struct SignedParts<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: &'a [(&'a str, &'a str)],
+    payload: &'a [u8],
+}
+
+/// Signs a request again, over the headers rust-s3 signed, in SigV4's order. rust-s3 0.38
+/// sorts the canonical headers as `name:value` lines rather than by name, which breaks when
+/// one signed name is a prefix of another, as the SSE headers are
+/// (`x-amz-server-side-encryption` and `…-aws-kms-key-id`, `…-customer-key` and
+/// `…-customer-key-md5`): S3 answered every such request SignatureDoesNotMatch.
+fn resign(
+    headers: &mut http::HeaderMap,
+    req: &SignedParts<'_>,
+    region: &str,
+    keys: &crate::aws::AwsCredentials,
+) -> Result<()> {
+    let unsigned = || anyhow!("cannot sign request: no SigV4 signature to redo");
+    let auth = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unsigned)?;
+    let names: Vec<String> = auth
+        .split("SignedHeaders=")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .ok_or_else(unsigned)?
+        .split(';')
+        .map(str::to_string)
+        .collect();
+    let mut signed = Vec::with_capacity(names.len());
+    for name in &names {
+        let value = headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(unsigned)?;
+        signed.push((name.as_str(), value));
+    }
+    let amz_date = headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unsigned)?;
+    let value = crate::aws::sigv4::authorization(
+        &crate::aws::sigv4::Request {
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            headers: &signed,
+            payload: req.payload,
+        },
+        amz_date,
+        region,
+        "s3",
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    );
+    let mut value = header_value(&value)?;
+    value.set_sensitive(true);
+    headers.insert(http::header::AUTHORIZATION, value);
+    Ok(())
 }
 
 fn header_value(v: &str) -> Result<http::HeaderValue> {
