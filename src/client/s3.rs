@@ -1378,6 +1378,146 @@ mod tests {
         );
     }
 
+    /// Signs `cmd` as `send` does (rust-s3, then `resign` when `extra` is not empty); returns
+    /// rust-s3's Authorization and ours.
+    fn both_signatures(extra: http::HeaderMap, cmd: Command<'_>) -> (String, String) {
+        let mut b = Bucket::new(
+            "bkt",
+            Region::Custom {
+                region: "us-east-1".into(),
+                endpoint: "http://127.0.0.1:9000".into(),
+            },
+            Credentials::new(Some("AK"), Some("SK"), None, None, None).unwrap(),
+        )
+        .unwrap()
+        .with_path_style();
+        b.extra_headers = extra;
+        let req = AttoRequest::new(&b, "/p/generations/x?y", cmd).unwrap();
+        let url = req.url().unwrap();
+        let mut headers = req.headers().unwrap();
+        let theirs = headers["authorization"].to_str().unwrap().to_string();
+        let path = s3::signing::canonical_uri_string(&url);
+        let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        let query: Vec<(&str, &str)> = query
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let keys = crate::aws::AwsCredentials {
+            access_key_id: "AK".into(),
+            secret_access_key: "SK".into(),
+            session_token: None,
+            expiration: None,
+        };
+        let payload = req.request_body().unwrap();
+        let parts = SignedParts {
+            method: "GET",
+            path: &path,
+            query: &query,
+            payload: &payload,
+        };
+        resign(&mut headers, &parts, "us-east-1", &keys).unwrap();
+        (
+            theirs,
+            headers["authorization"].to_str().unwrap().to_string(),
+        )
+    }
+
+    #[test]
+    fn resigning_agrees_with_rust_s3_except_where_its_header_order_is_wrong() {
+        // No header name a prefix of another: the same signature.
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-amz-server-side-encryption-customer-algorithm",
+            header_value("AES256").unwrap(),
+        );
+        let (theirs, ours) = both_signatures(h, Command::GetObject);
+        let field = |auth: &str, name: &str| -> String {
+            let rest = auth.split(name).nth(1).unwrap_or_default();
+            rest.split(',')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(field(&theirs, "Signature="), field(&ours, "Signature="));
+        // `…-customer-key` and `…-customer-key-md5`: rust-s3 orders them by `name:value`.
+        let sse = sse_headers(Some(&crate::config::Sse::Customer(
+            crate::config::SseCustomerKey::Inline(
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+            ),
+        )))
+        .unwrap();
+        let Some(SseHeaders::Customer { headers, key_b64 }) = sse else {
+            panic!("not SSE-C")
+        };
+        assert_eq!(
+            headers["x-amz-server-side-encryption-customer-key-md5"],
+            "hRasmdxgYDKV3nvbahU1MA=="
+        );
+        assert!(!format!("{headers:?}").contains(&key_b64));
+        let (theirs, ours) = both_signatures(headers, Command::GetObject);
+        assert_ne!(field(&theirs, "Signature="), field(&ours, "Signature="));
+        assert_eq!(
+            field(&theirs, "SignedHeaders="),
+            field(&ours, "SignedHeaders=")
+        );
+    }
+
+    #[test]
+    fn sse_headers_go_only_where_s3_takes_them() {
+        let mut c = S3Client::new(
+            "s3",
+            &S3Config {
+                bucket: "bkt".into(),
+                endpoint: Some("http://127.0.0.1:1".into()),
+                force_path_style: true,
+                access_key_id: Some("AK".into()),
+                secret_access_key: Some("SK".into()),
+                sse: Some(crate::config::Sse::Kms {
+                    key_id: "alias/k".into(),
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let put = Command::PutObject {
+            content: b"x",
+            content_type: "application/octet-stream",
+            custom_headers: None,
+            multipart: None,
+        };
+        let part = Command::PutObject {
+            content: b"x",
+            content_type: "application/octet-stream",
+            custom_headers: None,
+            multipart: Some(Multipart::new(1, "u")),
+        };
+        assert_eq!(c.sse_headers_for(&put).len(), 2);
+        assert!(c.sse_headers_for(&part).is_empty());
+        assert!(c.sse_headers_for(&Command::GetObject).is_empty());
+        c.sse = sse_headers(Some(&crate::config::Sse::Customer(
+            crate::config::SseCustomerKey::Inline(
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+            ),
+        )))
+        .unwrap();
+        for cmd in [&put, &part, &Command::GetObject] {
+            assert_eq!(c.sse_headers_for(cmd).len(), 3);
+        }
+        let list = Command::ListObjectsV2 {
+            prefix: String::new(),
+            delimiter: None,
+            continuation_token: None,
+            start_after: None,
+            max_keys: None,
+        };
+        assert!(c.sse_headers_for(&list).is_empty());
+        assert_eq!(
+            c.scrub("bad key MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into()),
+            "bad key ***"
+        );
+    }
+
     #[test]
     fn an_unreachable_store_is_named_and_no_request_runs_past_the_deadline() {
         let cfg = S3Config {
