@@ -182,7 +182,7 @@ fn serve(
     };
     seen.lock().unwrap().push(req.clone());
 
-    let sent_md5 = req.header(SSE_C_KEY).map(|k| key_md5(k));
+    let sent_md5 = req.header(SSE_C_KEY).map(key_md5);
     let path = req.path().to_string();
     match req.kind() {
         "put" | "create-multipart" => {
@@ -434,6 +434,7 @@ fn sse_c_replicates_and_restores_with_the_key_on_every_object_request() {
     let (o, out) = restore(&s, &[&url(&s)], &CREDS);
     o.assert_fails("restore without the SSE-C key");
     let line = one_line(&o, "restore without the SSE-C key");
+    eprintln!("without the key: {line}");
     assert!(
         line.contains("SSE-C") && line.contains("need their key") && line.contains(PREFIX),
         "{line}"
@@ -452,6 +453,7 @@ fn sse_c_replicates_and_restores_with_the_key_on_every_object_request() {
     let (o, out) = restore(&s, &[&url(&s)], &vars);
     o.assert_fails("restore with a wrong SSE-C key");
     let line = one_line(&o, "restore with a wrong SSE-C key");
+    eprintln!("with a wrong key: {line}");
     assert!(line.contains("SSE-C key") && line.contains("403"), "{line}");
     assert!(!line.contains(&wrong) && !line.contains(&key), "{line}");
     assert!(!out.exists());

@@ -477,7 +477,7 @@ impl S3Client {
                 " (check the S3 credentials, from {})",
                 self.creds.describe()
             ),
-            _ if needs_sse_c => " (the objects are stored with SSE-C and need their key: set sse-customer-key or sse-customer-key-path on the replica, or LITESTREAM_SSE_CUSTOMER_KEY_PATH for a replica URL)".to_string(),
+            _ if needs_sse_c => " (the objects are stored with SSE-C and need their key: set sse-customer-key or sse-customer-key-path on the replica, or LITESTREAM_SSE_CUSTOMER_KEY or LITESTREAM_SSE_CUSTOMER_KEY_PATH for a replica URL)".to_string(),
             _ => String::new(),
         };
         bail!("{what}: HTTP {status} {detail}{hint}")
