@@ -9,6 +9,11 @@
 //! exponential backoff and jitter; everything else surfaces at once as one line naming the
 //! replica, the operation, the key and the HTTP status. Secrets and signatures never appear
 //! in an error: only the store's own error code and message do.
+//!
+//! Server-side encryption (`sse-*`): its headers go into the bucket's extra headers of each
+//! request, so SigV4 signs them; SSE-KMS on the requests that create an object, SSE-C on
+//! those and on every part, completion and read. The SSE-C key is marked sensitive and
+//! scrubbed from anything the store answers.
 
 use std::io::Read;
 use std::sync::Mutex;
@@ -31,6 +36,14 @@ use crate::codec::{read_full, Compression};
 use crate::config::S3Config;
 use crate::layout;
 use crate::position::is_generation;
+
+/// The SSE-C key in the environment (base64 text), for a replica whose config has no `sse-*`
+/// key (a replica URL on the command line); as LITESTREAM_ACCESS_KEY_ID is for credentials.
+pub(crate) const SSE_CUSTOMER_KEY_ENV: &str = "LITESTREAM_SSE_CUSTOMER_KEY";
+/// A file holding that key, likewise.
+pub(crate) const SSE_CUSTOMER_KEY_PATH_ENV: &str = "LITESTREAM_SSE_CUSTOMER_KEY_PATH";
+/// Largest SSE-C key file read (the key is 44 characters).
+const MAX_KEY_FILE: u64 = 4096;
 
 /// Objects up to this size go in one PUT; larger ones in parts of this size.
 pub(crate) const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
@@ -62,6 +75,21 @@ pub struct S3Client {
     /// Multipart uploads in progress, (key, upload id): aborted when the daemon exits before
     /// they complete, so no parts are left in the bucket.
     uploads: Mutex<Vec<(String, String)>>,
+    /// Server-side encryption headers, when the replica asks for it.
+    sse: Option<SseHeaders>,
+}
+
+/// The `x-amz-server-side-encryption*` headers of a replica.
+enum SseHeaders {
+    /// SSE-KMS: only on the requests that create an object.
+    Kms(http::HeaderMap),
+    /// SSE-C: on those, and on every part, completion and read of an object.
+    Customer {
+        /// Algorithm, key and key MD5; the key's value is marked sensitive.
+        headers: http::HeaderMap,
+        /// The key as sent (base64), to scrub from a store's answer.
+        key_b64: String,
+    },
 }
 
 /// Which credentials signed a request: the answer's extension, so that an expired-token
@@ -126,6 +154,7 @@ impl S3Client {
             bucket = bucket.with_path_style();
         }
         let endpoint = endpoint_of(&bucket);
+        let sse = sse_headers(cfg.sse.as_ref())?;
         Ok(S3Client {
             bucket,
             prefix: cfg.path.trim_matches('/').to_string(),
@@ -135,7 +164,52 @@ impl S3Client {
             endpoint,
             deadline: Mutex::new(None),
             uploads: Mutex::new(Vec::new()),
+            sse,
         })
+    }
+
+    /// The encryption headers `cmd` needs (none for a listing or a delete).
+    fn sse_headers_for(&self, cmd: &Command<'_>) -> http::HeaderMap {
+        let creates = matches!(
+            cmd,
+            Command::PutObject {
+                multipart: None,
+                ..
+            } | Command::InitiateMultipartUpload { .. }
+        );
+        let reads_or_parts = matches!(
+            cmd,
+            Command::PutObject {
+                multipart: Some(_),
+                ..
+            } | Command::UploadPart { .. }
+                | Command::CompleteMultipartUpload { .. }
+                | Command::GetObject
+                | Command::GetObjectRange { .. }
+                | Command::HeadObject
+        );
+        match &self.sse {
+            Some(SseHeaders::Kms(h)) if creates => h.clone(),
+            Some(SseHeaders::Customer { headers, .. }) if creates || reads_or_parts => {
+                headers.clone()
+            }
+            _ => http::HeaderMap::new(),
+        }
+    }
+
+    /// `text` (a store's error code or message) with the SSE-C key, should a store echo it,
+    /// replaced by `***`.
+    fn scrub(&self, text: String) -> String {
+        match &self.sse {
+            Some(SseHeaders::Customer { key_b64, .. }) if text.contains(key_b64.as_str()) => {
+                text.replace(key_b64.as_str(), "***")
+            }
+            _ => text,
+        }
+    }
+
+    fn has_customer_key(&self) -> bool {
+        matches!(self.sse, Some(SseHeaders::Customer { .. }))
     }
 
     /// The bucket with `keys` to sign with (a copy: the bucket holds its keys behind a lock
@@ -254,11 +328,14 @@ impl S3Client {
             let outcome =
                 (|| -> Result<std::result::Result<http::Response<ureq::Body>, ureq::Error>> {
                     let (keys, generation) = self.creds.get()?;
-                    let bucket = self.signing_bucket(&keys)?;
-                    let req = AttoRequest::new(&bucket, &path, make())
+                    let mut bucket = self.signing_bucket(&keys)?;
+                    let command = make();
+                    // Extra headers are signed with the rest.
+                    bucket.extra_headers = self.sse_headers_for(&command);
+                    let req = AttoRequest::new(&bucket, &path, command)
                         .map_err(|e| anyhow!("cannot sign request: {e}"))?;
                     let url = req.url().map_err(|e| anyhow!("cannot build URL: {e}"))?;
-                    let headers = req
+                    let mut headers = req
                         .headers()
                         .map_err(|e| anyhow!("cannot sign request: {e}"))?;
                     let method = match req.command().http_verb() {
@@ -268,10 +345,6 @@ impl S3Client {
                         s3::command::HttpMethod::Delete => http::Method::DELETE,
                         s3::command::HttpMethod::Head => http::Method::HEAD,
                     };
-                    let mut builder = http::Request::builder().method(method).uri(url.as_str());
-                    for (k, v) in headers.iter() {
-                        builder = builder.header(k.as_str(), v.as_bytes());
-                    }
                     let owned;
                     let payload: &[u8] = match body {
                         Some(b) => b,
@@ -282,6 +355,26 @@ impl S3Client {
                             &owned
                         }
                     };
+                    if !bucket.extra_headers.is_empty() {
+                        let region = bucket.region.to_string();
+                        let path = s3::signing::canonical_uri_string(&url);
+                        let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+                        let query: Vec<(&str, &str)> = query
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), v.as_str()))
+                            .collect();
+                        let signed = SignedParts {
+                            method: method.as_str(),
+                            path: &path,
+                            query: &query,
+                            payload,
+                        };
+                        resign(&mut headers, &signed, &region, &keys)?;
+                    }
+                    let mut builder = http::Request::builder().method(method).uri(url.as_str());
+                    for (k, v) in headers.iter() {
+                        builder = builder.header(k.as_str(), v.as_bytes());
+                    }
                     let mut request = builder
                         .body(payload)
                         .map_err(|e| anyhow!("cannot build request: {e}"))?;
@@ -362,17 +455,29 @@ impl S3Client {
         if status == 404 && code.as_deref() != Some("NoSuchBucket") {
             return Err(anyhow::Error::new(NotFound(self.describe_key(key))).context(what));
         }
+        let needs_sse_c = status == 400
+            && !self.has_customer_key()
+            && (op == "GET" || op == "HEAD")
+            && message
+                .as_deref()
+                .is_none_or(|m| m.to_ascii_lowercase().contains("encryption"));
         let detail = match (code, message) {
             (Some(c), Some(m)) => format!("{c}: {m}"),
             (Some(c), None) => c,
             (None, Some(m)) => m,
             (None, None) => String::new(),
         };
+        let detail = self.scrub(detail);
         let hint = match status {
+            403 if self.has_customer_key() => format!(
+                " (check the S3 credentials, from {}, and the SSE-C key: reading an object needs the key it was written with)",
+                self.creds.describe()
+            ),
             403 => format!(
                 " (check the S3 credentials, from {})",
                 self.creds.describe()
             ),
+            _ if needs_sse_c => " (the objects are stored with SSE-C and need their key: set sse-customer-key or sse-customer-key-path on the replica, or LITESTREAM_SSE_CUSTOMER_KEY or LITESTREAM_SSE_CUSTOMER_KEY_PATH for a replica URL)".to_string(),
             _ => String::new(),
         };
         bail!("{what}: HTTP {status} {detail}{hint}")
@@ -566,10 +671,13 @@ impl S3Client {
         if body.contains("<Error>") {
             let (code, message) = error_fields(&body);
             bail!(
-                "PUT {}: multipart completion failed: {} {}",
+                "PUT {}: multipart completion failed: {}",
                 self.describe_key(key),
-                code.unwrap_or_default(),
-                message.unwrap_or_default()
+                self.scrub(format!(
+                    "{} {}",
+                    code.unwrap_or_default(),
+                    message.unwrap_or_default()
+                ))
             );
         }
         Ok(())
@@ -651,6 +759,163 @@ fn agent(skip_verify: bool) -> ureq::Agent {
         .tls_config(tls)
         .build();
     ureq::Agent::new_with_config(config)
+}
+
+/// The headers of the replica's server-side encryption: the config's, else an SSE-C key from
+/// the environment. Reads the key file, if any (warning when others may read it).
+fn sse_headers(cfg: Option<&crate::config::Sse>) -> Result<Option<SseHeaders>> {
+    use crate::config::{Sse, SseCustomerKey};
+    let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let source = match cfg {
+        Some(Sse::Kms { key_id }) => {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-amz-server-side-encryption", header_value("aws:kms")?);
+            h.insert(
+                "x-amz-server-side-encryption-aws-kms-key-id",
+                header_value(key_id)
+                    .map_err(|_| anyhow!("sse-kms-key-id is not a valid header value"))?,
+            );
+            return Ok(Some(SseHeaders::Kms(h)));
+        }
+        Some(Sse::Customer(k)) => k.clone(),
+        None => match (
+            from_env(SSE_CUSTOMER_KEY_ENV),
+            from_env(SSE_CUSTOMER_KEY_PATH_ENV),
+        ) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                bail!("set {SSE_CUSTOMER_KEY_ENV} or {SSE_CUSTOMER_KEY_PATH_ENV}, not both")
+            }
+            (Some(k), None) => SseCustomerKey::Inline(k.to_string_lossy().into_owned()),
+            (None, Some(p)) => SseCustomerKey::File(p.into()),
+        },
+    };
+    let (text, what) = match &source {
+        SseCustomerKey::Inline(k) if cfg.is_some() => (k.clone(), "sse-customer-key".to_string()),
+        SseCustomerKey::Inline(k) => (k.clone(), SSE_CUSTOMER_KEY_ENV.to_string()),
+        SseCustomerKey::File(p) => (
+            read_key_file(p)?,
+            format!("the SSE-C key file {}", p.display()),
+        ),
+    };
+    let key = crate::config::decode_customer_key(&text).map_err(|msg| anyhow!("{what} {msg}"))?;
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key_b64 = b64.encode(key);
+    let md5 = b64.encode(md5::compute(key).0);
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        "x-amz-server-side-encryption-customer-algorithm",
+        header_value(crate::config::SSE_CUSTOMER_ALGORITHM)?,
+    );
+    let mut v = header_value(&key_b64)?;
+    v.set_sensitive(true);
+    h.insert("x-amz-server-side-encryption-customer-key", v);
+    h.insert(
+        "x-amz-server-side-encryption-customer-key-md5",
+        header_value(&md5)?,
+    );
+    Ok(Some(SseHeaders::Customer {
+        headers: h,
+        key_b64,
+    }))
+}
+
+/// What of a request [`resign`] signs besides its headers: the path as rust-s3 encodes it,
+/// the query decoded.
+struct SignedParts<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: &'a [(&'a str, &'a str)],
+    payload: &'a [u8],
+}
+
+/// Signs a request again, over the headers rust-s3 signed, in SigV4's order. rust-s3 0.38
+/// sorts the canonical headers as `name:value` lines rather than by name, which breaks when
+/// one signed name is a prefix of another, as the SSE headers are
+/// (`x-amz-server-side-encryption` and `…-aws-kms-key-id`, `…-customer-key` and
+/// `…-customer-key-md5`): S3 answered every such request SignatureDoesNotMatch.
+fn resign(
+    headers: &mut http::HeaderMap,
+    req: &SignedParts<'_>,
+    region: &str,
+    keys: &crate::aws::AwsCredentials,
+) -> Result<()> {
+    let unsigned = || anyhow!("cannot sign request: no SigV4 signature to redo");
+    let auth = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unsigned)?;
+    let names: Vec<String> = auth
+        .split("SignedHeaders=")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .ok_or_else(unsigned)?
+        .split(';')
+        .map(str::to_string)
+        .collect();
+    let mut signed = Vec::with_capacity(names.len());
+    for name in &names {
+        let value = headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(unsigned)?;
+        signed.push((name.as_str(), value));
+    }
+    let amz_date = headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unsigned)?;
+    let value = crate::aws::sigv4::authorization(
+        &crate::aws::sigv4::Request {
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            headers: &signed,
+            payload: req.payload,
+        },
+        amz_date,
+        region,
+        "s3",
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    );
+    let mut value = header_value(&value)?;
+    value.set_sensitive(true);
+    headers.insert(http::header::AUTHORIZATION, value);
+    Ok(())
+}
+
+fn header_value(v: &str) -> Result<http::HeaderValue> {
+    http::HeaderValue::from_str(v).map_err(|_| anyhow!("invalid header value"))
+}
+
+/// The text of an SSE-C key file (bounded), warning when its mode lets others read it.
+fn read_key_file(path: &std::path::Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let shown = path.display();
+    let file = std::fs::File::open(path)
+        .map_err(|e| anyhow!("cannot read the SSE-C key file {shown}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| anyhow!("cannot read the SSE-C key file {shown}: {e}"))?;
+    if !meta.is_file() {
+        bail!("the SSE-C key file {shown} is not a regular file");
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        crate::logging::warn(
+            "the SSE-C key file can be read by other users; restrict it (chmod 600)",
+            &[
+                ("path", &shown),
+                ("mode", &format!("{:o}", meta.permissions().mode() & 0o777)),
+            ],
+        );
+    }
+    let mut text = String::new();
+    file.take(MAX_KEY_FILE)
+        .read_to_string(&mut text)
+        .map_err(|_| anyhow!("the SSE-C key file {shown} is not base64 text"))?;
+    Ok(text)
 }
 
 /// Region of a bucket on AWS: GetBucketLocation, else the `x-amz-bucket-region` header.
@@ -1110,6 +1375,146 @@ mod tests {
         assert_eq!(
             (page.uploads[0].key.as_str(), page.uploads[0].id.as_str()),
             ("p/k", "u1")
+        );
+    }
+
+    /// Signs `cmd` as `send` does (rust-s3, then `resign` when `extra` is not empty); returns
+    /// rust-s3's Authorization and ours.
+    fn both_signatures(extra: http::HeaderMap, cmd: Command<'_>) -> (String, String) {
+        let mut b = Bucket::new(
+            "bkt",
+            Region::Custom {
+                region: "us-east-1".into(),
+                endpoint: "http://127.0.0.1:9000".into(),
+            },
+            Credentials::new(Some("AK"), Some("SK"), None, None, None).unwrap(),
+        )
+        .unwrap()
+        .with_path_style();
+        b.extra_headers = extra;
+        let req = AttoRequest::new(&b, "/p/generations/x?y", cmd).unwrap();
+        let url = req.url().unwrap();
+        let mut headers = req.headers().unwrap();
+        let theirs = headers["authorization"].to_str().unwrap().to_string();
+        let path = s3::signing::canonical_uri_string(&url);
+        let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        let query: Vec<(&str, &str)> = query
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let keys = crate::aws::AwsCredentials {
+            access_key_id: "AK".into(),
+            secret_access_key: "SK".into(),
+            session_token: None,
+            expiration: None,
+        };
+        let payload = req.request_body().unwrap();
+        let parts = SignedParts {
+            method: "GET",
+            path: &path,
+            query: &query,
+            payload: &payload,
+        };
+        resign(&mut headers, &parts, "us-east-1", &keys).unwrap();
+        (
+            theirs,
+            headers["authorization"].to_str().unwrap().to_string(),
+        )
+    }
+
+    #[test]
+    fn resigning_agrees_with_rust_s3_except_where_its_header_order_is_wrong() {
+        // No header name a prefix of another: the same signature.
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-amz-server-side-encryption-customer-algorithm",
+            header_value("AES256").unwrap(),
+        );
+        let (theirs, ours) = both_signatures(h, Command::GetObject);
+        let field = |auth: &str, name: &str| -> String {
+            let rest = auth.split(name).nth(1).unwrap_or_default();
+            rest.split(',')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(field(&theirs, "Signature="), field(&ours, "Signature="));
+        // `…-customer-key` and `…-customer-key-md5`: rust-s3 orders them by `name:value`.
+        let sse = sse_headers(Some(&crate::config::Sse::Customer(
+            crate::config::SseCustomerKey::Inline(
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+            ),
+        )))
+        .unwrap();
+        let Some(SseHeaders::Customer { headers, key_b64 }) = sse else {
+            panic!("not SSE-C")
+        };
+        assert_eq!(
+            headers["x-amz-server-side-encryption-customer-key-md5"],
+            "hRasmdxgYDKV3nvbahU1MA=="
+        );
+        assert!(!format!("{headers:?}").contains(&key_b64));
+        let (theirs, ours) = both_signatures(headers, Command::GetObject);
+        assert_ne!(field(&theirs, "Signature="), field(&ours, "Signature="));
+        assert_eq!(
+            field(&theirs, "SignedHeaders="),
+            field(&ours, "SignedHeaders=")
+        );
+    }
+
+    #[test]
+    fn sse_headers_go_only_where_s3_takes_them() {
+        let mut c = S3Client::new(
+            "s3",
+            &S3Config {
+                bucket: "bkt".into(),
+                endpoint: Some("http://127.0.0.1:1".into()),
+                force_path_style: true,
+                access_key_id: Some("AK".into()),
+                secret_access_key: Some("SK".into()),
+                sse: Some(crate::config::Sse::Kms {
+                    key_id: "alias/k".into(),
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let put = Command::PutObject {
+            content: b"x",
+            content_type: "application/octet-stream",
+            custom_headers: None,
+            multipart: None,
+        };
+        let part = Command::PutObject {
+            content: b"x",
+            content_type: "application/octet-stream",
+            custom_headers: None,
+            multipart: Some(Multipart::new(1, "u")),
+        };
+        assert_eq!(c.sse_headers_for(&put).len(), 2);
+        assert!(c.sse_headers_for(&part).is_empty());
+        assert!(c.sse_headers_for(&Command::GetObject).is_empty());
+        c.sse = sse_headers(Some(&crate::config::Sse::Customer(
+            crate::config::SseCustomerKey::Inline(
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+            ),
+        )))
+        .unwrap();
+        for cmd in [&put, &part, &Command::GetObject] {
+            assert_eq!(c.sse_headers_for(cmd).len(), 3);
+        }
+        let list = Command::ListObjectsV2 {
+            prefix: String::new(),
+            delimiter: None,
+            continuation_token: None,
+            start_after: None,
+            max_keys: None,
+        };
+        assert!(c.sse_headers_for(&list).is_empty());
+        assert_eq!(
+            c.scrub("bad key MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into()),
+            "bad key ***"
         );
     }
 

@@ -15,6 +15,7 @@ mod overlap;
 mod paths;
 mod raw;
 mod schema;
+mod sse;
 #[cfg(test)]
 mod testing;
 mod url;
@@ -27,7 +28,8 @@ pub(crate) use load::default_config_path;
 pub use paths::default_meta_dir;
 pub use schema::{
     defaults, Config, ConfigError, DbConfig, LogLevel, LoggingConfig, ReplicaConfig, ReplicaTarget,
-    S3Config,
+    S3Config, Sse, SseCustomerKey,
 };
+pub(crate) use sse::{decode_customer_key, SSE_CUSTOMER_ALGORITHM};
 pub use url::parse_replica_url;
 pub(crate) use url::{host_port, is_url, redact_url};

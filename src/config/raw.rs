@@ -57,6 +57,11 @@ pub(super) const REPLICA_KEYS: &[&str] = &[
     "skip-verify",
     "access-key-id",
     "secret-access-key",
+    // S3 server-side encryption (Litestream v0.5's keys).
+    "sse-kms-key-id",
+    "sse-customer-algorithm",
+    "sse-customer-key",
+    "sse-customer-key-path",
 ];
 
 #[derive(Deserialize, Default)]
@@ -130,6 +135,11 @@ pub(super) struct RawReplica {
     pub(super) skip_verify: Option<bool>,
     pub(super) access_key_id: Option<String>,
     pub(super) secret_access_key: Option<String>,
+    // S3 server-side encryption.
+    pub(super) sse_kms_key_id: Option<String>,
+    pub(super) sse_customer_algorithm: Option<String>,
+    pub(super) sse_customer_key: Option<String>,
+    pub(super) sse_customer_key_path: Option<String>,
 }
 
 /// A Go-style duration string; a bare `0` is accepted too.

@@ -138,6 +138,33 @@ pub struct S3Config {
     pub access_key_id: Option<String>,
     /// As `access_key_id`; `Debug` prints it as `***`.
     pub secret_access_key: Option<String>,
+    /// Server-side encryption asked of the store (`sse-*` keys); `None`: the bucket's
+    /// default.
+    pub sse: Option<Sse>,
+}
+
+/// S3 server-side encryption, with Litestream v0.5's keys. The store encrypts at rest; it
+/// still sees the data (client-side `age` is for a store that must not).
+#[derive(Clone, PartialEq)]
+pub enum Sse {
+    /// SSE-KMS (`sse-kms-key-id`): objects written with this KMS key; reads need nothing.
+    Kms {
+        /// Key id, ARN or alias; no secret.
+        key_id: String,
+    },
+    /// SSE-C (`sse-customer-key` or `sse-customer-key-path`, algorithm AES256): every
+    /// write, part and read carries the key.
+    Customer(SseCustomerKey),
+}
+
+/// Where an SSE-C key comes from: the base64 text of 32 bytes, inline or in a file (read
+/// when the client opens, by `client::s3`). `Debug` never prints an inline key.
+#[derive(Clone, PartialEq)]
+pub enum SseCustomerKey {
+    /// `sse-customer-key`, already checked to be the base64 of 32 bytes.
+    Inline(String),
+    /// `sse-customer-key-path`: absolute, `~` expanded.
+    File(PathBuf),
 }
 
 /// The defaults of SPEC §8, for every setting a file may leave out.
@@ -292,7 +319,26 @@ impl fmt::Debug for S3Config {
             .field("skip_verify", &self.skip_verify)
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &Redacted(&self.secret_access_key))
+            .field("sse", &self.sse)
             .finish()
+    }
+}
+
+impl fmt::Debug for Sse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sse::Kms { key_id } => f.debug_struct("Kms").field("key_id", key_id).finish(),
+            Sse::Customer(k) => f.debug_tuple("Customer").field(k).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for SseCustomerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SseCustomerKey::Inline(_) => f.write_str("Inline(\"***\")"),
+            SseCustomerKey::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
     }
 }
 

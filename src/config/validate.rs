@@ -17,8 +17,9 @@ use super::paths::resolve_path;
 use super::raw::{Kind, RawConfig, RawDb, RawReplica};
 use super::schema::{
     defaults, Config, ConfigError, DbConfig, LogLevel, LoggingConfig, ReplicaConfig, ReplicaTarget,
-    S3Config,
+    S3Config, Sse,
 };
+use super::sse::{sse_of, RawSse};
 use super::url::{check_endpoint, clean_key_prefix, parse_replica_url, redact_url};
 
 /// The longest `busy-timeout`: SQLite takes it in milliseconds as a C int (about 596h), and a
@@ -363,6 +364,10 @@ impl Builder<'_> {
             endpoint: non_empty(raw.endpoint),
             access_key_id: non_empty(raw.access_key_id),
             secret_access_key: non_empty(raw.secret_access_key),
+            sse_kms_key_id: non_empty(raw.sse_kms_key_id),
+            sse_customer_algorithm: non_empty(raw.sse_customer_algorithm),
+            sse_customer_key: non_empty(raw.sse_customer_key),
+            sse_customer_key_path: non_empty(raw.sse_customer_key_path),
             ..raw
         };
         let from_url = match &raw.url {
@@ -427,7 +432,7 @@ impl Builder<'_> {
         raw: &RawReplica,
         from_url: Option<ReplicaTarget>,
     ) -> PathBuf {
-        let s3_only: [(&str, bool); 7] = [
+        let s3_only: [(&str, bool); 11] = [
             ("bucket", raw.bucket.is_some()),
             ("region", raw.region.is_some()),
             ("endpoint", raw.endpoint.is_some()),
@@ -435,6 +440,13 @@ impl Builder<'_> {
             ("skip-verify", raw.skip_verify.is_some()),
             ("access-key-id", raw.access_key_id.is_some()),
             ("secret-access-key", raw.secret_access_key.is_some()),
+            ("sse-kms-key-id", raw.sse_kms_key_id.is_some()),
+            (
+                "sse-customer-algorithm",
+                raw.sse_customer_algorithm.is_some(),
+            ),
+            ("sse-customer-key", raw.sse_customer_key.is_some()),
+            ("sse-customer-key-path", raw.sse_customer_key_path.is_some()),
         ];
         for (key, present) in s3_only {
             if present {
@@ -494,10 +506,34 @@ impl Builder<'_> {
         }
         s3.access_key_id = raw.access_key_id.take().or_else(|| keys.0.clone());
         s3.secret_access_key = raw.secret_access_key.take().or_else(|| keys.1.clone());
+        s3.sse = self.sse(place, raw, s3.endpoint.as_deref());
         if s3.bucket.is_empty() {
             self.problem(&format!("{place}.bucket"), "required for an s3 replica");
         }
         s3
+    }
+
+    /// An s3 replica's `sse-*` keys (taken out of `raw`); `None` on a problem (reported).
+    fn sse(&mut self, place: &str, raw: &mut RawReplica, endpoint: Option<&str>) -> Option<Sse> {
+        let key_path = match raw.sse_customer_key_path.take() {
+            Some(p) => Some(self.path(&format!("{place}.sse-customer-key-path"), &p)?),
+            None => None,
+        };
+        let sse = RawSse {
+            kms_key_id: raw.sse_kms_key_id.take(),
+            algorithm: raw.sse_customer_algorithm.take(),
+            key: raw.sse_customer_key.take(),
+            key_path,
+        };
+        match sse_of(sse, endpoint) {
+            Ok(sse) => sse,
+            Err(problems) => {
+                for (key, msg) in problems {
+                    self.problem(&format!("{place}.{key}"), msg);
+                }
+                None
+            }
+        }
     }
 
     /// The settings every replica has, over the defaults.
@@ -581,6 +617,7 @@ mod tests {
     use super::*;
     use crate::codec::Compression;
     use crate::config::testing::*;
+    use crate::config::{Sse, SseCustomerKey};
 
     // Over 80 lines on purpose: one file that sets every key, each checked where it lands.
     #[test]
@@ -649,6 +686,7 @@ mod tests {
                 skip_verify: true,
                 access_key_id: Some("REPLICAKEY".into()),
                 secret_access_key: Some("rsecret".into()),
+                sse: None,
             }
         );
         assert_eq!(r.retention, defaults::RETENTION);
@@ -899,6 +937,49 @@ mod tests {
     }
 
     #[test]
+    fn sse_keys_as_litestream_v05_reads_them() {
+        let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        let c = parse_with(
+            "dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/kms\n        name: kms\n        sse-kms-key-id: alias/backups\n      - url: s3://b/c\n        name: c\n        sse-customer-algorithm: AES256\n        sse-customer-key: $SSE_KEY\n      - url: s3://b/f\n        name: f\n        sse-customer-key-path: ~/sse.key\n      - url: s3://b/none\n        name: none\n",
+            &[("SSE_KEY", key)],
+        )
+        .unwrap();
+        let r = &c.dbs[0].replicas;
+        assert_eq!(
+            s3(&r[0]).sse,
+            Some(Sse::Kms {
+                key_id: "alias/backups".into()
+            })
+        );
+        assert_eq!(
+            s3(&r[1]).sse,
+            Some(Sse::Customer(SseCustomerKey::Inline(key.into())))
+        );
+        assert_eq!(
+            s3(&r[2]).sse,
+            Some(Sse::Customer(SseCustomerKey::File(
+                "/home/user/sse.key".into()
+            )))
+        );
+        assert_eq!(s3(&r[3]).sse, None);
+        // The inline key never shows in Debug.
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains(key) && dbg.contains("alias/backups"), "{dbg}");
+
+        assert_eq!(
+            one_err("dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n        sse-customer-key-path: /k\n"),
+            "litestream.yml: dbs[0].replicas[0].sse-customer-key-path: only valid for an s3 replica (this one is type file)"
+        );
+        assert_eq!(
+            one_err(&format!("dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/p\n        sse-kms-key-id: k\n        sse-customer-key: {key}\n")),
+            "litestream.yml: dbs[0].replicas[0].sse-kms-key-id: cannot be used with sse-customer-key or sse-customer-key-path (SSE-KMS and SSE-C are exclusive; keep one)"
+        );
+        let e = one_err("dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/p\n        sse-customer-key: c2hvcnQta2V5\n");
+        assert!(e.starts_with("litestream.yml: dbs[0].replicas[0].sse-customer-key: must be the base64 of 32 bytes"), "{e}");
+        assert!(!e.contains("c2hvcnQta2V5"), "{e}");
+    }
+
+    #[test]
     fn duplicate_db_paths() {
         // Same file spelled differently: relative vs absolute, with `./` and `..`.
         assert_eq!(
@@ -1013,6 +1094,7 @@ mod tests {
                 skip_verify: false,
                 access_key_id: Some("R".into()),
                 secret_access_key: Some("GS".into()),
+                sse: None,
             }
         );
         // A file url's path is replaced by an explicit path.
