@@ -255,6 +255,7 @@ mod tests {
             chain: header.checksum(),
             scan: None,
             stopped_at_stale: false,
+            file: Default::default(),
         }
     }
 
