@@ -229,12 +229,10 @@ impl Shadow {
         let Some((end, chain)) = pass.committed.filter(|(end, _)| *end > self.size) else {
             return Ok(0);
         };
-        if sync {
-            if pass.wrote {
-                self.writer()?
-                    .sync_data()
-                    .with_context(|| format!("{}: cannot fsync shadow wal", self.path.display()))?;
-            }
+        if sync && pass.wrote {
+            self.writer()?
+                .sync_data()
+                .with_context(|| format!("{}: cannot fsync shadow wal", self.path.display()))?;
         }
         let added = end - self.size;
         self.size = end;
