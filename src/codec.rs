@@ -177,34 +177,46 @@ fn corrupt(msg: String) -> io::Error {
 // Deflate with stored blocks for incompressible data
 // ---------------------------------------------------------------------------------------------
 
-/// Whether a unit looks compressible: the order-0 entropy of a sample (16 bytes of every 64,
-/// so the probe reads a quarter of the data) is below [`ENTROPY_STORE`]. Short units are
-/// always tried: the matcher is cheap on them and the stored fallback still applies.
+/// Bytes the entropy probe samples from a unit: 16 of every 64.
+const SAMPLE: usize = UNIT / 4;
+
+/// `c · log2(c)` for every count a sample's histogram can hold (0 for 0), computed once: the
+/// probe then costs one table lookup per byte value seen instead of one `log2` (a libm call,
+/// ~4 % of the daemon's CPU under 64 KiB rows).
+fn count_log2_table() -> &'static [f64; SAMPLE + 1] {
+    static TABLE: std::sync::OnceLock<Box<[f64; SAMPLE + 1]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([0.0; SAMPLE + 1]);
+        for (c, v) in t.iter_mut().enumerate().skip(1) {
+            let c = c as f64;
+            *v = c * c.log2();
+        }
+        t
+    })
+}
+
+/// Whether a unit looks compressible: the order-0 entropy of a sample (16 bytes of every 64 of
+/// its first [`UNIT`] bytes, so the probe reads a quarter of the data) is below
+/// [`ENTROPY_STORE`]. Short units are always tried: the matcher is cheap on them and the
+/// stored fallback still applies.
+///
+/// With `n` sampled bytes and counts `c`, the entropy is `log2(n) - Σ c·log2(c) / n`.
 fn worth_deflating(unit: &[u8]) -> bool {
     if unit.len() < UNIT {
         return true;
     }
     let mut hist = [0u32; 256];
-    let mut n = 0u32;
-    for run in unit.chunks_exact(64) {
+    for run in unit[..UNIT].chunks_exact(64) {
         for &b in &run[..16] {
             hist[usize::from(b)] += 1;
         }
-        n += 16;
     }
-    let total = f64::from(n);
-    let entropy: f64 = hist
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = f64::from(c) / total;
-            -p * p.log2()
-        })
-        .sum();
-    entropy < ENTROPY_STORE
+    let table = count_log2_table();
+    let sum: f64 = hist.iter().map(|&c| table[c as usize]).sum();
+    let n = SAMPLE as f64;
+    n.log2() - sum / n < ENTROPY_STORE
 }
 
-/// Size of `n` bytes as stored deflate blocks (5 header bytes per 65,535).
 fn stored_len(n: usize) -> usize {
     n + 5 * n.div_ceil(0xffff)
 }
@@ -1001,6 +1013,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The probe's verdict as first written: the entropy summed with one `log2` per count.
+    fn worth_deflating_direct(unit: &[u8]) -> bool {
+        let mut hist = [0u32; 256];
+        for run in unit[..UNIT].chunks_exact(64) {
+            for &b in &run[..16] {
+                hist[usize::from(b)] += 1;
+            }
+        }
+        let entropy: f64 = hist
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| {
+                let p = f64::from(c) / SAMPLE as f64;
+                -p * p.log2()
+            })
+            .sum();
+        entropy < ENTROPY_STORE
+    }
+
+    #[test]
+    fn entropy_probe_table_agrees_with_the_formula() {
+        // Random, text, one repeated byte, and mixes whose entropy lies near the threshold
+        // (a random page with its first k bytes of every 64 zeroed).
+        let mut units = vec![random(UNIT, 1), text(UNIT), vec![7u8; UNIT]];
+        for k in 0..16 {
+            let mut u = random(UNIT, 10 + k as u64);
+            for run in u.chunks_exact_mut(64) {
+                run[..k].fill(0);
+            }
+            units.push(u);
+        }
+        let mut verdicts = Vec::new();
+        for u in &units {
+            assert_eq!(worth_deflating(u), worth_deflating_direct(u));
+            verdicts.push(worth_deflating(u));
+        }
+        // The mixes cross the threshold, so the comparison above covers both verdicts.
+        assert!(verdicts.contains(&true) && verdicts.contains(&false));
     }
 
     #[test]

@@ -254,6 +254,8 @@ mod tests {
             size: WAL_HEADER_SIZE as u64 + size_frames * header.frame_size() as u64,
             chain: header.checksum(),
             scan: None,
+            stopped_at_stale: false,
+            file: Default::default(),
         }
     }
 
