@@ -217,6 +217,7 @@ fn worth_deflating(unit: &[u8]) -> bool {
     n.log2() - sum / n < ENTROPY_STORE
 }
 
+/// Size of `n` bytes as stored deflate blocks (5 header bytes per 65,535).
 fn stored_len(n: usize) -> usize {
     n + 5 * n.div_ceil(0xffff)
 }

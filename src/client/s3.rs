@@ -357,19 +357,7 @@ impl S3Client {
                     };
                     if !bucket.extra_headers.is_empty() {
                         let region = bucket.region.to_string();
-                        let path = s3::signing::canonical_uri_string(&url);
-                        let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-                        let query: Vec<(&str, &str)> = query
-                            .iter()
-                            .map(|(k, v)| (k.as_str(), v.as_str()))
-                            .collect();
-                        let signed = SignedParts {
-                            method: method.as_str(),
-                            path: &path,
-                            query: &query,
-                            payload,
-                        };
-                        resign(&mut headers, &signed, &region, &keys)?;
+                        resign(&mut headers, method.as_str(), &url, payload, &region, &keys)?;
                     }
                     let mut builder = http::Request::builder().method(method).uri(url.as_str());
                     for (k, v) in headers.iter() {
@@ -821,15 +809,6 @@ fn sse_headers(cfg: Option<&crate::config::Sse>) -> Result<Option<SseHeaders>> {
     }))
 }
 
-/// What of a request [`resign`] signs besides its headers: the path as rust-s3 encodes it,
-/// the query decoded.
-struct SignedParts<'a> {
-    method: &'a str,
-    path: &'a str,
-    query: &'a [(&'a str, &'a str)],
-    payload: &'a [u8],
-}
-
 /// Signs a request again, over the headers rust-s3 signed, in SigV4's order. rust-s3 0.38
 /// sorts the canonical headers as `name:value` lines rather than by name, which breaks when
 /// one signed name is a prefix of another, as the SSE headers are
@@ -837,7 +816,9 @@ struct SignedParts<'a> {
 /// `…-customer-key-md5`): S3 answered every such request SignatureDoesNotMatch.
 fn resign(
     headers: &mut http::HeaderMap,
-    req: &SignedParts<'_>,
+    method: &str,
+    url: &url::Url,
+    payload: &[u8],
     region: &str,
     keys: &crate::aws::AwsCredentials,
 ) -> Result<()> {
@@ -866,13 +847,20 @@ fn resign(
         .get("x-amz-date")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(unsigned)?;
+    // The path as rust-s3 encodes it for signing; the query decoded, as sigv4 encodes it.
+    let path = s3::signing::canonical_uri_string(url);
+    let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let query: Vec<(&str, &str)> = query
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let value = crate::aws::sigv4::authorization(
         &crate::aws::sigv4::Request {
-            method: req.method,
-            path: req.path,
-            query: req.query,
+            method,
+            path: &path,
+            query: &query,
             headers: &signed,
-            payload: req.payload,
+            payload,
         },
         amz_date,
         region,
@@ -1396,12 +1384,6 @@ mod tests {
         let url = req.url().unwrap();
         let mut headers = req.headers().unwrap();
         let theirs = headers["authorization"].to_str().unwrap().to_string();
-        let path = s3::signing::canonical_uri_string(&url);
-        let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-        let query: Vec<(&str, &str)> = query
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         let keys = crate::aws::AwsCredentials {
             access_key_id: "AK".into(),
             secret_access_key: "SK".into(),
@@ -1409,13 +1391,7 @@ mod tests {
             expiration: None,
         };
         let payload = req.request_body().unwrap();
-        let parts = SignedParts {
-            method: "GET",
-            path: &path,
-            query: &query,
-            payload: &payload,
-        };
-        resign(&mut headers, &parts, "us-east-1", &keys).unwrap();
+        resign(&mut headers, "GET", &url, &payload, "us-east-1", &keys).unwrap();
         (
             theirs,
             headers["authorization"].to_str().unwrap().to_string(),
