@@ -13,10 +13,10 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,63 +37,38 @@ type Handler = dyn Fn(&Req) -> (u16, String) + Send + Sync;
 /// A one-request-per-connection HTTP server on 127.0.0.1 answering with `handler`; records
 /// every request; stopped on drop.
 struct Stand {
-    port: u16,
     requests: Arc<Mutex<Vec<Req>>>,
-    closed: Arc<AtomicBool>,
+    server: LoopbackServer,
 }
 
 impl Stand {
     fn start(handler: Box<Handler>) -> Stand {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let closed = Arc::new(AtomicBool::new(false));
-        let (reqs, done) = (requests.clone(), closed.clone());
-        let handler: Arc<Handler> = Arc::from(handler);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if done.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let (reqs, handler) = (reqs.clone(), handler.clone());
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(conn.try_clone().unwrap());
-                    let Some((req, _body)) = read_request(&mut r) else {
-                        return;
-                    };
-                    reqs.lock().unwrap().push(req.clone());
-                    let (status, body) = handler(&req);
-                    let resp = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let mut w = conn;
-                    let _ = w.write_all(resp.as_bytes());
-                    let _ = w.shutdown(Shutdown::Both);
-                });
-            }
+        let reqs = requests.clone();
+        let server = LoopbackServer::start(move |conn, _| {
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let Some((req, _body)) = read_request(&mut r) else {
+                return;
+            };
+            reqs.lock().unwrap().push(req.clone());
+            let (status, body) = handler(&req);
+            let resp = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let mut w = conn;
+            let _ = w.write_all(resp.as_bytes());
+            let _ = w.shutdown(Shutdown::Both);
         });
-        Stand {
-            port,
-            requests,
-            closed,
-        }
+        Stand { requests, server }
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.server.port)
     }
 
     fn requests(&self) -> Vec<Req> {
         self.requests.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Stand {
-    fn drop(&mut self) {
-        self.closed.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 
@@ -325,7 +300,7 @@ fn imds_v2_session_token_role_and_credentials() {
     assert!(
         log.contains(&format!(
             "source=\"EC2 instance metadata (IMDSv2, 127.0.0.1:{})\"",
-            imds.port
+            imds.server.port
         )),
         "{log}"
     );
@@ -470,90 +445,69 @@ fn credential_process_of_a_profile() {
 /// A TCP proxy in front of the store that answers `400 ExpiredToken` (as S3 does) to every
 /// request signed with a session token that has expired or that the test revoked.
 struct TokenGate {
-    port: u16,
     /// Token → when it expires.
     issued: Arc<Mutex<HashMap<String, SystemTime>>>,
     revoked: Arc<Mutex<HashSet<String>>>,
     refused: Arc<AtomicU64>,
-    closed: Arc<AtomicBool>,
+    server: LoopbackServer,
 }
 
 impl TokenGate {
     fn start(upstream: u16) -> TokenGate {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let g = TokenGate {
-            port: listener.local_addr().unwrap().port(),
-            issued: Arc::default(),
-            revoked: Arc::default(),
-            refused: Arc::default(),
-            closed: Arc::default(),
-        };
-        let (issued, revoked, refused, closed) = (
-            g.issued.clone(),
-            g.revoked.clone(),
-            g.refused.clone(),
-            g.closed.clone(),
-        );
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if closed.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue;
+        let issued: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
+        let revoked: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let refused: Arc<AtomicU64> = Arc::default();
+        let (i, v, n) = (issued.clone(), revoked.clone(), refused.clone());
+        let server = LoopbackServer::start(move |client, _| {
+            let (issued, revoked, refused) = (&i, &v, &n);
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                return;
+            };
+            let (mut back_from, mut back_to) =
+                (server.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut back_from, &mut back_to);
+                let _ = back_to.shutdown(Shutdown::Both);
+            });
+            let mut reply = client.try_clone().unwrap();
+            let mut server = server;
+            let mut r = BufReader::new(client);
+            loop {
+                let Some((head, body, token)) = read_raw(&mut r) else {
+                    let _ = server.shutdown(Shutdown::Both);
+                    return;
                 };
-                let (issued, revoked, refused) = (issued.clone(), revoked.clone(), refused.clone());
-                let (mut back_from, mut back_to) =
-                    (server.try_clone().unwrap(), client.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut back_from, &mut back_to);
-                    let _ = back_to.shutdown(Shutdown::Both);
+                let expired = token.as_ref().is_some_and(|t| {
+                    revoked.lock().unwrap().contains(t)
+                        || issued
+                            .lock()
+                            .unwrap()
+                            .get(t)
+                            .is_some_and(|e| SystemTime::now() >= *e)
                 });
-                std::thread::spawn(move || {
-                    let mut reply = client.try_clone().unwrap();
-                    let mut server = server;
-                    let mut r = BufReader::new(client);
-                    loop {
-                        let Some((head, body, token)) = read_raw(&mut r) else {
-                            let _ = server.shutdown(Shutdown::Both);
-                            return;
-                        };
-                        let expired = token.as_ref().is_some_and(|t| {
-                            revoked.lock().unwrap().contains(t)
-                                || issued
-                                    .lock()
-                                    .unwrap()
-                                    .get(t)
-                                    .is_some_and(|e| SystemTime::now() >= *e)
-                        });
-                        if expired {
-                            refused.fetch_add(1, Ordering::SeqCst);
-                            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>ExpiredToken</Code><Message>The provided token has expired.</Message></Error>";
-                            let resp = format!(
-                                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
-                                body.len()
-                            );
-                            if reply.write_all(resp.as_bytes()).is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                        if server.write_all(&head).is_err() || server.write_all(&body).is_err() {
-                            return;
-                        }
+                if expired {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>ExpiredToken</Code><Message>The provided token has expired.</Message></Error>";
+                    let resp = format!(
+                        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if reply.write_all(resp.as_bytes()).is_err() {
+                        return;
                     }
-                });
+                    continue;
+                }
+                if server.write_all(&head).is_err() || server.write_all(&body).is_err() {
+                    return;
+                }
             }
         });
-        g
-    }
-}
-
-impl Drop for TokenGate {
-    fn drop(&mut self) {
-        self.closed.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        TokenGate {
+            issued,
+            revoked,
+            refused,
+            server,
+        }
     }
 }
 
@@ -605,7 +559,11 @@ fn credentials_expire_during_a_long_replication_and_nothing_is_lost() {
         issued.lock().unwrap().insert(tok.clone(), expires);
         (200, creds_json(&tok, expires))
     }));
-    write_config(&env, &format!("http://127.0.0.1:{}", gate.port), BUCKET);
+    write_config(
+        &env,
+        &format!("http://127.0.0.1:{}", gate.server.port),
+        BUCKET,
+    );
     let full = format!("{}/creds", ecs.url());
     let vars = [
         ("AWS_CONTAINER_CREDENTIALS_FULL_URI", full.as_str()),

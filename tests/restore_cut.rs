@@ -60,7 +60,7 @@ fn restore_resumes_downloads_the_store_cut_short() {
     let proxy = CutProxy::start(upstream, Mode::Cut);
     let url = format!(
         "s3://{BUCKET}/{PREFIX}?endpoint=http://127.0.0.1:{}",
-        proxy.port
+        proxy.port()
     );
 
     for parallelism in ["1", "4"] {

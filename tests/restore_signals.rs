@@ -62,7 +62,7 @@ fn a_signal_during_restore_removes_its_temp_files() {
     let proxy = CutProxy::start(upstream, Mode::Stall);
     let url = format!(
         "s3://{BUCKET}/{PREFIX}?endpoint=http://127.0.0.1:{}",
-        proxy.port
+        proxy.port()
     );
     for (sig, name) in [(libc::SIGTERM, "term"), (libc::SIGINT, "int")] {
         let dir = env.root.join(format!("out-{name}"));

@@ -10,9 +10,8 @@ mod s3_server;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,9 +90,8 @@ impl Seen {
 /// An HTTP/1.1 proxy in front of the S3 server: one request per connection (answers carry
 /// `Connection: close`), every request recorded, SSE-C enforced on reads.
 struct SseProxy {
-    port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
-    closed: Arc<AtomicBool>,
+    server: LoopbackServer,
 }
 
 /// Object path → MD5 of the SSE-C key it was written with.
@@ -101,29 +99,17 @@ type Written = Arc<Mutex<HashMap<String, String>>>;
 
 impl SseProxy {
     fn start(upstream: u16) -> SseProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let closed = Arc::new(AtomicBool::new(false));
         let written: Written = Arc::default();
-        let (s, c) = (seen.clone(), closed.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if c.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = client else { continue };
-                let (seen, written) = (s.clone(), written.clone());
-                std::thread::spawn(move || {
-                    let _ = serve(client, upstream, &seen, &written);
-                });
-            }
+        let s = seen.clone();
+        let server = LoopbackServer::start(move |client, _| {
+            let _ = serve(client, upstream, &s, &written);
         });
-        SseProxy { port, seen, closed }
+        SseProxy { seen, server }
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.server.port)
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -132,13 +118,6 @@ impl SseProxy {
 
     fn clear(&self) {
         self.seen.lock().unwrap().clear();
-    }
-}
-
-impl Drop for SseProxy {
-    fn drop(&mut self) {
-        self.closed.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 

@@ -1231,6 +1231,43 @@ pub fn local_generation(db: &Path) -> Option<String> {
 // HTTP (metrics)
 // ---------------------------------------------------------------------------------------------
 
+/// A listener on 127.0.0.1 (the test servers and proxies): each connection is handed to
+/// `handle` on a thread of its own, with the flag that says the server is being dropped; the
+/// drop sets it and connects once so that the accept loop wakes and ends.
+pub struct LoopbackServer {
+    pub port: u16,
+    closed: Arc<AtomicBool>,
+}
+
+impl LoopbackServer {
+    pub fn start(
+        handle: impl Fn(std::net::TcpStream, &AtomicBool) + Send + Sync + 'static,
+    ) -> LoopbackServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let closed = Arc::new(AtomicBool::new(false));
+        let (done, handle) = (closed.clone(), Arc::new(handle));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (done, handle) = (done.clone(), handle.clone());
+                std::thread::spawn(move || handle(conn, &done));
+            }
+        });
+        LoopbackServer { port, closed }
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

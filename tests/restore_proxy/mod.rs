@@ -5,10 +5,12 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::common::LoopbackServer;
 
 /// What the proxy does to snapshot and WAL segment GETs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,38 +40,22 @@ pub struct Seen {
 /// An HTTP/1.1 proxy to `upstream` that cuts the first `CUTS_PER_OBJECT` GETs of each
 /// snapshot or WAL segment whose body is longer than `CUT_AFTER`, after that many bytes.
 pub struct CutProxy {
-    pub port: u16,
     pub seen: Arc<Mutex<Seen>>,
-    closed: Arc<AtomicBool>,
+    server: LoopbackServer,
 }
 
 impl CutProxy {
     pub fn start(upstream: u16, mode: Mode) -> CutProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let closed = Arc::new(AtomicBool::new(false));
-        let (s, c) = (seen.clone(), closed.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if c.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = client else { continue };
-                let (seen, closed) = (s.clone(), c.clone());
-                std::thread::spawn(move || {
-                    let _ = serve(client, upstream, &seen, mode, &closed);
-                });
-            }
+        let s = seen.clone();
+        let server = LoopbackServer::start(move |client, closed| {
+            let _ = serve(client, upstream, &s, mode, closed);
         });
-        CutProxy { port, seen, closed }
+        CutProxy { seen, server }
     }
-}
 
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.closed.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    pub fn port(&self) -> u16 {
+        self.server.port
     }
 }
 
