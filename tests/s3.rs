@@ -44,20 +44,6 @@ fn start_replicating(name: &str) -> Option<(Env, S3Server, Connection, Daemon)> 
     Some((env, s3, app, d))
 }
 
-/// `restore -config -o <fresh> DB`, whatever the outcome.
-fn try_restore(env: &Env) -> (Out, PathBuf) {
-    let out = env.fresh("restored-s3");
-    let o = env.run(&[
-        "restore",
-        "-config",
-        env.config.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        env.db.to_str().unwrap(),
-    ]);
-    (o, out)
-}
-
 /// Restores from the `s3://` URL with credentials from the environment.
 fn restore_url(env: &Env, s3: &S3Server, secret: &str) -> (std::process::Output, PathBuf) {
     let out = env.fresh("restored-s3-url");
@@ -74,7 +60,7 @@ fn restore_url(env: &Env, s3: &S3Server, secret: &str) -> (std::process::Output,
 fn wait_restore(env: &Env, what: &str, pred: impl Fn(&Path) -> bool) -> PathBuf {
     let start = Instant::now();
     loop {
-        let (o, out) = try_restore(env);
+        let (o, out) = env.try_restore_config();
         if o.code == Some(0) && pred(&out) {
             return out;
         }
@@ -164,7 +150,7 @@ fn s3_replicate_and_restore_by_config_and_url() {
     assert_eq!(gens.len(), 1, "{gens:?}");
     assert!(!wal_segments(&s3.replica_dir(), &gens[0]).is_empty());
 
-    let (o, out) = try_restore(&env);
+    let (o, out) = env.try_restore_config();
     o.assert_ok("restore -config from S3");
     assert_integrity_ok(&out);
     assert_eq!(table_digest(&out, "t"), src, "restore -config differs");
@@ -204,7 +190,7 @@ fn s3_sigkill_under_load_restores_consistent_prefixes() {
         remove_db_files(&out);
         std::thread::sleep(Duration::from_millis(150 + 170 * round as u64));
         d.kill();
-        let (o, out) = try_restore(&env);
+        let (o, out) = env.try_restore_config();
         o.assert_ok("restore after SIGKILL");
         let committed = writer.committed() as i64;
         assert_integrity_ok(&out);
@@ -228,7 +214,7 @@ fn s3_sigkill_under_load_restores_consistent_prefixes() {
     // A SIGTERM before the daemon installed its handlers would kill it by default action.
     d.wait_log("initialized db", DEADLINE);
     d.stop_ok();
-    let (o, out) = try_restore(&env);
+    let (o, out) = env.try_restore_config();
     o.assert_ok("final restore");
     assert_integrity_ok(&out);
     assert_eq!(id_summary(&out), (n, 1, n), "final restore misses rows");
@@ -291,7 +277,7 @@ fn s3_outage_then_catch_up_without_restart() {
         stopped.log.matches("replica sync error").count()
     );
     assert!(peak_outage < 64 * 1024, "peak RSS {peak_outage} KiB");
-    let (o, out) = try_restore(&env);
+    let (o, out) = env.try_restore_config();
     o.assert_ok("final restore");
     assert_eq!(table_digest(&out, "t"), src);
 }
@@ -346,7 +332,7 @@ fn s3_request_counts_idle_and_busy() {
     assert!(puts(&busy) <= 12, "too many PUTs: {busy:?}");
     assert_eq!(lists(&busy), 0, "LIST during steady writes: {busy:?}");
     d.stop_ok();
-    let (o, out) = try_restore(&env);
+    let (o, out) = env.try_restore_config();
     o.assert_ok("restore");
     assert_eq!(id_summary(&out), (id - 1, 1, id - 1));
 }
@@ -383,7 +369,7 @@ fn s3_wrong_secret_is_a_clear_error_and_never_printed() {
         "a signature is in the log"
     );
 
-    let (o, out) = try_restore(&env);
+    let (o, out) = env.try_restore_config();
     o.assert_fails("restore with a wrong secret");
     assert!(
         o.stderr.contains("SignatureDoesNotMatch"),
@@ -464,7 +450,7 @@ fn s3_large_snapshot_goes_multipart_in_bounded_memory() {
         .query_row("SELECT sum(h & 65535) FROM big", [], |r| r.get(0))
         .unwrap();
     drop(app);
-    let (o, out) = try_restore(&env);
+    let (o, out) = env.try_restore_config();
     o.assert_ok("restore of the 300 MB db");
     println!("restore peak RSS {} KiB", o.peak_kb);
     assert_integrity_ok(&out);
@@ -613,7 +599,7 @@ fn s3_retention_keeps_the_bucket_bounded() {
             .any(|r| r.method == "POST" && r.target.contains("delete")),
         "no DeleteObjects request"
     );
-    let (o, out) = try_restore(&env);
+    let (o, out) = env.try_restore_config();
     o.assert_ok("restore after retention");
     assert_integrity_ok(&out);
     assert_eq!(id_summary(&out), (n, 1, n));

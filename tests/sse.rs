@@ -521,15 +521,7 @@ fn sse_config_mistakes_are_one_line_each() {
             env.db.display()
         );
         fs::write(&env.config, y).unwrap();
-        let out = env.fresh("restored");
-        let o = env.run(&[
-            "restore",
-            "-config",
-            env.config.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            env.db.to_str().unwrap(),
-        ]);
+        let (o, out) = env.try_restore_config();
         assert_ne!(o.code, Some(0), "{sse}");
         let line = one_line(&o, &sse);
         assert!(line.contains(want), "{line}");

@@ -183,8 +183,8 @@ impl Env {
         run(&self.root, args, Duration::from_secs(120))
     }
 
-    /// `restore -config CFG -o <fresh> <db>`; panics unless it succeeds. Returns the output path.
-    pub fn restore_config(&self) -> PathBuf {
+    /// `restore -config CFG -o <fresh> <db>`, whatever the outcome.
+    pub fn try_restore_config(&self) -> (Out, PathBuf) {
         let out = self.fresh("restored-config");
         let o = self.run(&[
             "restore",
@@ -194,6 +194,12 @@ impl Env {
             out.to_str().unwrap(),
             self.db.to_str().unwrap(),
         ]);
+        (o, out)
+    }
+
+    /// `restore -config CFG -o <fresh> <db>`; panics unless it succeeds. Returns the output path.
+    pub fn restore_config(&self) -> PathBuf {
+        let (o, out) = self.try_restore_config();
         o.assert_ok("restore -config");
         assert!(
             out.exists(),
