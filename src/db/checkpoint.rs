@@ -161,12 +161,13 @@ impl Db {
         before: Option<[u8; WAL_HEADER_SIZE]>,
     ) -> Result<PassCounts> {
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
+        let copied = self.shadow.as_ref().map_or(0, Shadow::frames);
         let pass = PassCounts::from_triple(sqlite::checkpoint(conn, CheckpointMode::Passive)?);
         let frame_size = self.shadow.as_ref().map_or(4096, |s| s.header.frame_size()) as u64;
         let AfterPass::Restart {
             shrink_to,
             unless_beyond,
-        } = policy::after_pass(&self.cfg, mode, pass, before.is_some(), frame_size)
+        } = policy::after_pass(&self.cfg, mode, pass, before.is_some(), frame_size, copied)
         else {
             return Ok(pass);
         };
