@@ -84,8 +84,7 @@ pub fn checkpoint_decision(
     if limit > 0 && (shadow_frames >= limit || (truncate_allowed && wal_frames >= limit)) {
         return Some(CheckpointMode::Truncate);
     }
-    let restart_due =
-        restart_allowed && restart_threshold(cfg).is_some_and(|n| shadow_frames >= n);
+    let restart_due = restart_allowed && restart_threshold(cfg).is_some_and(|n| shadow_frames >= n);
     if restart_due && since_last_checkpoint >= cfg.monitor_interval.min(RESTART_MIN_GAP) {
         return Some(CheckpointMode::Restart);
     }
@@ -377,7 +376,10 @@ mod tests {
             checkpoint_decision(&c, 500, 500, interval, true, true),
             Some(CheckpointMode::Restart)
         );
-        assert_eq!(checkpoint_decision(&c, 499, 499, interval, true, true), None);
+        assert_eq!(
+            checkpoint_decision(&c, 499, 499, interval, true, true),
+            None
+        );
         // While RESTART backs off, PASSIVE by count stands in.
         assert_eq!(
             checkpoint_decision(&c, 1000, 1000, interval, false, true),
@@ -608,7 +610,10 @@ mod tests {
             CheckpointMode::Truncate,
         ] {
             assert_eq!(after_pass(&c, mode, lock, true, 4120, 0), AfterPass::Done);
-            assert_eq!(after_pass(&c, mode, emptied, false, 4120, 0), AfterPass::Done);
+            assert_eq!(
+                after_pass(&c, mode, emptied, false, 4120, 0),
+                AfterPass::Done
+            );
         }
         assert_eq!(
             after_pass(&c, CheckpointMode::Truncate, partial, true, 4120, 400),
