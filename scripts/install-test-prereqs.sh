@@ -12,6 +12,10 @@
 # - best effort, for `make static-bin`: the musl target (rustup) and musl-tools (apt);
 # - s3s-fs 0.14.1, a local S3 server that verifies SigV4 signatures (cargo install into
 #   ~/.cargo/bin; 0.15+ needs rustc >= 1.96).
+# - moto's server (STS and S3 stand-ins for tests/credentials.rs): pip install into a venv
+#   target/tools/moto/, its moto_server linked into target/tools/bin/; python3-venv from apt
+#   when the venv module is missing. Best effort: without it those tests SKIP, except under
+#   CI, where they fail.
 # A tool already on PATH is used as it is. The tests look in target/tools/bin/, then on PATH.
 # With --check-only, exits 0 when everything is present and 1 otherwise, installing nothing.
 set -euo pipefail
@@ -37,11 +41,17 @@ if ! have systemd-analyze; then
   need_analyze=1
   installed libsystemd-shared || apt_missing+=(libsystemd-shared)
 fi
+MOTO_VERSION=5.2.6
+need_moto=0
+have moto_server || need_moto=1
+if [ $need_moto -eq 1 ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  apt_missing+=(python3-venv)
+fi
 need_s3s=0
 if ! s3s-fs --version 2>/dev/null | grep -q "$S3S_VERSION"; then need_s3s=1; fi
 
 if [ "${1:-}" = "--check-only" ]; then
-  [ ${#apt_missing[@]} -eq 0 ] && [ $need_promtool -eq 0 ] && [ $need_analyze -eq 0 ] && [ $need_s3s -eq 0 ]
+  [ ${#apt_missing[@]} -eq 0 ] && [ $need_promtool -eq 0 ] && [ $need_analyze -eq 0 ] && [ $need_s3s -eq 0 ] && [ $need_moto -eq 0 ]
   exit
 fi
 
@@ -92,5 +102,15 @@ fi
 if [ $need_s3s -eq 1 ]; then
   echo "installing: s3s-fs $S3S_VERSION (cargo install into ~/.cargo/bin; about 6 minutes on 2 cores)"
   cargo install "s3s-fs@$S3S_VERSION" --locked --features binary
+fi
+if [ $need_moto -eq 1 ]; then
+  echo "installing: moto[server] $MOTO_VERSION (pip, into the venv target/tools/moto/)"
+  mkdir -p "$TOOLS_BIN"
+  if python3 -m venv "$PWD/target/tools/moto" &&
+    "$PWD/target/tools/moto/bin/pip" install -q "moto[server]==$MOTO_VERSION"; then
+    ln -sf ../moto/bin/moto_server "$TOOLS_BIN/moto_server"
+  else
+    echo "moto not installed: tests/credentials.rs skips its STS tests (and fails them under CI)"
+  fi
 fi
 echo "test prerequisites present"

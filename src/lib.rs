@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod aws;
 pub mod backoff;
 pub mod cli;
 pub mod client;

@@ -106,12 +106,20 @@ fn sigterm_is_forwarded_to_the_child() {
     let app = create_app_db(&env.db, 4096);
     insert_row(&app, 1, 100);
     let marker = env.root.join("marker");
+    let ready = env.root.join("ready");
+    // The child says when its trap is in place: a SIGTERM forwarded before that would kill
+    // the shell by default action (exit 143), which is how this test once failed.
     let cmd = format!(
-        "sh -c 'trap \"echo got-term > {m}; exit 5\" TERM; while true; do sleep 0.05; done'",
-        m = marker.display()
+        "sh -c 'trap \"echo got-term > {m}; exit 5\" TERM; : > {r}; while true; do sleep 0.05; done'",
+        m = marker.display(),
+        r = ready.display()
     );
     let mut d = env.spawn_daemon("daemon", exec_args(&env, &cmd));
     d.wait_log("subprocess started", DEADLINE);
+    assert!(
+        wait_until(DEADLINE, || ready.exists()),
+        "the child never installed its trap"
+    );
     d.signal(libc::SIGTERM);
     let stopped = d.wait_exit(Duration::from_secs(60));
     assert_eq!(

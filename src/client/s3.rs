@@ -50,6 +50,8 @@ pub struct S3Client {
     bucket: Box<Bucket>,
     /// Key prefix without leading or trailing slash; empty for the bucket root.
     prefix: String,
+    /// The keys that sign each request, refreshed before they expire.
+    creds: crate::aws::Provider,
     agent: ureq::Agent,
     part_size: usize,
     /// `host:port` of the store, for transport errors (never credentials).
@@ -62,29 +64,25 @@ pub struct S3Client {
     uploads: Mutex<Vec<(String, String)>>,
 }
 
-/// Where the credentials come from, in SPEC §5.6 order.
-fn credentials(cfg: &S3Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Credentials> {
-    let pair = match (&cfg.access_key_id, &cfg.secret_access_key) {
-        (Some(a), Some(s)) => Some((a.clone(), s.clone())),
-        _ => match (
-            env("LITESTREAM_ACCESS_KEY_ID"),
-            env("LITESTREAM_SECRET_ACCESS_KEY"),
-        ) {
-            (Some(a), Some(s)) if !a.is_empty() => Some((a, s)),
-            _ => None,
-        },
-    };
-    let creds = match pair {
-        Some((a, s)) => Credentials::new(Some(&a), Some(&s), None, None, None),
-        // AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN), then the profile
-        // file, section $AWS_PROFILE or [default].
-        None => Credentials::new(None, None, None, None, env("AWS_PROFILE").as_deref()),
-    };
-    creds.map_err(|_| {
-        anyhow!(
-            "no S3 credentials found: set access-key-id and secret-access-key in the config, or LITESTREAM_ACCESS_KEY_ID/LITESTREAM_SECRET_ACCESS_KEY, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or an AWS profile file"
+/// Which credentials signed a request: the answer's extension, so that an expired-token
+/// answer refreshes those keys and no newer ones.
+#[derive(Clone, Copy)]
+struct SignedWith(u64);
+
+/// Error codes by which a store says that temporary keys have expired or been replaced: one
+/// refresh of the credentials and one retry, not an error.
+fn is_expired_credentials(status: u16, code: Option<&str>) -> bool {
+    matches!(status, 400 | 403)
+        && matches!(
+            code,
+            Some(
+                "ExpiredToken"
+                    | "ExpiredTokenException"
+                    | "TokenRefreshRequired"
+                    | "InvalidToken"
+                    | "InvalidAccessKeyId"
+            )
         )
-    })
 }
 
 impl S3Client {
@@ -92,11 +90,11 @@ impl S3Client {
     /// the bucket or region is unusable. Its only request is the lookup of the bucket's
     /// region, when the config names neither a region nor an endpoint.
     pub fn new(name: &str, cfg: &S3Config) -> Result<S3Client> {
-        let env = |k: &str| std::env::var(k).ok();
         // Messages here name no replica: `client::open` adds "replica NAME" once.
         let _ = name;
-        let creds = credentials(cfg, &env)?;
+        let creds = crate::aws::Provider::for_s3(cfg)?;
         let agent = agent(cfg.skip_verify);
+        let first = creds.get()?.0.to_s3()?;
         let region = match (&cfg.region, &cfg.endpoint) {
             (region, Some(endpoint)) => Region::Custom {
                 region: region.clone().unwrap_or_else(|| "us-east-1".into()),
@@ -105,10 +103,24 @@ impl S3Client {
             (Some(region), None) => region
                 .parse()
                 .map_err(|_| anyhow!("unknown S3 region {region:?}"))?,
-            (None, None) => lookup_region(&agent, &cfg.bucket, &creds)
-                .with_context(|| format!("cannot find the region of bucket {}", cfg.bucket))?,
+            // The bucket's own region, as Litestream v0.3 looks it up; when the store will not
+            // say, AWS_REGION, AWS_DEFAULT_REGION, the profile's region, the instance's.
+            (None, None) => match lookup_region(&agent, &cfg.bucket, &first) {
+                Ok(r) => r,
+                Err(e) => match crate::aws::region_from_environment()
+                    .or_else(crate::aws::region_from_instance_metadata)
+                    .and_then(|r| r.parse().ok())
+                {
+                    Some(r) => r,
+                    None => {
+                        return Err(
+                            e.context(format!("cannot find the region of bucket {}", cfg.bucket))
+                        )
+                    }
+                },
+            },
         };
-        let mut bucket = Bucket::new(&cfg.bucket, region, creds)
+        let mut bucket = Bucket::new(&cfg.bucket, region, first)
             .map_err(|e| anyhow!("bucket {}: {e}", cfg.bucket))?;
         if cfg.force_path_style {
             bucket = bucket.with_path_style();
@@ -117,12 +129,21 @@ impl S3Client {
         Ok(S3Client {
             bucket,
             prefix: cfg.path.trim_matches('/').to_string(),
+            creds,
             agent,
             part_size: DEFAULT_PART_SIZE,
             endpoint,
             deadline: Mutex::new(None),
             uploads: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The bucket with `keys` to sign with (a copy: the bucket holds its keys behind a lock
+    /// of its own that only `&mut` can replace).
+    fn signing_bucket(&self, keys: &crate::aws::AwsCredentials) -> Result<Bucket> {
+        let mut b = (*self.bucket).clone();
+        b.set_credentials(keys.to_s3()?);
+        Ok(b)
     }
 
     /// The shutdown deadline, if one is set.
@@ -232,7 +253,9 @@ impl S3Client {
             };
             let outcome =
                 (|| -> Result<std::result::Result<http::Response<ureq::Body>, ureq::Error>> {
-                    let req = AttoRequest::new(&self.bucket, &path, make())
+                    let (keys, generation) = self.creds.get()?;
+                    let bucket = self.signing_bucket(&keys)?;
+                    let req = AttoRequest::new(&bucket, &path, make())
                         .map_err(|e| anyhow!("cannot sign request: {e}"))?;
                     let url = req.url().map_err(|e| anyhow!("cannot build URL: {e}"))?;
                     let headers = req
@@ -270,7 +293,10 @@ impl S3Client {
                             .timeout_global(left)
                             .build();
                     }
-                    Ok(self.agent.run(request))
+                    Ok(self.agent.run(request).map(|mut resp| {
+                        resp.extensions_mut().insert(SignedWith(generation));
+                        resp
+                    }))
                 })()
                 .map_err(|e| anyhow!("{op} {}: {e}", self.describe_key(key)))?;
 
@@ -305,12 +331,33 @@ impl S3Client {
         make: &dyn Fn() -> Command<'c>,
         body: Option<&[u8]>,
     ) -> Result<http::Response<ureq::Body>> {
-        let resp = self.send(op, url_key, key, make, body)?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(resp);
-        }
-        let (code, message) = error_details(resp);
+        let mut resp = self.send(op, url_key, key, make, body)?;
+        let mut refreshed = false;
+        let (status, code, message) = loop {
+            let status = resp.status().as_u16();
+            if (200..300).contains(&status) {
+                return Ok(resp);
+            }
+            let signed_with = resp.extensions().get::<SignedWith>().copied();
+            let (code, message) = error_details(resp);
+            // Temporary keys that expired early or were replaced: refresh once, ask again.
+            if !refreshed
+                && is_expired_credentials(status, code.as_deref())
+                && signed_with.is_some_and(|SignedWith(g)| self.creds.expired(g))
+            {
+                refreshed = true;
+                crate::logging::info(
+                    "the store refused the S3 credentials as expired; refreshing them",
+                    &[
+                        ("source", &self.creds.describe()),
+                        ("code", &code.as_deref().unwrap_or_default()),
+                    ],
+                );
+                resp = self.send(op, url_key, key, make, body)?;
+                continue;
+            }
+            break (status, code, message);
+        };
         let what = format!("{op} {}", self.describe_key(key));
         if status == 404 && code.as_deref() != Some("NoSuchBucket") {
             return Err(anyhow::Error::new(NotFound(self.describe_key(key))).context(what));
@@ -322,8 +369,11 @@ impl S3Client {
             (None, None) => String::new(),
         };
         let hint = match status {
-            403 => " (check the replica's access-key-id and secret-access-key)",
-            _ => "",
+            403 => format!(
+                " (check the S3 credentials, from {})",
+                self.creds.describe()
+            ),
+            _ => String::new(),
         };
         bail!("{what}: HTTP {status} {detail}{hint}")
     }
@@ -682,31 +732,7 @@ fn transport_message(e: &ureq::Error) -> String {
 /// `host:port` the requests go to (the port is the scheme's default when none is given).
 /// Only the endpoint's host part: a URL's user info or query never reaches a message.
 fn endpoint_of(bucket: &Bucket) -> String {
-    host_port(&bucket.url()).unwrap_or_else(|| "the S3 endpoint".into())
-}
-
-/// `host:port` of an `http(s)://[user@]host[:port]/…` URL.
-fn host_port(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit('@').next()?;
-    if host_port.is_empty() {
-        return None;
-    }
-    let has_port = match host_port.rfind(':') {
-        // An IPv6 literal ([::1]) has colons of its own; a port follows its `]`.
-        Some(i) => !host_port[i..].contains(']'),
-        None => false,
-    };
-    if has_port {
-        return Some(host_port.to_string());
-    }
-    let port = if scheme.eq_ignore_ascii_case("https") {
-        443
-    } else {
-        80
-    };
-    Some(format!("{host_port}:{port}"))
+    crate::config::host_port(&bucket.url()).unwrap_or_else(|| "the S3 endpoint".into())
 }
 
 /// A ListMultipartUploads reply: only the fields we use, each optional where stores differ.
@@ -1010,28 +1036,6 @@ mod tests {
     }
 
     #[test]
-    fn credential_order() {
-        let mut cfg = S3Config {
-            bucket: "b".into(),
-            ..Default::default()
-        };
-        let env = |k: &str| match k {
-            "LITESTREAM_ACCESS_KEY_ID" => Some("ENVAK".to_string()),
-            "LITESTREAM_SECRET_ACCESS_KEY" => Some("ENVSK".to_string()),
-            _ => None,
-        };
-        let c = credentials(&cfg, &env).unwrap();
-        assert_eq!(c.access_key.as_deref(), Some("ENVAK"));
-        cfg.access_key_id = Some("CFGAK".into());
-        cfg.secret_access_key = Some("CFGSK".into());
-        let c = credentials(&cfg, &env).unwrap();
-        assert_eq!(
-            (c.access_key.as_deref(), c.secret_key.as_deref()),
-            (Some("CFGAK"), Some("CFGSK"))
-        );
-    }
-
-    #[test]
     fn error_fields_and_retry_waits() {
         let body = "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error>";
         let (c, m) = error_fields(body);
@@ -1072,24 +1076,6 @@ mod tests {
         .unwrap();
         assert_eq!(root.key("generations/x"), "generations/x");
         assert_eq!(root.describe(), "s3://bkt");
-    }
-
-    #[test]
-    fn endpoint_host_port_for_messages() {
-        assert_eq!(
-            host_port("http://127.0.0.1:9/bkt").as_deref(),
-            Some("127.0.0.1:9")
-        );
-        assert_eq!(
-            host_port("https://bkt.s3.amazonaws.com").as_deref(),
-            Some("bkt.s3.amazonaws.com:443")
-        );
-        assert_eq!(
-            host_port("http://ak:secret@h/x?X-Amz-Signature=s").as_deref(),
-            Some("h:80")
-        );
-        assert_eq!(host_port("http://[::1]/b").as_deref(), Some("[::1]:80"));
-        assert_eq!(host_port("nonsense"), None);
     }
 
     #[test]

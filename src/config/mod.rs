@@ -30,4 +30,4 @@ pub use schema::{
     S3Config,
 };
 pub use url::parse_replica_url;
-pub(crate) use url::{is_url, redact_url};
+pub(crate) use url::{host_port, is_url, redact_url};

@@ -315,6 +315,30 @@ const PLAIN_PARAMETERS: &[&str] = &[
     "skipVerify",
 ];
 
+/// `host:port` of an `http(s)://[user@]host[:port]/…` URL.
+pub(crate) fn host_port(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    if host_port.is_empty() {
+        return None;
+    }
+    let has_port = match host_port.rfind(':') {
+        // An IPv6 literal ([::1]) has colons of its own; a port follows its `]`.
+        Some(i) => !host_port[i..].contains(']'),
+        None => false,
+    };
+    if has_port {
+        return Some(host_port.to_string());
+    }
+    let port = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    };
+    Some(format!("{host_port}:{port}"))
+}
+
 /// `url` as messages may show it: user info (`KEY:SECRET@`) and the value of every query
 /// parameter but `PLAIN_PARAMETERS` become `***`, and a parameter name that does not look
 /// like one (it may be a pasted secret) too. A URL is only ever shown through this.
@@ -415,6 +439,24 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+
+    #[test]
+    fn endpoint_host_port_for_messages() {
+        assert_eq!(
+            host_port("http://127.0.0.1:9/bkt").as_deref(),
+            Some("127.0.0.1:9")
+        );
+        assert_eq!(
+            host_port("https://bkt.s3.amazonaws.com").as_deref(),
+            Some("bkt.s3.amazonaws.com:443")
+        );
+        assert_eq!(
+            host_port("http://ak:secret@h/x?X-Amz-Signature=s").as_deref(),
+            Some("h:80")
+        );
+        assert_eq!(host_port("http://[::1]/b").as_deref(), Some("[::1]:80"));
+        assert_eq!(host_port("nonsense"), None);
+    }
 
     #[test]
     fn urls_in_messages_hide_user_info_and_parameter_values() {
