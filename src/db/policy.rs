@@ -272,6 +272,21 @@ pub struct CheckpointPolicy {
     restart_blocked_until: Option<Instant>,
     truncate_backoff: Backoff,
     truncate_blocked_until: Option<Instant>,
+    /// RESTART or TRUNCATE tries in a row that did not restart the WAL (`Report`).
+    restart_misses: u64,
+}
+
+/// How the log reports a checkpoint (`CheckpointPolicy::record`): once per change of state,
+/// not once per try. Under an application reader that holds read transactions most of the
+/// time, RESTART fails every 100–200 ms (`restart_backoff`), which at INFO was three lines a
+/// second saying the same thing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// INFO (a change of state, or a checkpoint that did what it was for), else DEBUG.
+    pub info: bool,
+    /// The tries in a row that had not restarted the WAL before this one, on the line of
+    /// the restart that ended them (0 otherwise).
+    pub misses_ended: u64,
 }
 
 impl CheckpointPolicy {
@@ -283,6 +298,7 @@ impl CheckpointPolicy {
             restart_blocked_until: None,
             truncate_backoff: truncate_backoff(),
             truncate_blocked_until: None,
+            restart_misses: 0,
         }
     }
 
@@ -315,7 +331,46 @@ impl CheckpointPolicy {
     /// gap is shorter, does retry on the next ticks: under a writer that never pauses the
     /// application's auto-checkpoint holds that lock more often than not, and one try a tenth
     /// of an interval let the WAL life grow to the TRUNCATE threshold.
-    pub fn record(&mut self, cfg: &DbConfig, outcome: Outcome, now: Instant) {
+    ///
+    /// The `Report` says how to log it: the SQLite lock found taken (retried soon) at DEBUG; of
+    /// the RESTART/TRUNCATE tries that did not restart the WAL only the first in a row at
+    /// INFO, and the restart that ends the run says how many there were.
+    pub fn record(&mut self, cfg: &DbConfig, outcome: Outcome, now: Instant) -> Report {
+        let report = self.report(&outcome);
+        self.back_off(cfg, outcome, now);
+        report
+    }
+
+    /// `record`'s `Report`, and the count of misses in a row it needs.
+    fn report(&mut self, outcome: &Outcome) -> Report {
+        if outcome.lock_busy() {
+            return Report {
+                info: false,
+                misses_ended: 0,
+            };
+        }
+        if outcome.mode == CheckpointMode::Passive {
+            return Report {
+                info: true,
+                misses_ended: 0,
+            };
+        }
+        if outcome.restarted {
+            let ended = std::mem::take(&mut self.restart_misses);
+            return Report {
+                info: true,
+                misses_ended: ended,
+            };
+        }
+        self.restart_misses += 1;
+        Report {
+            info: self.restart_misses == 1,
+            misses_ended: 0,
+        }
+    }
+
+    /// `record`'s timing: the next checkpoint's date and the back-offs.
+    fn back_off(&mut self, cfg: &DbConfig, outcome: Outcome, now: Instant) {
         let interval = cfg.monitor_interval;
         self.last_checkpoint = if outcome.lock_busy() {
             now.checked_sub(interval - lock_busy_retry(interval))
@@ -457,6 +512,47 @@ mod tests {
             restarted,
             shrunk: true,
         }
+    }
+
+    #[test]
+    fn a_run_of_failed_restarts_is_reported_once_and_its_end_with_the_count() {
+        let c = cfg();
+        let t0 = Instant::now();
+        let mut p = CheckpointPolicy::new(t0);
+        let miss = outcome(CheckpointMode::Restart, false, false);
+        let quiet = Report {
+            info: false,
+            misses_ended: 0,
+        };
+        let line = Report {
+            info: true,
+            misses_ended: 0,
+        };
+        assert_eq!(p.record(&c, miss, t0), line);
+        for _ in 0..20 {
+            assert_eq!(p.record(&c, miss, t0), quiet);
+        }
+        // The SQLite lock found taken neither counts nor logs at INFO; PASSIVE logs as before.
+        assert_eq!(
+            p.record(&c, outcome(CheckpointMode::Restart, true, false), t0),
+            quiet
+        );
+        assert_eq!(
+            p.record(&c, outcome(CheckpointMode::Passive, false, false), t0),
+            line
+        );
+        assert_eq!(
+            p.record(&c, outcome(CheckpointMode::Truncate, false, true), t0),
+            Report {
+                info: true,
+                misses_ended: 21
+            }
+        );
+        assert_eq!(
+            p.record(&c, outcome(CheckpointMode::Restart, false, true), t0),
+            line
+        );
+        assert_eq!(p.record(&c, miss, t0), line);
     }
 
     #[test]
