@@ -161,9 +161,9 @@ fn a_daemon_frozen_between_checkpoint_and_read_lock_never_skips_frames() {
                 &env,
                 &env.replica,
                 &out,
-                &["-generation", &gen, "-index", &format!("{index}")],
+                &["-generation", &gen, "-index", &format!("{index:08x}")],
             );
-            o.assert_ok(&format!("restore of generation {gen} at index {index}"));
+            o.assert_ok(&format!("restore of generation {gen} at index {index:08x}"));
             assert_integrity_ok(&out);
             let (count, min, max) = id_summary(&out);
             assert!(

@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Context, Result};
 use rusqlite::Connection;
 
-use super::policy::{self, AfterPass, Outcome, PassCounts};
+use super::policy::{self, AfterPass, Outcome, PassCounts, Report};
 use super::shadow::{read_header, wal_frames, Shadow};
 use super::verdict::{self, Reason, Verdict};
 use super::Db;
@@ -73,8 +73,8 @@ impl Db {
             restarted: before.is_some() && after != before,
             shrunk: wal_frames(&wal, frame_size) < u64::from(self.cfg.truncate_page_count),
         };
-        self.policy.record(&self.cfg, done, Instant::now());
-        self.log_checkpoint(&done, started);
+        let report = self.policy.record(&self.cfg, done, Instant::now());
+        self.log_checkpoint(&done, report, started);
         if done.restarted {
             self.follow_checkpoint_restart(after)?;
         }
@@ -128,26 +128,30 @@ impl Db {
         }
     }
 
-    /// The `checkpoint` log line.
-    fn log_checkpoint(&self, done: &Outcome, started: Instant) {
-        logging::log(
-            // Retried soon while the lock is taken: not worth a line each time.
-            if done.lock_busy() {
-                LogLevel::Debug
-            } else {
-                LogLevel::Info
-            },
-            "checkpoint",
-            &[
-                ("db", &self.db_label()),
-                ("mode", &done.mode.name()),
-                ("result", &done.result()),
-                ("wal_frames", &done.pass.log),
-                ("checkpointed", &done.pass.checkpointed),
-                ("restarted", &done.restarted),
-                ("elapsed", &format!("{:?}", started.elapsed())),
-            ],
-        );
+    /// The `checkpoint` log line, at the level `policy::Report` says (once per change of
+    /// state: a reader that keeps RESTART failing is one INFO line, not three a second).
+    fn log_checkpoint(&self, done: &Outcome, report: Report, started: Instant) {
+        let level = if report.info {
+            LogLevel::Info
+        } else {
+            LogLevel::Debug
+        };
+        let mut fields: Vec<(&str, &dyn std::fmt::Display)> = Vec::with_capacity(8);
+        let (db, mode, result) = (self.db_label(), done.mode.name(), done.result());
+        let elapsed = format!("{:?}", started.elapsed());
+        fields.extend_from_slice(&[
+            ("db", &db as &dyn std::fmt::Display),
+            ("mode", &mode),
+            ("result", &result),
+            ("wal_frames", &done.pass.log),
+            ("checkpointed", &done.pass.checkpointed),
+            ("restarted", &done.restarted),
+            ("elapsed", &elapsed),
+        ]);
+        if report.misses_ended > 0 {
+            fields.push(("failed_tries_before", &report.misses_ended));
+        }
+        logging::log(level, "checkpoint", &fields);
     }
 
     /// The checkpoint proper, with the pin held and our read transaction closed: a PASSIVE
@@ -161,12 +165,13 @@ impl Db {
         before: Option<[u8; WAL_HEADER_SIZE]>,
     ) -> Result<PassCounts> {
         let conn = self.conn.as_ref().ok_or_else(|| anyhow!("no connection"))?;
+        let copied = self.shadow.as_ref().map_or(0, Shadow::frames);
         let pass = PassCounts::from_triple(sqlite::checkpoint(conn, CheckpointMode::Passive)?);
         let frame_size = self.shadow.as_ref().map_or(4096, |s| s.header.frame_size()) as u64;
         let AfterPass::Restart {
             shrink_to,
             unless_beyond,
-        } = policy::after_pass(&self.cfg, mode, pass, before.is_some(), frame_size)
+        } = policy::after_pass(&self.cfg, mode, pass, before.is_some(), frame_size, copied)
         else {
             return Ok(pass);
         };
