@@ -487,10 +487,10 @@ impl TokenGate {
                 });
                 if expired {
                     refused.fetch_add(1, Ordering::SeqCst);
-                    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>ExpiredToken</Code><Message>The provided token has expired.</Message></Error>";
-                    let resp = format!(
-                        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
+                    let resp = s3_server::s3_error_response(
+                        "400 Bad Request",
+                        "ExpiredToken",
+                        "The provided token has expired.",
                     );
                     if reply.write_all(resp.as_bytes()).is_err() {
                         return;

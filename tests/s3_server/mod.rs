@@ -296,13 +296,15 @@ fn forward_requests(
                 if std::io::copy(&mut (&mut r).take(len), &mut std::io::sink()).is_err() {
                     return;
                 }
-                let body = format!(
-                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{}</Code><Message>injected by the test proxy</Message></Error>",
-                    if code == 503 { "SlowDown" } else { "InternalError" }
-                );
-                let resp = format!(
-                    "HTTP/1.1 {code} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
+                let s3_code = if code == 503 {
+                    "SlowDown"
+                } else {
+                    "InternalError"
+                };
+                let resp = s3_error_response(
+                    &format!("{code} Injected"),
+                    s3_code,
+                    "injected by the test proxy",
                 );
                 if reply.write_all(resp.as_bytes()).is_err() {
                     return;
@@ -448,4 +450,16 @@ fn xml_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// An S3 error reply as a store sends it: `status` is the status line's code and reason
+/// ("503 Slow Down"), `code` and `message` the XML error's.
+pub fn s3_error_response(status: &str, code: &str, message: &str) -> String {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    );
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
