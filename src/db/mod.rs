@@ -110,6 +110,12 @@ impl DbShared {
         *lock(&self.position) = pos;
     }
 
+    /// Publishes `pos` as the db thread would, for other modules' unit tests (a replica's).
+    #[cfg(test)]
+    pub(crate) fn publish_for_test(&self, pos: Position) {
+        self.set_position(Some(pos));
+    }
+
     /// Records what replica number `replica` has uploaded, so the shadow files it still needs
     /// are kept.
     pub fn set_replica_position(&self, replica: usize, pos: Option<Position>) {
