@@ -52,7 +52,11 @@ pub struct Replica {
     pos: Option<Position>,
     /// Whether the store has a snapshot of `pos.generation`.
     has_snapshot: bool,
+    /// When the last sync (or scheduled task) that uploaded something began: the next sync
+    /// is due a sync-interval after it (`sync_due`).
     last_upload: Option<Instant>,
+    /// When the sync or scheduled task now running began; an upload dates the cycle from it.
+    task_started: Instant,
     /// Index and store timestamp of the newest snapshot of the current generation, so the
     /// snapshot schedule survives restarts (it is aligned to that snapshot's age).
     newest_snapshot: Option<(u32, SystemTime)>,
@@ -91,6 +95,7 @@ impl Replica {
             pos: None,
             has_snapshot: false,
             last_upload: None,
+            task_started: Instant::now(),
             newest_snapshot: None,
             next_retention: None,
             snapshot_recheck: None,
@@ -188,11 +193,7 @@ impl Replica {
                 dirty = true;
             }
             let now = Instant::now();
-            let due = match (retry_at, self.last_upload) {
-                (Some(t), _) => t,
-                (None, Some(last)) => last + self.cfg.sync_interval,
-                (None, None) => now,
-            };
+            let due = sync_due(retry_at, self.last_upload, self.cfg.sync_interval, now);
             if dirty && now >= due {
                 match self.sync() {
                     Ok(()) => {
@@ -286,6 +287,7 @@ impl Replica {
     /// Brings the store up to the shadow's current position, and records the outcome in the
     /// metrics (position, lag, last error).
     pub fn sync(&mut self) -> Result<()> {
+        self.task_started = Instant::now();
         let metrics = self.db.metrics.clone();
         // Read before the target: what gets uploaded is at least what this number published.
         let seq = metrics.publish_seq();
@@ -458,7 +460,7 @@ impl Replica {
                 ("elapsed", &format!("{:?}", started.elapsed())),
             ],
         );
-        self.last_upload = Some(Instant::now());
+        self.last_upload = Some(self.task_started);
         Ok(())
     }
 
@@ -491,6 +493,7 @@ impl Replica {
     /// Scheduled snapshots (SPEC §5.3), validation (SPEC §5.5) and retention (SPEC §5.4),
     /// when due.
     fn scheduled_work(&mut self) -> Result<()> {
+        self.task_started = Instant::now();
         if self.snapshot_due().is_some_and(|at| at <= Instant::now()) {
             self.scheduled_snapshot()?;
         }
@@ -827,7 +830,7 @@ impl Replica {
                     layout::wal_segment_stem(pos.index, pos.offset)
                 )
             })?;
-        self.last_upload = Some(Instant::now());
+        self.last_upload = Some(self.task_started);
         self.db
             .metrics
             .replica_wal_bytes(self.slot, end - pos.offset);
@@ -864,12 +867,163 @@ impl Read for PositionalReader {
     }
 }
 
+/// When the next sync may run: at `retry_at` after a failure; else a `sync_interval` after
+/// `last_upload`, the start of the last sync that uploaded (so a cycle lasts the interval
+/// however long its upload took, and one that took longer is followed at once); else `now`.
+/// Dated from the upload's end instead, each cycle under a heavy writer was the interval plus
+/// the upload, and lag p99 1.65 s at the default 1 s (issue 23).
+fn sync_due(
+    retry_at: Option<Instant>,
+    last_upload: Option<Instant>,
+    sync_interval: Duration,
+    now: Instant,
+) -> Instant {
+    match (retry_at, last_upload) {
+        (Some(t), _) => t,
+        (None, Some(last)) => last + sync_interval,
+        (None, None) => now,
+    }
+}
+
 /// Segments up to this size are compressed in memory before they are written.
 const SMALL_SEGMENT: u64 = 256 * 1024;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::client::file::FileClient;
+    use crate::client::{Listing, WalSegmentInfo};
+    use crate::codec::Compression;
+    use crate::config::{ReplicaConfig, ReplicaTarget};
+    use crate::metrics::DbMetrics;
+    use std::sync::Mutex;
+
+    /// A file replica whose WAL segment writes take 20 ms (a store at some distance), and
+    /// which records when the first one began.
+    struct SlowStore {
+        inner: FileClient,
+        first_write: Mutex<Option<Instant>>,
+    }
+
+    impl ReplicaClient for SlowStore {
+        fn kind(&self) -> &'static str {
+            self.inner.kind()
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn list_generations(&self) -> Result<Listing<String>> {
+            self.inner.list_generations()
+        }
+        fn list_snapshots(&self, generation: &str) -> Result<Listing<SnapshotInfo>> {
+            self.inner.list_snapshots(generation)
+        }
+        fn list_wal_segments(&self, generation: &str) -> Result<Listing<WalSegmentInfo>> {
+            self.inner.list_wal_segments(generation)
+        }
+        fn write_snapshot(
+            &self,
+            generation: &str,
+            index: u32,
+            compression: Compression,
+            data: &mut dyn Read,
+        ) -> Result<SnapshotInfo> {
+            self.inner
+                .write_snapshot(generation, index, compression, data)
+        }
+        fn write_wal_segment(
+            &self,
+            generation: &str,
+            index: u32,
+            offset: u64,
+            compression: Compression,
+            data: &mut dyn Read,
+        ) -> Result<WalSegmentInfo> {
+            self.first_write
+                .lock()
+                .unwrap()
+                .get_or_insert_with(Instant::now);
+            std::thread::sleep(Duration::from_millis(20));
+            self.inner
+                .write_wal_segment(generation, index, offset, compression, data)
+        }
+        fn open_snapshot(&self, info: &SnapshotInfo) -> Result<Box<dyn Read + Send>> {
+            self.inner.open_snapshot(info)
+        }
+        fn open_wal_segment(&self, info: &WalSegmentInfo) -> Result<Box<dyn Read + Send>> {
+            self.inner.open_wal_segment(info)
+        }
+        fn delete_generation(&self, generation: &str) -> Result<()> {
+            self.inner.delete_generation(generation)
+        }
+        fn delete_snapshots(&self, snapshots: &[SnapshotInfo]) -> Result<()> {
+            self.inner.delete_snapshots(snapshots)
+        }
+        fn delete_wal_segments(&self, segments: &[WalSegmentInfo]) -> Result<()> {
+            self.inner.delete_wal_segments(segments)
+        }
+    }
+
+    /// Issue 23, point 5: under a heavy writer each cycle was the sync-interval plus the
+    /// upload, because the next sync was dated from the upload's end. Asserted on the order of
+    /// instants, not on durations: the next sync is due no later than a sync-interval after
+    /// the upload began (before the fix: a sync-interval after it ended, 20 ms later).
+    #[test]
+    fn the_next_sync_is_due_an_interval_after_the_last_one_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let generation = "0123456789abcdef";
+        let metrics = Arc::new(DbMetrics::new("/a.db".into(), &["file".into()]));
+        let db = Arc::new(DbShared::new(
+            dir.path().join("a.db"),
+            dir.path().join("meta"),
+            1,
+            metrics,
+        ));
+        // The shadow WAL as the db thread leaves it: a header and one frame (the replica
+        // uploads bytes; it does not parse them).
+        let shadow = db.shadow_wal_path(generation, 0);
+        std::fs::create_dir_all(shadow.parent().unwrap()).unwrap();
+        std::fs::write(&shadow, vec![7u8; WAL_HEADER_SIZE + 4096 + 24]).unwrap();
+        let len = std::fs::metadata(&shadow).unwrap().len();
+        db.publish_for_test(Position::new(generation, 0, len));
+
+        let store = Arc::new(SlowStore {
+            inner: FileClient::new(dir.path().join("replica")),
+            first_write: Mutex::new(None),
+        });
+        let cfg = ReplicaConfig::with_defaults(ReplicaTarget::File {
+            path: dir.path().join("replica"),
+        });
+        let interval = cfg.sync_interval;
+        let mut replica = Replica::new(0, cfg, store.clone(), db, Arc::new(Semaphore::new(1)));
+        replica.pos = Some(Position::new(generation, 0, 0));
+        replica.has_snapshot = true;
+
+        replica.sync().unwrap();
+        assert_eq!(replica.pos, Some(Position::new(generation, 0, len)));
+        let began = store
+            .first_write
+            .lock()
+            .unwrap()
+            .expect("a segment was written");
+        let due = sync_due(None, replica.last_upload, interval, Instant::now());
+        assert!(
+            due <= began + interval,
+            "next sync due {:?} after the upload began, more than the sync-interval {interval:?}",
+            due - began
+        );
+    }
+
+    #[test]
+    fn sync_due_prefers_the_retry_and_runs_at_once_before_any_upload() {
+        let now = Instant::now();
+        let second = Duration::from_secs(1);
+        assert_eq!(sync_due(None, None, second, now), now);
+        assert_eq!(sync_due(None, Some(now), second, now), now + second);
+        let retry = now + Duration::from_secs(5);
+        assert_eq!(sync_due(Some(retry), Some(now), second, now), retry);
+    }
 
     #[test]
     fn store_backoff_grows_and_caps() {

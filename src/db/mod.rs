@@ -29,11 +29,13 @@ use rusqlite::Connection;
 
 mod checkpoint;
 pub mod identity;
+mod pace;
 mod policy;
 mod seal;
 mod shadow;
 mod verdict;
 
+use pace::Pace;
 use policy::CheckpointPolicy;
 use shadow::{
     highest_shadow_index, remove_indexes_below, remove_other_generations, remove_tmp_files,
@@ -50,12 +52,6 @@ use crate::position::{self, Position, MAX_INDEX};
 use crate::sqlite::open_connection;
 use crate::sync::lock;
 use crate::wal::{WalHeader, WAL_HEADER_SIZE};
-
-/// The least time from one tick's start to the next woken one's. Each tick that copies fsyncs
-/// the shadow; a writer of 100k+ commits a second woke us every 2 ms (the watch's coalescing),
-/// 500 fsyncs a second. 10 ms keeps lag far below the 50 ms p50 target and costs an idle or
-/// sparse db nothing.
-const STORM_TICK_GAP: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What the db thread shares with its replica threads.
 pub struct DbShared {
@@ -108,6 +104,12 @@ impl DbShared {
 
     fn set_position(&self, pos: Option<Position>) {
         *lock(&self.position) = pos;
+    }
+
+    /// Publishes `pos` as the db thread would, for other modules' unit tests (a replica's).
+    #[cfg(test)]
+    pub(crate) fn publish_for_test(&self, pos: Position) {
+        self.set_position(Some(pos));
     }
 
     /// Records what replica number `replica` has uploaded, so the shadow files it still needs
@@ -302,7 +304,7 @@ impl Db {
         // The first tick runs at once: initialisation (and the first snapshot) should not
         // wait a monitor interval after start.
         let mut first = true;
-        let mut last_tick = Instant::now();
+        let mut pace = Pace::default();
         loop {
             let mut woken = true;
             if std::mem::take(&mut first) {
@@ -325,10 +327,10 @@ impl Db {
                     },
                     default(interval) => woken = !watched,
                 }
-                // Under a commit storm, batch: a woken tick follows the last one by at least
-                // STORM_TICK_GAP, so the shadow is fsynced at most that often. A commit after
-                // a quiet spell still ticks at once (the last tick is long past).
-                let wait = STORM_TICK_GAP.saturating_sub(last_tick.elapsed());
+                // Under a commit storm, batch (`pace`): a woken tick follows the last tick
+                // that copied by at least a quantum, so the shadow is fsynced at most that
+                // often. A commit after a quiet spell still ticks at once.
+                let wait = pace.wait(Instant::now());
                 if woken && !wait.is_zero() {
                     crossbeam_channel::select! {
                         recv(stop) -> _ => break,
@@ -336,13 +338,20 @@ impl Db {
                     }
                 }
             }
-            last_tick = Instant::now();
+            let started = Instant::now();
+            let before = self.shadow_end();
             failed = !self.tick_logged(!woken);
+            pace.ticked(started, self.shadow_end() != before);
         }
         if self.tick_logged(false) {
             self.seal();
         }
         self.close();
+    }
+
+    /// Where the shadow ends (index, committed size): a tick that moved it copied frames.
+    fn shadow_end(&self) -> Option<(u32, u64)> {
+        self.shadow.as_ref().map(|s| (s.index, s.size))
     }
 
     /// Runs one tick, logging its error (never fatal: the next tick retries); `false` when it

@@ -25,6 +25,12 @@ use crate::wal::{FrameVerifier, WalHeader, WAL_HEADER_SIZE};
 /// bounds memory whatever the transaction size.
 const COPY_BUFFER: usize = 1024 * 1024;
 
+/// The first read of a copy pass (at least one frame): doubled after every read whose frames
+/// all verified, up to `COPY_BUFFER`. After a WAL restart the file keeps its old length but
+/// only the first frames are of the new life; a first read of `COPY_BUFFER` read ~1 MiB there
+/// to copy a few KiB (issue 23, CPU per commit).
+const FIRST_READ: usize = 64 * 1024;
+
 /// The directory of a generation's shadow WAL files.
 pub fn shadow_wal_dir(meta_dir: &Path, generation: &str) -> PathBuf {
     meta_dir.join("generations").join(generation).join("wal")
@@ -59,6 +65,9 @@ pub(super) struct Shadow {
     pub(super) scan: Option<(u64, (u32, u32))>,
     /// The last copy pass stopped at a frame that did not verify (see `copy_pass`).
     pub(super) stopped_at_stale: bool,
+    /// Bytes read from the real WAL by copy passes into this shadow (what copying costs, for
+    /// tests beside the bytes copied).
+    pub(super) wal_bytes_read: u64,
     /// The shadow file, opened for writing once per index: reaching it anew (a walk from `/`
     /// without following links, ~24 syscalls) for each copy and each fsync was a third of a
     /// small commit's syscalls.
@@ -121,6 +130,7 @@ impl Shadow {
             chain: header.checksum(),
             scan: None,
             stopped_at_stale: false,
+            wal_bytes_read: 0,
             file: OnceCell::from(f),
         })
     }
@@ -159,6 +169,7 @@ impl Shadow {
             chain,
             scan: None,
             stopped_at_stale: false,
+            wal_bytes_read: 0,
             file: OnceCell::from(f),
         }))
     }
@@ -247,12 +258,16 @@ impl Shadow {
     /// length at the start of the call is reached, writing every verified run of frames to the
     /// shadow at the same offset.
     ///
-    /// Reads are sized to the WAL's length (`wal_len`), up to the buffer: one `pread` brings
-    /// everything a tick has to copy and one `pwrite` stores it, and the buffer grows only as
-    /// far as a tick's frames need (a database of small commits keeps a small one). Only when
-    /// the previous pass stopped at a frame that did not verify (a previous WAL life's frames
-    /// lie past our end, or a frame was being written) does the first read take one frame: on
-    /// an idle database those stale bytes would otherwise be read in full on every tick.
+    /// Reads are sized to the WAL's length (`wal_len`), up to a step that starts at
+    /// `FIRST_READ` and doubles after each read whose frames all verified, up to the buffer
+    /// (`COPY_BUFFER`): a tick's frames come in a few `pread`s (one for a small commit) and
+    /// as many `pwrite`s, and the buffer grows only as far as a tick's frames need (a database
+    /// of small commits keeps a small one). Past the end of this life's frames (a restarted
+    /// WAL keeps its old length) a pass so reads at most one step beyond the last frame it
+    /// copies, and at most `FIRST_READ` when that is the first step. Only when the previous
+    /// pass stopped at a frame that did not verify (a previous WAL life's frames lie past our
+    /// end, or a frame was being written) does the first read take one frame: on an idle
+    /// database those stale bytes would otherwise be read on every tick.
     fn copy_pass(
         &mut self,
         wal: &File,
@@ -263,6 +278,7 @@ impl Shadow {
     ) -> Result<Pass> {
         let frame_size = self.header.frame_size();
         let max_chunk = (COPY_BUFFER / frame_size).max(1) * frame_size;
+        let mut step = (FIRST_READ / frame_size).max(1) * frame_size;
         let mut verifier = FrameVerifier::resume(&self.header, start_chain);
         let mut pass = Pass {
             end: start,
@@ -277,7 +293,7 @@ impl Shadow {
             let want = if probe {
                 frame_size
             } else {
-                usize::try_from(whole).map_or(max_chunk, |w| w.min(max_chunk))
+                usize::try_from(whole).map_or(step, |w| w.min(step))
             };
             if whole == 0 || want == 0 {
                 break;
@@ -287,6 +303,7 @@ impl Shadow {
                 chunk.resize(want, 0);
             }
             let got = read_at_most(wal, pass.end, &mut chunk[..want])?;
+            self.wal_bytes_read += got as u64;
             let mut good = 0;
             for f in chunk[..got - got % frame_size].chunks_exact(frame_size) {
                 let Some(fh) = verifier.check(f) else {
@@ -307,6 +324,10 @@ impl Shadow {
             }
             if broken || got < want {
                 break;
+            }
+            // Every frame of this read verified: the next may be larger.
+            if want == step {
+                step = (step * 2).min(max_chunk);
             }
         }
         self.stopped_at_stale = broken;
@@ -463,6 +484,85 @@ pub(super) fn remove_tmp_files(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A WAL of `rows` autocommit rows of 3000 random bytes, written by its own connection
+    /// with auto-checkpoints off, so every frame stays in one life.
+    fn wal_of(db: &Path, rows: usize) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF; PRAGMA wal_autocheckpoint=0;
+             CREATE TABLE t(x BLOB);",
+        )
+        .unwrap();
+        for _ in 0..rows {
+            conn.execute("INSERT INTO t VALUES (randomblob(3000))", [])
+                .unwrap();
+        }
+        conn
+    }
+
+    fn new_shadow(meta: &Path, wal: &Path, index: u32) -> Shadow {
+        Shadow::create(meta, wal, "0123456789abcdef", index, 0o600, |d| {
+            std::fs::create_dir_all(d).map_err(Into::into)
+        })
+        .unwrap()
+    }
+
+    /// Issue 23, point 4: after a WAL restart the file keeps its old length, and only its
+    /// first frames are of the new life. The copy pass read a whole 1 MiB buffer there
+    /// ("read 1046480 bytes to copy 12360"); now at most 64 KiB past them.
+    #[test]
+    fn copy_reads_little_past_a_restarted_wals_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, meta) = (dir.path().join("a.db"), dir.path().join("meta"));
+        let wal = dir.path().join("a.db-wal");
+        let conn = wal_of(&db, 800);
+        let old_len = std::fs::metadata(&wal).unwrap().len();
+        assert!(old_len > 2 * COPY_BUFFER as u64, "wal of {old_len} bytes");
+
+        // The first life, copied whole in steps of 64 KiB doubling to 1 MiB.
+        let mut buf = Vec::new();
+        let mut first = new_shadow(&meta, &wal, 0);
+        first.copy_from(&wal, &mut buf, true).unwrap();
+        assert_eq!(first.size, old_len);
+        assert_eq!(
+            std::fs::read(&first.path).unwrap(),
+            std::fs::read(&wal).unwrap()
+        );
+        assert!(buf.len() <= COPY_BUFFER);
+
+        // Backfill it all, then one small commit restarts the WAL over the old frames.
+        let (busy, log, done): (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!((busy, log), (0, done));
+        conn.execute("INSERT INTO t VALUES (x'01')", []).unwrap();
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), old_len);
+
+        let mut second = new_shadow(&meta, &wal, 1);
+        assert_ne!(second.header_bytes, first.header_bytes, "the WAL restarted");
+        let added = second.copy_from(&wal, &mut buf, true).unwrap();
+        let read = second.wal_bytes_read;
+        assert!(added > 0 && added < old_len / 100, "copied {added} bytes");
+        assert!(
+            read <= added + 64 * 1024,
+            "read {read} bytes to copy {added}"
+        );
+        let copied = std::fs::read(&second.path).unwrap();
+        let mut real = vec![0u8; second.size as usize];
+        read_at(&wal, 0, &mut real).unwrap();
+        assert_eq!(copied[..second.size as usize], real[..]);
+
+        // Nothing new: the next pass probes the stale frame alone.
+        assert_eq!(second.copy_from(&wal, &mut buf, true).unwrap(), 0);
+        assert_eq!(
+            second.wal_bytes_read - read,
+            second.header.frame_size() as u64
+        );
+        drop(conn);
+    }
 
     #[test]
     fn shadow_names() {

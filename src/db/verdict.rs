@@ -255,6 +255,7 @@ mod tests {
             chain: header.checksum(),
             scan: None,
             stopped_at_stale: false,
+            wal_bytes_read: 0,
             file: Default::default(),
         }
     }
