@@ -18,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod files;
+pub mod follow;
 pub mod layout;
 pub mod logging;
 pub mod metrics;
