@@ -1,0 +1,347 @@
+//! `restore -f` (follow mode) with a real primary daemon and a real follower process: the
+//! follower equals the primary at each checked step, a concurrent reader only ever sees whole
+//! transactions, kill -9 and restart resume, a new generation is rebuilt in, a corrupt
+//! segment stops the follower with the output at its last whole transaction, and an
+//! application writing to the output is refused.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rusqlite::{Connection, OpenFlags};
+
+/// Rows per transaction of `insert_ids`: a committed prefix holds a multiple of this (or all).
+const TX_ROWS: i64 = 5;
+
+fn start_follower(env: &Env, out: &Path, label: &str) -> Daemon {
+    env.spawn_daemon(
+        label,
+        vec![
+            "restore".into(),
+            "-f".into(),
+            "-follow-interval".into(),
+            "100ms".into(),
+            "-o".into(),
+            out.into(),
+            env.replica_url().into(),
+        ],
+    )
+}
+
+fn open_reader(path: &Path) -> Connection {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .expect("open reader");
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c
+}
+
+/// (count, min, max) of `t` through `c`.
+fn ids(c: &Connection) -> (i64, i64, i64) {
+    c.query_row(
+        "SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0) FROM t",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .expect("query follower")
+}
+
+/// Waits until the follower's output holds exactly ids 1..=n and the primary's rows.
+fn wait_follower(follower: &mut Daemon, out: &Path, app: &Connection, n: i64) {
+    let ok = wait_until(DEADLINE, || {
+        follower.assert_alive();
+        out.exists() && {
+            let r = open_reader(out);
+            ids(&r) == (n, 1, n)
+        }
+    });
+    assert!(
+        ok,
+        "follower did not reach ids 1..={n}; log:\n{}",
+        follower.log_text()
+    );
+    assert_eq!(
+        table_digest(out, "t"),
+        digest_conn(app, "t"),
+        "follower's rows differ from the primary's at {n} rows"
+    );
+}
+
+/// A reader thread holding read transactions on `out`: each sees ids 1..=n with n a whole
+/// number of transactions, and the same answer twice within one transaction.
+struct Reader {
+    stop: Arc<AtomicBool>,
+    reads: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Reader {
+    fn start(out: PathBuf, last: i64) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), reads.clone());
+        let thread = std::thread::spawn(move || -> Result<(), String> {
+            let c = open_reader(&out);
+            while !s.load(Ordering::SeqCst) {
+                c.execute_batch("BEGIN").map_err(|e| e.to_string())?;
+                let first = ids(&c);
+                std::thread::sleep(Duration::from_millis(3));
+                let second = ids(&c);
+                c.execute_batch("COMMIT").map_err(|e| e.to_string())?;
+                if first != second {
+                    return Err(format!(
+                        "one read transaction saw {first:?} then {second:?}"
+                    ));
+                }
+                let (count, min, max) = first;
+                let whole = count == max && (count == 0 || min == 1);
+                let prefix = count % TX_ROWS == 0 || count == last;
+                if !whole || !prefix {
+                    return Err(format!("saw a partial transaction: {first:?}"));
+                }
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        Reader {
+            stop,
+            reads,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        let r = self.thread.take().unwrap().join().expect("reader panicked");
+        if let Err(e) = r {
+            panic!("reader of the follower: {e}");
+        }
+        self.reads.load(Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn follower_equals_primary_and_readers_see_whole_transactions() {
+    let env = Env::new("follow-basic");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(&env, &app, 20);
+    let out = env.root.join("follower.db");
+    let mut follower = start_follower(&env, &out, "follower");
+    wait_follower(&mut follower, &out, &app, 20);
+
+    let reader = Reader::start(out.clone(), 400);
+    for step in 1..=4 {
+        let n = 20 + step * 95;
+        insert_ids(&app, n - 94, n);
+        wait_follower(&mut follower, &out, &app, n);
+    }
+    let reads = reader.finish();
+    assert!(reads > 0, "the reader never read");
+
+    let stopped = follower.stop();
+    assert_eq!(
+        stopped.code,
+        Some(0),
+        "SIGTERM: follower exit\n{}",
+        stopped.log
+    );
+    assert!(stopped.log.contains("caught up"), "{}", stopped.log);
+    assert!(stopped.log.contains("follow stopped"), "{}", stopped.log);
+    assert_integrity_ok(&out);
+    primary.stop_ok();
+}
+
+#[test]
+fn kill_9_mid_apply_then_resume_neither_repeats_nor_skips() {
+    let env = Env::new("follow-kill");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(&env, &app, 10);
+    let out = env.root.join("follower.db");
+    let mut follower = start_follower(&env, &out, "follower-0");
+    wait_follower(&mut follower, &out, &app, 10);
+
+    let mut n = 10;
+    let mut rng = Rng::new(7);
+    for round in 1..=5 {
+        // Kill while the follower works through a burst of transactions.
+        let to = n + 200;
+        insert_ids(&app, n + 1, to);
+        n = to;
+        std::thread::sleep(Duration::from_millis(rng.range(0, 300)));
+        follower.kill();
+        let r = open_reader(&out);
+        let (count, _, max) = ids(&r);
+        assert!(
+            count == max && (count % TX_ROWS == 0 || count == n),
+            "after kill -9 the output holds {count} rows up to {max}"
+        );
+        drop(r);
+        follower = start_follower(&env, &out, &format!("follower-{round}"));
+        wait_follower(&mut follower, &out, &app, n);
+        assert!(
+            follower.log_text().contains("resuming follow"),
+            "{}",
+            follower.log_text()
+        );
+    }
+    assert_integrity_ok(&out);
+    follower.stop_ok();
+    primary.stop_ok();
+}
+
+#[test]
+fn a_new_generation_on_the_primary_is_rebuilt_into_the_output() {
+    let env = Env::new("follow-generation");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(&env, &app, 30);
+    let out = env.root.join("follower.db");
+    let mut follower = start_follower(&env, &out, "follower");
+    wait_follower(&mut follower, &out, &app, 30);
+    let first = generations(&env.replica);
+
+    // The primary loses its meta dir: its next start is a new generation.
+    primary.stop_ok();
+    std::fs::remove_dir_all(meta_dir(&env.db)).unwrap();
+    let reader = Reader::start(out.clone(), 80);
+    let mut primary = env.start("daemon-2");
+    insert_ids(&app, 31, 80);
+    let ok = wait_until(DEADLINE, || {
+        primary.assert_alive();
+        generations(&env.replica).len() > first.len()
+    });
+    assert!(ok, "no new generation: {:?}", list_tree(&env.replica));
+    // The follower notices within LIST_EVERY polls (6 s at 100 ms).
+    wait_follower(&mut follower, &out, &app, 80);
+    reader.finish();
+    let log = follower.log_text();
+    assert!(log.contains("rebuilding the followed database"), "{log}");
+    assert!(log.contains("the replica moved to generation"), "{log}");
+    assert_integrity_ok(&out);
+
+    // It goes on following the new generation.
+    insert_ids(&app, 81, 120);
+    wait_follower(&mut follower, &out, &app, 120);
+    follower.stop_ok();
+    primary.stop_ok();
+}
+
+/// gzip of `data` (one member), as our segments are stored.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn gunzip_all(path: &Path) -> Vec<u8> {
+    let mut d = flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap());
+    let mut v = Vec::new();
+    d.read_to_end(&mut v).unwrap();
+    v
+}
+
+#[test]
+fn a_corrupt_segment_stops_the_follower_at_its_last_whole_transaction() {
+    let env = Env::new("follow-corrupt");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(&env, &app, 20);
+    let out = env.root.join("follower.db");
+    let mut follower = start_follower(&env, &out, "follower-1");
+    wait_follower(&mut follower, &out, &app, 20);
+    follower.stop_ok();
+    let gen = generations(&env.replica).pop().unwrap();
+    let before: Vec<(u32, u64)> = wal_segments(&env.replica, &gen)
+        .into_iter()
+        .map(|(i, o, _)| (i, o))
+        .collect();
+
+    insert_ids(&app, 21, 40);
+    wait_rows(&env, 40);
+    primary.stop_ok();
+    let (index, offset, path) = wal_segments(&env.replica, &gen)
+        .into_iter()
+        .find(|(i, o, _)| !before.contains(&(*i, *o)))
+        .expect("a new segment");
+    // Damage the first frame's page: its checksum no longer holds.
+    let mut raw = gunzip_all(&path);
+    let first_page = if offset == 0 { 32 + 24 } else { 24 };
+    raw[first_page + 200] ^= 0xff;
+    std::fs::write(&path, gzip(&raw)).unwrap();
+
+    let follower = start_follower(&env, &out, "follower-2");
+    let stopped = follower.wait_exit(DEADLINE);
+    assert_eq!(stopped.code, Some(1), "{}", stopped.log);
+    assert!(
+        stopped.log.contains("fails its salt or checksum check")
+            && stopped.log.contains("stays at its last whole transaction"),
+        "index {index:08x} offset {offset}: {}",
+        stopped.log
+    );
+    assert_eq!(id_summary(&out), (20, 1, 20));
+    assert_integrity_ok(&out);
+}
+
+#[test]
+fn an_application_writing_to_the_output_stops_the_follower() {
+    let env = Env::new("follow-foreign-write");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(&env, &app, 10);
+    let out = env.root.join("follower.db");
+    let mut follower = start_follower(&env, &out, "follower");
+    wait_follower(&mut follower, &out, &app, 10);
+
+    let other = open_existing(&out);
+    other
+        .execute("INSERT INTO t (id, n, h, b) VALUES (1000, 0, 0, NULL)", [])
+        .unwrap();
+    drop(other);
+    insert_ids(&app, 11, 20);
+    let stopped = follower.wait_exit(DEADLINE);
+    assert_eq!(stopped.code, Some(1), "{}", stopped.log);
+    assert!(
+        stopped
+            .log
+            .contains("another process wrote to the followed database"),
+        "{}",
+        stopped.log
+    );
+    primary.stop_ok();
+}
+
+#[test]
+fn follow_refuses_index_and_timestamp() {
+    let env = Env::new("follow-flags");
+    let url = env.replica_url();
+    for (extra, want) in [
+        (
+            vec!["-timestamp", "2020-01-01T00:00:00Z"],
+            "cannot be used with -timestamp",
+        ),
+        (
+            vec!["-generation", "0123456789abcdef", "-index", "1"],
+            "cannot be used with -index",
+        ),
+    ] {
+        let mut args = vec!["restore", "-f", "-o", "x.db"];
+        args.extend(extra);
+        args.push(&url);
+        let o = env.run(&args);
+        o.assert_fails("restore -f with a point in time");
+        let line = one_line(&o, "restore -f");
+        assert!(line.contains(want), "{line}");
+    }
+    let o = env.run(&["restore", "-follow-interval", "1s", "-o", "x.db", &url]);
+    o.assert_fails("-follow-interval without -f");
+    assert!(one_line(&o, "-follow-interval").contains("needs -f"));
+}
