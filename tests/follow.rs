@@ -235,6 +235,58 @@ fn a_new_generation_on_the_primary_is_rebuilt_into_the_output() {
     primary.stop_ok();
 }
 
+#[test]
+fn retention_removing_what_a_stopped_follower_needs_rebuilds_it() {
+    let env = Env::new("follow-retention");
+    // Replica keys ride after sync-interval, the last line of the replica block.
+    env.write_config(&Cfg {
+        min_checkpoint_page_count: 200,
+        sync_interval: "100ms\n        snapshot-interval: 1s\n        retention: 1s\n        retention-check-interval: 1s",
+        ..Cfg::default()
+    });
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(&env, &app, 20);
+    let out = env.root.join("follower.db");
+    let mut follower = start_follower(&env, &out, "follower-1");
+    wait_follower(&mut follower, &out, &app, 20);
+    follower.stop_ok();
+    let pos = std::fs::read_to_string(env.root.join("follower.db-litestream-follow")).unwrap();
+    let next: Vec<&str> = pos
+        .lines()
+        .find_map(|l| l.strip_prefix("next "))
+        .unwrap()
+        .split(' ')
+        .collect();
+    let (gen, index) = (
+        next[0].to_string(),
+        u32::from_str_radix(next[1], 16).unwrap(),
+    );
+
+    // The primary moves on; retention drops the follower's index.
+    let mut n = 20;
+    let gone = wait_until(Duration::from_secs(60), || {
+        insert_ids(&app, n + 1, n + 100);
+        n += 100;
+        std::thread::sleep(Duration::from_millis(300));
+        !wal_segments(&env.replica, &gen)
+            .iter()
+            .any(|(i, _, _)| *i == index)
+    });
+    assert!(
+        gone,
+        "retention kept index {index:08x}: {:?}",
+        list_tree(&env.replica)
+    );
+
+    let mut follower = start_follower(&env, &out, "follower-2");
+    wait_follower(&mut follower, &out, &app, n);
+    let log = follower.log_text();
+    assert!(log.contains("no longer holds WAL segment"), "{log}");
+    assert_integrity_ok(&out);
+    follower.stop_ok();
+    primary.stop_ok();
+}
+
 /// gzip of `data` (one member), as our segments are stored.
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -71,6 +71,9 @@ pub struct Follower {
     pos: PathBuf,
     output: Output,
     point: Point,
+    /// List the replica before the first poll: a resumed follower may have been down while
+    /// the replica moved to another generation or retention removed what comes next.
+    list_first: bool,
 }
 
 impl Follower {
@@ -90,6 +93,7 @@ impl Follower {
             pos: position_path(out),
             output,
             point,
+            list_first: false,
         })
     }
 
@@ -130,6 +134,7 @@ impl Follower {
             pos,
             output,
             point,
+            list_first: true,
         })
     }
 
@@ -161,6 +166,16 @@ impl Follower {
             Duration::from_secs(30),
             Growth::Doubling,
         );
+        if std::mem::take(&mut self.list_first) {
+            match self.check_listing() {
+                Err(FollowError::Fatal(e)) => return Err(e),
+                Err(FollowError::Store(e) | FollowError::Corrupt(e)) => logging::warn(
+                    "cannot list the replica, polling on",
+                    &[("error", &format!("{e:#}"))],
+                ),
+                Ok(()) => {}
+            }
+        }
         while !stop() {
             let probe = next_probe(&self.point, misses);
             let outcome = match &probe {
