@@ -5,6 +5,7 @@
 //! application writing to the output is refused.
 
 mod common;
+mod s3_server;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -396,4 +397,80 @@ fn follow_refuses_index_and_timestamp() {
     let o = env.run(&["restore", "-follow-interval", "1s", "-o", "x.db", &url]);
     o.assert_fails("-follow-interval without -f");
     assert!(one_line(&o, "-follow-interval").contains("needs -f"));
+}
+
+#[test]
+fn s3_follower_idles_at_one_get_per_poll_without_listing() {
+    if !s3_server::s3s_fs_available() {
+        return;
+    }
+    let env = Env::new("follow-s3");
+    let s3 = s3_server::S3Server::start(&env.root.join("s3"));
+    let y = format!(
+        "dbs:\n  - path: \"{}\"\n    monitor-interval: 100ms\n    min-checkpoint-page-count: 200\n    replicas:\n{}",
+        env.db.display(),
+        s3.replica_yaml(s3_server::SECRET_KEY, "100ms")
+    );
+    std::fs::write(&env.config, y).unwrap();
+    let app = create_app_db(&env.db, 4096);
+    let mut primary = env.start("daemon");
+    let view = s3.replica_dir();
+    let ok = wait_until(DEADLINE, || {
+        primary.assert_alive();
+        generations(&view)
+            .iter()
+            .any(|g| !snapshot_indexes(&view, g).is_empty())
+    });
+    assert!(ok, "no snapshot in the bucket");
+    insert_ids(&app, 1, 50);
+    let out = env.root.join("follower.db");
+    let mut follower = env.spawn_daemon(
+        "follower",
+        vec![
+            "restore".into(),
+            "-f".into(),
+            "-follow-interval".into(),
+            "100ms".into(),
+            "-config".into(),
+            env.config.clone().into(),
+            "-o".into(),
+            out.clone().into(),
+            env.db.clone().into(),
+        ],
+    );
+    wait_follower(&mut follower, &out, &app, 50);
+    // Across several of the primary's WAL indexes (its restart at 100 frames).
+    insert_ids(&app, 51, 300);
+    wait_follower(&mut follower, &out, &app, 300);
+    primary.stop_ok();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    s3.proxy.clear();
+    std::thread::sleep(Duration::from_secs(3));
+    let reqs = s3.proxy.requests();
+    let lists = reqs
+        .iter()
+        .filter(|r| r.method == "GET" && r.target.contains("list-type=2"))
+        .count();
+    let gets: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.method == "GET" && !r.target.contains("list-type=2"))
+        .collect();
+    assert!(
+        reqs.iter().all(|r| r.method == "GET"),
+        "an idle follower sent {reqs:?}"
+    );
+    assert!(
+        gets.iter().all(|r| r.target.contains("/wal/")),
+        "an idle follower GETs only WAL segment names: {gets:?}"
+    );
+    eprintln!("idle 3 s: {} GETs, {lists} listings", gets.len());
+    // 3 s of 100 ms polls: one request each (a listing replaces at most one of them).
+    assert!(
+        (10..=33).contains(&(gets.len() + lists)) && lists <= 1,
+        "{} GETs and {lists} listings in 3 s of 100 ms polls: {reqs:?}",
+        gets.len()
+    );
+    follower.stop_ok();
+    assert_eq!(table_digest(&out, "t"), digest_conn(&app, "t"));
 }
