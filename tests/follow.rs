@@ -200,6 +200,37 @@ fn kill_9_mid_apply_then_resume_neither_repeats_nor_skips() {
 }
 
 #[test]
+fn sigterm_mid_burst_finishes_the_transaction_and_exits_0() {
+    let env = Env::new("follow-sigterm");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(&env, &app, 10);
+    let out = env.root.join("follower.db");
+    let mut follower = start_follower(&env, &out, "follower-1");
+    wait_follower(&mut follower, &out, &app, 10);
+    insert_ids(&app, 11, 600);
+    // Stop it as soon as it is applying the burst.
+    let busy = wait_until(DEADLINE, || {
+        let (count, _, _) = ids(&open_reader(&out));
+        count > 10
+    });
+    assert!(busy, "the follower never started on the burst");
+    let stopped = follower.stop();
+    assert_eq!(stopped.code, Some(0), "{}", stopped.log);
+    assert!(stopped.log.contains("follow stopped"), "{}", stopped.log);
+    let (count, _, max) = ids(&open_reader(&out));
+    assert!(
+        count == max && count % TX_ROWS == 0,
+        "after SIGTERM the output holds {count} rows up to {max}"
+    );
+    assert_integrity_ok(&out);
+    let mut follower = start_follower(&env, &out, "follower-2");
+    wait_follower(&mut follower, &out, &app, 600);
+    follower.stop_ok();
+    primary.stop_ok();
+}
+
+#[test]
 fn a_new_generation_on_the_primary_is_rebuilt_into_the_output() {
     let env = Env::new("follow-generation");
     env.write_config(&Cfg::default());
