@@ -319,6 +319,62 @@ fn retention_removing_what_a_stopped_follower_needs_rebuilds_it() {
     primary.stop_ok();
 }
 
+#[test]
+fn a_follower_with_addr_serves_its_position_lag_and_requests() {
+    let env = Env::new("follow-metrics");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(&env, &app, 20);
+    // The follower's config (the primary read its own, without addr, at start).
+    let addr = format!("127.0.0.1:{}", free_port());
+    env.write_config(&Cfg {
+        addr: Some(addr.clone()),
+        ..Cfg::default()
+    });
+    let out = env.root.join("follower.db");
+    let mut follower = env.spawn_daemon(
+        "follower",
+        vec![
+            "restore".into(),
+            "-f".into(),
+            "-follow-interval".into(),
+            "100ms".into(),
+            "-config".into(),
+            env.config.clone().into(),
+            "-o".into(),
+            out.clone().into(),
+            env.db.clone().into(),
+        ],
+    );
+    wait_follower(&mut follower, &out, &app, 20);
+    insert_ids(&app, 21, 60);
+    wait_follower(&mut follower, &out, &app, 60);
+    let mut body = String::new();
+    let ok = wait_until(DEADLINE, || {
+        body = http_get(&addr, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        body.contains("litestream_follow_transactions_total")
+    });
+    assert!(ok, "no follow metrics on {addr}: {body}");
+    let value = |prefix: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{body}"))
+    };
+    let labels = format!("{{output=\"{}\",generation=\"", out.display());
+    assert!(value(&format!("litestream_follow_transactions_total{labels}")) >= 8.0);
+    assert!(value(&format!("litestream_follow_wal_offset{labels}")) > 0.0);
+    assert!(value(&format!("litestream_follow_lag_seconds{labels}")) < 5.0);
+    assert!(
+        value("litestream_replica_operation_total{replica_type=\"file\",operation=\"GET\"}") > 0.0
+    );
+    follower.stop_ok();
+    primary.stop_ok();
+}
+
 /// gzip of `data` (one member), as our segments are stored.
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -1,6 +1,7 @@
 //! `litestream restore`: rebuild a database from a replica (SPEC §6), latest or point in time.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use pico_args::Arguments;
@@ -8,6 +9,7 @@ use pico_args::Arguments;
 use crate::cli::common::{format_time, open_clients, parse_timestamp, resolve_target};
 use crate::cli::{flag, opt_value, positionals, wants_help};
 use crate::config::LoggingConfig;
+use crate::metrics::{FollowMetrics, Registry};
 use crate::position::is_generation;
 use crate::restore::{self, Options, Source};
 use crate::{follow, layout, logging};
@@ -158,21 +160,70 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         restore::check_output(&out)?;
     }
 
-    let sources: Vec<Source> = open_clients(&target.replicas)?
-        .into_iter()
-        .map(|(name, client)| Source { name, client })
-        .collect();
+    // A follower with `addr` in its config serves its own metrics: position, lag and the
+    // store operations it sends (bound now, so a taken port is a start-up error).
+    let served = match (&target.config, flags.follow) {
+        (Some(cfg), true) => cfg
+            .addr
+            .as_ref()
+            .map(|addr| (addr.clone(), cfg.health_max_lag)),
+        _ => None,
+    };
+    let opened = open_clients(&target.replicas)?;
+    let follow_metrics = served
+        .as_ref()
+        .map(|_| Arc::new(FollowMetrics::new(out.display().to_string())));
+    let mut server = None;
+    let sources: Vec<Source> = match (&served, &follow_metrics) {
+        (Some((addr, max_lag)), Some(fm)) => {
+            let kinds: Vec<&'static str> = opened.iter().map(|(_, c)| c.kind()).collect();
+            let registry = Arc::new(Registry::new(Vec::new(), &kinds).with_follow(fm.clone()));
+            server = Some(crate::metrics::Server::start(
+                addr,
+                registry.clone(),
+                *max_lag,
+            )?);
+            opened
+                .into_iter()
+                .map(|(name, client)| Source {
+                    name,
+                    client: crate::client::counting::wrap(client, &registry),
+                })
+                .collect()
+        }
+        _ => opened
+            .into_iter()
+            .map(|(name, client)| Source { name, client })
+            .collect(),
+    };
+    let result = restore_and_follow(&flags, &target, &out, resume, &sources, follow_metrics);
+    if let Some(s) = server {
+        s.stop();
+    }
+    result
+}
+
+/// The restore (unless a follower resumes), then, with `-f`, the follow.
+fn restore_and_follow(
+    flags: &Flags,
+    target: &crate::cli::common::Target,
+    out: &Path,
+    resume: bool,
+    sources: &[Source],
+    metrics: Option<Arc<FollowMetrics>>,
+) -> Result<i32> {
+    let out = out.to_path_buf();
     if resume {
-        return follow_resumed(&flags, &sources, &out, target_mode(&target));
+        return follow_resumed(flags, sources, &out, target_mode(target), metrics);
     }
     let opts = Options {
-        replica: flags.replica,
-        generation: flags.generation,
+        replica: flags.replica.clone(),
+        generation: flags.generation.clone(),
         index: flags.index,
         timestamp: flags.timestamp,
         parallelism: flags.parallelism,
     };
-    let listings = restore::list(&sources, &opts)?;
+    let listings = restore::list(sources, &opts)?;
     let Some(plan) = restore::choose(&listings, &opts)? else {
         if flags.if_replica_exists {
             logging::info("no backups found, skipping", &[]);
@@ -180,13 +231,13 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         }
         bail!(
             "restore: no matching backups found: {}",
-            no_match(&listings, &opts, &sources, &flags.target)
+            no_match(&listings, &opts, sources, &flags.target)
         );
     };
     let source = &sources[plan.replica];
     log_plan(&source.name, &plan, &out);
     // The restored copy is as private as the original db (when it is still there), else 0600.
-    let mode = target_mode(&target);
+    let mode = target_mode(target);
     // From here on the restore creates files: a signal removes them before the exit.
     restore::signal_cleanup::install()?;
     let restored = restore::apply(&source.client, &plan, &out, opts.parallelism, mode).map_err(|e| {
@@ -227,6 +278,7 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         opts,
         interval: flags.follow_interval,
         mode: mode.unwrap_or(0o600),
+        metrics,
     };
     let mut follower =
         follow::Follower::after_restore(settings, &out, &restored, plan.snapshot.compression)?;
@@ -237,7 +289,13 @@ pub fn run(mut args: Arguments) -> Result<i32> {
 }
 
 /// `restore -f` on an output it followed before: check its position file and go on.
-fn follow_resumed(flags: &Flags, sources: &[Source], out: &Path, mode: Option<u32>) -> Result<i32> {
+fn follow_resumed(
+    flags: &Flags,
+    sources: &[Source],
+    out: &Path,
+    mode: Option<u32>,
+    metrics: Option<Arc<FollowMetrics>>,
+) -> Result<i32> {
     let source = match &flags.replica {
         Some(name) => sources.iter().find(|s| &s.name == name),
         None if sources.len() == 1 => sources.first(),
@@ -273,6 +331,7 @@ fn follow_resumed(flags: &Flags, sources: &[Source], out: &Path, mode: Option<u3
         },
         interval: flags.follow_interval,
         mode: mode.unwrap_or(0o600) & 0o7777,
+        metrics,
     };
     let mut follower =
         follow::Follower::resume(settings, out).map_err(|e| anyhow!("restore -f: {e:#}"))?;

@@ -62,6 +62,8 @@ pub struct Settings {
     pub interval: Duration,
     /// The mode of files we create beside the output.
     pub mode: u32,
+    /// Where the position and lag go when metrics are served (`addr`).
+    pub metrics: Option<Arc<crate::metrics::FollowMetrics>>,
 }
 
 /// A database following its replica.
@@ -158,6 +160,7 @@ impl Follower {
                 ("interval", &format!("{:?}", self.settings.interval)),
             ],
         );
+        self.publish();
         let mut misses: u32 = 0;
         let mut caught_up = false;
         let mut strikes: u32 = 0;
@@ -188,6 +191,13 @@ impl Follower {
                     strikes = 0;
                     misses = 0;
                     caught_up = false;
+                    self.publish();
+                    if let Some(m) = &self.settings.metrics {
+                        m.applied(txns);
+                    }
+                    if txns == 0 {
+                        continue;
+                    }
                     logging::info(
                         "applied",
                         &[
@@ -200,6 +210,13 @@ impl Follower {
                 }
                 Ok(Outcome::Missing) => {
                     errors.reset();
+                    if let Some(m) = &self.settings.metrics {
+                        // A listing's rebuild moves the position too.
+                        self.publish();
+                        if matches!(probe, Probe::Segment(..)) {
+                            m.caught_up(SystemTime::now());
+                        }
+                    }
                     if !caught_up {
                         caught_up = true;
                         logging::info(
@@ -254,6 +271,13 @@ impl Follower {
             ],
         );
         Ok(())
+    }
+
+    /// Stores the position into the metrics, when they are served.
+    fn publish(&self) {
+        if let Some(m) = &self.settings.metrics {
+            m.position(&self.point.generation, self.point.index, self.point.offset);
+        }
     }
 
     /// Fetches and applies segment (`index`, `offset`), transaction by transaction; on an
