@@ -355,7 +355,8 @@ pub mod signal_cleanup {
     static PATHS: AtomicPtr<Vec<CString>> = AtomicPtr::new(std::ptr::null_mut());
     static ENABLED: AtomicBool = AtomicBool::new(false);
     /// Follow mode: the first signal only asks the follower to stop after the transaction
-    /// it is applying (`stop_requested`); a second one exits as a plain restore does.
+    /// it is applying (`stop_requested`), or, during its initial restore, once that restore
+    /// is done and recorded; a second one exits as a plain restore does.
     static GRACEFUL: AtomicBool = AtomicBool::new(false);
     static STOP: AtomicBool = AtomicBool::new(false);
 

@@ -231,6 +231,29 @@ fn sigterm_mid_burst_finishes_the_transaction_and_exits_0() {
 }
 
 #[test]
+fn sigterm_during_the_initial_restore_still_leaves_a_resumable_follower() {
+    let env = Env::new("follow-sigterm-early");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(&env, &app, 200);
+    let out = env.root.join("follower.db");
+    let mut follower = start_follower(&env, &out, "follower-1");
+    follower.wait_log("restoring", DEADLINE);
+    let stopped = follower.stop();
+    assert_eq!(stopped.code, Some(0), "{}", stopped.log);
+    assert!(
+        env.root.join("follower.db-litestream-follow").exists(),
+        "no position file beside the restored output: {}",
+        stopped.log
+    );
+    let mut follower = start_follower(&env, &out, "follower-2");
+    insert_ids(&app, 201, 220);
+    wait_follower(&mut follower, &out, &app, 220);
+    follower.stop_ok();
+    primary.stop_ok();
+}
+
+#[test]
 fn a_new_generation_on_the_primary_is_rebuilt_into_the_output() {
     let env = Env::new("follow-generation");
     env.write_config(&Cfg::default());
@@ -453,6 +476,33 @@ fn an_application_writing_to_the_output_stops_the_follower() {
         stopped
             .log
             .contains("another process wrote to the followed database"),
+        "{}",
+        stopped.log
+    );
+    primary.stop_ok();
+}
+
+#[test]
+fn a_write_to_the_output_while_the_follower_was_stopped_is_refused_at_resume() {
+    let env = Env::new("follow-write-while-down");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(&env, &app, 300);
+    let out = env.root.join("follower.db");
+    let mut follower = start_follower(&env, &out, "follower-1");
+    wait_follower(&mut follower, &out, &app, 300);
+    follower.stop_ok();
+    // A change far from the last replicated transaction's pages: the first row's blob.
+    let other = open_existing(&out);
+    other
+        .execute("UPDATE t SET n = 7 WHERE id = 1", [])
+        .unwrap();
+    drop(other);
+    let follower = start_follower(&env, &out, "follower-2");
+    let stopped = follower.wait_exit(DEADLINE);
+    assert_eq!(stopped.code, Some(1), "{}", stopped.log);
+    assert!(
+        stopped.log.contains("holds neither state"),
         "{}",
         stopped.log
     );

@@ -240,6 +240,13 @@ fn restore_and_follow(
     let mode = target_mode(target);
     // From here on the restore creates files: a signal removes them before the exit.
     restore::signal_cleanup::install()?;
+    if flags.follow {
+        // A first signal lets the restore finish and the follower record its position (then
+        // it stops at once); only a second one aborts the restore. Otherwise a signal just
+        // after the output appeared would leave it without its position file, and the next
+        // `restore -f` would refuse it as someone else's.
+        restore::signal_cleanup::graceful();
+    }
     let restored = restore::apply(&source.client, &plan, &out, opts.parallelism, mode).map_err(|e| {
         // Which backup failed, and where to look for an older one that may be sound.
         let hint = if opts.generation.is_none() && listings.len() > 1 {
@@ -268,8 +275,6 @@ fn restore_and_follow(
     if !flags.follow {
         return Ok(0);
     }
-    // A follow that is stopped from here on finishes the transaction it applies first.
-    restore::signal_cleanup::graceful();
     let settings = follow::Settings {
         source: Source {
             name: source.name.clone(),

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use super::state::PageSet;
 
@@ -139,19 +139,29 @@ impl Output {
             .optional()?)
     }
 
-    /// The digest of `pages` and the page count as the output holds them now, in a
-    /// transaction of ours (so the data_version check starts from this state).
-    pub fn digest(&mut self, pages: &PageSet) -> Result<[u8; 32]> {
+    /// The digest of every page as the output holds them now, read in a transaction of
+    /// ours (so the data_version check starts from this state): one pass over the database,
+    /// at start; each commit then updates it from the pages it changes.
+    pub fn full_digest(&mut self) -> Result<Digest> {
         let txn = self.begin()?;
-        let result = (|| -> Result<[u8; 32]> {
-            let mut acc = [0u8; 32];
-            for p in pages.iter() {
-                xor(&mut acc, &page_hash(p, self.read_page(p)?.as_deref()));
+        let result = (|| -> Result<Digest> {
+            let mut raw = [0u8; 32];
+            let mut stmt = self
+                .conn
+                .prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let pgno: u32 = row.get(0)?;
+                let data = row.get_ref(1)?.as_blob()?;
+                xor(&mut raw, &page_hash(pgno, Some(data)));
             }
-            Ok(finish_digest(&acc, txn.base_pages))
+            Ok(Digest {
+                raw,
+                pages: txn.base_pages,
+            })
         })();
         self.rollback();
-        result
+        result.with_context(|| format!("{}: cannot read its pages", self.path.display()))
     }
 
     /// Writes one page image (`data` is one page) in `txn`.
@@ -191,19 +201,37 @@ impl Output {
     }
 
     /// Ends `txn` at `db_pages` pages: page 1, the truncation, then `record` with what
-    /// changed (the position file is written there), then `COMMIT`. On error the caller
-    /// rolls back.
+    /// changed (the position file is written there), then `COMMIT`. `before` is the digest
+    /// of the database as the transaction began; returns the digest after it. On error the
+    /// caller rolls back.
     pub fn commit(
         &mut self,
         mut txn: Txn,
         db_pages: u32,
+        before: &Digest,
         record: impl FnOnce(&Change) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<Digest> {
+        if before.pages != txn.base_pages {
+            bail!(
+                "{}: the database has {} pages where follow mode left {}",
+                self.path.display(),
+                txn.base_pages,
+                before.pages
+            );
+        }
         if let Some(p1) = txn.page1.take() {
             self.put(1, Some(&p1))?;
         }
         if db_pages == 0 {
             bail!("a commit frame with a database size of 0 pages");
+        }
+        // Pages the truncation removes leave the digest too.
+        for p in db_pages.saturating_add(1)..=txn.base_pages {
+            if !txn.written.contains_key(&p) {
+                let old = self.read_page(p)?;
+                xor(&mut txn.pre, &page_hash(p, old.as_deref()));
+                txn.written.insert(p, page_hash(p, None));
+            }
         }
         if db_pages < self.page_count()? {
             self.put(db_pages + 1, None)?;
@@ -218,10 +246,17 @@ impl Output {
                 xor(&mut post, &page_hash(p, None));
             }
         }
+        let mut raw = before.raw;
+        xor(&mut raw, &txn.pre);
+        xor(&mut raw, &post);
+        let after = Digest {
+            raw,
+            pages: db_pages,
+        };
         let change = Change {
             pages: PageSet::from_sorted_iter(txn.written.keys().copied()),
-            pre: finish_digest(&txn.pre, txn.base_pages),
-            post: finish_digest(&post, db_pages),
+            pre: before.finish(),
+            post: after.finish(),
         };
         record(&change)?;
         self.conn
@@ -235,7 +270,22 @@ impl Output {
                 self.path.display()
             );
         }
-        Ok(())
+        Ok(after)
+    }
+}
+
+/// A whole database's digest: the XOR of its pages' hashes (so a transaction updates it from
+/// the pages it changes) and its page count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digest {
+    raw: [u8; 32],
+    pages: u32,
+}
+
+impl Digest {
+    /// What the position file records.
+    pub fn finish(&self) -> [u8; 32] {
+        finish_digest(&self.raw, self.pages)
     }
 }
 
@@ -252,21 +302,22 @@ pub struct Txn {
 
 /// What a transaction changes, as the position file records it before the commit.
 pub struct Change {
-    /// The pages it wrote.
+    /// The pages it wrote or removed.
     pub pages: PageSet,
-    /// Their digest (with the page count) before it.
+    /// The whole database's digest before it.
     pub pre: [u8; 32],
-    /// Their digest (with the page count) after it.
+    /// The whole database's digest after it.
     pub post: [u8; 32],
 }
 
-/// A page's hash, with the bytes of page 1 that SQLite rewrites at each commit left out;
-/// a page past the end hashes as absent.
+/// A page's hash, with the bytes of page 1 that SQLite rewrites at each commit left out; a
+/// page past the end contributes nothing (zero), so the XOR over all pages is the same
+/// whichever pages past the end a digest happened to visit.
 fn page_hash(pgno: u32, data: Option<&[u8]>) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(pgno.to_be_bytes());
     match data {
-        None => h.update(b"absent"),
+        None => return [0u8; 32],
         Some(d) if pgno == 1 && d.len() >= 100 => {
             h.update(&d[..24]);
             h.update(&d[28..92]);
@@ -324,6 +375,7 @@ mod tests {
         db_with_rows(&b, 25);
         let newer = pages_of(&b);
         let mut out = Output::open(&a).unwrap();
+        let start = out.full_digest().unwrap();
         let mut txn = out.begin().unwrap();
         // Changed pages only, in frame order, as a replicated transaction carries them.
         let older = pages_of(&a);
@@ -333,16 +385,20 @@ mod tests {
             }
         }
         let mut seen = None;
-        out.commit(txn, newer.len() as u32, |c| {
-            seen = Some((c.pages.clone(), c.pre, c.post));
-            Ok(())
-        })
-        .unwrap();
-        let (pages, pre, post) = seen.unwrap();
+        let after = out
+            .commit(txn, newer.len() as u32, &start, |c| {
+                seen = Some((c.pre, c.post));
+                Ok(())
+            })
+            .unwrap();
+        let (pre, post) = seen.unwrap();
         assert_ne!(pre, post);
+        assert_eq!(pre, start.finish());
         drop(out);
         let mut again = Output::open(&a).unwrap();
-        assert_eq!(again.digest(&pages).unwrap(), post, "after the commit");
+        let read = again.full_digest().unwrap();
+        assert_eq!(read, after, "after the commit");
+        assert_eq!(read.finish(), post);
         // A transaction that stops after its record (a kill before COMMIT) leaves `pre`.
         db_with_rows(&b, 30);
         let newest = pages_of(&b);
@@ -354,18 +410,40 @@ mod tests {
             }
         }
         let mut recorded = None;
-        let failed = again.commit(txn, newest.len() as u32, |c| {
-            recorded = Some((c.pages.clone(), c.pre));
+        let failed = again.commit(txn, newest.len() as u32, &read, |c| {
+            recorded = Some(c.pre);
             anyhow::bail!("killed")
         });
         assert!(failed.is_err());
         again.rollback();
-        let (pages, pre) = recorded.unwrap();
-        assert_eq!(again.digest(&pages).unwrap(), pre, "before the commit");
-        let rows: i64 = Connection::open(&a)
-            .unwrap()
+        assert_eq!(
+            again.full_digest().unwrap().finish(),
+            recorded.unwrap(),
+            "before the commit"
+        );
+        // Shrinking: the pages cut off leave the digest.
+        db_with_rows(&b, 0);
+        let c = Connection::open(&b).unwrap();
+        c.execute_batch("DELETE FROM t; VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        drop(c);
+        let small = pages_of(&b);
+        let mut txn = again.begin().unwrap();
+        for (k, page) in small.iter().enumerate() {
+            again.write(&mut txn, k as u32 + 1, page).unwrap();
+        }
+        let cut = again
+            .commit(txn, small.len() as u32, &read, |_| Ok(()))
+            .unwrap();
+        assert_eq!(again.full_digest().unwrap(), cut, "after a shrink");
+        let check = Connection::open(&a).unwrap();
+        let rows: i64 = check
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(rows, 25);
+        assert_eq!(rows, 0, "the shrunk database is the emptied one");
+        let ok: String = check
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
     }
 }

@@ -32,7 +32,7 @@ use crate::logging;
 use crate::restore::{self, Options, Plan, Restored, Source};
 use crate::wal::{self, FrameVerifier, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
 
-use apply::{Change, Output};
+use apply::{Change, Digest, Output};
 use state::{next_probe, PageSet, Point, Probe, Record};
 
 /// The position file beside `out`.
@@ -73,6 +73,8 @@ pub struct Follower {
     pos: PathBuf,
     output: Output,
     point: Point,
+    /// The output's digest at `point`, kept up to date by each commit.
+    full: Digest,
     /// List the replica before the first poll: a resumed follower may have been down while
     /// the replica moved to another generation or retention removed what comes next.
     list_first: bool,
@@ -88,13 +90,15 @@ impl Follower {
     ) -> Result<Follower> {
         let point = point_of(restored, snapshot_compression);
         let mut output = Output::open(out)?;
-        record_state(&mut output, out, &position_path(out), &point, settings.mode)?;
+        let full = output.full_digest()?;
+        record_state(out, &position_path(out), &point, &full, settings.mode)?;
         Ok(Follower {
             settings,
             out: out.to_path_buf(),
             pos: position_path(out),
             output,
             point,
+            full,
             list_first: false,
         })
     }
@@ -113,8 +117,8 @@ impl Follower {
             );
         }
         let mut output = Output::open(out)?;
-        let digest = output.digest(&record.pages)?;
-        let Some(point) = record.state_for(&digest).cloned() else {
+        let full = output.full_digest()?;
+        let Some(point) = record.state_for(&full.finish()).cloned() else {
             bail!(
                 "{} holds neither state {} records (someone else changed it); remove both to restore it anew",
                 out.display(),
@@ -136,6 +140,7 @@ impl Follower {
             pos,
             output,
             point,
+            full,
             list_first: true,
         })
     }
@@ -430,8 +435,9 @@ impl Follower {
                     return Err(FollowError::Fatal(anyhow!("no transaction")));
                 };
                 let (out, pos, mode) = (&self.out, &self.pos, self.settings.mode);
-                self.output
-                    .commit(t, fh.db_size, |change| {
+                self.full = self
+                    .output
+                    .commit(t, fh.db_size, &self.full, |change| {
                         write_record(out, pos, &cur, &next, change, mode)
                     })
                     .map_err(FollowError::Fatal)?;
@@ -548,7 +554,7 @@ impl Follower {
         let next = point_of(&restored, plan.snapshot.compression);
         let mut buf = vec![0u8; page_size as usize];
         let mut txn = self.output.begin()?;
-        let copied = (|| -> Result<()> {
+        let copied = (|| -> Result<Digest> {
             for p in 1..=pages {
                 let n = files::read_at_most(&file, u64::from(p - 1) * page_size, &mut buf)
                     .with_context(|| format!("{}: cannot read", staging.display()))?;
@@ -558,14 +564,14 @@ impl Follower {
                 self.output.write(&mut txn, p, &buf)?;
             }
             let (out, pos, mode, base) = (&self.out, &self.pos, self.settings.mode, &self.point);
-            self.output.commit(txn, pages, |change| {
+            self.output.commit(txn, pages, &self.full, |change| {
                 write_record(out, pos, base, &next, change, mode)
             })
         })();
         if copied.is_err() {
             self.output.rollback();
         }
-        copied?;
+        self.full = copied?;
         self.point = next;
         logging::info(
             "rebuilt the followed database",
@@ -606,21 +612,13 @@ fn point_of(r: &Restored, fallback: Compression) -> Point {
     }
 }
 
-/// Records `point` as the output's state when no transaction is in flight (after a restore):
-/// page 1 and the page count stand for the database.
-fn record_state(
-    output: &mut Output,
-    out: &Path,
-    pos: &Path,
-    point: &Point,
-    mode: u32,
-) -> Result<()> {
-    let pages = PageSet::from_sorted_iter([1]);
-    let d = output.digest(&pages)?;
+/// Records `point` as the output's state when no transaction is in flight (after a
+/// restore), with the digest of the whole database.
+fn record_state(out: &Path, pos: &Path, point: &Point, full: &Digest, mode: u32) -> Result<()> {
     let change = Change {
-        pages,
-        pre: d,
-        post: d,
+        pages: PageSet::from_sorted_iter([1]),
+        pre: full.finish(),
+        post: full.finish(),
     };
     write_record(out, pos, point, point, &change, mode)
 }
