@@ -254,6 +254,37 @@ fn sigterm_during_the_initial_restore_still_leaves_a_resumable_follower() {
 }
 
 #[test]
+fn an_index_whose_rest_is_uploaded_with_the_next_one_is_not_cut_short() {
+    // Uploads every second in bursts across frequent WAL restarts: a burst that lands
+    // between the follower's poll of an index's next segment and its poll of the next index
+    // brings both at once (seen as a follower that jumped to the next index and stopped on
+    // the page count of its first commit).
+    let env = Env::new("follow-index-tail");
+    env.write_config(&Cfg {
+        min_checkpoint_page_count: 200,
+        sync_interval: "1s",
+        ..Cfg::default()
+    });
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(&env, &app, 20);
+    let out = env.root.join("follower.db");
+    let mut follower = start_follower(&env, &out, "follower");
+    wait_follower(&mut follower, &out, &app, 20);
+    let gen = generations(&env.replica).pop().unwrap();
+    let mut n = 20;
+    for _ in 0..8 {
+        insert_ids(&app, n + 1, n + 60);
+        n += 60;
+        wait_follower(&mut follower, &out, &app, n);
+    }
+    let indexes = wal_segments(&env.replica, &gen).last().unwrap().0;
+    assert!(indexes >= 4, "only {indexes} WAL restarts");
+    assert_integrity_ok(&out);
+    follower.stop_ok();
+    primary.stop_ok();
+}
+
+#[test]
 fn a_new_generation_on_the_primary_is_rebuilt_into_the_output() {
     let env = Env::new("follow-generation");
     env.write_config(&Cfg::default());

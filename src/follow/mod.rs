@@ -168,6 +168,8 @@ impl Follower {
         self.publish();
         let mut misses: u32 = 0;
         let mut caught_up = false;
+        // The last poll that found nothing new: how far behind the replica the output may be.
+        let mut last_caught_up = Instant::now();
         let mut strikes: u32 = 0;
         let mut errors = Backoff::new(
             self.settings.interval.max(Duration::from_millis(100)),
@@ -210,28 +212,39 @@ impl Follower {
                             ("index", &format!("{:08x}", self.point.index)),
                             ("offset", &self.point.offset),
                             ("transactions", &txns),
+                            (
+                                "behind",
+                                &format!("{:.3}s", last_caught_up.elapsed().as_secs_f64()),
+                            ),
                         ],
                     );
                 }
                 Ok(Outcome::Missing) => {
                     errors.reset();
+                    // Caught up once both names that could come next were missed (polls
+                    // alternate between them), or the one name when an index is empty.
+                    let both_missed = matches!(probe, Probe::Segment(..))
+                        && (misses % state::LIST_EVERY >= 1 || self.point.offset == 0);
                     if let Some(m) = &self.settings.metrics {
                         // A listing's rebuild moves the position too.
                         self.publish();
-                        if matches!(probe, Probe::Segment(..)) {
+                        if both_missed {
                             m.caught_up(SystemTime::now());
                         }
                     }
-                    if !caught_up {
-                        caught_up = true;
-                        logging::info(
-                            "caught up",
-                            &[
-                                ("generation", &self.point.generation),
-                                ("index", &format!("{:08x}", self.point.index)),
-                                ("offset", &self.point.offset),
-                            ],
-                        );
+                    if both_missed {
+                        last_caught_up = Instant::now();
+                        if !caught_up {
+                            caught_up = true;
+                            logging::info(
+                                "caught up",
+                                &[
+                                    ("generation", &self.point.generation),
+                                    ("index", &format!("{:08x}", self.point.index)),
+                                    ("offset", &self.point.offset),
+                                ],
+                            );
+                        }
                     }
                     misses = misses.wrapping_add(1);
                     pause(self.settings.interval, stop);
@@ -249,7 +262,7 @@ impl Follower {
                         )));
                     }
                     logging::warn(
-                        "segment failed its checks, fetching it again",
+                        "segment failed its checks or a rebuild failed, trying again",
                         &[("error", &format!("{e:#}")), ("attempt", &strikes)],
                     );
                     pause(self.settings.interval, stop);
@@ -306,7 +319,60 @@ impl Follower {
         offset: u64,
         stop: &dyn Fn() -> bool,
     ) -> Result<Outcome, FollowError> {
-        let generation = self.point.generation.clone();
+        let Some(raw) = self.open(index, offset)? else {
+            return Ok(Outcome::Missing);
+        };
+        if index != self.point.index && self.point.offset > 0 {
+            // The next index exists, so the current one is closed; but its last segment may
+            // have been uploaded (before the next index's first: replicas upload in order)
+            // since this index was last polled, or retention may have removed it. Only the
+            // listing tells: one LIST per index change, never while idle.
+            let (i, s) = (self.point.index, self.point.segment);
+            let listed = self
+                .settings
+                .source
+                .client
+                .wal_segments(&self.point.generation)
+                .map_err(FollowError::Store)?;
+            let ours: Vec<&WalSegmentInfo> = listed.iter().filter(|g| g.index == i).collect();
+            if let Some(tail) = ours.iter().find(|g| g.offset == s) {
+                drop(raw);
+                self.point.compression = tail.compression;
+                let Some(tail) = self.open(i, s)? else {
+                    return Ok(Outcome::Missing);
+                };
+                return self.apply_stream(i, s, tail, stop);
+            }
+            if ours.is_empty() || ours.iter().any(|g| g.offset > s) {
+                drop(raw);
+                let reason = format!(
+                    "index {i:08x} is no longer whole on the replica (retention removed it, or a segment is missing), so whether the output holds all of it cannot be known"
+                );
+                return self
+                    .rebuild_latest(&reason)
+                    .map(|()| Outcome::Applied { txns: 0 });
+            }
+        }
+        self.apply_stream(index, offset, raw, stop)
+    }
+
+    /// Rebuilds from what the replica holds now (see `rebuild`).
+    fn rebuild_latest(&mut self, reason: &str) -> Result<(), FollowError> {
+        let sources = std::slice::from_ref(&self.settings.source);
+        let listings = restore::list(sources, &self.settings.opts).map_err(FollowError::Store)?;
+        let Some(plan) =
+            restore::choose(&listings, &self.settings.opts).map_err(FollowError::Store)?
+        else {
+            return Err(FollowError::Fatal(anyhow!(
+                "{reason}, and the replica holds no backup to rebuild from"
+            )));
+        };
+        self.rebuild(&plan, reason).map_err(FollowError::Corrupt)
+    }
+
+    /// GETs segment (`index`, `offset`); `None` when the store has no such object.
+    fn open(&self, index: u32, offset: u64) -> Result<Option<Box<dyn Read + Send>>, FollowError> {
+        let generation = &self.point.generation;
         let compression = self.point.compression;
         let info = WalSegmentInfo {
             generation: generation.clone(),
@@ -316,13 +382,27 @@ impl Follower {
             created: SystemTime::UNIX_EPOCH,
             compression,
         };
+        match self.settings.source.client.open_wal_segment(&info) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if client::is_not_found(&e) => Ok(None),
+            Err(e) => {
+                let key = layout::wal_segment_key(generation, index, offset, compression);
+                Err(FollowError::Store(e.context(format!("GET {key}"))))
+            }
+        }
+    }
+
+    /// Applies the segment (`index`, `offset`) read from `raw`, transaction by transaction.
+    fn apply_stream(
+        &mut self,
+        index: u32,
+        offset: u64,
+        raw: Box<dyn Read + Send>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Outcome, FollowError> {
+        let generation = self.point.generation.clone();
+        let compression = self.point.compression;
         let key = layout::wal_segment_key(&generation, index, offset, compression);
-        let client = self.settings.source.client.clone();
-        let raw = match client.open_wal_segment(&info) {
-            Ok(r) => r,
-            Err(e) if client::is_not_found(&e) => return Ok(Outcome::Missing),
-            Err(e) => return Err(FollowError::Store(e.context(format!("GET {key}")))),
-        };
         let mut r = codec::decoder(compression, raw)
             .map_err(|e| FollowError::Corrupt(anyhow!("WAL segment {key}: {e}")))?;
         let corrupt = |msg: String| FollowError::Corrupt(anyhow!("WAL segment {key}: {msg}"));
@@ -481,7 +561,7 @@ impl Follower {
                 "the replica moved to generation {} (from {})",
                 plan.generation, self.point.generation
             );
-            return self.rebuild(&plan, &reason).map_err(FollowError::Fatal);
+            return self.rebuild(&plan, &reason).map_err(FollowError::Corrupt);
         }
         let (i, s) = (self.point.index, self.point.segment);
         let later: Vec<&WalSegmentInfo> = listings
@@ -506,7 +586,7 @@ impl Follower {
             layout::wal_segment_name(i, s, self.point.compression),
             layout::wal_segment_name(first.index, first.offset, first.compression)
         );
-        self.rebuild(&plan, &reason).map_err(FollowError::Fatal)
+        self.rebuild(&plan, &reason).map_err(FollowError::Corrupt)
     }
 
     /// Restores `plan` beside the output, then copies it into the output in one transaction.
@@ -593,7 +673,8 @@ enum Outcome {
 enum FollowError {
     /// The store failed: wait and try again.
     Store(anyhow::Error),
-    /// The segment failed our checks: fetched again a few times, then fatal.
+    /// The segment failed our checks, or a rebuild failed (retention may remove what its
+    /// restore chose while it runs): tried again on the next polls a few times, then fatal.
     Corrupt(anyhow::Error),
     /// Nothing to retry: stop.
     Fatal(anyhow::Error),
