@@ -486,6 +486,38 @@ fn a_corrupt_segment_stops_the_follower_at_its_last_whole_transaction() {
 }
 
 #[test]
+fn an_empty_segment_at_the_next_name_stops_the_follower_instead_of_spinning() {
+    let env = Env::new("follow-empty-segment");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(&env, &app, 20);
+    let out = env.root.join("follower.db");
+    let mut follower = start_follower(&env, &out, "follower-1");
+    wait_follower(&mut follower, &out, &app, 20);
+    follower.stop_ok();
+    primary.stop_ok();
+    let pos = std::fs::read_to_string(env.root.join("follower.db-litestream-follow")).unwrap();
+    let next: Vec<&str> = pos
+        .lines()
+        .find_map(|l| l.strip_prefix("next "))
+        .unwrap()
+        .split(' ')
+        .collect();
+    let (gen, index, segment) = (next[0], next[1], next[2].parse::<u64>().unwrap());
+    let name = env.replica.join(format!(
+        "generations/{gen}/wal/{index}_{segment:08x}.wal.gz"
+    ));
+    assert!(!name.exists(), "{} is already there", name.display());
+    std::fs::write(&name, gzip(&[])).unwrap();
+
+    let follower = start_follower(&env, &out, "follower-2");
+    let stopped = follower.wait_exit(DEADLINE);
+    assert_eq!(stopped.code, Some(1), "{}", stopped.log);
+    assert!(stopped.log.contains("it holds no frame"), "{}", stopped.log);
+    assert_eq!(id_summary(&out), (20, 1, 20));
+}
+
+#[test]
 fn an_application_writing_to_the_output_stops_the_follower() {
     let env = Env::new("follow-foreign-write");
     env.write_config(&Cfg::default());

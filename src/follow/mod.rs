@@ -536,6 +536,10 @@ impl Follower {
                 cur.offset + pending * frame_size as u64
             )));
         }
+        if cur.offset == offset {
+            // Nothing past its start: taking it as progress would fetch it again at once.
+            return Err(corrupt("it holds no frame".into()));
+        }
         // The next segment starts where this one ended.
         cur.segment = cur.offset;
         self.point = cur;
