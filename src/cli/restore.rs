@@ -144,6 +144,9 @@ pub fn run(mut args: Arguments) -> Result<i32> {
             );
         }
     }
+    if flags.follow {
+        follow::apply::check_sqlite().map_err(|e| anyhow!("restore -f: {e:#}"))?;
+    }
     // Follow mode resumes an output it followed before (its position file is beside it).
     let resume = flags.follow
         && std::fs::symlink_metadata(&out).is_ok()

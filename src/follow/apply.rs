@@ -24,6 +24,19 @@ use sha2::{Digest as _, Sha256};
 
 use super::state::PageSet;
 
+/// Whether this build's SQLite has the `sqlite_dbpage` table follow mode writes through:
+/// checked before a restore, so a build without it does not restore first and fail after.
+pub fn check_sqlite() -> Result<()> {
+    let conn = Connection::open_in_memory()?;
+    conn.prepare("SELECT data FROM sqlite_dbpage WHERE pgno = 1")
+        .map(|_| ())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "follow mode needs SQLite's sqlite_dbpage table, which this build lacks (build with LIBSQLITE3_FLAGS=-DSQLITE_ENABLE_DBPAGE_VTAB, as .cargo/config.toml does): {e}"
+            )
+        })
+}
+
 /// The followed database, open for our writes.
 pub struct Output {
     conn: Connection,
