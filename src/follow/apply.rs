@@ -238,6 +238,15 @@ impl Output {
         if db_pages == 0 {
             bail!("a commit frame with a database size of 0 pages");
         }
+        // `sqlite_dbpage` truncates only below the size the transaction began with (it asks
+        // the b-tree, which our page writes do not grow), so a transaction that wrote past
+        // its own final size above that cannot be applied: refused before the commit.
+        let top = txn.written.keys().next_back().copied().unwrap_or(0);
+        if db_pages >= txn.base_pages && top > db_pages {
+            bail!(
+                "a replicated transaction writes page {top} but ends the database at {db_pages} pages, which follow mode cannot apply through SQLite; restore the database anew"
+            );
+        }
         // Pages the truncation removes leave the digest too.
         for p in db_pages.saturating_add(1)..=txn.base_pages {
             if !txn.written.contains_key(&p) {
@@ -378,6 +387,24 @@ mod tests {
     fn pages_of(path: &Path) -> Vec<Vec<u8>> {
         let bytes = std::fs::read(path).unwrap();
         bytes.chunks(4096).map(|c| c.to_vec()).collect()
+    }
+
+    #[test]
+    fn a_transaction_ending_below_a_page_it_wrote_is_refused_before_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.db");
+        db_with_rows(&a, 5);
+        let mut out = Output::open(&a).unwrap();
+        let start = out.full_digest().unwrap();
+        let page = pages_of(&a)[1].clone();
+        let mut txn = out.begin().unwrap();
+        out.write(&mut txn, start.pages + 5, &page).unwrap();
+        let e = out
+            .commit(txn, start.pages + 2, &start, |_| Ok(()))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("cannot apply"), "{e:#}");
+        out.rollback();
+        assert_eq!(out.full_digest().unwrap(), start);
     }
 
     #[test]
