@@ -357,11 +357,83 @@ impl OpCounters {
     }
 }
 
+/// Follow mode's metrics (`restore -f` with `addr`): the position the output is at and how
+/// long since the follower last found nothing new to apply. The follower thread stores them.
+pub struct FollowMetrics {
+    /// The `output` label: the followed database's path.
+    pub(crate) output: String,
+    /// The generation id (16 hex digits) as a number.
+    generation: AtomicU64,
+    index: AtomicU64,
+    offset: AtomicU64,
+    transactions: AtomicU64,
+    /// Unix ns of the last poll that found nothing new; the start until the first one.
+    caught_up_at: AtomicU64,
+}
+
+impl FollowMetrics {
+    /// The metrics of a follower of `output`, started now.
+    pub(crate) fn new(output: String) -> FollowMetrics {
+        FollowMetrics {
+            output,
+            generation: AtomicU64::new(0),
+            index: AtomicU64::new(0),
+            offset: AtomicU64::new(0),
+            transactions: AtomicU64::new(0),
+            caught_up_at: AtomicU64::new(unix_nanos(SystemTime::now())),
+        }
+    }
+
+    /// The output is now at this position.
+    pub(crate) fn position(&self, generation: &str, index: u32, offset: u64) {
+        let g = u64::from_str_radix(generation, 16).unwrap_or(0);
+        self.generation.store(g, Ordering::Relaxed);
+        self.index.store(u64::from(index), Ordering::Relaxed);
+        self.offset.store(offset, Ordering::Relaxed);
+    }
+
+    /// `n` more replicated transactions applied.
+    pub(crate) fn applied(&self, n: u64) {
+        self.transactions.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A poll at `now` found nothing new: the output holds everything the replica has.
+    pub(crate) fn caught_up(&self, now: SystemTime) {
+        self.caught_up_at.store(unix_nanos(now), Ordering::Relaxed);
+    }
+
+    fn snapshot(&self, now: SystemTime) -> FollowSnapshot {
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        FollowSnapshot {
+            output: self.output.clone(),
+            generation: format!("{:016x}", ld(&self.generation)),
+            index: ld(&self.index),
+            offset: ld(&self.offset),
+            transactions: ld(&self.transactions),
+            lag_seconds: nanos_to_secs(unix_nanos(now).saturating_sub(ld(&self.caught_up_at))),
+        }
+    }
+}
+
+/// A follower's values in a `Snapshot`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FollowSnapshot {
+    pub output: String,
+    pub generation: String,
+    pub index: u64,
+    pub offset: u64,
+    pub transactions: u64,
+    /// Seconds since the last poll that found nothing new: at most one poll interval (plus
+    /// a poll's time) while caught up, growing while the follower is behind or failing.
+    pub lag_seconds: f64,
+}
+
 /// Everything the server renders. Built before any thread starts, then read-only apart from
 /// the atomics inside.
 pub(crate) struct Registry {
     pub dbs: Vec<Arc<DbMetrics>>,
     ops: Vec<Arc<OpCounters>>,
+    follow: Option<Arc<FollowMetrics>>,
 }
 
 impl Registry {
@@ -373,7 +445,17 @@ impl Registry {
                 ops.push(Arc::new(OpCounters::new(t)));
             }
         }
-        Registry { dbs, ops }
+        Registry {
+            dbs,
+            ops,
+            follow: None,
+        }
+    }
+
+    /// The registry of a follower (`restore -f`): its metrics, no db.
+    pub(crate) fn with_follow(mut self, follow: Arc<FollowMetrics>) -> Registry {
+        self.follow = Some(follow);
+        self
     }
 
     /// The store-operation counters of `replica_type` (a `ReplicaClient::kind`); `None` for a
@@ -399,6 +481,7 @@ impl Registry {
                 })
                 .collect(),
             process: ProcessStats::read(),
+            follow: self.follow.as_ref().map(|f| f.snapshot(now)),
         }
     }
 }
@@ -414,6 +497,8 @@ pub(crate) struct Snapshot {
     pub ops: Vec<OpSnapshot>,
     /// `None` where `/proc/self` cannot be read.
     pub process: Option<ProcessStats>,
+    /// A follower's position and lag (`restore -f`).
+    pub follow: Option<FollowSnapshot>,
 }
 
 /// One db's values in a `Snapshot` (the `litestream_db_*`, sync and checkpoint families).
@@ -589,6 +674,9 @@ pub(crate) fn render(s: &Snapshot) -> String {
     render_checkpoints(&mut out, s);
     render_replicas(&mut out, s);
     render_store_operations(&mut out, s);
+    if let Some(f) = &s.follow {
+        render_follow(&mut out, f);
+    }
     if let Some(p) = &s.process {
         render_process(&mut out, p);
     }
@@ -753,6 +841,42 @@ fn render_store_operations(out: &mut String, s: &Snapshot) {
     }
 }
 
+/// A follower's families (`restore -f`).
+fn render_follow(out: &mut String, f: &FollowSnapshot) {
+    let labels = [
+        ("output", f.output.as_str()),
+        ("generation", f.generation.as_str()),
+    ];
+    for (name, kind, help, v) in [
+        (
+            "litestream_follow_wal_index",
+            "gauge",
+            "The WAL index the followed database is at",
+            f.index as f64,
+        ),
+        (
+            "litestream_follow_wal_offset",
+            "gauge",
+            "The WAL offset the followed database is at",
+            f.offset as f64,
+        ),
+        (
+            "litestream_follow_transactions_total",
+            "counter",
+            "Replicated transactions applied to the followed database",
+            f.transactions as f64,
+        ),
+        (
+            "litestream_follow_lag_seconds",
+            "gauge",
+            "Seconds since the follower last found nothing new on the replica",
+            f.lag_seconds,
+        ),
+    ] {
+        Family::new(out, name, kind, help).sample(&labels, v);
+    }
+}
+
 /// The standard `process_*` families.
 fn render_process(out: &mut String, p: &ProcessStats) {
     let mut fams: Vec<(&'static str, &str, &str, f64)> = vec![
@@ -886,6 +1010,30 @@ mod tests {
                 open_fds: 7,
                 max_fds: Some(1024),
             }),
+            follow: None,
+        }
+    }
+
+    #[test]
+    fn a_follower_renders_its_position_and_lag() {
+        let f = FollowMetrics::new("/srv/r.db".into());
+        f.position("0123456789abcdef", 7, 4152);
+        f.applied(3);
+        let now = SystemTime::now();
+        f.caught_up(now);
+        let s = Snapshot {
+            follow: Some(f.snapshot(now + Duration::from_millis(1500))),
+            ..Snapshot::default()
+        };
+        let text = render(&s);
+        for line in [
+            "# TYPE litestream_follow_lag_seconds gauge",
+            "litestream_follow_wal_index{output=\"/srv/r.db\",generation=\"0123456789abcdef\"} 7",
+            "litestream_follow_wal_offset{output=\"/srv/r.db\",generation=\"0123456789abcdef\"} 4152",
+            "litestream_follow_transactions_total{output=\"/srv/r.db\",generation=\"0123456789abcdef\"} 3",
+            "litestream_follow_lag_seconds{output=\"/srv/r.db\",generation=\"0123456789abcdef\"} 1.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
     }
 

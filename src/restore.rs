@@ -354,6 +354,21 @@ pub mod signal_cleanup {
     /// The temp paths (a leaked, NUL-terminated list) the handler removes; null before any.
     static PATHS: AtomicPtr<Vec<CString>> = AtomicPtr::new(std::ptr::null_mut());
     static ENABLED: AtomicBool = AtomicBool::new(false);
+    /// Follow mode: the first signal only asks the follower to stop after the transaction
+    /// it is applying (`stop_requested`), or, during its initial restore, once that restore
+    /// is done and recorded; a second one exits as a plain restore does.
+    static GRACEFUL: AtomicBool = AtomicBool::new(false);
+    static STOP: AtomicBool = AtomicBool::new(false);
+
+    /// From now on the first SIGINT/SIGTERM sets `stop_requested` instead of exiting.
+    pub fn graceful() {
+        GRACEFUL.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a signal asked follow mode to stop.
+    pub fn stop_requested() -> bool {
+        STOP.load(Ordering::SeqCst)
+    }
 
     /// Installs the handlers (the restore command only: the daemon's validations run
     /// restores under its own signal handling).
@@ -364,6 +379,9 @@ pub mod signal_cleanup {
             // and calls unlink and _exit, which are async-signal-safe.
             unsafe {
                 signal_hook::low_level::register(sig, move || {
+                    if GRACEFUL.load(Ordering::SeqCst) && !STOP.swap(true, Ordering::SeqCst) {
+                        return;
+                    }
                     let p = PATHS.load(Ordering::SeqCst);
                     if !p.is_null() {
                         for c in (*p).iter() {
@@ -426,21 +444,22 @@ pub fn apply(
     out: &Path,
     parallelism: usize,
     mode: Option<u32>,
-) -> Result<()> {
+) -> Result<Restored> {
     let dir = files::parent_dir(out);
     fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create output directory", dir.display()))?;
     let (tmp, file) = TempPaths::create(out)?;
-    let result = build(client, plan, &tmp, file, parallelism.max(1)).and_then(|file| {
-        let mode = mode.unwrap_or(0o600) & 0o7777;
-        // Through the descriptor: by name, a link swapped in for the temp file would be
-        // chmod'ed instead.
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .with_context(|| format!("{}: cannot set mode {mode:o}", tmp.db.display()))?;
-        publish(&tmp.db, out, &file)?;
-        inherit_db_id(client, &plan.generation, out, mode);
-        Ok(())
-    });
+    let result =
+        build(client, plan, &tmp, file, parallelism.max(1)).and_then(|(file, restored)| {
+            let mode = mode.unwrap_or(0o600) & 0o7777;
+            // Through the descriptor: by name, a link swapped in for the temp file would be
+            // chmod'ed instead.
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .with_context(|| format!("{}: cannot set mode {mode:o}", tmp.db.display()))?;
+            publish(&tmp.db, out, &file)?;
+            inherit_db_id(client, &plan.generation, out, mode);
+            Ok(restored)
+        });
     tmp.remove_all();
     result
 }
@@ -493,7 +512,7 @@ fn build(
     tmp: &TempPaths,
     file: File,
     parallelism: usize,
-) -> Result<File> {
+) -> Result<(File, Restored)> {
     let n = plan.indexes.len();
     // A file replica reads as fast as it decodes: streaming is best. Over a network, a worker
     // reading only as fast as the applier consumes serialises the downloads; spooling each
@@ -514,7 +533,7 @@ fn build(
     // A worker takes its index's sender, so the channel closes when the worker is done with
     // it, whatever happened: the applier never waits on a sender nobody holds.
     let senders = Mutex::new(senders);
-    std::thread::scope(|scope| -> Result<()> {
+    let restored = std::thread::scope(|scope| -> Result<Restored> {
         let (snap_tx, snap_rx) = bounded::<SnapMsg>(1);
         // The snapshot's buffers circulate between the decoder and the writer: a fixed set,
         // so the steady state allocates (and page-faults) nothing.
@@ -554,7 +573,7 @@ fn build(
         result
     })?;
     finish(&tmp.db, &file)?;
-    Ok(file)
+    Ok((file, restored))
 }
 
 /// One WAL worker: takes the next index the window hands out, with that index's sender, and
@@ -600,9 +619,14 @@ fn apply_all(
     indexes: Vec<Receiver<WalMsg>>,
     window: &Window,
     pool: &BufferPool,
-) -> Result<()> {
+) -> Result<Restored> {
     let page_size = write_snapshot(file, db, snapshot, free)?;
     let mut previous: Option<WalHeader> = None;
+    let mut end = WalEnd {
+        offset: 0,
+        chain: None,
+        compression: None,
+    };
     for (k, rx) in indexes.into_iter().enumerate() {
         let (index, segments) = &plan.indexes[k];
         let first = segments
@@ -618,10 +642,16 @@ fn apply_all(
             first.as_deref().unwrap_or("?"),
             pool,
             &mut previous,
+            &mut end,
         )?;
         window.applied(k);
     }
-    Ok(())
+    Ok(Restored {
+        generation: plan.generation.clone(),
+        index: plan.last_index(),
+        header: if end.chain.is_some() { previous } else { None },
+        end,
+    })
 }
 
 /// From the snapshot decoder to the applier.
@@ -748,8 +778,8 @@ enum WalMsg {
         len: usize,
     },
     /// Every segment of the index was delivered and verified; the WAL's header, if it had
-    /// one.
-    End(Option<WalHeader>),
+    /// one, and where the index ended.
+    End(Option<WalHeader>, WalEnd),
     Failed(anyhow::Error),
 }
 
@@ -803,13 +833,13 @@ fn stream_index(
         header: None,
     };
     let result = stream_segments(client, generation, index, segments, &mut sink, abort, spool)
-        .and_then(|()| {
+        .and_then(|end| {
             sink.flush()
                 .map_err(|_| anyhow!("restore stopped"))
-                .map(|()| sink.header)
+                .map(|()| (sink.header, end))
         });
     let msg = match result {
-        Ok(header) => WalMsg::End(header),
+        Ok((header, end)) => WalMsg::End(header, end),
         Err(e) => WalMsg::Failed(e),
     };
     // The applier is gone when this fails: it stopped on an error of its own.
@@ -824,7 +854,7 @@ fn stream_segments(
     sink: &mut ChunkSink<'_>,
     abort: &AtomicBool,
     spool: Option<&SpoolDir<'_>>,
-) -> Result<()> {
+) -> Result<WalEnd> {
     // Dropped (and so freed on disk) when this index is done, whatever happened.
     let spooled = match spool {
         Some(dir) => Some(spool_index(
@@ -883,7 +913,36 @@ fn stream_segments(
                 }
             })?;
     }
-    Ok(())
+    Ok(WalEnd {
+        offset: stream.offset,
+        chain: stream.verifier.map(|(_, v)| v.chain()),
+        compression: segments.last().map(|s| s.compression),
+    })
+}
+
+/// Where a restored WAL index ended: what follow mode continues from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalEnd {
+    /// Decompressed bytes of the index applied (header included): the next segment's offset.
+    pub offset: u64,
+    /// The checksum chain after the last frame; `None` when the index had no segment.
+    pub chain: Option<(u32, u32)>,
+    /// The compression of the index's last segment (the next one is looked for under it).
+    pub compression: Option<Compression>,
+}
+
+/// The state a restore left the database in, as a position in the replica's WAL stream:
+/// the last index applied, its header and where it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    /// The generation restored.
+    pub generation: String,
+    /// The last index applied (the snapshot's when no WAL followed it).
+    pub index: u32,
+    /// That index's WAL header, when it had a segment.
+    pub header: Option<WalHeader>,
+    /// Where it ended.
+    pub end: WalEnd,
 }
 
 fn segment_open_error(e: anyhow::Error, key: &str) -> anyhow::Error {
@@ -1275,6 +1334,7 @@ fn apply_wal_index(
     first_key: &str,
     pool: &BufferPool,
     previous: &mut Option<WalHeader>,
+    ended: &mut WalEnd,
 ) -> Result<()> {
     let prev = previous.take();
     let mut seen: Option<WalHeader> = None;
@@ -1318,10 +1378,11 @@ fn apply_wal_index(
                     })?;
                 pool.give(buf);
             }
-            Ok(WalMsg::End(header)) => {
+            Ok(WalMsg::End(header, end)) => {
                 if let Some(h) = header {
                     check(h)?;
                 }
+                *ended = end;
                 break;
             }
             Ok(WalMsg::Failed(e)) => return Err(e),

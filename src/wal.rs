@@ -116,6 +116,30 @@ impl WalHeader {
         Ok(header)
     }
 
+    /// The 32 bytes this header was parsed from (`parse(&h.to_bytes()) == Ok(h)`).
+    pub fn to_bytes(&self) -> [u8; WAL_HEADER_SIZE] {
+        let raw_page_size = if self.page_size == 65536 {
+            1
+        } else {
+            self.page_size
+        };
+        let words = [
+            self.magic,
+            self.version,
+            raw_page_size,
+            self.checkpoint_seq,
+            self.salt1,
+            self.salt2,
+            self.checksum1,
+            self.checksum2,
+        ];
+        let mut out = [0u8; WAL_HEADER_SIZE];
+        for (k, w) in words.iter().enumerate() {
+            out[k * 4..k * 4 + 4].copy_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+
     /// Whether this WAL's checksums read its words big-endian (`MAGIC_BE`).
     pub fn big_endian(&self) -> bool {
         self.magic == MAGIC_BE

@@ -1,6 +1,7 @@
 //! `litestream restore`: rebuild a database from a replica (SPEC §6), latest or point in time.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use pico_args::Arguments;
@@ -8,9 +9,10 @@ use pico_args::Arguments;
 use crate::cli::common::{format_time, open_clients, parse_timestamp, resolve_target};
 use crate::cli::{flag, opt_value, positionals, wants_help};
 use crate::config::LoggingConfig;
+use crate::metrics::{FollowMetrics, Registry};
 use crate::position::is_generation;
 use crate::restore::{self, Options, Source};
-use crate::{layout, logging};
+use crate::{follow, layout, logging};
 
 const USAGE: &str = "The restore command recovers a database from a previous snapshot and WAL.
 
@@ -59,6 +61,17 @@ Arguments:
 	    Restore to a specific point-in-time (RFC 3339, e.g. 2020-01-01T00:00:00Z).
 	    Defaults to the latest point in time.
 
+	-f
+	    Follow mode. After restoring, keep applying new WAL segments as they
+	    appear on the replica, until SIGINT/SIGTERM. The database stays readable
+	    (open it read-only); each replicated transaction appears whole.
+	    Restarted on an output it followed before, it resumes from there.
+	    Cannot be used with -index or -timestamp.
+
+	-follow-interval DURATION
+	    Polling interval for follow mode.
+	    Defaults to 1s.
+
 Examples:
 
 	# Restore latest replica for database to original location.
@@ -72,6 +85,9 @@ Examples:
 
 	# Restore from a replica URL.
 	$ litestream restore -o /tmp/db file:///backups/db
+
+	# Keep a read replica following a replica.
+	$ litestream restore -f -o /tmp/read-replica.db s3://mybucket/db
 ";
 
 /// The restore command's flags, checked.
@@ -86,6 +102,9 @@ struct Flags {
     if_replica_exists: bool,
     parallelism: usize,
     timestamp: Option<std::time::SystemTime>,
+    /// `-f`: follow the replica after the restore, every `follow_interval`.
+    follow: bool,
+    follow_interval: std::time::Duration,
     /// The database path or replica URL.
     target: String,
 }
@@ -125,28 +144,89 @@ pub fn run(mut args: Arguments) -> Result<i32> {
             );
         }
     }
+    if flags.follow {
+        follow::apply::check_sqlite().map_err(|e| anyhow!("restore -f: {e:#}"))?;
+    }
+    // Follow mode resumes an output it followed before (its position file is beside it).
+    let resume = flags.follow
+        && std::fs::symlink_metadata(&out).is_ok()
+        && std::fs::symlink_metadata(follow::position_path(&out)).is_ok();
     // An existing output is never touched, whatever else is wrong.
-    if std::fs::symlink_metadata(&out).is_ok() && flags.if_db_not_exists {
+    if !resume && std::fs::symlink_metadata(&out).is_ok() && flags.if_db_not_exists {
         logging::info(
             "database already exists, skipping",
             &[("path", &out.display())],
         );
         return Ok(0);
     }
-    restore::check_output(&out)?;
+    if !resume {
+        restore::check_output(&out)?;
+    }
 
-    let sources: Vec<Source> = open_clients(&target.replicas)?
-        .into_iter()
-        .map(|(name, client)| Source { name, client })
-        .collect();
+    // A follower with `addr` in its config serves its own metrics: position, lag and the
+    // store operations it sends (bound now, so a taken port is a start-up error).
+    let served = match (&target.config, flags.follow) {
+        (Some(cfg), true) => cfg
+            .addr
+            .as_ref()
+            .map(|addr| (addr.clone(), cfg.health_max_lag)),
+        _ => None,
+    };
+    let opened = open_clients(&target.replicas)?;
+    let follow_metrics = served
+        .as_ref()
+        .map(|_| Arc::new(FollowMetrics::new(out.display().to_string())));
+    let mut server = None;
+    let sources: Vec<Source> = match (&served, &follow_metrics) {
+        (Some((addr, max_lag)), Some(fm)) => {
+            let kinds: Vec<&'static str> = opened.iter().map(|(_, c)| c.kind()).collect();
+            let registry = Arc::new(Registry::new(Vec::new(), &kinds).with_follow(fm.clone()));
+            server = Some(crate::metrics::Server::start(
+                addr,
+                registry.clone(),
+                *max_lag,
+            )?);
+            opened
+                .into_iter()
+                .map(|(name, client)| Source {
+                    name,
+                    client: crate::client::counting::wrap(client, &registry),
+                })
+                .collect()
+        }
+        _ => opened
+            .into_iter()
+            .map(|(name, client)| Source { name, client })
+            .collect(),
+    };
+    let result = restore_and_follow(&flags, &target, &out, resume, &sources, follow_metrics);
+    if let Some(s) = server {
+        s.stop();
+    }
+    result
+}
+
+/// The restore (unless a follower resumes), then, with `-f`, the follow.
+fn restore_and_follow(
+    flags: &Flags,
+    target: &crate::cli::common::Target,
+    out: &Path,
+    resume: bool,
+    sources: &[Source],
+    metrics: Option<Arc<FollowMetrics>>,
+) -> Result<i32> {
+    let out = out.to_path_buf();
+    if resume {
+        return follow_resumed(flags, sources, &out, target_mode(target), metrics);
+    }
     let opts = Options {
-        replica: flags.replica,
-        generation: flags.generation,
+        replica: flags.replica.clone(),
+        generation: flags.generation.clone(),
         index: flags.index,
         timestamp: flags.timestamp,
         parallelism: flags.parallelism,
     };
-    let listings = restore::list(&sources, &opts)?;
+    let listings = restore::list(sources, &opts)?;
     let Some(plan) = restore::choose(&listings, &opts)? else {
         if flags.if_replica_exists {
             logging::info("no backups found, skipping", &[]);
@@ -154,20 +234,23 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         }
         bail!(
             "restore: no matching backups found: {}",
-            no_match(&listings, &opts, &sources, &flags.target)
+            no_match(&listings, &opts, sources, &flags.target)
         );
     };
     let source = &sources[plan.replica];
     log_plan(&source.name, &plan, &out);
     // The restored copy is as private as the original db (when it is still there), else 0600.
-    let mode = target
-        .db
-        .as_ref()
-        .and_then(|db| std::fs::metadata(&db.path).ok())
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    let mode = target_mode(target);
     // From here on the restore creates files: a signal removes them before the exit.
     restore::signal_cleanup::install()?;
-    restore::apply(&source.client, &plan, &out, opts.parallelism, mode).map_err(|e| {
+    if flags.follow {
+        // A first signal lets the restore finish and the follower record its position (then
+        // it stops at once); only a second one aborts the restore. Otherwise a signal just
+        // after the output appeared would leave it without its position file, and the next
+        // `restore -f` would refuse it as someone else's.
+        restore::signal_cleanup::graceful();
+    }
+    let restored = restore::apply(&source.client, &plan, &out, opts.parallelism, mode).map_err(|e| {
         // Which backup failed, and where to look for an older one that may be sound.
         let hint = if opts.generation.is_none() && listings.len() > 1 {
             format!(
@@ -192,7 +275,87 @@ pub fn run(mut args: Arguments) -> Result<i32> {
             ("index", &format!("{:08x}", plan.last_index())),
         ],
     );
+    if !flags.follow {
+        return Ok(0);
+    }
+    let settings = follow::Settings {
+        source: Source {
+            name: source.name.clone(),
+            client: source.client.clone(),
+        },
+        opts,
+        interval: flags.follow_interval,
+        mode: mode.unwrap_or(0o600),
+        metrics,
+    };
+    let mut follower =
+        follow::Follower::after_restore(settings, &out, &restored, plan.snapshot.compression)?;
+    follower
+        .run(&restore::signal_cleanup::stop_requested)
+        .map_err(|e| anyhow!("restore -f: {e:#}"))?;
     Ok(0)
+}
+
+/// `restore -f` on an output it followed before: check its position file and go on.
+fn follow_resumed(
+    flags: &Flags,
+    sources: &[Source],
+    out: &Path,
+    mode: Option<u32>,
+    metrics: Option<Arc<FollowMetrics>>,
+) -> Result<i32> {
+    let source = match &flags.replica {
+        Some(name) => sources.iter().find(|s| &s.name == name),
+        None if sources.len() == 1 => sources.first(),
+        None => bail!(
+            "restore -f: {} is followed from one replica; name it with -replica ({})",
+            out.display(),
+            sources
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+    .ok_or_else(|| anyhow!("restore -f: no replica to follow"))?;
+    let mode = mode.or_else(|| {
+        std::fs::metadata(out)
+            .ok()
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+    });
+    restore::signal_cleanup::install()?;
+    restore::signal_cleanup::graceful();
+    let settings = follow::Settings {
+        source: Source {
+            name: source.name.clone(),
+            client: source.client.clone(),
+        },
+        opts: Options {
+            replica: Some(source.name.clone()),
+            generation: flags.generation.clone(),
+            index: None,
+            timestamp: None,
+            parallelism: flags.parallelism,
+        },
+        interval: flags.follow_interval,
+        mode: mode.unwrap_or(0o600) & 0o7777,
+        metrics,
+    };
+    let mut follower =
+        follow::Follower::resume(settings, out).map_err(|e| anyhow!("restore -f: {e:#}"))?;
+    follower
+        .run(&restore::signal_cleanup::stop_requested)
+        .map_err(|e| anyhow!("restore -f: {e:#}"))?;
+    Ok(0)
+}
+
+/// The original db's mode, when the target names a db that is still there.
+fn target_mode(target: &crate::cli::common::Target) -> Option<u32> {
+    target
+        .db
+        .as_ref()
+        .and_then(|db| std::fs::metadata(&db.path).ok())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
 }
 
 /// Why nothing matched: no generation at all, not the one asked for, or no snapshot.
@@ -268,6 +431,8 @@ fn parse_flags(mut args: Arguments) -> Result<Flags> {
     let if_replica_exists = flag(&mut args, ["-if-replica-exists", "--if-replica-exists"]);
     let parallelism = opt_value(&mut args, ["-parallelism", "--parallelism"])?;
     let timestamp = opt_value(&mut args, ["-timestamp", "--timestamp"])?;
+    let follow = flag(&mut args, ["-f", "--f"]);
+    let follow_interval = opt_value(&mut args, ["-follow-interval", "--follow-interval"])?;
     let rest = positionals(args, "restore")?;
 
     let arg = match rest.as_slice() {
@@ -302,6 +467,24 @@ fn parse_flags(mut args: Arguments) -> Result<Flags> {
     if index.is_some() && timestamp.is_some() {
         bail!("restore: cannot use -index and -timestamp together; choose one");
     }
+    if follow && index.is_some() {
+        bail!("restore: -f follows the replica's latest state and cannot be used with -index; drop one of them");
+    }
+    if follow && timestamp.is_some() {
+        bail!("restore: -f follows the replica's latest state and cannot be used with -timestamp; drop one of them");
+    }
+    if follow_interval.is_some() && !follow {
+        bail!("restore: -follow-interval needs -f");
+    }
+    let follow_interval = match follow_interval {
+        None => std::time::Duration::from_secs(1),
+        Some(s) => match crate::config::parse_duration(&s) {
+            Ok(d) if !d.is_zero() => d,
+            _ => bail!(
+                "restore: -follow-interval {s:?} must be a positive duration (e.g. 1s, 500ms)"
+            ),
+        },
+    };
     let parallelism = match parallelism {
         None => 8,
         Some(s) => match s.parse::<usize>() {
@@ -321,6 +504,8 @@ fn parse_flags(mut args: Arguments) -> Result<Flags> {
         if_replica_exists,
         parallelism,
         timestamp,
+        follow,
+        follow_interval,
         target: arg.to_string(),
     })
 }
