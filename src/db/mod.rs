@@ -858,6 +858,12 @@ impl Db {
                 Reason::DbFileRecreated,
             ),
         };
+        // Health says so before the log line does: whoever reads the log and then asks
+        // `/healthz` must not be told ok.
+        self.shared.metrics.set_db_problem(Some(format!(
+            "{what}; the replicas hold the old file's data"
+        )));
+        self.problem_set = true;
         logging::warn(
             what,
             &[
@@ -876,10 +882,6 @@ impl Db {
         // `init` logs nothing more while the path stays empty.
         self.waiting_logged = true;
         self.forced_reason = Some(reason);
-        self.shared.metrics.set_db_problem(Some(format!(
-            "{what}; the replicas hold the old file's data"
-        )));
-        self.problem_set = true;
         Ok(Moved::LetGo)
     }
 
