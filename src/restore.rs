@@ -709,7 +709,7 @@ fn decode_snapshot_into(
             );
         }
     }
-    if total % u64::from(page_size) != 0 {
+    if !total.is_multiple_of(u64::from(page_size)) {
         bail!("snapshot {key}: {total} bytes is not a whole number of {page_size}-byte pages; the replica is corrupt");
     }
     Ok(page_size)
