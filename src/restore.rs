@@ -29,6 +29,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::backoff::{Backoff, Growth};
 use crate::client::{self, ReplicaClient, SnapshotInfo, WalSegmentInfo};
 use crate::codec::{self, read_full, Compression};
+use crate::encryption::{Keys, Objects};
 use crate::files;
 use crate::layout;
 use crate::logging;
@@ -57,6 +58,8 @@ pub struct Source {
     pub name: String,
     /// Its store.
     pub client: Arc<dyn ReplicaClient>,
+    /// Its `age:` keys (`Keys::default()` for a replica written in the clear).
+    pub keys: Arc<Keys>,
 }
 
 /// One generation of one replica as listed.
@@ -422,16 +425,21 @@ fn output_exists(out: &Path) -> anyhow::Error {
 /// original db's, when known), else stays 0600: a backup never widens who can read the data.
 pub fn apply(
     client: &Arc<dyn ReplicaClient>,
+    keys: &Arc<Keys>,
     plan: &Plan,
     out: &Path,
     parallelism: usize,
     mode: Option<u32>,
 ) -> Result<()> {
+    let objects = Objects::new(keys.clone());
+    // An encrypted replica without its identity (or with the wrong one) fails here, on the
+    // snapshot's age header, before anything is created.
+    probe_snapshot(client.as_ref(), &objects, &plan.snapshot)?;
     let dir = files::parent_dir(out);
     fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create output directory", dir.display()))?;
     let (tmp, file) = TempPaths::create(out)?;
-    let result = build(client, plan, &tmp, file, parallelism.max(1)).and_then(|file| {
+    let result = build(client, &objects, plan, &tmp, file, parallelism.max(1)).and_then(|file| {
         let mode = mode.unwrap_or(0o600) & 0o7777;
         // Through the descriptor: by name, a link swapped in for the temp file would be
         // chmod'ed instead.
@@ -487,8 +495,26 @@ const SNAPSHOT_BUFFERS: usize = 3;
 /// snapshot, then each index's pages in order, straight into the file with positional
 /// writes. Nothing is fsynced until the end: the file is a temp file that only becomes the
 /// output once it is whole, checked and fsynced (`finish`, `publish`).
+/// Opens the snapshot through `objects` and reads its first bytes: what an age object needs
+/// (an identity that unwraps its key) is known before the restore creates anything.
+fn probe_snapshot(
+    client: &dyn ReplicaClient,
+    objects: &Objects,
+    info: &SnapshotInfo,
+) -> Result<()> {
+    let key = layout::snapshot_key(&info.generation, info.index, info.compression);
+    let raw = client
+        .open_snapshot(info)
+        .with_context(|| format!("cannot read snapshot {key}"))?;
+    let mut r = objects.open(&key, raw)?;
+    let mut first = [0u8; 1];
+    read_full(&mut r, &mut first).with_context(|| format!("cannot read snapshot {key}"))?;
+    Ok(())
+}
+
 fn build(
     client: &Arc<dyn ReplicaClient>,
+    objects: &Objects,
     plan: &Plan,
     tmp: &TempPaths,
     file: File,
@@ -526,14 +552,23 @@ fn build(
         // the thread may still be running its thread-local destructors (seen by the fuzzer's
         // leak checker); joining waits for the threads themselves to exit.
         let mut threads = Vec::with_capacity(parallelism.min(n) + 1);
-        threads.push(
-            scope.spawn(move || decode_snapshot(client.as_ref(), &plan.snapshot, snap_tx, free_rx)),
-        );
+        threads.push(scope.spawn(move || {
+            decode_snapshot(client.as_ref(), objects, &plan.snapshot, snap_tx, free_rx)
+        }));
         for _ in 0..parallelism.min(n) {
             let (window, abort, senders, pool) = (&window, &abort, &senders, &pool);
             let spool = spool.as_ref();
             threads.push(scope.spawn(move || {
-                wal_worker(client.as_ref(), plan, window, senders, pool, abort, spool)
+                wal_worker(
+                    client.as_ref(),
+                    objects,
+                    plan,
+                    window,
+                    senders,
+                    pool,
+                    abort,
+                    spool,
+                )
             }));
         }
         // The receivers move into `apply_all` and are dropped when it returns, so on an
@@ -560,8 +595,10 @@ fn build(
 /// One WAL worker: takes the next index the window hands out, with that index's sender, and
 /// streams it; once the restore is aborted it only drops the senders it takes, so the
 /// applier never waits on an index nobody works on.
+#[allow(clippy::too_many_arguments)]
 fn wal_worker(
     client: &dyn ReplicaClient,
+    objects: &Objects,
     plan: &Plan,
     window: &Window,
     senders: &Mutex<Vec<Option<Sender<WalMsg>>>>,
@@ -578,6 +615,7 @@ fn wal_worker(
         let (index, segments) = &plan.indexes[k];
         stream_index(
             client,
+            objects,
             &plan.generation,
             *index,
             segments,
@@ -637,11 +675,12 @@ enum SnapMsg {
 /// so decompression never waits for a write, nor a write for decompression.
 fn decode_snapshot(
     client: &dyn ReplicaClient,
+    objects: &Objects,
     info: &SnapshotInfo,
     tx: Sender<SnapMsg>,
     free: Receiver<Vec<u8>>,
 ) {
-    let msg = match decode_snapshot_into(client, info, &tx, &free) {
+    let msg = match decode_snapshot_into(client, objects, info, &tx, &free) {
         Ok(page_size) => SnapMsg::Done(page_size),
         Err(e) => SnapMsg::Failed(e),
     };
@@ -651,6 +690,7 @@ fn decode_snapshot(
 
 fn decode_snapshot_into(
     client: &dyn ReplicaClient,
+    objects: &Objects,
     info: &SnapshotInfo,
     tx: &Sender<SnapMsg>,
     free: &Receiver<Vec<u8>>,
@@ -660,6 +700,7 @@ fn decode_snapshot_into(
     let compression = info.compression;
     let raw = Resumable::open(&key, info.size, move |at| client.open_snapshot_at(info, at))
         .with_context(|| format!("cannot read snapshot {key}"))?;
+    let raw = objects.open(&key, raw)?;
     let mut reader =
         codec::decoder(compression, raw).with_context(|| format!("cannot read snapshot {key}"))?;
     let mut buf = vec![0u8; SNAPSHOT_CHUNK];
@@ -787,6 +828,7 @@ impl BufferPool {
 #[allow(clippy::too_many_arguments)]
 fn stream_index(
     client: &dyn ReplicaClient,
+    objects: &Objects,
     generation: &str,
     index: u32,
     segments: &[WalSegmentInfo],
@@ -802,12 +844,14 @@ fn stream_index(
         len: 0,
         header: None,
     };
-    let result = stream_segments(client, generation, index, segments, &mut sink, abort, spool)
-        .and_then(|()| {
-            sink.flush()
-                .map_err(|_| anyhow!("restore stopped"))
-                .map(|()| sink.header)
-        });
+    let result = stream_segments(
+        client, objects, generation, index, segments, &mut sink, abort, spool,
+    )
+    .and_then(|()| {
+        sink.flush()
+            .map_err(|_| anyhow!("restore stopped"))
+            .map(|()| sink.header)
+    });
     let msg = match result {
         Ok(header) => WalMsg::End(header),
         Err(e) => WalMsg::Failed(e),
@@ -816,8 +860,10 @@ fn stream_index(
     let _ = tx.send(msg);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stream_segments(
     client: &dyn ReplicaClient,
+    objects: &Objects,
     generation: &str,
     index: u32,
     segments: &[WalSegmentInfo],
@@ -858,6 +904,7 @@ fn stream_segments(
                     pos,
                     end,
                 };
+                let raw = objects.open(&key, raw)?;
                 codec::decoder(compression, raw)
                     .with_context(|| format!("cannot read WAL segment {key}"))?
             }
@@ -866,6 +913,7 @@ fn stream_segments(
                     client.open_wal_segment_at(seg, at)
                 })
                 .map_err(|e| segment_open_error(e, &key))?;
+                let raw = objects.open(&key, raw)?;
                 codec::decoder(compression, raw)
                     .with_context(|| format!("cannot read WAL segment {key}"))?
             }

@@ -1,6 +1,7 @@
 //! `litestream restore`: rebuild a database from a replica (SPEC §6), latest or point in time.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use pico_args::Arguments;
@@ -8,6 +9,7 @@ use pico_args::Arguments;
 use crate::cli::common::{format_time, open_clients, parse_timestamp, resolve_target};
 use crate::cli::{flag, opt_value, positionals, wants_help};
 use crate::config::LoggingConfig;
+use crate::encryption::Keys;
 use crate::position::is_generation;
 use crate::restore::{self, Options, Source};
 use crate::{layout, logging};
@@ -137,8 +139,12 @@ pub fn run(mut args: Arguments) -> Result<i32> {
 
     let sources: Vec<Source> = open_clients(&target.replicas)?
         .into_iter()
-        .map(|(name, client)| Source { name, client })
-        .collect();
+        .zip(&target.replicas)
+        .map(|((name, client), cfg)| {
+            let keys = Arc::new(Keys::from_config(&name, cfg.age.as_ref())?);
+            Ok(Source { name, client, keys })
+        })
+        .collect::<Result<_>>()?;
     let opts = Options {
         replica: flags.replica,
         generation: flags.generation,
@@ -167,7 +173,15 @@ pub fn run(mut args: Arguments) -> Result<i32> {
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
     // From here on the restore creates files: a signal removes them before the exit.
     restore::signal_cleanup::install()?;
-    restore::apply(&source.client, &plan, &out, opts.parallelism, mode).map_err(|e| {
+    restore::apply(
+        &source.client,
+        &source.keys,
+        &plan,
+        &out,
+        opts.parallelism,
+        mode,
+    )
+    .map_err(|e| {
         // Which backup failed, and where to look for an older one that may be sound.
         let hint = if opts.generation.is_none() && listings.len() > 1 {
             format!(
