@@ -261,14 +261,17 @@ impl Objects {
         }
         let keys = &self.keys;
         if !keys.decrypts() {
-            let to = if keys.encrypts() {
-                format!(" (the identity of recipient {})", keys.recipients_text())
-            } else {
-                String::new()
-            };
+            if !keys.encrypts() {
+                // No `age:` at all (or a replica URL, which cannot carry one).
+                bail!(
+                    "replica {} is encrypted with age and {name} cannot be read without its identity: give the replica `age: {{identities: [...]}}` in a config and restore with -config",
+                    keys.replica
+                );
+            }
             bail!(
-                "replica {} is encrypted with age and {name} cannot be read without its identity: add the identity{to} to the replica's age.identities",
-                keys.replica
+                "replica {} is encrypted with age and {name} cannot be read without its identity: add the identity of recipient {} to the replica's age.identities",
+                keys.replica,
+                keys.recipients_text()
             );
         }
         let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(CHUNK, whole))
@@ -276,7 +279,7 @@ impl Objects {
         match decryptor.decrypt(keys.identities.iter().map(|i| i as &dyn age::Identity)) {
             Ok(r) => Ok(Box::new(r)),
             Err(age::DecryptError::NoMatchingKeys) => bail!(
-                "replica {} is encrypted with age and none of its identities (public keys {}) can decrypt {name}: add the identity it was encrypted to to the replica's age.identities",
+                "replica {} is encrypted with age and none of its identities (public keys {}) can decrypt {name}, which was encrypted to other recipients: add the identity of one of them to the replica's age.identities",
                 keys.replica,
                 keys.identity_publics()
             ),

@@ -503,8 +503,8 @@ fn probe_snapshot(
     info: &SnapshotInfo,
 ) -> Result<()> {
     let key = layout::snapshot_key(&info.generation, info.index, info.compression);
-    let raw = client
-        .open_snapshot(info)
+    // With the download's own retries, so a store's hiccup costs no more here than later.
+    let raw = Resumable::open(&key, info.size, move |at| client.open_snapshot_at(info, at))
         .with_context(|| format!("cannot read snapshot {key}"))?;
     let mut r = objects.open(&key, raw)?;
     let mut first = [0u8; 1];

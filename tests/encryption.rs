@@ -260,7 +260,7 @@ fn restore_without_or_with_a_wrong_identity_fails_before_writing() {
         (
             "no age",
             String::new(),
-            &["is encrypted with age", "age.identities"],
+            &["is encrypted with age", "identities", "-config"],
         ),
         // The wrong identity: names its public key.
         (
