@@ -1085,7 +1085,8 @@ mod tests {
             "{e}"
         );
         // Value errors carry place and line and never quote an identity.
-        let broken = format!("{}Q", &secret[..secret.len() - 1]);
+        let last = if secret.ends_with('Q') { 'P' } else { 'Q' };
+        let broken = format!("{}{last}", &secret[..secret.len() - 1]);
         for (text, want) in [
             (format!("age:\n          identities:\n            - {broken}\n"), "line 7 column 15: dbs[0].replicas[0].age.identities[0]: line 1 is not an age identity"),
             (format!("age:\n          identities: {secret}\n"), "line 6 column 23: dbs[0].replicas[0].age.identities: must be a list of identities"),
