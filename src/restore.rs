@@ -432,14 +432,24 @@ pub fn apply(
     mode: Option<u32>,
 ) -> Result<()> {
     let objects = Objects::new(keys.clone());
-    // An encrypted replica without its identity (or with the wrong one) fails here, on the
-    // snapshot's age header, before anything is created.
-    probe_snapshot(client.as_ref(), &objects, &plan.snapshot)?;
+    // The snapshot's download starts here, before anything is created: an encrypted replica
+    // without its identity (or with the wrong one) fails on its age header. The decoder
+    // thread reads on from the same stream.
+    let snapshot = open_snapshot(client.as_ref(), &objects, &plan.snapshot)?;
     let dir = files::parent_dir(out);
     fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create output directory", dir.display()))?;
     let (tmp, file) = TempPaths::create(out)?;
-    let result = build(client, &objects, plan, &tmp, file, parallelism.max(1)).and_then(|file| {
+    let result = build(
+        client,
+        &objects,
+        snapshot,
+        plan,
+        &tmp,
+        file,
+        parallelism.max(1),
+    )
+    .and_then(|file| {
         let mode = mode.unwrap_or(0o600) & 0o7777;
         // Through the descriptor: by name, a link swapped in for the temp file would be
         // chmod'ed instead.
@@ -489,32 +499,32 @@ const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// Snapshot buffers: one being decoded into, one being written, one waiting between them.
 const SNAPSHOT_BUFFERS: usize = 3;
 
-/// Builds the database at `tmp.db`: one thread decodes the snapshot, up to `parallelism`
+/// The snapshot's stored bytes, opened through `objects` (decrypting an age object), with the
+/// download's own retries (`Resumable`).
+fn open_snapshot<'a>(
+    client: &'a dyn ReplicaClient,
+    objects: &Objects,
+    info: &'a SnapshotInfo,
+) -> Result<Box<dyn Read + Send + 'a>> {
+    let key = layout::snapshot_key(&info.generation, info.index, info.compression);
+    logging::info("restoring snapshot", &[("snapshot", &key)]);
+    let raw = Resumable::open(&key, info.size, move |at| client.open_snapshot_at(info, at))
+        .with_context(|| format!("cannot read snapshot {key}"))?;
+    objects.open(&key, raw)
+}
+
+/// Builds the database at `tmp.db`: one thread decodes the snapshot
+/// (`snapshot`, already opened by `apply`), up to `parallelism`
 /// workers download, decode and verify the WAL indexes ahead (at most `parallelism` beyond
 /// the one being applied, each holding at most two chunks), and this thread writes the
 /// snapshot, then each index's pages in order, straight into the file with positional
 /// writes. Nothing is fsynced until the end: the file is a temp file that only becomes the
 /// output once it is whole, checked and fsynced (`finish`, `publish`).
-/// Opens the snapshot through `objects` and reads its first bytes: what an age object needs
-/// (an identity that unwraps its key) is known before the restore creates anything.
-fn probe_snapshot(
-    client: &dyn ReplicaClient,
-    objects: &Objects,
-    info: &SnapshotInfo,
-) -> Result<()> {
-    let key = layout::snapshot_key(&info.generation, info.index, info.compression);
-    // With the download's own retries, so a store's hiccup costs no more here than later.
-    let raw = Resumable::open(&key, info.size, move |at| client.open_snapshot_at(info, at))
-        .with_context(|| format!("cannot read snapshot {key}"))?;
-    let mut r = objects.open(&key, raw)?;
-    let mut first = [0u8; 1];
-    read_full(&mut r, &mut first).with_context(|| format!("cannot read snapshot {key}"))?;
-    Ok(())
-}
-
+#[allow(clippy::too_many_arguments)]
 fn build(
     client: &Arc<dyn ReplicaClient>,
     objects: &Objects,
+    snapshot: Box<dyn Read + Send + '_>,
     plan: &Plan,
     tmp: &TempPaths,
     file: File,
@@ -552,9 +562,8 @@ fn build(
         // the thread may still be running its thread-local destructors (seen by the fuzzer's
         // leak checker); joining waits for the threads themselves to exit.
         let mut threads = Vec::with_capacity(parallelism.min(n) + 1);
-        threads.push(scope.spawn(move || {
-            decode_snapshot(client.as_ref(), objects, &plan.snapshot, snap_tx, free_rx)
-        }));
+        threads
+            .push(scope.spawn(move || decode_snapshot(snapshot, &plan.snapshot, snap_tx, free_rx)));
         for _ in 0..parallelism.min(n) {
             let (window, abort, senders, pool) = (&window, &abort, &senders, &pool);
             let spool = spool.as_ref();
@@ -674,13 +683,12 @@ enum SnapMsg {
 /// Decodes the snapshot into `tx` (buffers come back through `free`). Runs on its own thread
 /// so decompression never waits for a write, nor a write for decompression.
 fn decode_snapshot(
-    client: &dyn ReplicaClient,
-    objects: &Objects,
+    raw: Box<dyn Read + Send + '_>,
     info: &SnapshotInfo,
     tx: Sender<SnapMsg>,
     free: Receiver<Vec<u8>>,
 ) {
-    let msg = match decode_snapshot_into(client, objects, info, &tx, &free) {
+    let msg = match decode_snapshot_into(raw, info, &tx, &free) {
         Ok(page_size) => SnapMsg::Done(page_size),
         Err(e) => SnapMsg::Failed(e),
     };
@@ -689,18 +697,13 @@ fn decode_snapshot(
 }
 
 fn decode_snapshot_into(
-    client: &dyn ReplicaClient,
-    objects: &Objects,
+    raw: Box<dyn Read + Send + '_>,
     info: &SnapshotInfo,
     tx: &Sender<SnapMsg>,
     free: &Receiver<Vec<u8>>,
 ) -> Result<u32> {
     let key = layout::snapshot_key(&info.generation, info.index, info.compression);
-    logging::info("restoring snapshot", &[("snapshot", &key)]);
     let compression = info.compression;
-    let raw = Resumable::open(&key, info.size, move |at| client.open_snapshot_at(info, at))
-        .with_context(|| format!("cannot read snapshot {key}"))?;
-    let raw = objects.open(&key, raw)?;
     let mut reader =
         codec::decoder(compression, raw).with_context(|| format!("cannot read snapshot {key}"))?;
     let mut buf = vec![0u8; SNAPSHOT_CHUNK];
