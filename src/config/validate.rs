@@ -91,9 +91,16 @@ impl Config {
         let mut problems = Vec::new();
         for (i, db) in self.dbs.iter().enumerate() {
             for (j, r) in db.replicas.iter().enumerate() {
-                if r.age.as_ref().is_some_and(|a| a.recipients.is_empty()) {
+                let Some(age) = &r.age else { continue };
+                if age.recipients.is_empty() {
                     problems.push(format!(
                         "{lead}dbs[{i}].replicas[{j}].age: has identities but no recipients, so the daemon would write this replica in the clear; add age.recipients (the identities' public keys, `age-keygen -y`)"
+                    ));
+                }
+                // Daemon only: restore and the listings read such a config as it is.
+                if !r.validation_interval.is_zero() && age.identities.is_empty() {
+                    problems.push(format!(
+                        "{lead}dbs[{i}].replicas[{j}].validation-interval: validating an encrypted replica restores it, which needs its key: add age.identities, or turn validation off (0)"
                     ));
                 }
             }
@@ -582,14 +589,6 @@ impl Builder<'_> {
             self.problem(&format!("{place}.sync-interval"), "must be greater than 0");
         }
         r.age = raw.age.and_then(|a| self.age(place, a));
-        if let Some(age) = &r.age {
-            if !r.validation_interval.is_zero() && age.identities.is_empty() {
-                self.problem(
-                    &format!("{place}.validation-interval"),
-                    "validating an encrypted replica restores it, which needs its key: add age.identities, or turn validation off (0)",
-                );
-            }
-        }
         r
     }
 
@@ -1075,6 +1074,16 @@ mod tests {
             .unwrap()
             .check_for_daemon()
             .unwrap();
+        let e = parse(&format!("dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n        validation-interval: 1m\n        age:\n          recipients: [{rcpt}]\n"))
+            .unwrap()
+            .check_for_daemon()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "dbs[0].replicas[0].validation-interval: validating an encrypted replica"
+            ),
+            "{e}"
+        );
         let e = only("identities", &secret)
             .unwrap()
             .check_for_daemon()
@@ -1094,7 +1103,6 @@ mod tests {
             ("age:\n          recipients:\n            - \"\"\n".to_string(), "dbs[0].replicas[0].age.recipients[0]: is empty"),
             ("age: {}\n".to_string(), "dbs[0].replicas[0].age: needs `recipients`"),
             ("age:\n          recipient: []\n".to_string(), "unknown key `recipient` in dbs[0].replicas[0].age (did you mean `recipients`?)"),
-            (format!("validation-interval: 1m\n        age:\n          recipients: [{rcpt}]\n"), "dbs[0].replicas[0].validation-interval: validating an encrypted replica"),
         ] {
             let e = one_err(&format!("dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n        {text}"));
             assert!(e.contains(want), "{e}\nwant: {want}");
