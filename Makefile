@@ -109,7 +109,7 @@ clean:
 # inputs go to fuzz/corpus/<target>/, crashes to fuzz/artifacts/<target>/ (both gitignored),
 # the full log to fuzz/target/logs/<target>.log; the final stats lines are printed.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := wal_parser replica_names config_parser restore_segment
+FUZZ_TARGETS := wal_parser replica_names config_parser restore_segment age_reader
 FUZZ_CARGO ?= cargo +nightly
 fuzz:
 	@scripts/install-fuzz-prereqs.sh --check-only || scripts/install-fuzz-prereqs.sh

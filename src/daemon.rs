@@ -94,10 +94,15 @@ fn start_replicas(
         let (ntx, nrx) = bounded(1);
         let (stx, srx) = bounded(1);
         let raw = client.clone();
+        let keys = Arc::new(crate::encryption::Keys::from_config(
+            &r_cfg.name,
+            r_cfg.age.as_ref(),
+        )?);
         let replica = Replica::new(
             slot,
             r_cfg.clone(),
             client::counting::wrap(client, registry),
+            keys,
             shared.clone(),
             snapshots.clone(),
         );

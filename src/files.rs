@@ -122,6 +122,27 @@ pub fn open_existing(path: &Path, write: bool) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// Opens someone else's existing regular file to read it (a key file the configuration
+/// names), never through a planted link on the way or at the name, and never changing it
+/// (unlike [`open_existing`], which gives our own files back to their directory's owner).
+pub fn open_read_only(path: &Path) -> io::Result<File> {
+    let (dir, name) = split(path)?;
+    let fd = open_at(
+        dir.fd.as_raw_fd(),
+        &name,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        0,
+    )?;
+    let st = stat_fd(fd.as_raw_fd())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a regular file", path.display()),
+        ));
+    }
+    Ok(File::from(fd))
+}
+
 /// Writes the file at `path` atomically with `write`, which fills the new file: a temp name
 /// (`<path>.tmp`, created new: see `create_replacing`) with exactly `mode`, fsync, rename into
 /// place (which replaces an entry at `path` without following it), fsync of the directory,

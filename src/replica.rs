@@ -22,6 +22,7 @@ use crate::client::{ReplicaClient, SnapshotInfo};
 use crate::codec;
 use crate::config::ReplicaConfig;
 use crate::db::{identity, DbShared, Notice};
+use crate::encryption::{self, Keys};
 use crate::layout;
 use crate::logging;
 use crate::position::Position;
@@ -46,6 +47,8 @@ pub struct Replica {
     slot: usize,
     cfg: ReplicaConfig,
     client: Arc<dyn ReplicaClient>,
+    /// The `age:` keys: objects are encrypted to the recipients, read with the identities.
+    keys: Arc<Keys>,
     db: Arc<DbShared>,
     snapshots: Arc<Semaphore>,
     /// What the store holds of the current generation (None until known).
@@ -78,11 +81,13 @@ pub struct Replica {
 
 impl Replica {
     /// A replica of the db behind `db`, at `slot` in its replica list, writing through
-    /// `client`; `snapshots` bounds how many snapshots the whole daemon takes at once.
+    /// `client` (encrypted to `keys`' recipients, if any); `snapshots` bounds how many
+    /// snapshots the whole daemon takes at once.
     pub fn new(
         slot: usize,
         cfg: ReplicaConfig,
         client: Arc<dyn ReplicaClient>,
+        keys: Arc<Keys>,
         db: Arc<DbShared>,
         snapshots: Arc<Semaphore>,
     ) -> Self {
@@ -90,6 +95,7 @@ impl Replica {
             slot,
             cfg,
             client,
+            keys,
             db,
             snapshots,
             pos: None,
@@ -346,20 +352,28 @@ impl Replica {
         let last_snapshot = snapshots.iter().map(|s| s.index).max();
         let pos = match (segments.last(), last_snapshot) {
             (Some(seg), snap) if snap.is_none_or(|s| s <= seg.index) => {
-                let mut r = codec::decoder(seg.compression, self.client.open_wal_segment(seg)?)?;
-                let len = io::copy(&mut r, &mut io::sink()).with_context(|| {
-                    format!(
-                        "cannot read wal segment {}",
-                        layout::wal_segment_stem(seg.index, seg.offset)
-                    )
-                })?;
+                let stem = layout::wal_segment_stem(seg.index, seg.offset);
+                let raw = self.client.open_wal_segment(seg)?;
+                let raw = self.continue_or_not(generation, &stem, raw, true)?;
+                let objects = encryption::Objects::new(self.keys.clone());
+                let raw = objects.open(&stem, raw)?;
+                let mut r = codec::decoder(seg.compression, raw)?;
+                let len = io::copy(&mut r, &mut io::sink())
+                    .with_context(|| format!("cannot read wal segment {stem}"))?;
                 Some(Position::new(
                     generation.clone(),
                     seg.index,
                     seg.offset + len,
                 ))
             }
-            (_, Some(s)) => Some(Position::new(generation.clone(), s, 0)),
+            (_, Some(s)) => {
+                if let Some(info) = snapshots.iter().find(|i| i.index == s) {
+                    let name = layout::snapshot_key(generation, s, info.compression);
+                    let raw = self.client.open_snapshot(info)?;
+                    self.continue_or_not(generation, &name, raw, false)?;
+                }
+                Some(Position::new(generation.clone(), s, 0))
+            }
             (_, None) => None,
         };
         if let Some(p) = &pos {
@@ -393,6 +407,53 @@ impl Replica {
             self.db.set_replica_position(self.slot, self.pos.clone());
         }
         Ok(())
+    }
+
+    /// Whether the generation can be continued after `name`, its newest object (`raw`, its
+    /// stored bytes), as far as encryption goes: its kind (age or plain) must be the one this
+    /// replica writes now, or the generation would mix the two; and continuing after a
+    /// segment (`need_read`) means reading its length, which an age segment allows only with
+    /// an identity. Otherwise a new generation is requested and this is an error. Returns the
+    /// object's bytes again, for reading on.
+    fn continue_or_not(
+        &mut self,
+        generation: &str,
+        name: &str,
+        mut raw: Box<dyn Read + Send>,
+        need_read: bool,
+    ) -> Result<Box<dyn Read + Send>> {
+        let mut head = [0u8; encryption::AGE_MAGIC.len()];
+        let n =
+            codec::read_full(&mut raw, &mut head).with_context(|| format!("cannot read {name}"))?;
+        let encrypted = encryption::is_age(&head[..n]);
+        let why = if encrypted != self.keys.encrypts() {
+            Some(if encrypted {
+                "the replica's newest object is age-encrypted and this replica has no age recipient now"
+            } else {
+                "this replica is now age-encrypted and its newest object is not"
+            })
+        } else if encrypted && need_read && !self.keys.decrypts() {
+            Some("the replica is age-encrypted and this host has no identity to read the length of its last wal segment")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            logging::info(
+                "replica cannot continue its generation: starting a new generation",
+                &[
+                    ("db", &self.db_label()),
+                    ("replica", &self.cfg.name),
+                    ("object", &name),
+                    ("reason", &why),
+                ],
+            );
+            self.db.request_new_generation();
+            bail!(
+                "replica {}: generation {generation} is not continued ({why}); a new generation follows",
+                self.cfg.name
+            );
+        }
+        Ok(Box::new(io::Cursor::new(head[..n].to_vec()).chain(raw)))
     }
 
     /// Takes a snapshot of the db at the shadow's current index. The WAL of that index up to
@@ -436,8 +497,10 @@ impl Replica {
             .db_file()
             .ok_or_else(|| anyhow!("database file not open yet"))?;
         // Compressed on worker threads while this one reads the file and feeds the store.
-        let mut data =
-            codec::snapshot_encoder(self.cfg.compression, PositionalReader { file, offset: 0 })?;
+        let mut data = encryption::encrypt(
+            &self.keys,
+            codec::snapshot_encoder(self.cfg.compression, PositionalReader { file, offset: 0 })?,
+        )?;
         let info = self
             .client
             .write_snapshot(&generation, target.index, self.cfg.compression, &mut data)
@@ -526,10 +589,10 @@ impl Replica {
     /// Runs one validation and records its outcome (SPEC §5.5). A failure to validate (the store unreachable, the replica unreadable) counts
     /// as a failed validation too: either way the replica would not restore.
     fn validate(&mut self) {
-        let (db, client) = (self.db.clone(), self.client.clone());
+        let (db, client, keys) = (self.db.clone(), self.client.clone(), self.keys.clone());
         let scratch = db.meta_dir.join(format!("validation-{}", self.slot));
         let started = Instant::now();
-        let result = crate::validate::validate(&db, &client, &scratch, &mut |p| {
+        let result = crate::validate::validate(&db, &client, &keys, &scratch, &mut |p| {
             if self.pos.as_ref().map(|x| &x.generation) != Some(&p.generation) {
                 bail!("generation changed");
             }
@@ -807,12 +870,12 @@ impl Replica {
         // held across I/O were most of the daemon's peak memory. Larger segments stream.
         let mut data: Box<dyn Read + Send> = if end - pos.offset <= SMALL_SEGMENT {
             let mut compressed = Vec::new();
-            codec::encoder(self.cfg.compression, raw)?
+            encryption::encrypt(&self.keys, codec::encoder(self.cfg.compression, raw)?)?
                 .read_to_end(&mut compressed)
                 .with_context(|| format!("{}: cannot read shadow wal", path.display()))?;
             Box::new(io::Cursor::new(compressed))
         } else {
-            codec::encoder(self.cfg.compression, raw)?
+            encryption::encrypt(&self.keys, codec::encoder(self.cfg.compression, raw)?)?
         };
         let info = self
             .client
@@ -996,7 +1059,14 @@ mod tests {
             path: dir.path().join("replica"),
         });
         let interval = cfg.sync_interval;
-        let mut replica = Replica::new(0, cfg, store.clone(), db, Arc::new(Semaphore::new(1)));
+        let mut replica = Replica::new(
+            0,
+            cfg,
+            store.clone(),
+            Arc::new(Keys::default()),
+            db,
+            Arc::new(Semaphore::new(1)),
+        );
         replica.pos = Some(Position::new(generation, 0, 0));
         replica.has_snapshot = true;
 

@@ -29,6 +29,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::backoff::{Backoff, Growth};
 use crate::client::{self, ReplicaClient, SnapshotInfo, WalSegmentInfo};
 use crate::codec::{self, read_full, Compression};
+use crate::encryption::{Keys, Objects};
 use crate::files;
 use crate::layout;
 use crate::logging;
@@ -57,6 +58,8 @@ pub struct Source {
     pub name: String,
     /// Its store.
     pub client: Arc<dyn ReplicaClient>,
+    /// Its `age:` keys (`Keys::default()` for a replica written in the clear).
+    pub keys: Arc<Keys>,
 }
 
 /// One generation of one replica as listed.
@@ -440,26 +443,40 @@ fn output_exists(out: &Path) -> anyhow::Error {
 /// original db's, when known), else stays 0600: a backup never widens who can read the data.
 pub fn apply(
     client: &Arc<dyn ReplicaClient>,
+    keys: &Arc<Keys>,
     plan: &Plan,
     out: &Path,
     parallelism: usize,
     mode: Option<u32>,
 ) -> Result<Restored> {
+    let objects = Objects::new(keys.clone());
+    // The snapshot's download starts here, before anything is created: an encrypted replica
+    // without its identity (or with the wrong one) fails on its age header. The decoder
+    // thread reads on from the same stream.
+    let snapshot = open_snapshot(client.as_ref(), &objects, &plan.snapshot)?;
     let dir = files::parent_dir(out);
     fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create output directory", dir.display()))?;
     let (tmp, file) = TempPaths::create(out)?;
-    let result =
-        build(client, plan, &tmp, file, parallelism.max(1)).and_then(|(file, restored)| {
-            let mode = mode.unwrap_or(0o600) & 0o7777;
-            // Through the descriptor: by name, a link swapped in for the temp file would be
-            // chmod'ed instead.
-            file.set_permissions(fs::Permissions::from_mode(mode))
-                .with_context(|| format!("{}: cannot set mode {mode:o}", tmp.db.display()))?;
-            publish(&tmp.db, out, &file)?;
-            inherit_db_id(client, &plan.generation, out, mode);
-            Ok(restored)
-        });
+    let result = build(
+        client,
+        &objects,
+        snapshot,
+        plan,
+        &tmp,
+        file,
+        parallelism.max(1),
+    )
+    .and_then(|(file, restored)| {
+        let mode = mode.unwrap_or(0o600) & 0o7777;
+        // Through the descriptor: by name, a link swapped in for the temp file would be
+        // chmod'ed instead.
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .with_context(|| format!("{}: cannot set mode {mode:o}", tmp.db.display()))?;
+        publish(&tmp.db, out, &file)?;
+        inherit_db_id(client, &plan.generation, out, mode);
+        Ok(restored)
+    });
     tmp.remove_all();
     result
 }
@@ -500,14 +517,32 @@ const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// Snapshot buffers: one being decoded into, one being written, one waiting between them.
 const SNAPSHOT_BUFFERS: usize = 3;
 
-/// Builds the database at `tmp.db`: one thread decodes the snapshot, up to `parallelism`
+/// The snapshot's stored bytes, opened through `objects` (decrypting an age object), with the
+/// download's own retries (`Resumable`).
+fn open_snapshot<'a>(
+    client: &'a dyn ReplicaClient,
+    objects: &Objects,
+    info: &'a SnapshotInfo,
+) -> Result<Box<dyn Read + Send + 'a>> {
+    let key = layout::snapshot_key(&info.generation, info.index, info.compression);
+    logging::info("restoring snapshot", &[("snapshot", &key)]);
+    let raw = Resumable::open(&key, info.size, move |at| client.open_snapshot_at(info, at))
+        .with_context(|| format!("cannot read snapshot {key}"))?;
+    objects.open(&key, raw)
+}
+
+/// Builds the database at `tmp.db`: one thread decodes the snapshot
+/// (`snapshot`, already opened by `apply`), up to `parallelism`
 /// workers download, decode and verify the WAL indexes ahead (at most `parallelism` beyond
 /// the one being applied, each holding at most two chunks), and this thread writes the
 /// snapshot, then each index's pages in order, straight into the file with positional
 /// writes. Nothing is fsynced until the end: the file is a temp file that only becomes the
 /// output once it is whole, checked and fsynced (`finish`, `publish`).
+#[allow(clippy::too_many_arguments)]
 fn build(
     client: &Arc<dyn ReplicaClient>,
+    objects: &Objects,
+    snapshot: Box<dyn Read + Send + '_>,
     plan: &Plan,
     tmp: &TempPaths,
     file: File,
@@ -545,14 +580,22 @@ fn build(
         // the thread may still be running its thread-local destructors (seen by the fuzzer's
         // leak checker); joining waits for the threads themselves to exit.
         let mut threads = Vec::with_capacity(parallelism.min(n) + 1);
-        threads.push(
-            scope.spawn(move || decode_snapshot(client.as_ref(), &plan.snapshot, snap_tx, free_rx)),
-        );
+        threads
+            .push(scope.spawn(move || decode_snapshot(snapshot, &plan.snapshot, snap_tx, free_rx)));
         for _ in 0..parallelism.min(n) {
             let (window, abort, senders, pool) = (&window, &abort, &senders, &pool);
             let spool = spool.as_ref();
             threads.push(scope.spawn(move || {
-                wal_worker(client.as_ref(), plan, window, senders, pool, abort, spool)
+                wal_worker(
+                    client.as_ref(),
+                    objects,
+                    plan,
+                    window,
+                    senders,
+                    pool,
+                    abort,
+                    spool,
+                )
             }));
         }
         // The receivers move into `apply_all` and are dropped when it returns, so on an
@@ -579,8 +622,10 @@ fn build(
 /// One WAL worker: takes the next index the window hands out, with that index's sender, and
 /// streams it; once the restore is aborted it only drops the senders it takes, so the
 /// applier never waits on an index nobody works on.
+#[allow(clippy::too_many_arguments)]
 fn wal_worker(
     client: &dyn ReplicaClient,
+    objects: &Objects,
     plan: &Plan,
     window: &Window,
     senders: &Mutex<Vec<Option<Sender<WalMsg>>>>,
@@ -597,6 +642,7 @@ fn wal_worker(
         let (index, segments) = &plan.indexes[k];
         stream_index(
             client,
+            objects,
             &plan.generation,
             *index,
             segments,
@@ -666,12 +712,12 @@ enum SnapMsg {
 /// Decodes the snapshot into `tx` (buffers come back through `free`). Runs on its own thread
 /// so decompression never waits for a write, nor a write for decompression.
 fn decode_snapshot(
-    client: &dyn ReplicaClient,
+    raw: Box<dyn Read + Send + '_>,
     info: &SnapshotInfo,
     tx: Sender<SnapMsg>,
     free: Receiver<Vec<u8>>,
 ) {
-    let msg = match decode_snapshot_into(client, info, &tx, &free) {
+    let msg = match decode_snapshot_into(raw, info, &tx, &free) {
         Ok(page_size) => SnapMsg::Done(page_size),
         Err(e) => SnapMsg::Failed(e),
     };
@@ -680,16 +726,13 @@ fn decode_snapshot(
 }
 
 fn decode_snapshot_into(
-    client: &dyn ReplicaClient,
+    raw: Box<dyn Read + Send + '_>,
     info: &SnapshotInfo,
     tx: &Sender<SnapMsg>,
     free: &Receiver<Vec<u8>>,
 ) -> Result<u32> {
     let key = layout::snapshot_key(&info.generation, info.index, info.compression);
-    logging::info("restoring snapshot", &[("snapshot", &key)]);
     let compression = info.compression;
-    let raw = Resumable::open(&key, info.size, move |at| client.open_snapshot_at(info, at))
-        .with_context(|| format!("cannot read snapshot {key}"))?;
     let mut reader =
         codec::decoder(compression, raw).with_context(|| format!("cannot read snapshot {key}"))?;
     let mut buf = vec![0u8; SNAPSHOT_CHUNK];
@@ -739,7 +782,7 @@ fn decode_snapshot_into(
             );
         }
     }
-    if total % u64::from(page_size) != 0 {
+    if !total.is_multiple_of(u64::from(page_size)) {
         bail!("snapshot {key}: {total} bytes is not a whole number of {page_size}-byte pages; the replica is corrupt");
     }
     Ok(page_size)
@@ -817,6 +860,7 @@ impl BufferPool {
 #[allow(clippy::too_many_arguments)]
 fn stream_index(
     client: &dyn ReplicaClient,
+    objects: &Objects,
     generation: &str,
     index: u32,
     segments: &[WalSegmentInfo],
@@ -832,12 +876,14 @@ fn stream_index(
         len: 0,
         header: None,
     };
-    let result = stream_segments(client, generation, index, segments, &mut sink, abort, spool)
-        .and_then(|end| {
-            sink.flush()
-                .map_err(|_| anyhow!("restore stopped"))
-                .map(|()| (sink.header, end))
-        });
+    let result = stream_segments(
+        client, objects, generation, index, segments, &mut sink, abort, spool,
+    )
+    .and_then(|end| {
+        sink.flush()
+            .map_err(|_| anyhow!("restore stopped"))
+            .map(|()| (sink.header, end))
+    });
     let msg = match result {
         Ok((header, end)) => WalMsg::End(header, end),
         Err(e) => WalMsg::Failed(e),
@@ -846,8 +892,10 @@ fn stream_index(
     let _ = tx.send(msg);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stream_segments(
     client: &dyn ReplicaClient,
+    objects: &Objects,
     generation: &str,
     index: u32,
     segments: &[WalSegmentInfo],
@@ -888,6 +936,7 @@ fn stream_segments(
                     pos,
                     end,
                 };
+                let raw = objects.open(&key, raw)?;
                 codec::decoder(compression, raw)
                     .with_context(|| format!("cannot read WAL segment {key}"))?
             }
@@ -896,6 +945,7 @@ fn stream_segments(
                     client.open_wal_segment_at(seg, at)
                 })
                 .map_err(|e| segment_open_error(e, &key))?;
+                let raw = objects.open(&key, raw)?;
                 codec::decoder(compression, raw)
                     .with_context(|| format!("cannot read WAL segment {key}"))?
             }

@@ -19,6 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::client::ReplicaClient;
 use crate::db::DbShared;
+use crate::encryption::Keys;
 use crate::files;
 use crate::position::Position;
 use crate::restore::{self, GenerationListing, Options};
@@ -40,12 +41,13 @@ pub(crate) enum Outcome {
 pub(crate) fn validate(
     db: &DbShared,
     client: &Arc<dyn ReplicaClient>,
+    keys: &Arc<Keys>,
     scratch: &Path,
     upload_until: &mut dyn FnMut(&Position) -> Result<()>,
 ) -> Result<(Position, Outcome)> {
     let _ = fs::remove_dir_all(scratch);
     fs::create_dir_all(scratch).with_context(|| format!("{}: cannot create", scratch.display()))?;
-    let result = run(db, client, scratch, upload_until);
+    let result = run(db, client, keys, scratch, upload_until);
     let _ = fs::remove_dir_all(scratch);
     result
 }
@@ -53,6 +55,7 @@ pub(crate) fn validate(
 fn run(
     db: &DbShared,
     client: &Arc<dyn ReplicaClient>,
+    keys: &Arc<Keys>,
     scratch: &Path,
     upload_until: &mut dyn FnMut(&Position) -> Result<()>,
 ) -> Result<(Position, Outcome)> {
@@ -100,7 +103,7 @@ fn run(
         )
     })?;
     let remote = scratch.join("replica.db");
-    restore::apply(client, &plan, &remote, 2, None)?;
+    restore::apply(client, keys, &plan, &remote, 2, None)?;
     let outcome = compare(&local, &remote)?;
     Ok((pos, outcome))
 }

@@ -632,7 +632,7 @@ fn soak() {
         phases.fault += t.elapsed();
         soak.sample();
         // Check one replica per step, alternating.
-        let (name, url, creds): (&str, &str, &[(&str, &str)]) = if step % 2 == 0 {
+        let (name, url, creds): (&str, &str, &[(&str, &str)]) = if step.is_multiple_of(2) {
             ("file", &file_url, &[])
         } else {
             ("s3", &s3_url, &creds)
@@ -657,7 +657,7 @@ fn soak() {
                 long_failed += long as u64;
             }
         }
-        if step % 10 == 0 {
+        if step.is_multiple_of(10) {
             println!(
                 "  step {step} at {:.0} s: {kind}; committed {}, restored {got} from {name} (synced before: {})",
                 start.elapsed().as_secs_f64(),

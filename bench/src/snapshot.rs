@@ -57,12 +57,36 @@ struct Snap {
     object_bytes: u64,
 }
 
-fn snapshot_once(dir: &Path, db: &Path, compression: &str) -> Result<(Snap, PathBuf), String> {
+/// A key pair for the encrypted rows only (made with age-keygen's format; it protects nothing).
+const BENCH_IDENTITY: &str =
+    "AGE-SECRET-KEY-1ERYS5G7WAYJRXZ562ET2V0R0CNJKRT58DSM472Q06KGHTYQLTGSS49AXYY";
+const BENCH_RECIPIENT: &str = "age1xtkaxgdgpyfq5lg3ffpnps29hqtllt0jmesz35t78mhznwnk6f4qm0tu98";
+
+/// The `age:` block of an encrypted replica (recipient and identity, so the same config
+/// restores it).
+fn age_yaml() -> String {
+    format!(
+        "        age:\n          recipients: [{BENCH_RECIPIENT}]\n          identities: [\"{BENCH_IDENTITY}\"]\n"
+    )
+}
+
+/// `label` names the files: the compression, plus `-age` when `age`.
+fn snapshot_once(
+    dir: &Path,
+    db: &Path,
+    compression: &str,
+    age: bool,
+) -> Result<(Snap, PathBuf), String> {
     let _ = fs::remove_dir_all(harness::meta_dir(db));
     harness::settle();
-    let replica = dir.join(format!("snap-{compression}"));
-    let cfg = dir.join(format!("snap-{compression}.yml"));
+    let label = format!("{compression}{}", if age { "-age" } else { "" });
+    let replica = dir.join(format!("snap-{label}"));
+    let cfg = dir.join(format!("snap-{label}.yml"));
     let comp = (compression != "gzip").then_some(compression);
+    let mut rep = harness::file_replica("file", &replica, None, comp);
+    if age {
+        rep.push_str(&age_yaml());
+    }
     harness::write_config(
         &cfg,
         None,
@@ -70,11 +94,11 @@ fn snapshot_once(dir: &Path, db: &Path, compression: &str) -> Result<(Snap, Path
             path: db.to_path_buf(),
             monitor_interval: None,
             extra: String::new(),
-            replicas: vec![harness::file_replica("file", &replica, None, comp)],
+            replicas: vec![rep],
         }],
     );
     let t0 = Instant::now();
-    let d_log = dir.join(format!("snap-{compression}.log"));
+    let d_log = dir.join(format!("snap-{label}.log"));
     let d = Daemon::start(&cfg, &d_log);
     let obj = harness::wait_for(Duration::from_secs(900), Duration::from_millis(2), || {
         harness::snapshots(&replica).pop()
@@ -133,10 +157,21 @@ fn restore(
     label: &str,
     server_cpu: Option<&dyn Fn() -> f64>,
 ) -> Result<Restored, String> {
+    restore_from(dir, &[url], env, label, server_cpu)
+}
+
+/// [`restore`] from `src`, the arguments after `-o OUT` (a URL, or `-config CFG DB`).
+fn restore_from(
+    dir: &Path,
+    src: &[&str],
+    env: &[(&str, &str)],
+    label: &str,
+    server_cpu: Option<&dyn Fn() -> f64>,
+) -> Result<Restored, String> {
     let mut runs = Vec::new();
     for _ in 0..RESTORE_RUNS {
         let cpu0 = server_cpu.map(|f| f());
-        let mut r = restore_once(dir, url, env, label)?;
+        let mut r = restore_once(dir, src, env, label)?;
         r.server_cpu = server_cpu.zip(cpu0).map(|(f, c0)| f() - c0);
         runs.push(r);
     }
@@ -149,15 +184,17 @@ fn restore(
 
 fn restore_once(
     dir: &Path,
-    url: &str,
+    src: &[&str],
     env: &[(&str, &str)],
     label: &str,
 ) -> Result<Restored, String> {
     let out = dir.join(format!("restored-{label}.db"));
     let _ = fs::remove_file(&out);
     harness::settle();
+    let mut args = vec!["restore", "-o", out.to_str().unwrap()];
+    args.extend_from_slice(src);
     let r = harness::run_measured(
-        &["restore", "-o", out.to_str().unwrap(), url],
+        &args,
         env,
         &dir.join(format!("restore-{label}.log")),
     );
@@ -273,7 +310,7 @@ pub fn run(ctx: &mut Ctx) {
     let mut snap_replicas = Vec::new();
     for c in ["gzip", "lz4"] {
         let metric = format!("snapshot {db_mib:.0} MiB db, from daemon start ({c})");
-        match snapshot_once(&dir, &db, c) {
+        match snapshot_once(&dir, &db, c, false) {
             Ok((s, replica)) => {
                 let speed = mibs(s.db_bytes, s.secs);
                 let peak = s.hwm_kib as f64 / 1024.0;
@@ -296,7 +333,33 @@ pub fn run(ctx: &mut Ctx) {
                         s.object_bytes as f64 / MIB
                     ),
                 ));
-                snap_replicas.push((c, replica));
+                snap_replicas.push((c, replica, s.secs));
+            }
+            Err(e) => err_row(ctx, &metric, &e),
+        }
+    }
+
+    // Encrypted: the same snapshot with `age:` (one recipient), against the plain row.
+    let mut age_snaps = Vec::new();
+    for (c, _, plain_secs) in &snap_replicas {
+        let metric = format!("snapshot {db_mib:.0} MiB db, from daemon start ({c}, age)");
+        match snapshot_once(&dir, &db, c, true) {
+            Ok((s, _)) => {
+                let ratio = s.secs / plain_secs;
+                ctx.push(Row::new(
+                    &metric,
+                    format!(
+                        "{:.0} MiB/s, {:.1} MiB peak ({:.2} s = {ratio:.2}× the plain row)",
+                        mibs(s.db_bytes, s.secs),
+                        s.hwm_kib as f64 / 1024.0,
+                        s.secs
+                    ),
+                    "within 1.3× of the plain row",
+                    "–",
+                    Row::met_if(ratio <= 1.3),
+                    format!("as the row without age, plus `age:` with one X25519 recipient (and the identity, for the restore row): every object is age(compressed(raw)); object {:.0} MiB", s.object_bytes as f64 / MIB),
+                ));
+                age_snaps.push((*c, dir.join(format!("snap-{c}-age.yml"))));
             }
             Err(e) => err_row(ctx, &metric, &e),
         }
@@ -304,7 +367,7 @@ pub fn run(ctx: &mut Ctx) {
 
     // Row 6, snapshot only, file replicas.
     let mut file_snap_secs = Vec::new();
-    for (c, replica) in &snap_replicas {
+    for (c, replica, _) in &snap_replicas {
         let r = restore(
             &dir,
             &format!("file://{}", replica.display()),
@@ -319,6 +382,42 @@ pub fn run(ctx: &mut Ctx) {
             "`litestream restore -o OUT file://…` of the replica above (snapshot + the few-page WAL of index 0), default -parallelism 8, integrity_check included; median of 3 back-to-back runs, all three listed; MiB/s of the restored db; peak RSS = VmHWM of the restore process polled every 2 ms".to_string(),
         );
         file_snap_secs.push((*c, secs));
+    }
+    for (c, cfg) in &age_snaps {
+        let metric = format!("restore, snapshot only, file replica ({c}, age)");
+        let plain = file_snap_secs.iter().find(|(fc, _)| fc == c).and_then(|x| x.1);
+        match restore_from(
+            &dir,
+            &["-config", cfg.to_str().unwrap(), db.to_str().unwrap()],
+            &[],
+            &format!("snap-{c}-age"),
+            None,
+        ) {
+            Ok(r) => {
+                let (ratio, met) = match plain {
+                    Some(p) => (
+                        format!(" = {:.2}× the plain row", r.secs / p),
+                        Row::met_if(r.secs <= 1.3 * p),
+                    ),
+                    None => (String::new(), Met::Na),
+                };
+                ctx.push(Row::new(
+                    &metric,
+                    format!(
+                        "{:.0} MiB/s, {:.1} MiB peak ({}{ratio}; {:.2} s CPU)",
+                        mibs(r.bytes, r.secs),
+                        r.peak_kib as f64 / 1024.0,
+                        r.runs_text(),
+                        r.cpu
+                    ),
+                    "within 1.3× of the plain row",
+                    "–",
+                    met,
+                    "as the plain row, with `restore -config CFG -o OUT DB` (the config holds the identity) from the encrypted replica above".to_string(),
+                ));
+            }
+            Err(e) => err_row(ctx, &metric, &e),
+        }
     }
 
     // Row 6, S3 snapshot only, then snapshot + WAL (file and S3).

@@ -279,6 +279,7 @@ fn restore_to(f: &Fixture, out: &Path) -> anyhow::Result<()> {
     let sources = vec![Source {
         name: "file".to_string(),
         client: f.client.clone(),
+        keys: std::sync::Arc::new(litestream::encryption::Keys::default()),
     }];
     let opts = Options {
         parallelism: PARALLELISM,
@@ -287,7 +288,8 @@ fn restore_to(f: &Fixture, out: &Path) -> anyhow::Result<()> {
     let listings = restore::list(&sources, &opts)?;
     let plan = restore::choose(&listings, &opts)?
         .ok_or_else(|| anyhow::anyhow!("no matching backups found"))?;
-    restore::apply(&sources[plan.replica].client, &plan, out, PARALLELISM, None)
+    let source = &sources[plan.replica];
+    restore::apply(&source.client, &source.keys, &plan, out, PARALLELISM, None)
 }
 
 fn dir_entries(dir: &Path) -> Vec<OsString> {

@@ -9,6 +9,7 @@ use pico_args::Arguments;
 use crate::cli::common::{format_time, open_clients, parse_timestamp, resolve_target};
 use crate::cli::{flag, opt_value, positionals, wants_help};
 use crate::config::LoggingConfig;
+use crate::encryption::Keys;
 use crate::metrics::{FollowMetrics, Registry};
 use crate::position::is_generation;
 use crate::restore::{self, Options, Source};
@@ -172,14 +173,22 @@ pub fn run(mut args: Arguments) -> Result<i32> {
             .map(|addr| (addr.clone(), cfg.health_max_lag)),
         _ => None,
     };
-    let opened = open_clients(&target.replicas)?;
+    // Each replica's `age:` keys (none for one written in the clear).
+    let opened: Vec<(String, _, Arc<Keys>)> = open_clients(&target.replicas)?
+        .into_iter()
+        .zip(&target.replicas)
+        .map(|((name, client), cfg)| {
+            let keys = Arc::new(Keys::from_config(&name, cfg.age.as_ref())?);
+            Ok((name, client, keys))
+        })
+        .collect::<Result<_>>()?;
     let follow_metrics = served
         .as_ref()
         .map(|_| Arc::new(FollowMetrics::new(out.display().to_string())));
     let mut server = None;
     let sources: Vec<Source> = match (&served, &follow_metrics) {
         (Some((addr, max_lag)), Some(fm)) => {
-            let kinds: Vec<&'static str> = opened.iter().map(|(_, c)| c.kind()).collect();
+            let kinds: Vec<&'static str> = opened.iter().map(|(_, c, _)| c.kind()).collect();
             let registry = Arc::new(Registry::new(Vec::new(), &kinds).with_follow(fm.clone()));
             server = Some(crate::metrics::Server::start(
                 addr,
@@ -188,15 +197,16 @@ pub fn run(mut args: Arguments) -> Result<i32> {
             )?);
             opened
                 .into_iter()
-                .map(|(name, client)| Source {
+                .map(|(name, client, keys)| Source {
                     name,
                     client: crate::client::counting::wrap(client, &registry),
+                    keys,
                 })
                 .collect()
         }
         _ => opened
             .into_iter()
-            .map(|(name, client)| Source { name, client })
+            .map(|(name, client, keys)| Source { name, client, keys })
             .collect(),
     };
     let result = restore_and_follow(&flags, &target, &out, resume, &sources, follow_metrics);
@@ -250,7 +260,7 @@ fn restore_and_follow(
         // `restore -f` would refuse it as someone else's.
         restore::signal_cleanup::graceful();
     }
-    let restored = restore::apply(&source.client, &plan, &out, opts.parallelism, mode).map_err(|e| {
+    let restored = restore::apply(&source.client, &source.keys, &plan, &out, opts.parallelism, mode).map_err(|e| {
         // Which backup failed, and where to look for an older one that may be sound.
         let hint = if opts.generation.is_none() && listings.len() > 1 {
             format!(
@@ -282,6 +292,7 @@ fn restore_and_follow(
         source: Source {
             name: source.name.clone(),
             client: source.client.clone(),
+            keys: source.keys.clone(),
         },
         opts,
         interval: flags.follow_interval,
@@ -329,6 +340,7 @@ fn follow_resumed(
         source: Source {
             name: source.name.clone(),
             client: source.client.clone(),
+            keys: source.keys.clone(),
         },
         opts: Options {
             replica: Some(source.name.clone()),

@@ -4,11 +4,21 @@
 //! to the pure [`Config::parse`].
 //!
 //! It must not parse or check anything itself: every rule lives in the pure modules, so
-//! that tests and the fuzzer see exactly what a real load sees.
+//! that tests and the fuzzer see exactly what a real load sees. After the parse it reads the
+//! age identity files the configuration names (through `files`, never via a link), and
+//! hands their text to the same check inline identities get.
 
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::schema::Config;
+use super::age::check_identities;
+use super::hints::lead;
+use super::schema::{AgeIdentity, Config, ConfigError};
+
+/// An identity file is a few lines; anything much larger is not one (age's own cap is 16 MiB,
+/// ours keeps a mistaken path from being read whole into memory).
+const MAX_IDENTITY_FILE: u64 = 64 * 1024;
 
 /// `$LITESTREAM_CONFIG` when set and not empty, else `/etc/litestream.yml`.
 pub(crate) fn default_config_path() -> PathBuf {
@@ -48,8 +58,69 @@ impl Config {
             &cwd,
             home.as_deref(),
         )?;
+        let mut config = config;
+        read_identity_files(&mut config)?;
         Ok(config)
     }
+}
+
+/// Fills in the text of every `age.identities` file; a file that cannot be read, or holds
+/// no identity, is a problem naming its place and path (never its content). A file others
+/// can read is used, with a warning naming it.
+fn read_identity_files(config: &mut Config) -> Result<(), ConfigError> {
+    let lead = lead(&config.source);
+    let mut problems = Vec::new();
+    for (i, db) in config.dbs.iter_mut().enumerate() {
+        for (j, r) in db.replicas.iter_mut().enumerate() {
+            let Some(age) = r.age.as_mut() else { continue };
+            for (k, id) in age.identities.iter_mut().enumerate() {
+                let AgeIdentity::File { path, text } = id else {
+                    continue;
+                };
+                match read_identity_file(path) {
+                    Ok(t) => *text = Some(t),
+                    Err(e) => problems.push(format!(
+                        "{lead}dbs[{i}].replicas[{j}].age.identities[{k}]: {}: {e}",
+                        path.display()
+                    )),
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+fn read_identity_file(path: &Path) -> Result<String, String> {
+    let file = crate::files::open_read_only(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("cannot read: {e}"))?
+        .permissions()
+        .mode();
+    if mode & 0o044 != 0 {
+        crate::logging::warn(
+            "age identity file is readable by other users; make it private with chmod 600",
+            &[
+                ("path", &path.display()),
+                ("mode", &format!("{:04o}", mode & 0o7777)),
+            ],
+        );
+    }
+    let mut text = String::new();
+    file.take(MAX_IDENTITY_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read as text: {e}"))?;
+    if text.len() as u64 > MAX_IDENTITY_FILE {
+        return Err(format!(
+            "larger than {MAX_IDENTITY_FILE} bytes: not an age identity file"
+        ));
+    }
+    check_identities(&text).map_err(|e| format!("identity file {e}"))?;
+    Ok(text)
 }
 
 /// `$HOME`, else the home directory of the effective user in `/etc/passwd` (read directly, as

@@ -7,6 +7,7 @@
 //! store. This file only declares the parts and re-exports what the rest of the crate uses;
 //! it holds no logic.
 
+mod age;
 mod duration;
 mod env;
 mod hints;
@@ -27,8 +28,8 @@ pub use env::expand_env_vars;
 pub(crate) use load::default_config_path;
 pub use paths::default_meta_dir;
 pub use schema::{
-    defaults, Config, ConfigError, DbConfig, LogLevel, LoggingConfig, ReplicaConfig, ReplicaTarget,
-    S3Config, Sse, SseCustomerKey,
+    defaults, AgeConfig, AgeIdentity, Config, ConfigError, DbConfig, LogLevel, LoggingConfig,
+    ReplicaConfig, ReplicaTarget, S3Config, Sse, SseCustomerKey,
 };
 pub(crate) use sse::{decode_customer_key, SSE_CUSTOMER_ALGORITHM};
 pub use url::parse_replica_url;

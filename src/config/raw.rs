@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+use super::age::{check_identities, check_recipients, identity_entry, IdentityEntry};
 use super::duration::parse_duration;
 use super::schema::{LogLevel, ReplicaTarget};
 use crate::codec::Compression;
@@ -62,6 +63,8 @@ pub(super) const REPLICA_KEYS: &[&str] = &[
     "sse-customer-algorithm",
     "sse-customer-key",
     "sse-customer-key-path",
+    // Client-side encryption (Litestream v0.3.13's key).
+    "age",
 ];
 
 #[derive(Deserialize, Default)]
@@ -140,6 +143,101 @@ pub(super) struct RawReplica {
     pub(super) sse_customer_algorithm: Option<String>,
     pub(super) sse_customer_key: Option<String>,
     pub(super) sse_customer_key_path: Option<String>,
+    // Client-side encryption.
+    pub(super) age: Option<RawAge>,
+}
+
+/// `age:` as written. Recipients are public; identities are secrets, read through
+/// [`Secrets`] so that no error can quote one.
+#[derive(Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "kebab-case",
+    expecting = "a map with `recipients` and/or `identities` lists"
+)]
+pub(super) struct RawAge {
+    pub(super) recipients: Option<Vec<Recipients>>,
+    pub(super) identities: Option<Secrets>,
+}
+
+/// One `recipients` entry, checked in the visitor so that an error carries its line.
+pub(super) struct Recipients(pub(super) String);
+
+impl<'de> Deserialize<'de> for Recipients {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_named(d, |s| {
+            if s.trim().is_empty() {
+                return Err(EMPTY_KEY.to_string());
+            }
+            check_recipients(s).map(|_| Recipients(s.to_string()))
+        })
+    }
+}
+
+/// An empty entry is refused rather than skipped: an unset `$VAR` must not quietly turn
+/// encryption off.
+const EMPTY_KEY: &str = "is empty (an empty $VAR?); remove the entry or give the key";
+
+/// A list of secret strings. serde's own errors quote a string of the wrong type (a single
+/// identity where the list belongs would be printed whole); these visitors never do.
+pub(super) struct Secrets(pub(super) Vec<String>);
+
+/// One secret string of [`Secrets`].
+struct Secret(String);
+
+const SECRETS_EXPECTED: &str =
+    "a list of identities, one per entry (`- AGE-SECRET-KEY-1…` or `- /path/to/key.txt`)";
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an identity (AGE-SECRET-KEY-1…) or the path of an identity file")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Secret, E> {
+                // Identity text is checked here, so that an error carries its line; a path
+                // is resolved by `validate` and read by `load`.
+                if v.trim().is_empty() {
+                    return Err(E::custom(EMPTY_KEY));
+                }
+                if identity_entry(v) == IdentityEntry::Inline {
+                    check_identities(v).map_err(E::custom)?;
+                }
+                Ok(Secret(v.to_string()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secrets {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Secrets;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(SECRETS_EXPECTED)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Secrets, E> {
+                Err(E::custom(format!(
+                    "must be {SECRETS_EXPECTED}, not a single string"
+                )))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Secrets, E> {
+                Ok(Secrets(Vec::new()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Secrets, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Secret(s)) = seq.next_element()? {
+                    out.push(s);
+                }
+                Ok(Secrets(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A Go-style duration string; a bare `0` is accepted too.
@@ -332,6 +430,10 @@ mod tests {
         assert_eq!(expected("logging:\n  zz: 1\n"), LOGGING_KEYS);
         assert_eq!(expected("dbs:\n  - zz: 1\n"), DB_KEYS);
         assert_eq!(expected("dbs:\n  - replicas:\n    - zz: 1\n"), REPLICA_KEYS);
+        assert_eq!(
+            expected("dbs:\n  - replicas:\n    - age:\n        zz: 1\n"),
+            super::super::age::AGE_KEYS
+        );
     }
 
     #[test]

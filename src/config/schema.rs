@@ -103,6 +103,67 @@ pub struct ReplicaConfig {
     pub sync_interval: Duration,
     /// How snapshots and WAL segments are compressed (default gzip).
     pub compression: Compression,
+    /// Client-side encryption (`age:`); `None`: objects are written in the clear.
+    pub age: Option<AgeConfig>,
+}
+
+/// A replica's `age:` keys, as Litestream v0.3.13 reads them. Objects are written encrypted
+/// to every recipient when there is one; identities decrypt (restore, validation, resuming
+/// a replica). `Debug` never prints an identity.
+#[derive(Clone, PartialEq, Default)]
+pub struct AgeConfig {
+    /// Recipients text, one entry per `recipients` item (each may hold several lines), as
+    /// written; already checked. Public keys, not secrets.
+    pub recipients: Vec<String>,
+    /// One per `identities` item.
+    pub identities: Vec<AgeIdentity>,
+}
+
+/// Where the identities of one `identities` entry come from.
+#[derive(Clone, PartialEq)]
+pub enum AgeIdentity {
+    /// Identity text in the file itself (v0.3.13's form), already checked.
+    Inline(String),
+    /// An identity file (absolute, `~` expanded): `text` is its content once `Config::load`
+    /// has read and checked it, `None` before.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Its identity text.
+        text: Option<String>,
+    },
+}
+
+impl AgeIdentity {
+    /// The identity text; `None` for a file not read yet.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            AgeIdentity::Inline(t) => Some(t),
+            AgeIdentity::File { text, .. } => text.as_deref(),
+        }
+    }
+}
+
+impl fmt::Debug for AgeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgeConfig")
+            .field("recipients", &self.recipients)
+            .field("identities", &self.identities)
+            .finish()
+    }
+}
+
+impl fmt::Debug for AgeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgeIdentity::Inline(_) => f.write_str("Inline(\"***\")"),
+            AgeIdentity::File { path, text } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("read", &text.is_some())
+                .finish(),
+        }
+    }
 }
 
 /// Where a replica writes.
@@ -304,6 +365,7 @@ impl ReplicaConfig {
             validation_interval: Duration::ZERO,
             sync_interval: defaults::SYNC_INTERVAL,
             compression: Compression::default(),
+            age: None,
         }
     }
 }

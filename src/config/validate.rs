@@ -9,15 +9,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::age::{identity_entry, IdentityEntry};
 use super::duration::go_duration;
 use super::env::expand_config_text;
 use super::hints::{lead, yaml_problem};
 use super::overlap::overlaps;
 use super::paths::resolve_path;
-use super::raw::{Kind, RawConfig, RawDb, RawReplica};
+use super::raw::{Kind, RawAge, RawConfig, RawDb, RawReplica};
 use super::schema::{
-    defaults, Config, ConfigError, DbConfig, LogLevel, LoggingConfig, ReplicaConfig, ReplicaTarget,
-    S3Config, Sse,
+    defaults, AgeConfig, AgeIdentity, Config, ConfigError, DbConfig, LogLevel, LoggingConfig,
+    ReplicaConfig, ReplicaTarget, S3Config, Sse,
 };
 use super::sse::{sse_of, RawSse};
 use super::url::{check_endpoint, clean_key_prefix, parse_replica_url, redact_url};
@@ -89,6 +90,20 @@ impl Config {
         }
         let mut problems = Vec::new();
         for (i, db) in self.dbs.iter().enumerate() {
+            for (j, r) in db.replicas.iter().enumerate() {
+                let Some(age) = &r.age else { continue };
+                if age.recipients.is_empty() {
+                    problems.push(format!(
+                        "{lead}dbs[{i}].replicas[{j}].age: has identities but no recipients, so the daemon would write this replica in the clear; add age.recipients (the identities' public keys, `age-keygen -y`)"
+                    ));
+                }
+                // Daemon only: restore and the listings read such a config as it is.
+                if !r.validation_interval.is_zero() && age.identities.is_empty() {
+                    problems.push(format!(
+                        "{lead}dbs[{i}].replicas[{j}].validation-interval: validating an encrypted replica restores it, which needs its key: add age.identities, or turn validation off (0)"
+                    ));
+                }
+            }
             if db.replicas.is_empty() {
                 problems.push(format!(
                     "{lead}dbs[{i}]: {} has no replicas; add a `replicas:` list with at least one `url:` (e.g. `- url: file:///backups/app`)",
@@ -573,7 +588,48 @@ impl Builder<'_> {
         if r.sync_interval.is_zero() {
             self.problem(&format!("{place}.sync-interval"), "must be greater than 0");
         }
+        r.age = raw.age.and_then(|a| self.age(place, a));
         r
+    }
+
+    /// `age:`: recipients and inline identities were checked as they were read (`raw`);
+    /// identity paths are resolved here and read by `load`. `None` on a problem (reported).
+    fn age(&mut self, place: &str, raw: RawAge) -> Option<AgeConfig> {
+        let recipients: Vec<String> = raw
+            .recipients
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        let mut identities = Vec::new();
+        let mut ok = true;
+        for (i, s) in raw
+            .identities
+            .map(|s| s.0)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            if identity_entry(&s) == IdentityEntry::Inline {
+                identities.push(AgeIdentity::Inline(s));
+            } else if let Some(path) = self.path(&format!("{place}.age.identities[{i}]"), s.trim())
+            {
+                identities.push(AgeIdentity::File { path, text: None });
+            } else {
+                ok = false;
+            }
+        }
+        if recipients.is_empty() && identities.is_empty() && ok {
+            self.problem(
+                &format!("{place}.age"),
+                "needs `recipients` (to encrypt what is written) and/or `identities` (to decrypt what is read)",
+            );
+            return None;
+        }
+        ok.then_some(AgeConfig {
+            recipients,
+            identities,
+        })
     }
 }
 
@@ -670,6 +726,7 @@ mod tests {
                 validation_interval: secs(12 * 3600),
                 sync_interval: Duration::from_millis(250),
                 compression: Compression::Lz4,
+                age: None,
             }
         );
 
@@ -977,6 +1034,80 @@ mod tests {
         let e = one_err("dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/p\n        sse-customer-key: c2hvcnQta2V5\n");
         assert!(e.starts_with("litestream.yml: dbs[0].replicas[0].sse-customer-key: must be the base64 of 32 bytes"), "{e}");
         assert!(!e.contains("c2hvcnQta2V5"), "{e}");
+    }
+
+    #[test]
+    #[allow(deprecated)] // X25519, the only key type Litestream v0.3.13 uses
+    fn age_keys_as_litestream_v0313_reads_them() {
+        use crate::config::{AgeConfig, AgeIdentity};
+        use age::secrecy::ExposeSecret;
+        let id = age::x25519::Identity::generate();
+        let secret = id.to_string().expose_secret().to_string();
+        let rcpt = id.to_public().to_string();
+        let c = parse_with(
+            &format!("dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n        age:\n          recipients:\n            - {rcpt}\n          identities:\n            - $AGE_ID\n            - ~/keys/age.txt\n            - |\n              # created: 2024\n              {secret}\n"),
+            &[("AGE_ID", &secret)],
+        )
+        .unwrap();
+        let age = c.dbs[0].replicas[0].age.as_ref().unwrap();
+        assert_eq!(
+            *age,
+            AgeConfig {
+                recipients: vec![rcpt.clone()],
+                identities: vec![
+                    AgeIdentity::Inline(secret.clone()),
+                    AgeIdentity::File {
+                        path: "/home/user/keys/age.txt".into(),
+                        text: None
+                    },
+                    AgeIdentity::Inline(format!("# created: 2024\n{secret}\n")),
+                ],
+            }
+        );
+        let dbg = format!("{c:?}{c:#?}");
+        assert!(!dbg.contains(&secret[16..]) && dbg.contains(&rcpt), "{dbg}");
+        // Recipients alone replicate; identities alone would write in the clear.
+        let only = |k: &str, v: &str| {
+            parse(&format!("dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n        age:\n          {k}:\n            - \"{v}\"\n"))
+        };
+        only("recipients", &rcpt)
+            .unwrap()
+            .check_for_daemon()
+            .unwrap();
+        let e = parse(&format!("dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n        validation-interval: 1m\n        age:\n          recipients: [{rcpt}]\n"))
+            .unwrap()
+            .check_for_daemon()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "dbs[0].replicas[0].validation-interval: validating an encrypted replica"
+            ),
+            "{e}"
+        );
+        let e = only("identities", &secret)
+            .unwrap()
+            .check_for_daemon()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("dbs[0].replicas[0].age: has identities but no recipients"),
+            "{e}"
+        );
+        // Value errors carry place and line and never quote an identity.
+        let last = if secret.ends_with('Q') { 'P' } else { 'Q' };
+        let broken = format!("{}{last}", &secret[..secret.len() - 1]);
+        for (text, want) in [
+            (format!("age:\n          identities:\n            - {broken}\n"), "line 7 column 15: dbs[0].replicas[0].age.identities[0]: line 1 is not an age identity"),
+            (format!("age:\n          identities: {secret}\n"), "line 6 column 23: dbs[0].replicas[0].age.identities: must be a list of identities"),
+            ("age:\n          recipients:\n            - age1x\n".to_string(), "line 7 column 15: dbs[0].replicas[0].age.recipients[0]: \"age1x\" is not an age recipient"),
+            ("age:\n          recipients:\n            - \"\"\n".to_string(), "dbs[0].replicas[0].age.recipients[0]: is empty"),
+            ("age: {}\n".to_string(), "dbs[0].replicas[0].age: needs `recipients`"),
+            ("age:\n          recipient: []\n".to_string(), "unknown key `recipient` in dbs[0].replicas[0].age (did you mean `recipients`?)"),
+        ] {
+            let e = one_err(&format!("dbs:\n  - path: /a.db\n    replicas:\n      - path: /b\n        {text}"));
+            assert!(e.contains(want), "{e}\nwant: {want}");
+            assert!(!e.contains(&secret[16..]) && !e.contains(&broken[16..]), "{e}");
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::backoff::{Backoff, Growth};
 use crate::client::{self, WalSegmentInfo};
 use crate::codec::{self, read_full, Compression};
+use crate::encryption::Objects;
 use crate::files;
 use crate::layout;
 use crate::logging;
@@ -403,6 +404,10 @@ impl Follower {
         let generation = self.point.generation.clone();
         let compression = self.point.compression;
         let key = layout::wal_segment_key(&generation, index, offset, compression);
+        // An encrypted replica's segment is age(compressed(raw)), as restore reads it.
+        let raw = Objects::new(self.settings.source.keys.clone())
+            .open(&key, raw)
+            .map_err(|e| FollowError::Corrupt(e.context(format!("WAL segment {key}"))))?;
         let mut r = codec::decoder(compression, raw)
             .map_err(|e| FollowError::Corrupt(anyhow!("WAL segment {key}: {e}")))?;
         let corrupt = |msg: String| FollowError::Corrupt(anyhow!("WAL segment {key}: {msg}"));
@@ -613,6 +618,7 @@ impl Follower {
     fn rebuild_from(&mut self, plan: &Plan, staging: &Path) -> Result<()> {
         let restored = restore::apply(
             &self.settings.source.client,
+            &self.settings.source.keys,
             plan,
             staging,
             self.settings.opts.parallelism,
@@ -777,5 +783,6 @@ pub fn source_of(sources: &[Source], k: usize) -> Option<Source> {
     sources.get(k).map(|s| Source {
         name: s.name.clone(),
         client: Arc::clone(&s.client),
+        keys: Arc::clone(&s.keys),
     })
 }

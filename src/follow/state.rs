@@ -275,7 +275,7 @@ pub const LIST_EVERY: u32 = 60;
 /// first segment of the next index (the primary's WAL restarted); every `LIST_EVERY`th poll a
 /// listing instead. One request per poll, never a listing while data keeps coming.
 pub fn next_probe(at: &Point, misses: u32) -> Probe {
-    if misses > 0 && misses % LIST_EVERY == 0 {
+    if misses > 0 && misses.is_multiple_of(LIST_EVERY) {
         return Probe::Listing;
     }
     if at.offset > 0 && misses % 2 == 1 {
@@ -293,7 +293,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len())

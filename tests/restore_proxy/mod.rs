@@ -1,6 +1,7 @@
 //! An HTTP/1.1 proxy for restore tests in front of the S3 server: it parses each request
 //! and response, so it can cut an object's body part-way (`Mode::Cut`) or hold object GETs
-//! unanswered (`Mode::Stall`) while everything else passes.
+//! (`Mode::Stall`) or only WAL segment GETs (`Mode::StallWal`) unanswered while everything
+//! else passes.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ pub enum Mode {
     Cut,
     /// Never answer them (until the proxy is dropped).
     Stall,
+    /// Never answer WAL segment GETs; snapshots pass.
+    StallWal,
 }
 
 /// Body bytes a cut GET delivers before its connection is closed.
@@ -115,7 +118,12 @@ fn serve(
         let object = method == "GET"
             && !target.contains("list-type")
             && (target.contains("/snapshots/") || target.contains("/wal/"));
-        if object && mode == Mode::Stall {
+        let stalled = match mode {
+            Mode::Stall => true,
+            Mode::StallWal => target.contains("/wal/"),
+            Mode::Cut => false,
+        };
+        if object && stalled {
             while !closed.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(20));
             }

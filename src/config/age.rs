@@ -1,0 +1,154 @@
+//! A replica's `age:` keys (client-side encryption, as Litestream v0.3.13 reads them):
+//! `recipients`, each the text of an age recipients file (one `age1…` per line, `#`
+//! comments), and `identities`, each the text of an identity file (`AGE-SECRET-KEY-1…` lines)
+//! or, our addition, the path of one.
+//!
+//! Pure: checks text, never reads a file (identity files are read by `load`, which then
+//! checks their text here). No message ever holds any part of an identity: a bad line is
+//! named by its number, as the age tools do.
+
+// age 0.13 marks X25519 deprecated (not post-quantum); it is the only key type Litestream
+// v0.3.13 reads and writes, so it is the one this module must use.
+#![allow(deprecated)]
+
+use std::str::FromStr;
+
+/// The keys of `age:`, for hints (a unit test in `raw` checks them against the schema).
+#[cfg(test)]
+pub(super) const AGE_KEYS: &[&str] = &["recipients", "identities"];
+
+/// What an `identities` entry is: identity text (v0.3.13's only form: it hands each entry to
+/// `age.ParseIdentities`), or the path of an identity file.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum IdentityEntry {
+    /// Identity text.
+    Inline,
+    /// One line that is not a key: a path to resolve and read.
+    Path,
+}
+
+/// Identity text has a line starting `AGE-` (a key; a typo in one is reported, never taken
+/// as a path), or more than one line; anything else is a path.
+pub(super) fn identity_entry(s: &str) -> IdentityEntry {
+    let key_line = s
+        .lines()
+        .map(str::trim)
+        .any(|l| l.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("AGE-")));
+    if key_line || s.trim().contains('\n') {
+        IdentityEntry::Inline
+    } else {
+        IdentityEntry::Path
+    }
+}
+
+/// Checks identity text as `age.ParseIdentities` does: blank and `#` lines skipped, every
+/// other line an X25519 identity, at least one. Returns how many there are.
+pub(crate) fn check_identities(text: &str) -> Result<usize, String> {
+    let mut n = 0;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if age::x25519::Identity::from_str(line).is_err() {
+            return Err(format!(
+                "line {} is not an age identity (expected AGE-SECRET-KEY-1…, as `age-keygen` writes)",
+                i + 1
+            ));
+        }
+        n += 1;
+    }
+    if n == 0 {
+        return Err("holds no age identity (expected AGE-SECRET-KEY-1…)".to_string());
+    }
+    Ok(n)
+}
+
+/// Checks recipients text as `age.ParseRecipients` does: every line not blank or `#` an
+/// X25519 recipient, at least one. A recipient is public, so a bad one is quoted.
+pub(super) fn check_recipients(text: &str) -> Result<usize, String> {
+    let mut n = 0;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if age::x25519::Recipient::from_str(line).is_err() {
+            let hint = if line
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case("AGE-"))
+            {
+                // An identity where a recipient belongs: say so without quoting it.
+                "this is an identity (a secret key), not a recipient: put its public key (`age-keygen -y`) here".to_string()
+            } else {
+                format!("{line:?} is not an age recipient (expected age1…)")
+            };
+            return Err(hint);
+        }
+        n += 1;
+    }
+    if n == 0 {
+        return Err("holds no age recipient (expected age1…)".to_string());
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "AGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX";
+
+    #[test]
+    fn entries_are_text_or_paths() {
+        assert_eq!(identity_entry(ID), IdentityEntry::Inline);
+        assert_eq!(identity_entry("age-secret-key-typo"), IdentityEntry::Inline);
+        assert_eq!(
+            identity_entry(&format!("# created: now\n{ID}\n")),
+            IdentityEntry::Inline
+        );
+        assert_eq!(
+            identity_entry("/etc/litestream/key.txt"),
+            IdentityEntry::Path
+        );
+        assert_eq!(identity_entry("~/key.txt\n"), IdentityEntry::Path);
+    }
+
+    #[test]
+    fn identities_never_quote_a_line() {
+        let generated = age::x25519::Identity::generate();
+        use age::secrecy::ExposeSecret;
+        let text = generated.to_string();
+        let secret = text.expose_secret();
+        assert_eq!(check_identities(secret), Ok(1));
+        assert_eq!(
+            check_identities(&format!("# key\n\n{secret}\n{secret}\n")),
+            Ok(2)
+        );
+        // Another last character (bech32's checksum catches any one substitution; the same
+        // character would be no change at all).
+        let last = if secret.ends_with('X') { 'Y' } else { 'X' };
+        let broken = format!("# key\n{}{last}\n", &secret[..secret.len() - 1]);
+        let e = check_identities(&broken).unwrap_err();
+        assert!(e.starts_with("line 2 is not an age identity"), "{e}");
+        assert!(!e.contains(&secret[20..40]), "{e}");
+        assert!(check_identities("# nothing\n").is_err());
+    }
+
+    #[test]
+    fn recipients() {
+        let id = age::x25519::Identity::generate();
+        let r = id.to_public().to_string();
+        assert_eq!(check_recipients(&r), Ok(1));
+        assert_eq!(check_recipients(&format!("# a\n{r}\n{r}\n")), Ok(2));
+        let e = check_recipients("age1nope").unwrap_err();
+        assert!(e.contains("\"age1nope\" is not an age recipient"), "{e}");
+        use age::secrecy::ExposeSecret;
+        let secret = id.to_string();
+        let e = check_recipients(secret.expose_secret()).unwrap_err();
+        assert!(
+            e.contains("not a recipient") && !e.contains("AGE-SECRET"),
+            "{e}"
+        );
+        assert!(check_recipients("").is_err());
+    }
+}
