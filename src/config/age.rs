@@ -41,6 +41,18 @@ pub(super) fn identity_entry(s: &str) -> IdentityEntry {
     }
 }
 
+/// True when `s` holds what reads as `AGE-SECRET-KEY-` once everything but ASCII letters
+/// and digits is dropped, in any case: a key behind quotes, a BOM, an invisible space, or
+/// with one inside its prefix. Such text is never shown and never taken as a path.
+pub(crate) fn looks_like_identity(s: &str) -> bool {
+    let letters: String = s
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    letters.contains("AGESECRETKEY")
+}
+
 /// Checks identity text as `age.ParseIdentities` does: blank and `#` lines skipped, every
 /// other line an X25519 identity, at least one. Returns how many there are.
 pub(crate) fn check_identities(text: &str) -> Result<usize, String> {
@@ -68,19 +80,24 @@ pub(crate) fn check_identities(text: &str) -> Result<usize, String> {
 /// X25519 recipient, at least one. A recipient is public, so a bad one is quoted.
 pub(super) fn check_recipients(text: &str) -> Result<usize, String> {
     let mut n = 0;
-    for line in text.lines().map(str::trim) {
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         if age::x25519::Recipient::from_str(line).is_err() {
-            let hint = if line
-                .get(..4)
-                .is_some_and(|p| p.eq_ignore_ascii_case("AGE-"))
+            let hint = if looks_like_identity(line)
+                || line
+                    .get(..4)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("AGE-"))
             {
                 // An identity where a recipient belongs: say so without quoting it.
                 "this is an identity (a secret key), not a recipient: put its public key (`age-keygen -y`) here".to_string()
-            } else {
+            } else if line.len() <= 128 && line.bytes().all(|b| b.is_ascii_graphic()) {
                 format!("{line:?} is not an age recipient (expected age1…)")
+            } else {
+                // Odd characters or length: may be anything; named by line only.
+                format!("line {} is not an age recipient (expected age1…)", i + 1)
             };
             return Err(hint);
         }

@@ -35,6 +35,14 @@ pub(super) fn yaml_problem(source: &str, err: &serde_norway::Error) -> String {
             Some(p) => format!("in {p}"),
             None => "in the top level".to_string(),
         };
+        if secret_like(&key) {
+            // A key (an identity, an SSE key) written where a key name belongs: say so
+            // without showing it, nor guessing a name from it.
+            return format!(
+                "{}{at}unknown key {where_} (not shown: it looks like a secret key, not a setting name; is a `-` or a `key:` missing?)",
+                lead(source)
+            );
+        }
         let hint = key_hint(&key, &expected);
         return format!("{}{at}unknown key `{key}` {where_}{hint}", lead(source));
     }
@@ -72,6 +80,12 @@ pub(super) fn parse_unknown_field(msg: &str) -> Option<(String, Vec<String>)> {
         .map(str::to_string)
         .collect();
     Some((key, expected))
+}
+
+/// A map key that may be secret: age identity text, or a long run that is no setting
+/// name (setting names are short, lower-case, with dashes).
+fn secret_like(key: &str) -> bool {
+    super::age::looks_like_identity(key) || (key.len() >= 32 && !key.contains(['-', '_', ' ']))
 }
 
 /// ` (did you mean `dbs`?)`, or a hint that the key belongs at another level, or nothing.
