@@ -221,3 +221,153 @@ fn sse_keys_in_the_wrong_shape_or_field_never_show_it() {
         assert!(e.contains("sse-customer-key: "), "{e}");
     }
 }
+
+/// Identity text with a stray character around or inside it: a quoted `$AGE_KEY` from a
+/// docker `--env-file`, a BOM, a zero-width space. Each is reported as a bad identity at its
+/// place and line, never taken as a path, never shown.
+fn mangled_keys() -> Vec<(&'static str, String)> {
+    vec![
+        ("single quotes", format!("'{ID}'")),
+        ("double quotes", format!("\"{ID}\"")),
+        ("a BOM", format!("\u{feff}{ID}")),
+        ("a zero-width space", format!("\u{200b}{ID}")),
+        (
+            "a zero-width space inside the prefix",
+            format!("AGE-SECRET-\u{200b}KEY-{}", &ID[15..]),
+        ),
+        ("a trailing quote", format!("{ID}'")),
+    ]
+}
+
+#[test]
+fn mangled_identities_are_never_paths_and_never_shown() {
+    let env_parse = |text: &str, vars: Vec<(String, String)>| {
+        let env = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        Config::parse(
+            text,
+            "litestream.yml",
+            true,
+            &env,
+            Path::new("/work/dir"),
+            Some(Path::new("/home/user")),
+        )
+    };
+    for (what, key) in mangled_keys() {
+        // Written in the file (YAML-escaped), and through a $VAR as a docker env-file gives it.
+        let escaped = key.replace('\\', "\\\\").replace('"', "\\\"");
+        let inline =
+            format!("{HEAD}        age:\n          identities:\n            - \"{escaped}\"\n");
+        // The $VAR in double quotes, as the value of an env-file arrives: its quotes kept.
+        let via_var =
+            format!("{HEAD}        age:\n          identities:\n            - \"$AGE_KEY\"\n");
+        for (how, text) in [("inline", inline), ("$VAR", via_var)] {
+            let r = env_parse(&text, vec![("AGE_KEY".into(), key.clone())]);
+            let e = match r {
+                Ok(c) => panic!("{what} ({how}): accepted; Debug shows {c:?}"),
+                Err(e) => e.problems.join("\n"),
+            };
+            assert!(!e.contains(ID_BODY), "{what} ({how}): shown:\n{e}");
+            if how == "$VAR" && key.contains('"') {
+                // `""AGE…""` is no YAML string: a syntax error, which shows nothing either.
+                continue;
+            }
+            assert!(
+                e.contains("line 7 column 15: dbs[0].replicas[0].age.identities[0]: line 1 is not an age identity"),
+                "{what} ({how}):\n{e}"
+            );
+            assert!(
+                !e.contains("/work/dir"),
+                "{what} ({how}): taken as a path:\n{e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn entries_that_are_no_path_are_refused_without_being_shown() {
+    let body = ID_BODY;
+    for (entry, why) in [
+        (format!("'{body}'"), "is in quotes"),
+        (body.to_string(), "has the shape of key material"),
+        (format!("/etc/\u{200b}{body}"), "invisible character"),
+    ] {
+        let e = problems(&format!(
+            "        age:\n          identities:\n            - \"{entry}\"\n"
+        ));
+        assert!(!e.contains(body), "{e}");
+        assert!(
+            e.contains("line 7 column 15: dbs[0].replicas[0].age.identities[0]: is neither an age identity nor the path"),
+            "{e}"
+        );
+        assert!(e.contains(why), "{e}");
+    }
+}
+
+#[test]
+fn debug_of_a_config_never_shows_a_key_held_as_a_path() {
+    use litestream::config::{AgeConfig, AgeIdentity};
+    for (what, key) in mangled_keys() {
+        let age = AgeConfig {
+            recipients: vec![],
+            identities: vec![
+                AgeIdentity::File {
+                    path: format!("/work/dir/{key}").into(),
+                    text: None,
+                },
+                AgeIdentity::Inline(ID.to_string()),
+            ],
+        };
+        let d = format!("{age:?}");
+        assert!(!d.contains(ID_BODY), "{what}: {d}");
+    }
+    // A real path is still shown.
+    let age = AgeConfig {
+        recipients: vec![],
+        identities: vec![AgeIdentity::File {
+            path: "/etc/litestream/key.txt".into(),
+            text: None,
+        }],
+    };
+    assert!(format!("{age:?}").contains("/etc/litestream/key.txt"));
+}
+
+/// Runs the binary's `databases` command on `config` (it loads the file, identities
+/// included), returning (exit code, stderr).
+fn load_with_binary(config: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_litestream"))
+        .args(["databases", "-config"])
+        .arg(config)
+        .env_remove("LITESTREAM_CONFIG")
+        .output()
+        .expect("run litestream");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_identity_file_that_cannot_be_read_is_named_by_place_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing-key.txt");
+    let cfg = dir.path().join("litestream.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - path: {}\n    replicas:\n      - path: {}\n        validation-interval: 0\n        age:\n          identities:\n            - {}\n",
+            dir.path().join("app.db").display(),
+            dir.path().join("replica").display(),
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let (code, err) = load_with_binary(&cfg);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "dbs[0].replicas[0].age.identities[0]: identity file {}: cannot open",
+            missing.display()
+        )),
+        "{err}"
+    );
+}

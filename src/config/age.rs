@@ -18,39 +18,83 @@ use std::str::FromStr;
 pub(super) const AGE_KEYS: &[&str] = &["recipients", "identities"];
 
 /// What an `identities` entry is: identity text (v0.3.13's only form: it hands each entry to
-/// `age.ParseIdentities`), or the path of an identity file.
+/// `age.ParseIdentities`), the path of an identity file, or neither.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum IdentityEntry {
     /// Identity text.
     Inline,
-    /// One line that is not a key: a path to resolve and read.
+    /// One line that is not a key and reads as a path: a path to resolve and read.
     Path,
+    /// One line that is no key and no plausible path (why, to be reported without the
+    /// entry: it may be a mangled key).
+    NotAPath(&'static str),
 }
 
 /// Identity text has a line starting `AGE-` (a key; a typo in one is reported, never taken
-/// as a path), or more than one line; anything else is a path.
+/// as a path), holds identity text anywhere ([`looks_like_identity`]: a key in quotes, behind
+/// a BOM or an invisible space), or has more than one line. Otherwise it is a path when it
+/// is a plausible one ([`implausible_path`]).
 pub(super) fn identity_entry(s: &str) -> IdentityEntry {
     let key_line = s
         .lines()
         .map(str::trim)
         .any(|l| l.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("AGE-")));
-    if key_line || s.trim().contains('\n') {
+    if key_line || looks_like_identity(s) || s.trim().contains('\n') {
         IdentityEntry::Inline
+    } else if let Some(why) = implausible_path(s.trim()) {
+        IdentityEntry::NotAPath(why)
     } else {
         IdentityEntry::Path
     }
+}
+
+/// Why `p` is not a path anyone means (so it is neither read nor shown), or `None`: a
+/// control or invisible character (a BOM, a zero-width space), quotes around it, or a long
+/// run of letters and digits with no `/` or `.` (the shape of key material).
+pub(crate) fn implausible_path(p: &str) -> Option<&'static str> {
+    if p.chars().any(char::is_control) {
+        return Some("holds a control character");
+    }
+    if p.chars().any(invisible) {
+        return Some("holds an invisible character (a BOM or a zero-width space?)");
+    }
+    let quotes = ['\'', '"', '`'];
+    if p.starts_with(quotes) || p.ends_with(quotes) {
+        return Some("is in quotes (remove them)");
+    }
+    if p.len() > 4096 {
+        return Some("is longer than any path");
+    }
+    if p.len() >= 40
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'='))
+    {
+        return Some("has the shape of key material, not of a path");
+    }
+    None
+}
+
+/// Characters that show as nothing: BOM, zero-width and direction marks, soft hyphen.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{ad}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
 }
 
 /// True when `s` holds what reads as `AGE-SECRET-KEY-` once everything but ASCII letters
 /// and digits is dropped, in any case: a key behind quotes, a BOM, an invisible space, or
 /// with one inside its prefix. Such text is never shown and never taken as a path.
 pub(crate) fn looks_like_identity(s: &str) -> bool {
+    if s.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
+        return true;
+    }
+    // Mangled: the prefix with something inside it, followed by key data.
     let letters: String = s
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_uppercase())
         .collect();
-    letters.contains("AGESECRETKEY")
+    letters
+        .find("AGESECRETKEY1")
+        .is_some_and(|i| letters.len() - i >= "AGESECRETKEY1".len() + 10)
 }
 
 /// Checks identity text as `age.ParseIdentities` does: blank and `#` lines skipped, every
@@ -63,8 +107,15 @@ pub(crate) fn check_identities(text: &str) -> Result<usize, String> {
             continue;
         }
         if age::x25519::Identity::from_str(line).is_err() {
+            let around = if looks_like_identity(line)
+                && !line.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                ": it has other characters around or inside the key (quotes, a BOM, an invisible space?); remove them"
+            } else {
+                ""
+            };
             return Err(format!(
-                "line {} is not an age identity (expected AGE-SECRET-KEY-1…, as `age-keygen` writes)",
+                "line {} is not an age identity (expected AGE-SECRET-KEY-1…, as `age-keygen` writes){around}",
                 i + 1
             ));
         }
@@ -128,6 +179,37 @@ mod tests {
             IdentityEntry::Path
         );
         assert_eq!(identity_entry("~/key.txt\n"), IdentityEntry::Path);
+        assert_eq!(identity_entry("keys/age key.txt"), IdentityEntry::Path);
+        // A key behind quotes, a BOM, a zero-width space, or with one inside its prefix.
+        for mangled in [
+            format!("'{ID}'"),
+            format!("\"{ID}\""),
+            format!("\u{feff}{ID}"),
+            format!("\u{200b}{ID}"),
+            format!("AGE-SECRET-\u{200b}KEY-{}", &ID[15..]),
+        ] {
+            assert_eq!(identity_entry(&mangled), IdentityEntry::Inline, "{mangled}");
+            let e = check_identities(&mangled).unwrap_err();
+            assert!(e.contains("other characters around or inside"), "{e}");
+        }
+        assert_eq!(
+            identity_entry(&format!("x{}", ID.to_lowercase())),
+            IdentityEntry::Inline
+        );
+        assert_eq!(
+            identity_entry("/etc/age-secret-key-1.txt"),
+            IdentityEntry::Inline
+        );
+        for junk in [
+            "'/etc/key.txt'",
+            "/etc/key\u{200b}.txt",
+            "GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX",
+        ] {
+            assert!(
+                matches!(identity_entry(junk), IdentityEntry::NotAPath(_)),
+                "{junk}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::age::check_identities;
+use super::age::{check_identities, implausible_path, looks_like_identity};
 use super::hints::lead;
 use super::schema::{AgeIdentity, Config, ConfigError};
 
@@ -80,8 +80,8 @@ fn read_identity_files(config: &mut Config) -> Result<(), ConfigError> {
                 match read_identity_file(path) {
                     Ok(t) => *text = Some(t),
                     Err(e) => problems.push(format!(
-                        "{lead}dbs[{i}].replicas[{j}].age.identities[{k}]: {}: {e}",
-                        path.display()
+                        "{lead}dbs[{i}].replicas[{j}].age.identities[{k}]: identity file {}: {e}",
+                        shown_path(path)
                     )),
                 }
             }
@@ -105,7 +105,7 @@ fn read_identity_file(path: &Path) -> Result<String, String> {
         crate::logging::warn(
             "age identity file is readable by other users; make it private with chmod 600",
             &[
-                ("path", &path.display()),
+                ("path", &shown_path(path)),
                 ("mode", &format!("{:04o}", mode & 0o7777)),
             ],
         );
@@ -121,6 +121,17 @@ fn read_identity_file(path: &Path) -> Result<String, String> {
     }
     check_identities(&text).map_err(|e| format!("identity file {e}"))?;
     Ok(text)
+}
+
+/// An identity file's path for a message: shown when it reads as a path (as every path
+/// `validate` accepts does), `(path not shown)` when it could hold a key.
+pub(super) fn shown_path(path: &Path) -> String {
+    let p = path.to_string_lossy();
+    if looks_like_identity(&p) || implausible_path(&p).is_some() {
+        "(path not shown: it may hold a key)".to_string()
+    } else {
+        p.into_owned()
+    }
 }
 
 /// `$HOME`, else the home directory of the effective user in `/etc/passwd` (read directly, as

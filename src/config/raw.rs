@@ -344,8 +344,16 @@ impl<'de> Deserialize<'de> for Secret {
                 if v.trim().is_empty() {
                     return Err(E::custom(EMPTY_KEY));
                 }
-                if identity_entry(v) == IdentityEntry::Inline {
-                    check_identities(v).map_err(E::custom)?;
+                match identity_entry(v) {
+                    IdentityEntry::Inline => {
+                        check_identities(v).map_err(E::custom)?;
+                    }
+                    IdentityEntry::NotAPath(why) => {
+                        return Err(E::custom(format!(
+                            "is neither an age identity nor the path of an identity file: it {why} (the entry is not shown: it may be a key)"
+                        )))
+                    }
+                    IdentityEntry::Path => {}
                 }
                 Ok(Secret(v.to_string()))
             }

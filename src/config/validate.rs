@@ -616,8 +616,13 @@ impl Builder<'_> {
             .into_iter()
             .enumerate()
         {
-            if identity_entry(&s) == IdentityEntry::Inline {
+            let entry = identity_entry(&s);
+            if entry == IdentityEntry::Inline {
                 identities.push(AgeIdentity::Inline(s));
+            } else if let IdentityEntry::NotAPath(why) = entry {
+                // Refused by `raw` already; kept so that no such entry is ever a path.
+                self.problem(&format!("{place}.age.identities[{i}]"), why);
+                ok = false;
             } else if let Some(path) = self.path(&format!("{place}.age.identities[{i}]"), s.trim())
             {
                 identities.push(AgeIdentity::File { path, text: None });
