@@ -371,3 +371,93 @@ fn an_identity_file_that_cannot_be_read_is_named_by_place_and_path() {
         "{err}"
     );
 }
+
+/// A config with two inline identities (and a `$VAR` one) for a file replica in `dir`.
+fn inline_config(dir: &Path, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let cfg = dir.join("litestream.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - path: {}\n    replicas:\n      - path: {}\n        validation-interval: 0\n        age:\n          identities:\n            - {ID}\n            - $AGE_FROM_ENV\n            - |\n              # created: today\n              {ID}\n",
+            dir.join("app.db").display(),
+            dir.join("replica").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(mode)).unwrap();
+    cfg
+}
+
+/// A fresh identity, not [`ID`]: one that is not written in any file.
+#[allow(deprecated)] // X25519, the only key type Litestream v0.3.13 uses.
+fn other_identity() -> String {
+    use age::secrecy::ExposeSecret;
+    age::x25519::Identity::generate()
+        .to_string()
+        .expose_secret()
+        .to_string()
+}
+
+fn databases(config: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_litestream"))
+        .args(["databases", "-config"])
+        .arg(config)
+        .env_remove("LITESTREAM_CONFIG")
+        .env("AGE_FROM_ENV", other_identity())
+        .output()
+        .expect("run litestream");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn inline_identities_in_a_readable_config_are_warned_about_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = inline_config(dir.path(), 0o644);
+    let (code, err) = databases(&cfg);
+    assert_eq!(code, Some(0), "{err}");
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("config file holds age identities"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning per load:\n{err}");
+    let w = warnings[0];
+    assert!(w.contains("WARN"), "{w}");
+    assert!(w.contains(&cfg.display().to_string()), "{w}");
+    // The two written in the file, not the one from the environment.
+    assert!(
+        w.contains("dbs[0].replicas[0].age.identities[0], dbs[0].replicas[0].age.identities[2]"),
+        "{w}"
+    );
+    assert!(!err.contains(ID_BODY), "{err}");
+
+    // Private: no warning.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = inline_config(dir.path(), 0o600);
+    let (code, err) = databases(&cfg);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("config file holds age identities"), "{err}");
+}
+
+#[test]
+fn a_readable_config_with_identities_only_from_the_environment_is_not_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("litestream.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - path: {}\n    replicas:\n      - path: {}\n        validation-interval: 0\n        age:\n          identities:\n            - $AGE_FROM_ENV\n",
+            dir.path().join("app.db").display(),
+            dir.path().join("replica").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = databases(&cfg);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("config file holds age identities"), "{err}");
+}

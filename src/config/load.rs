@@ -32,13 +32,19 @@ impl Config {
     /// Reads the file at `path` and parses it with the real environment, working directory
     /// and home directory.
     pub(crate) fn load(path: &Path, expand_env: bool) -> anyhow::Result<Config> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
+        // Opened once, so that the mode checked is the one of the file read.
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 anyhow::bail!("config file not found: {}", path.display())
             }
             Err(e) => anyhow::bail!("cannot read config {}: {}", path.display(), e),
         };
+        let mut bytes = Vec::new();
+        let mode = file
+            .metadata()
+            .and_then(|m| file.read_to_end(&mut bytes).map(|_| m.permissions().mode()))
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {}", path.display(), e))?;
         let text = String::from_utf8(bytes).map_err(|e| {
             anyhow::anyhow!(
                 "cannot read config {}: not UTF-8 text (invalid byte at offset {})",
@@ -59,9 +65,51 @@ impl Config {
             home.as_deref(),
         )?;
         let mut config = config;
+        warn_readable_inline_identities(path, mode, &text, &config);
         read_identity_files(&mut config)?;
         Ok(config)
     }
+}
+
+/// One warning when the config file itself holds identity text and others can read it:
+/// naming the file and the places of the identities written in it (never their text). An
+/// identity that comes from a `$VAR` is not in the file, so it does not count.
+fn warn_readable_inline_identities(path: &Path, mode: u32, text: &str, config: &Config) {
+    if mode & 0o044 == 0 {
+        return;
+    }
+    let mut places = Vec::new();
+    for (i, db) in config.dbs.iter().enumerate() {
+        for (j, r) in db.replicas.iter().enumerate() {
+            let Some(age) = &r.age else { continue };
+            for (k, id) in age.identities.iter().enumerate() {
+                let AgeIdentity::Inline(t) = id else { continue };
+                let written = t
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .any(|l| text.contains(l));
+                if written {
+                    places.push(format!("dbs[{i}].replicas[{j}].age.identities[{k}]"));
+                }
+            }
+        }
+    }
+    if places.is_empty() {
+        if !looks_like_identity(text) {
+            return;
+        }
+        // Key text outside any setting (a commented-out identity) leaks all the same.
+        places.push("outside any setting (a comment?)".to_string());
+    }
+    crate::logging::warn(
+        "config file holds age identities (secret keys) and is readable by other users; make it private with chmod 600, or keep the keys in identity files",
+        &[
+            ("path", &path.display()),
+            ("identities", &places.join(", ")),
+            ("mode", &format!("{:04o}", mode & 0o7777)),
+        ],
+    );
 }
 
 /// Fills in the text of every `age.identities` file; a file that cannot be read, or holds
