@@ -461,3 +461,30 @@ fn a_readable_config_with_identities_only_from_the_environment_is_not_warned_abo
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("config file holds age identities"), "{err}");
 }
+
+#[test]
+fn a_key_in_any_other_setting_is_never_shown() {
+    // Values that other checks quote (an address, a log level, a type): a key given
+    // there by a wrong $VAR is named by place and line only.
+    let quoted = format!("'{ID}'");
+    for (text, place) in [
+        (format!("addr: {ID}\n"), "addr"),
+        (format!("logging:\n  level: {ID}\n"), "logging.level"),
+        (
+            format!("{HEAD}        compression: {quoted}\n"),
+            "dbs[0].replicas[0]",
+        ),
+        (
+            format!("{HEAD}        type: \"{quoted}\"\n"),
+            "dbs[0].replicas[0].type",
+        ),
+    ] {
+        let env = |_: &str| None;
+        let e = match Config::parse(&text, "litestream.yml", true, &env, Path::new("/w"), None) {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e.problems.join("\n"),
+        };
+        assert!(!e.contains(ID_BODY), "{e}");
+        assert!(e.contains(place), "{place}: {e}");
+    }
+}

@@ -97,6 +97,24 @@ pub(crate) fn looks_like_identity(s: &str) -> bool {
         .is_some_and(|i| letters.len() - i >= "AGESECRETKEY1".len() + 10)
 }
 
+/// True when a message holds what may be a whole identity: `KEY-1` (any case) followed by at
+/// least 40 letters or digits, the shape of X25519 key data. The last guard before a
+/// message is shown: our own wording (`AGE-SECRET-KEY-1…`) never matches.
+pub(crate) fn holds_key_text(msg: &str) -> bool {
+    let upper = msg.to_ascii_uppercase();
+    upper.match_indices("KEY-1").any(|(i, m)| {
+        upper[i + m.len()..]
+            .bytes()
+            .take_while(u8::is_ascii_alphanumeric)
+            .count()
+            >= 40
+    })
+}
+
+/// The message to show instead of one that [`holds_key_text`].
+pub(super) const KEY_TEXT_HIDDEN: &str =
+    "invalid value (not shown: it holds what looks like an age identity; is a key or a $VAR in the wrong place?)";
+
 /// Checks identity text as `age.ParseIdentities` does: blank and `#` lines skipped, every
 /// other line an X25519 identity, at least one. Returns how many there are.
 pub(crate) fn check_identities(text: &str) -> Result<usize, String> {
@@ -210,6 +228,22 @@ mod tests {
                 "{junk}"
             );
         }
+    }
+
+    #[test]
+    fn key_text_is_recognized_in_any_message() {
+        assert!(holds_key_text(&format!("bad: \"'{ID}'\"")));
+        assert!(holds_key_text(&format!("x {}", ID.to_lowercase())));
+        assert!(holds_key_text(&format!(
+            "\u{200b}AGE-SECRET-\u{200b}KEY-{}",
+            &ID[15..]
+        )));
+        assert!(!holds_key_text(
+            "line 1 is not an age identity (expected AGE-SECRET-KEY-1…, as `age-keygen` writes)"
+        ));
+        assert!(!holds_key_text(
+            "must be a list of identities (`- AGE-SECRET-KEY-1…`)"
+        ));
     }
 
     #[test]

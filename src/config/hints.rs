@@ -5,6 +5,7 @@
 //! must describe the schema exactly as `raw` defines it (a unit test there checks the key
 //! lists).
 
+use super::age::{holds_key_text, KEY_TEXT_HIDDEN};
 use super::raw::{DB_KEYS, LOGGING_KEYS, REPLICA_KEYS, TOP_KEYS};
 
 /// `SOURCE: `, or nothing when the text has no name.
@@ -20,6 +21,23 @@ pub(super) fn lead(source: &str) -> String {
 /// line 5 column 9`) into `SOURCE: line 5 column 9: unknown key `x` in dbs[0].replicas[0]
 /// (did you mean `y`?)`.
 pub(super) fn yaml_problem(source: &str, err: &serde_norway::Error) -> String {
+    let msg = yaml_problem_text(source, err);
+    if !holds_key_text(&msg) {
+        return msg;
+    }
+    // A shape no visitor of `raw` catches quoted a key: keep the line, drop the rest.
+    let at = err
+        .location()
+        .map(|l| format!("line {} column {}: ", l.line(), l.column()))
+        .unwrap_or_default();
+    let text = err.to_string();
+    match split_place(&text).0.filter(|p| !holds_key_text(p)) {
+        Some(p) => format!("{}{at}{p}: {KEY_TEXT_HIDDEN}", lead(source)),
+        None => format!("{}{at}{KEY_TEXT_HIDDEN}", lead(source)),
+    }
+}
+
+fn yaml_problem_text(source: &str, err: &serde_norway::Error) -> String {
     let mut msg = err.to_string();
     let mut at = String::new();
     if let Some(loc) = err.location() {

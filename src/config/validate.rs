@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::age::{identity_entry, IdentityEntry};
+use super::age::{holds_key_text, identity_entry, IdentityEntry, KEY_TEXT_HIDDEN};
 use super::duration::go_duration;
 use super::env::expand_config_text;
 use super::hints::{lead, yaml_problem};
@@ -137,6 +137,11 @@ fn non_empty(s: Option<String>) -> Option<String> {
 
 impl Builder<'_> {
     fn problem(&mut self, place: &str, msg: impl fmt::Display) {
+        let mut msg = msg.to_string();
+        if holds_key_text(&msg) {
+            // A check that quotes its value (a path, an address) was given a key.
+            msg = KEY_TEXT_HIDDEN.to_string();
+        }
         self.problems
             .push(format!("{}{place}: {msg}", lead(self.source)));
     }
