@@ -18,28 +18,102 @@ use std::str::FromStr;
 pub(super) const AGE_KEYS: &[&str] = &["recipients", "identities"];
 
 /// What an `identities` entry is: identity text (v0.3.13's only form: it hands each entry to
-/// `age.ParseIdentities`), or the path of an identity file.
+/// `age.ParseIdentities`), the path of an identity file, or neither.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum IdentityEntry {
     /// Identity text.
     Inline,
-    /// One line that is not a key: a path to resolve and read.
+    /// One line that is not a key and reads as a path: a path to resolve and read.
     Path,
+    /// One line that is no key and no plausible path (why, to be reported without the
+    /// entry: it may be a mangled key).
+    NotAPath(&'static str),
 }
 
 /// Identity text has a line starting `AGE-` (a key; a typo in one is reported, never taken
-/// as a path), or more than one line; anything else is a path.
+/// as a path), holds identity text anywhere ([`looks_like_identity`]: a key in quotes, behind
+/// a BOM or an invisible space), or has more than one line. Otherwise it is a path when it
+/// is a plausible one ([`implausible_path`]).
 pub(super) fn identity_entry(s: &str) -> IdentityEntry {
     let key_line = s
         .lines()
         .map(str::trim)
         .any(|l| l.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("AGE-")));
-    if key_line || s.trim().contains('\n') {
+    if key_line || looks_like_identity(s) || s.trim().contains('\n') {
         IdentityEntry::Inline
+    } else if let Some(why) = implausible_path(s.trim()) {
+        IdentityEntry::NotAPath(why)
     } else {
         IdentityEntry::Path
     }
 }
+
+/// Why `p` is not a path anyone means (so it is neither read nor shown), or `None`: a
+/// control or invisible character (a BOM, a zero-width space), quotes around it, or a long
+/// run of letters and digits with no `/` or `.` (the shape of key material).
+pub(crate) fn implausible_path(p: &str) -> Option<&'static str> {
+    if p.chars().any(char::is_control) {
+        return Some("holds a control character");
+    }
+    if p.chars().any(invisible) {
+        return Some("holds an invisible character (a BOM or a zero-width space?)");
+    }
+    let quotes = ['\'', '"', '`'];
+    if p.starts_with(quotes) || p.ends_with(quotes) {
+        return Some("is in quotes (remove them)");
+    }
+    if p.len() > 4096 {
+        return Some("is longer than any path");
+    }
+    if p.len() >= 40
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'='))
+    {
+        return Some("has the shape of key material, not of a path");
+    }
+    None
+}
+
+/// Characters that show as nothing: BOM, zero-width and direction marks, soft hyphen.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{ad}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+}
+
+/// True when `s` holds what reads as `AGE-SECRET-KEY-` once everything but ASCII letters
+/// and digits is dropped, in any case: a key behind quotes, a BOM, an invisible space, or
+/// with one inside its prefix. Such text is never shown and never taken as a path.
+pub(crate) fn looks_like_identity(s: &str) -> bool {
+    if s.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
+        return true;
+    }
+    // Mangled: the prefix with something inside it, followed by key data.
+    let letters: String = s
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    letters
+        .find("AGESECRETKEY1")
+        .is_some_and(|i| letters.len() - i >= "AGESECRETKEY1".len() + 10)
+}
+
+/// True when a message holds what may be a whole identity: `KEY-1` (any case) followed by at
+/// least 40 letters or digits, the shape of X25519 key data. The last guard before a
+/// message is shown: our own wording (`AGE-SECRET-KEY-1…`) never matches.
+pub(crate) fn holds_key_text(msg: &str) -> bool {
+    let upper = msg.to_ascii_uppercase();
+    upper.match_indices("KEY-1").any(|(i, m)| {
+        upper[i + m.len()..]
+            .bytes()
+            .take_while(u8::is_ascii_alphanumeric)
+            .count()
+            >= 40
+    })
+}
+
+/// The message to show instead of one that [`holds_key_text`].
+pub(super) const KEY_TEXT_HIDDEN: &str =
+    "invalid value (not shown: it holds what looks like an age identity; is a key or a $VAR in the wrong place?)";
 
 /// Checks identity text as `age.ParseIdentities` does: blank and `#` lines skipped, every
 /// other line an X25519 identity, at least one. Returns how many there are.
@@ -51,8 +125,15 @@ pub(crate) fn check_identities(text: &str) -> Result<usize, String> {
             continue;
         }
         if age::x25519::Identity::from_str(line).is_err() {
+            let around = if looks_like_identity(line)
+                && !line.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                ": it has other characters around or inside the key (quotes, a BOM, an invisible space?); remove them"
+            } else {
+                ""
+            };
             return Err(format!(
-                "line {} is not an age identity (expected AGE-SECRET-KEY-1…, as `age-keygen` writes)",
+                "line {} is not an age identity (expected AGE-SECRET-KEY-1…, as `age-keygen` writes){around}",
                 i + 1
             ));
         }
@@ -68,19 +149,24 @@ pub(crate) fn check_identities(text: &str) -> Result<usize, String> {
 /// X25519 recipient, at least one. A recipient is public, so a bad one is quoted.
 pub(super) fn check_recipients(text: &str) -> Result<usize, String> {
     let mut n = 0;
-    for line in text.lines().map(str::trim) {
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         if age::x25519::Recipient::from_str(line).is_err() {
-            let hint = if line
-                .get(..4)
-                .is_some_and(|p| p.eq_ignore_ascii_case("AGE-"))
+            let hint = if looks_like_identity(line)
+                || line
+                    .get(..4)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("AGE-"))
             {
                 // An identity where a recipient belongs: say so without quoting it.
                 "this is an identity (a secret key), not a recipient: put its public key (`age-keygen -y`) here".to_string()
-            } else {
+            } else if line.len() <= 128 && line.bytes().all(|b| b.is_ascii_graphic()) {
                 format!("{line:?} is not an age recipient (expected age1…)")
+            } else {
+                // Odd characters or length: may be anything; named by line only.
+                format!("line {} is not an age recipient (expected age1…)", i + 1)
             };
             return Err(hint);
         }
@@ -111,6 +197,53 @@ mod tests {
             IdentityEntry::Path
         );
         assert_eq!(identity_entry("~/key.txt\n"), IdentityEntry::Path);
+        assert_eq!(identity_entry("keys/age key.txt"), IdentityEntry::Path);
+        // A key behind quotes, a BOM, a zero-width space, or with one inside its prefix.
+        for mangled in [
+            format!("'{ID}'"),
+            format!("\"{ID}\""),
+            format!("\u{feff}{ID}"),
+            format!("\u{200b}{ID}"),
+            format!("AGE-SECRET-\u{200b}KEY-{}", &ID[15..]),
+        ] {
+            assert_eq!(identity_entry(&mangled), IdentityEntry::Inline, "{mangled}");
+            let e = check_identities(&mangled).unwrap_err();
+            assert!(e.contains("other characters around or inside"), "{e}");
+        }
+        assert_eq!(
+            identity_entry(&format!("x{}", ID.to_lowercase())),
+            IdentityEntry::Inline
+        );
+        assert_eq!(
+            identity_entry("/etc/age-secret-key-1.txt"),
+            IdentityEntry::Inline
+        );
+        for junk in [
+            "'/etc/key.txt'",
+            "/etc/key\u{200b}.txt",
+            "GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX",
+        ] {
+            assert!(
+                matches!(identity_entry(junk), IdentityEntry::NotAPath(_)),
+                "{junk}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_text_is_recognized_in_any_message() {
+        assert!(holds_key_text(&format!("bad: \"'{ID}'\"")));
+        assert!(holds_key_text(&format!("x {}", ID.to_lowercase())));
+        assert!(holds_key_text(&format!(
+            "\u{200b}AGE-SECRET-\u{200b}KEY-{}",
+            &ID[15..]
+        )));
+        assert!(!holds_key_text(
+            "line 1 is not an age identity (expected AGE-SECRET-KEY-1…, as `age-keygen` writes)"
+        ));
+        assert!(!holds_key_text(
+            "must be a list of identities (`- AGE-SECRET-KEY-1…`)"
+        ));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! must describe the schema exactly as `raw` defines it (a unit test there checks the key
 //! lists).
 
+use super::age::{holds_key_text, KEY_TEXT_HIDDEN};
 use super::raw::{DB_KEYS, LOGGING_KEYS, REPLICA_KEYS, TOP_KEYS};
 
 /// `SOURCE: `, or nothing when the text has no name.
@@ -20,6 +21,23 @@ pub(super) fn lead(source: &str) -> String {
 /// line 5 column 9`) into `SOURCE: line 5 column 9: unknown key `x` in dbs[0].replicas[0]
 /// (did you mean `y`?)`.
 pub(super) fn yaml_problem(source: &str, err: &serde_norway::Error) -> String {
+    let msg = yaml_problem_text(source, err);
+    if !holds_key_text(&msg) {
+        return msg;
+    }
+    // A shape no visitor of `raw` catches quoted a key: keep the line, drop the rest.
+    let at = err
+        .location()
+        .map(|l| format!("line {} column {}: ", l.line(), l.column()))
+        .unwrap_or_default();
+    let text = err.to_string();
+    match split_place(&text).0.filter(|p| !holds_key_text(p)) {
+        Some(p) => format!("{}{at}{p}: {KEY_TEXT_HIDDEN}", lead(source)),
+        None => format!("{}{at}{KEY_TEXT_HIDDEN}", lead(source)),
+    }
+}
+
+fn yaml_problem_text(source: &str, err: &serde_norway::Error) -> String {
     let mut msg = err.to_string();
     let mut at = String::new();
     if let Some(loc) = err.location() {
@@ -35,6 +53,14 @@ pub(super) fn yaml_problem(source: &str, err: &serde_norway::Error) -> String {
             Some(p) => format!("in {p}"),
             None => "in the top level".to_string(),
         };
+        if secret_like(&key) {
+            // A key (an identity, an SSE key) written where a key name belongs: say so
+            // without showing it, nor guessing a name from it.
+            return format!(
+                "{}{at}unknown key {where_} (not shown: it looks like a secret key, not a setting name; is a `-` or a `key:` missing?)",
+                lead(source)
+            );
+        }
         let hint = key_hint(&key, &expected);
         return format!("{}{at}unknown key `{key}` {where_}{hint}", lead(source));
     }
@@ -72,6 +98,12 @@ pub(super) fn parse_unknown_field(msg: &str) -> Option<(String, Vec<String>)> {
         .map(str::to_string)
         .collect();
     Some((key, expected))
+}
+
+/// A map key that may be secret: age identity text, or a long run that is no setting
+/// name (setting names are short, lower-case, with dashes).
+fn secret_like(key: &str) -> bool {
+    super::age::looks_like_identity(key) || (key.len() >= 32 && !key.contains(['-', '_', ' ']))
 }
 
 /// ` (did you mean `dbs`?)`, or a hint that the key belongs at another level, or nothing.

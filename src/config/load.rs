@@ -12,7 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::age::check_identities;
+use super::age::{check_identities, implausible_path, looks_like_identity};
 use super::hints::lead;
 use super::schema::{AgeIdentity, Config, ConfigError};
 
@@ -32,13 +32,19 @@ impl Config {
     /// Reads the file at `path` and parses it with the real environment, working directory
     /// and home directory.
     pub(crate) fn load(path: &Path, expand_env: bool) -> anyhow::Result<Config> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
+        // Opened once, so that the mode checked is the one of the file read.
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 anyhow::bail!("config file not found: {}", path.display())
             }
             Err(e) => anyhow::bail!("cannot read config {}: {}", path.display(), e),
         };
+        let mut bytes = Vec::new();
+        let mode = file
+            .metadata()
+            .and_then(|m| file.read_to_end(&mut bytes).map(|_| m.permissions().mode()))
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {}", path.display(), e))?;
         let text = String::from_utf8(bytes).map_err(|e| {
             anyhow::anyhow!(
                 "cannot read config {}: not UTF-8 text (invalid byte at offset {})",
@@ -59,9 +65,51 @@ impl Config {
             home.as_deref(),
         )?;
         let mut config = config;
+        warn_readable_inline_identities(path, mode, &text, &config);
         read_identity_files(&mut config)?;
         Ok(config)
     }
+}
+
+/// One warning when the config file itself holds identity text and others can read it:
+/// naming the file and the places of the identities written in it (never their text). An
+/// identity that comes from a `$VAR` is not in the file, so it does not count.
+fn warn_readable_inline_identities(path: &Path, mode: u32, text: &str, config: &Config) {
+    if mode & 0o044 == 0 {
+        return;
+    }
+    let mut places = Vec::new();
+    for (i, db) in config.dbs.iter().enumerate() {
+        for (j, r) in db.replicas.iter().enumerate() {
+            let Some(age) = &r.age else { continue };
+            for (k, id) in age.identities.iter().enumerate() {
+                let AgeIdentity::Inline(t) = id else { continue };
+                let written = t
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .any(|l| text.contains(l));
+                if written {
+                    places.push(format!("dbs[{i}].replicas[{j}].age.identities[{k}]"));
+                }
+            }
+        }
+    }
+    if places.is_empty() {
+        if !looks_like_identity(text) {
+            return;
+        }
+        // Key text outside any setting (a commented-out identity) leaks all the same.
+        places.push("outside any setting (a comment?)".to_string());
+    }
+    crate::logging::warn(
+        "config file holds age identities (secret keys) and is readable by other users; make it private with chmod 600, or keep the keys in identity files",
+        &[
+            ("path", &path.display()),
+            ("identities", &places.join(", ")),
+            ("mode", &format!("{:04o}", mode & 0o7777)),
+        ],
+    );
 }
 
 /// Fills in the text of every `age.identities` file; a file that cannot be read, or holds
@@ -80,8 +128,8 @@ fn read_identity_files(config: &mut Config) -> Result<(), ConfigError> {
                 match read_identity_file(path) {
                     Ok(t) => *text = Some(t),
                     Err(e) => problems.push(format!(
-                        "{lead}dbs[{i}].replicas[{j}].age.identities[{k}]: {}: {e}",
-                        path.display()
+                        "{lead}dbs[{i}].replicas[{j}].age.identities[{k}]: identity file {}: {e}",
+                        shown_path(path)
                     )),
                 }
             }
@@ -105,7 +153,7 @@ fn read_identity_file(path: &Path) -> Result<String, String> {
         crate::logging::warn(
             "age identity file is readable by other users; make it private with chmod 600",
             &[
-                ("path", &path.display()),
+                ("path", &shown_path(path)),
                 ("mode", &format!("{:04o}", mode & 0o7777)),
             ],
         );
@@ -121,6 +169,17 @@ fn read_identity_file(path: &Path) -> Result<String, String> {
     }
     check_identities(&text).map_err(|e| format!("identity file {e}"))?;
     Ok(text)
+}
+
+/// An identity file's path for a message: shown when it reads as a path (as every path
+/// `validate` accepts does), `(path not shown)` when it could hold a key.
+pub(super) fn shown_path(path: &Path) -> String {
+    let p = path.to_string_lossy();
+    if looks_like_identity(&p) || implausible_path(&p).is_some() {
+        "(path not shown: it may hold a key)".to_string()
+    } else {
+        p.into_owned()
+    }
 }
 
 /// `$HOME`, else the home directory of the effective user in `/etc/passwd` (read directly, as

@@ -77,6 +77,7 @@ pub(super) struct RawConfig {
     pub(super) addr: Option<String>,
     pub(super) exec: Option<String>,
     pub(super) access_key_id: Option<String>,
+    #[serde(default, deserialize_with = "secret_text")]
     pub(super) secret_access_key: Option<String>,
     pub(super) logging: Option<RawLogging>,
     pub(super) snapshot_concurrency: Option<Count>,
@@ -137,10 +138,12 @@ pub(super) struct RawReplica {
     pub(super) force_path_style: Option<bool>,
     pub(super) skip_verify: Option<bool>,
     pub(super) access_key_id: Option<String>,
+    #[serde(default, deserialize_with = "secret_text")]
     pub(super) secret_access_key: Option<String>,
     // S3 server-side encryption.
     pub(super) sse_kms_key_id: Option<String>,
     pub(super) sse_customer_algorithm: Option<String>,
+    #[serde(default, deserialize_with = "secret_text")]
     pub(super) sse_customer_key: Option<String>,
     pub(super) sse_customer_key_path: Option<String>,
     // Client-side encryption.
@@ -148,16 +151,127 @@ pub(super) struct RawReplica {
 }
 
 /// `age:` as written. Recipients are public; identities are secrets, read through
-/// [`Secrets`] so that no error can quote one.
-#[derive(Deserialize, Default)]
-#[serde(
-    deny_unknown_fields,
-    rename_all = "kebab-case",
-    expecting = "a map with `recipients` and/or `identities` lists"
-)]
+/// [`Secrets`] so that no error can quote one. Every shape serde would refuse by quoting
+/// the value (a key where the map belongs) is refused here by naming the shape only.
+#[derive(Default)]
 pub(super) struct RawAge {
-    pub(super) recipients: Option<Vec<Recipients>>,
+    pub(super) recipients: Option<RecipientList>,
     pub(super) identities: Option<Secrets>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct AgeFields {
+    recipients: Option<RecipientList>,
+    identities: Option<Secrets>,
+}
+
+const AGE_EXPECTED: &str = "a map with `recipients` and/or `identities` lists";
+
+/// The visitor methods for every scalar shape, each an error naming the shape and what was
+/// expected, never the value: in the keys that hold secrets, the value may be one.
+macro_rules! refuse_scalars {
+    ($expected:expr, $value:ty) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<$value, E> {
+            Err(not_shown($expected, "a boolean"))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<$value, E> {
+            Err(not_shown($expected, "a number"))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<$value, E> {
+            Err(not_shown($expected, "a number"))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<$value, E> {
+            Err(not_shown($expected, "a number"))
+        }
+        fn visit_char<E: de::Error>(self, _: char) -> Result<$value, E> {
+            Err(not_shown($expected, "a string"))
+        }
+        fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<$value, E> {
+            Err(not_shown($expected, "bytes"))
+        }
+        fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<$value, A::Error> {
+            Err(not_shown($expected, "a tagged value"))
+        }
+    };
+}
+
+/// `must be EXPECTED, not a string (not shown: it may be a key)`.
+fn not_shown<E: de::Error>(expected: &str, got: &str) -> E {
+    E::custom(format!(
+        "must be {expected}, not {got} (the value is not shown: it may be a key)"
+    ))
+}
+
+impl<'de> Deserialize<'de> for RawAge {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawAge;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(AGE_EXPECTED)
+            }
+            refuse_scalars!(AGE_EXPECTED, RawAge);
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<RawAge, E> {
+                Err(not_shown(AGE_EXPECTED, "a string"))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawAge, E> {
+                Ok(RawAge::default())
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<RawAge, A::Error> {
+                Err(not_shown(AGE_EXPECTED, "a list"))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawAge, A::Error> {
+                // The derived reader keeps serde's unknown-key and duplicate-key errors
+                // (which name keys, and `hints` hides a key that looks like a secret).
+                let f = AgeFields::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawAge {
+                    recipients: f.recipients,
+                    identities: f.identities,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The `recipients` list. Recipients are public, but an identity put here by mistake must
+/// not be quoted either, so no shape error shows the value.
+pub(super) struct RecipientList(pub(super) Vec<String>);
+
+const RECIPIENTS_EXPECTED: &str = "a list of recipients, one per entry (`- age1…`)";
+
+impl<'de> Deserialize<'de> for RecipientList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RecipientList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(RECIPIENTS_EXPECTED)
+            }
+            refuse_scalars!(RECIPIENTS_EXPECTED, RecipientList);
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<RecipientList, E> {
+                Err(not_shown(RECIPIENTS_EXPECTED, "a single string"))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RecipientList, E> {
+                Ok(RecipientList(Vec::new()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<RecipientList, A::Error> {
+                Err(not_shown(RECIPIENTS_EXPECTED, "a map"))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RecipientList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Recipients(s)) = seq.next_element()? {
+                    out.push(s);
+                }
+                Ok(RecipientList(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One `recipients` entry, checked in the visitor so that an error carries its line.
@@ -165,14 +279,33 @@ pub(super) struct Recipients(pub(super) String);
 
 impl<'de> Deserialize<'de> for Recipients {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_named(d, |s| {
-            if s.trim().is_empty() {
-                return Err(EMPTY_KEY.to_string());
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Recipients;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(RECIPIENT_EXPECTED)
             }
-            check_recipients(s).map(|_| Recipients(s.to_string()))
-        })
+            refuse_scalars!(RECIPIENT_EXPECTED, Recipients);
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Recipients, E> {
+                if s.trim().is_empty() {
+                    return Err(E::custom(EMPTY_KEY));
+                }
+                check_recipients(s)
+                    .map(|_| Recipients(s.to_string()))
+                    .map_err(E::custom)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<Recipients, A::Error> {
+                Err(not_shown(RECIPIENT_EXPECTED, "a map"))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Recipients, A::Error> {
+                Err(not_shown(RECIPIENT_EXPECTED, "a list"))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
+
+const RECIPIENT_EXPECTED: &str = "a recipient (age1…), or the text of a recipients file";
 
 /// An empty entry is refused rather than skipped: an unset `$VAR` must not quietly turn
 /// encryption off.
@@ -188,13 +321,22 @@ struct Secret(String);
 const SECRETS_EXPECTED: &str =
     "a list of identities, one per entry (`- AGE-SECRET-KEY-1…` or `- /path/to/key.txt`)";
 
+const SECRET_EXPECTED: &str = "an identity (AGE-SECRET-KEY-1…) or the path of an identity file";
+
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        impl Visitor<'_> for V {
+        impl<'de> Visitor<'de> for V {
             type Value = Secret;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an identity (AGE-SECRET-KEY-1…) or the path of an identity file")
+                f.write_str(SECRET_EXPECTED)
+            }
+            refuse_scalars!(SECRET_EXPECTED, Secret);
+            fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(not_shown(SECRET_EXPECTED, "a map"))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(not_shown(SECRET_EXPECTED, "a list"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Secret, E> {
                 // Identity text is checked here, so that an error carries its line; a path
@@ -202,8 +344,16 @@ impl<'de> Deserialize<'de> for Secret {
                 if v.trim().is_empty() {
                     return Err(E::custom(EMPTY_KEY));
                 }
-                if identity_entry(v) == IdentityEntry::Inline {
-                    check_identities(v).map_err(E::custom)?;
+                match identity_entry(v) {
+                    IdentityEntry::Inline => {
+                        check_identities(v).map_err(E::custom)?;
+                    }
+                    IdentityEntry::NotAPath(why) => {
+                        return Err(E::custom(format!(
+                            "is neither an age identity nor the path of an identity file: it {why} (the entry is not shown: it may be a key)"
+                        )))
+                    }
+                    IdentityEntry::Path => {}
                 }
                 Ok(Secret(v.to_string()))
             }
@@ -220,10 +370,12 @@ impl<'de> Deserialize<'de> for Secrets {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(SECRETS_EXPECTED)
             }
+            refuse_scalars!(SECRETS_EXPECTED, Secrets);
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Secrets, E> {
-                Err(E::custom(format!(
-                    "must be {SECRETS_EXPECTED}, not a single string"
-                )))
+                Err(not_shown(SECRETS_EXPECTED, "a single string"))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<Secrets, A::Error> {
+                Err(not_shown(SECRETS_EXPECTED, "a map"))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Secrets, E> {
                 Ok(Secrets(Vec::new()))
@@ -237,6 +389,38 @@ impl<'de> Deserialize<'de> for Secrets {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// A secret string value (`secret-access-key`, `sse-customer-key`): any shape but a string
+/// is refused without quoting it.
+fn secret_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<SecretText>::deserialize(d).map(|o| o.map(|s| s.0))
+}
+
+struct SecretText(String);
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const EXPECTED: &str = "a string (the key itself)";
+        impl<'de> Visitor<'de> for V {
+            type Value = SecretText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            refuse_scalars!(EXPECTED, SecretText);
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretText, E> {
+                Ok(SecretText(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<SecretText, A::Error> {
+                Err(not_shown(EXPECTED, "a map"))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<SecretText, A::Error> {
+                Err(not_shown(EXPECTED, "a list"))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 

@@ -159,7 +159,7 @@ impl fmt::Debug for AgeIdentity {
             AgeIdentity::Inline(_) => f.write_str("Inline(\"***\")"),
             AgeIdentity::File { path, text } => f
                 .debug_struct("File")
-                .field("path", path)
+                .field("path", &super::load::shown_path(path))
                 .field("read", &text.is_some())
                 .finish(),
         }

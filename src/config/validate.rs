@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::age::{identity_entry, IdentityEntry};
+use super::age::{holds_key_text, identity_entry, IdentityEntry, KEY_TEXT_HIDDEN};
 use super::duration::go_duration;
 use super::env::expand_config_text;
 use super::hints::{lead, yaml_problem};
@@ -144,6 +144,11 @@ fn non_empty(s: Option<String>) -> Option<String> {
 
 impl Builder<'_> {
     fn problem(&mut self, place: &str, msg: impl fmt::Display) {
+        let mut msg = msg.to_string();
+        if holds_key_text(&msg) {
+            // A check that quotes its value (a path, an address) was given a key.
+            msg = KEY_TEXT_HIDDEN.to_string();
+        }
         self.problems
             .push(format!("{}{place}: {msg}", lead(self.source)));
     }
@@ -534,9 +539,19 @@ impl Builder<'_> {
             Some(p) => Some(self.path(&format!("{place}.sse-customer-key-path"), &p)?),
             None => None,
         };
+        let algorithm = raw.sse_customer_algorithm.take();
+        // `sse_of` quotes a wrong algorithm; a value that is no algorithm name (the key put
+        // in the wrong field, say) is reported here without it.
+        if algorithm.as_deref().is_some_and(|a| !algorithm_like(a)) {
+            self.problem(
+                &format!("{place}.sse-customer-algorithm"),
+                "must be AES256 (the value given is not shown: it does not look like an algorithm name, and may be a key; is the key in the wrong field?)",
+            );
+            return None;
+        }
         let sse = RawSse {
             kms_key_id: raw.sse_kms_key_id.take(),
-            algorithm: raw.sse_customer_algorithm.take(),
+            algorithm,
             key: raw.sse_customer_key.take(),
             key_path,
         };
@@ -595,12 +610,7 @@ impl Builder<'_> {
     /// `age:`: recipients and inline identities were checked as they were read (`raw`);
     /// identity paths are resolved here and read by `load`. `None` on a problem (reported).
     fn age(&mut self, place: &str, raw: RawAge) -> Option<AgeConfig> {
-        let recipients: Vec<String> = raw
-            .recipients
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| r.0)
-            .collect();
+        let recipients: Vec<String> = raw.recipients.map(|r| r.0).unwrap_or_default();
         let mut identities = Vec::new();
         let mut ok = true;
         for (i, s) in raw
@@ -610,8 +620,13 @@ impl Builder<'_> {
             .into_iter()
             .enumerate()
         {
-            if identity_entry(&s) == IdentityEntry::Inline {
+            let entry = identity_entry(&s);
+            if entry == IdentityEntry::Inline {
                 identities.push(AgeIdentity::Inline(s));
+            } else if let IdentityEntry::NotAPath(why) = entry {
+                // Refused by `raw` already; kept so that no such entry is ever a path.
+                self.problem(&format!("{place}.age.identities[{i}]"), why);
+                ok = false;
             } else if let Some(path) = self.path(&format!("{place}.age.identities[{i}]"), s.trim())
             {
                 identities.push(AgeIdentity::File { path, text: None });
@@ -631,6 +646,13 @@ impl Builder<'_> {
             identities,
         })
     }
+}
+
+/// A short name of letters, digits and dashes (`AES256`, `aws:kms`), which may be quoted.
+fn algorithm_like(a: &str) -> bool {
+    a.len() <= 16
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':'))
 }
 
 /// Where a replica writes, as text: `/dir`, or `s3://bucket/prefix` (with its endpoint).
