@@ -37,6 +37,22 @@ pub fn check_sqlite() -> Result<()> {
         })
 }
 
+/// SQLite's lock byte: the page holding it (for databases past 1 GiB) is never used, and
+/// `sqlite_dbpage` reports it as zeros and refuses to write it (SQLITE_CORRUPT).
+const PENDING_BYTE: u64 = 0x4000_0000;
+
+/// The page that holds `PENDING_BYTE` at `page_size`.
+pub fn pending_byte_page(page_size: u32) -> u32 {
+    (PENDING_BYTE / u64::from(page_size.max(1))) as u32 + 1
+}
+
+/// The pages a rebuild copies into a database of `pages` pages: all but the pending-byte
+/// page, ascending.
+pub fn copied_pages(pages: u32, page_size: u32) -> impl Iterator<Item = u32> {
+    let skip = pending_byte_page(page_size);
+    (1..=pages).filter(move |&p| p != skip)
+}
+
 /// The followed database, open for our writes.
 pub struct Output {
     conn: Connection,
@@ -44,6 +60,8 @@ pub struct Output {
     /// `PRAGMA data_version` as of our last transaction; `None` before the first.
     data_version: Option<i64>,
     page_size: u32,
+    /// `pending_byte_page(page_size)`: never written, left out of digests.
+    pending: u32,
     /// Whether a transaction of ours is open.
     in_txn: bool,
 }
@@ -86,8 +104,18 @@ impl Output {
             path: path.to_path_buf(),
             data_version: None,
             page_size,
+            pending: pending_byte_page(page_size),
             in_txn: false,
         })
+    }
+
+    /// `page_hash`, with the pending-byte page (which `sqlite_dbpage` reads as zeros)
+    /// counted as absent, so a database that grows past it keeps the same digest.
+    fn hash(&self, pgno: u32, data: Option<&[u8]>) -> [u8; 32] {
+        if pgno == self.pending {
+            return [0u8; 32];
+        }
+        page_hash(pgno, data)
     }
 
     /// The database's page size.
@@ -166,7 +194,7 @@ impl Output {
             while let Some(row) = rows.next()? {
                 let pgno: u32 = row.get(0)?;
                 let data = row.get_ref(1)?.as_blob()?;
-                xor(&mut raw, &page_hash(pgno, Some(data)));
+                xor(&mut raw, &self.hash(pgno, Some(data)));
             }
             Ok(Digest {
                 raw,
@@ -186,7 +214,13 @@ impl Output {
                 self.page_size
             );
         }
-        let hash = page_hash(pgno, Some(data));
+        if pgno == self.pending {
+            bail!(
+                "a replicated page {pgno}, the pending-byte page that SQLite never writes at {}-byte pages",
+                self.page_size
+            );
+        }
+        let hash = self.hash(pgno, Some(data));
         if txn.written.insert(pgno, hash).is_none() {
             // Past the old end it was absent (and `sqlite_dbpage` bounds its reads by the
             // size the transaction began with, so it could not say otherwise).
@@ -195,7 +229,7 @@ impl Output {
             } else {
                 None
             };
-            xor(&mut txn.pre, &page_hash(pgno, before.as_deref()));
+            xor(&mut txn.pre, &self.hash(pgno, before.as_deref()));
         }
         if pgno == 1 {
             txn.page1 = Some(data.to_vec());
@@ -251,8 +285,8 @@ impl Output {
         for p in db_pages.saturating_add(1)..=txn.base_pages {
             if !txn.written.contains_key(&p) {
                 let old = self.read_page(p)?;
-                xor(&mut txn.pre, &page_hash(p, old.as_deref()));
-                txn.written.insert(p, page_hash(p, None));
+                xor(&mut txn.pre, &self.hash(p, old.as_deref()));
+                txn.written.insert(p, self.hash(p, None));
             }
         }
         if db_pages < self.page_count()? {
@@ -265,7 +299,7 @@ impl Output {
             if p <= db_pages {
                 xor(&mut post, hash);
             } else {
-                xor(&mut post, &page_hash(p, None));
+                xor(&mut post, &self.hash(p, None));
             }
         }
         let mut raw = before.raw;
@@ -387,6 +421,19 @@ mod tests {
     fn pages_of(path: &Path) -> Vec<Vec<u8>> {
         let bytes = std::fs::read(path).unwrap();
         bytes.chunks(4096).map(|c| c.to_vec()).collect()
+    }
+
+    #[test]
+    fn a_rebuild_skips_the_pending_byte_page() {
+        // 0x40000000 / 4096 + 1: a copy of a database past 1 GiB must not write it.
+        assert_eq!(pending_byte_page(4096), 262_145);
+        assert_eq!(pending_byte_page(65_536), 16_385);
+        assert_eq!(pending_byte_page(512), 2_097_153);
+        let copied: Vec<u32> = copied_pages(262_147, 4096).collect();
+        assert_eq!(copied.len(), 262_146);
+        assert!(!copied.contains(&262_145));
+        assert_eq!(copied[262_143..], [262_144, 262_146, 262_147]);
+        assert_eq!(copied_pages(3, 4096).collect::<Vec<_>>(), [1, 2, 3]);
     }
 
     #[test]

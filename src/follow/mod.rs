@@ -639,7 +639,9 @@ impl Follower {
         let mut buf = vec![0u8; page_size as usize];
         let mut txn = self.output.begin()?;
         let copied = (|| -> Result<Digest> {
-            for p in 1..=pages {
+            // The pending-byte page (past 1 GiB) is skipped: SQLite never uses it and
+            // `sqlite_dbpage` refuses to write it.
+            for p in apply::copied_pages(pages, self.output.page_size()) {
                 let n = files::read_at_most(&file, u64::from(p - 1) * page_size, &mut buf)
                     .with_context(|| format!("{}: cannot read", staging.display()))?;
                 if n != buf.len() {
