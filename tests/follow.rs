@@ -486,6 +486,64 @@ fn a_corrupt_segment_stops_the_follower_at_its_last_whole_transaction() {
 }
 
 #[test]
+fn a_segment_damaged_in_its_last_transaction_applies_every_whole_one_before_it() {
+    // The follower applies a segment's transactions as one SQLite transaction; a batch that
+    // cannot end whole must not take the whole transactions before the damage down with it.
+    let env = Env::new("follow-corrupt-tail");
+    env.write_config(&Cfg::default());
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(&env, &app, 20);
+    let out = env.root.join("follower.db");
+    let mut follower = start_follower(&env, &out, "follower-1");
+    wait_follower(&mut follower, &out, &app, 20);
+    follower.stop_ok();
+    let gen = generations(&env.replica).pop().unwrap();
+    let before: Vec<(u32, u64)> = wal_segments(&env.replica, &gen)
+        .into_iter()
+        .map(|(i, o, _)| (i, o))
+        .collect();
+
+    // Written while the primary is down: its next start uploads them in one segment.
+    primary.stop_ok();
+    insert_ids(&app, 21, 40);
+    let primary = env.start("daemon-2");
+    wait_rows(&env, 40);
+    primary.stop_ok();
+    let new: Vec<(u32, u64, PathBuf)> = wal_segments(&env.replica, &gen)
+        .into_iter()
+        .filter(|(i, o, _)| !before.contains(&(*i, *o)))
+        .collect();
+    let Some((_, offset, path)) = new.last() else {
+        panic!("no new segment");
+    };
+    let mut raw = gunzip_all(path);
+    let frame = 24 + 4096;
+    let frames = &raw[if *offset == 0 { 32 } else { 0 }..];
+    assert_eq!(frames.len() % frame, 0);
+    let commits = frames
+        .chunks(frame)
+        .filter(|f| f[4..8] != [0, 0, 0, 0])
+        .count() as i64;
+    assert!(commits >= 2, "{commits} transaction(s) in the segment");
+    // Damage the last frame's page (of the last transaction): its checksum no longer holds.
+    let at = raw.len() - frame + 24 + 200;
+    raw[at] ^= 0xff;
+    std::fs::write(path, gzip(&raw)).unwrap();
+
+    let follower = start_follower(&env, &out, "follower-2");
+    let stopped = follower.wait_exit(DEADLINE);
+    assert_eq!(stopped.code, Some(1), "{}", stopped.log);
+    assert!(
+        stopped.log.contains("fails its salt or checksum check"),
+        "{}",
+        stopped.log
+    );
+    let last = 40 - TX_ROWS;
+    assert_eq!(id_summary(&out), (last, 1, last), "{}", stopped.log);
+    assert_integrity_ok(&out);
+}
+
+#[test]
 fn an_empty_segment_at_the_next_name_stops_the_follower_instead_of_spinning() {
     let env = Env::new("follow-empty-segment");
     env.write_config(&Cfg::default());

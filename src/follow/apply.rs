@@ -1,7 +1,9 @@
-//! Follow mode's writes into the output, through SQLite: each replicated transaction becomes
-//! one write transaction on the output (`BEGIN IMMEDIATE`, page images into the
-//! `sqlite_dbpage` virtual table, the size of the commit frame, `COMMIT`), so the output's own
-//! WAL carries it and its readers see it whole or not at all and keep their snapshots.
+//! Follow mode's writes into the output, through SQLite: one or more whole replicated
+//! transactions become one write transaction on the output (`BEGIN IMMEDIATE`, page images
+//! into the `sqlite_dbpage` virtual table, the size of the last commit frame, `COMMIT`), so the
+//! output's own WAL carries them and its readers see a prefix of whole transactions and keep
+//! their snapshots. (The caller batches a segment's transactions: `Txn` keeps the last image's
+//! hash of each page written, so the batch's digest is the same as one by one.)
 //!
 //! `sqlite_dbpage` needs SQLite built with `SQLITE_ENABLE_DBPAGE_VTAB`: `.cargo/config.toml`
 //! sets `LIBSQLITE3_FLAGS` for rusqlite's bundled build. Page 1 is written last in each
@@ -275,8 +277,8 @@ impl Output {
         // `sqlite_dbpage` truncates only below the size the transaction began with (it asks
         // the b-tree, which our page writes do not grow), so a transaction that wrote past
         // its own final size above that cannot be applied: refused before the commit.
-        let top = txn.written.keys().next_back().copied().unwrap_or(0);
-        if db_pages >= txn.base_pages && top > db_pages {
+        if txn.refuses(db_pages) {
+            let top = txn.written.keys().next_back().copied().unwrap_or(0);
             bail!(
                 "a replicated transaction writes page {top} but ends the database at {db_pages} pages, which follow mode cannot apply through SQLite; restore the database anew"
             );
@@ -354,6 +356,20 @@ pub struct Txn {
     pre: [u8; 32],
     page1: Option<Vec<u8>>,
     base_pages: u32,
+}
+
+impl Txn {
+    /// Distinct pages written so far.
+    pub fn pages(&self) -> usize {
+        self.written.len()
+    }
+
+    /// Whether `commit` at `db_pages` would refuse it: a page written past that end, which
+    /// `sqlite_dbpage` cannot cut unless the end is below the size it began with.
+    pub fn refuses(&self, db_pages: u32) -> bool {
+        let top = self.written.keys().next_back().copied().unwrap_or(0);
+        db_pages >= self.base_pages && top > db_pages
+    }
 }
 
 /// What a transaction changes, as the position file records it before the commit.
