@@ -128,6 +128,17 @@ impl Output {
     /// Begins our write transaction; refuses to go on when someone else committed to the
     /// output since our last transaction.
     pub fn begin(&mut self) -> Result<Txn> {
+        self.begin_as(false)
+    }
+
+    /// `begin` for a transaction that writes pages in ascending order, each once (a
+    /// rebuild's copy): its digest is kept as it goes, so its memory does not grow with the
+    /// number of pages.
+    pub fn begin_sequential(&mut self) -> Result<Txn> {
+        self.begin_as(true)
+    }
+
+    fn begin_as(&mut self, sequential: bool) -> Result<Txn> {
         self.rollback();
         self.conn
             .execute_batch("BEGIN IMMEDIATE")
@@ -149,6 +160,10 @@ impl Output {
         match checked {
             Ok(base_pages) => Ok(Txn {
                 written: BTreeMap::new(),
+                sequential,
+                seq_post: [0u8; 32],
+                seq_top: 0,
+                seq_ranges: Vec::new(),
                 pre: [0u8; 32],
                 page1: None,
                 base_pages,
@@ -223,7 +238,26 @@ impl Output {
             );
         }
         let hash = self.hash(pgno, Some(data));
-        if txn.written.insert(pgno, hash).is_none() {
+        if txn.sequential {
+            if pgno <= txn.seq_top {
+                bail!(
+                    "page {pgno} after page {} in a sequential copy",
+                    txn.seq_top
+                );
+            }
+            let before = if pgno <= txn.base_pages {
+                self.read_page(pgno)?
+            } else {
+                None
+            };
+            xor(&mut txn.pre, &self.hash(pgno, before.as_deref()));
+            xor(&mut txn.seq_post, &hash);
+            txn.seq_top = pgno;
+            match txn.seq_ranges.last_mut() {
+                Some((_, hi)) if *hi + 1 == pgno => *hi = pgno,
+                _ => txn.seq_ranges.push((pgno, pgno)),
+            }
+        } else if txn.written.insert(pgno, hash).is_none() {
             // Past the old end it was absent (and `sqlite_dbpage` bounds its reads by the
             // size the transaction began with, so it could not say otherwise).
             let before = if pgno <= txn.base_pages {
@@ -278,25 +312,31 @@ impl Output {
         // the b-tree, which our page writes do not grow), so a transaction that wrote past
         // its own final size above that cannot be applied: refused before the commit.
         if txn.refuses(db_pages) {
-            let top = txn.written.keys().next_back().copied().unwrap_or(0);
+            let top = txn.top();
             bail!(
                 "a replicated transaction writes page {top} but ends the database at {db_pages} pages, which follow mode cannot apply through SQLite; restore the database anew"
             );
         }
-        // Pages the truncation removes leave the digest too.
-        for p in db_pages.saturating_add(1)..=txn.base_pages {
+        // Pages the truncation removes leave the digest too (a page past the end hashes to
+        // zero, so they add nothing after it). Sequential pages all lie at or below the end
+        // (`refuses`).
+        let mut ranges: Vec<(u32, u32)> = std::mem::take(&mut txn.seq_ranges);
+        let cut_from = db_pages.saturating_add(1);
+        for p in cut_from..=txn.base_pages {
             if !txn.written.contains_key(&p) {
                 let old = self.read_page(p)?;
                 xor(&mut txn.pre, &self.hash(p, old.as_deref()));
-                txn.written.insert(p, self.hash(p, None));
             }
+        }
+        if cut_from <= txn.base_pages {
+            ranges.push((cut_from, txn.base_pages));
         }
         if db_pages < self.page_count()? {
             self.put(db_pages + 1, None)?;
         }
         // From the images written, not read back: inside the transaction `sqlite_dbpage`
         // does not read past the size it began with.
-        let mut post = [0u8; 32];
+        let mut post = txn.seq_post;
         for (&p, hash) in &txn.written {
             if p <= db_pages {
                 xor(&mut post, hash);
@@ -312,7 +352,12 @@ impl Output {
             pages: db_pages,
         };
         let change = Change {
-            pages: PageSet::from_sorted_iter(txn.written.keys().copied()),
+            pages: PageSet::from_ranges(
+                ranges
+                    .into_iter()
+                    .chain(txn.written.keys().map(|&p| (p, p)))
+                    .collect(),
+            ),
             pre: before.finish(),
             post: after.finish(),
         };
@@ -350,8 +395,16 @@ impl Digest {
 /// One replicated transaction being applied: what it touched so far. It holds no
 /// connection; `Output` applies it.
 pub struct Txn {
-    /// Each page written, with the hash of its last image.
+    /// Each page written, with the hash of its last image (not in a sequential one).
     written: BTreeMap<u32, [u8; 32]>,
+    /// Pages come in ascending order, each once: `seq_*` instead of `written`.
+    sequential: bool,
+    /// XOR of the sequential pages' new hashes.
+    seq_post: [u8; 32],
+    /// The last sequential page written.
+    seq_top: u32,
+    /// The sequential pages, as runs.
+    seq_ranges: Vec<(u32, u32)>,
     /// XOR of the touched pages' hashes before the transaction.
     pre: [u8; 32],
     page1: Option<Vec<u8>>,
@@ -364,11 +417,16 @@ impl Txn {
         self.written.len()
     }
 
+    fn top(&self) -> u32 {
+        let written = self.written.keys().next_back().copied().unwrap_or(0);
+        written.max(self.seq_top)
+    }
+
     /// Whether `commit` at `db_pages` would refuse it: a page written past that end, which
     /// `sqlite_dbpage` cannot cut unless the end is below the size it began with.
     pub fn refuses(&self, db_pages: u32) -> bool {
-        let top = self.written.keys().next_back().copied().unwrap_or(0);
-        db_pages >= self.base_pages && top > db_pages
+        let top = self.top();
+        (db_pages >= self.base_pages || self.sequential) && top > db_pages
     }
 }
 
@@ -450,6 +508,39 @@ mod tests {
         assert!(!copied.contains(&262_145));
         assert_eq!(copied[262_143..], [262_144, 262_146, 262_147]);
         assert_eq!(copied_pages(3, 4096).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_sequential_copy_keeps_no_per_page_state_and_the_same_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+        db_with_rows(&a, 30);
+        db_with_rows(&b, 12);
+        let small = pages_of(&b);
+        let mut out = Output::open(&a).unwrap();
+        let start = out.full_digest().unwrap();
+        let mut txn = out.begin_sequential().unwrap();
+        for (k, page) in small.iter().enumerate() {
+            out.write(&mut txn, k as u32 + 1, page).unwrap();
+        }
+        // A rebuild of a large database holds nothing per page (review MED 8).
+        assert_eq!(txn.pages(), 0);
+        let mut change = None;
+        let after = out
+            .commit(txn, small.len() as u32, &start, |c| {
+                change = Some(c.pages.iter().count());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(change, Some(start.pages as usize), "written and cut pages");
+        drop(out);
+        let mut again = Output::open(&a).unwrap();
+        assert_eq!(again.full_digest().unwrap(), after);
+        let ok: String = Connection::open(&a)
+            .unwrap()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
     }
 
     #[test]

@@ -708,7 +708,8 @@ impl Follower {
             .map_err(|_| anyhow!("{}: too many pages", staging.display()))?;
         let next = point_of(&restored, plan.snapshot.compression);
         let mut buf = vec![0u8; page_size as usize];
-        let mut txn = self.output.begin()?;
+        // Pages in ascending order, each once: the transaction keeps no per-page state.
+        let mut txn = self.output.begin_sequential()?;
         let copied = (|| -> Result<Digest> {
             // The pending-byte page (past 1 GiB) is skipped: SQLite never uses it and
             // `sqlite_dbpage` refuses to write it.

@@ -123,6 +123,19 @@ impl PageSet {
         PageSet { ranges }
     }
 
+    /// The set of pages in inclusive `ranges` (any order, overlaps allowed).
+    pub fn from_ranges(mut ranges: Vec<(u32, u32)>) -> PageSet {
+        ranges.sort_unstable();
+        let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match out.last_mut() {
+                Some((_, top)) if lo <= top.saturating_add(1) => *top = (*top).max(hi),
+                _ => out.push((lo, hi)),
+            }
+        }
+        PageSet { ranges: out }
+    }
+
     /// Every page number in the set, ascending.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         self.ranges.iter().flat_map(|&(lo, hi)| lo..=hi)
@@ -397,6 +410,8 @@ mod tests {
 
     #[test]
     fn page_sets_merge_runs() {
+        let r = PageSet::from_ranges(vec![(7, 9), (1, 1), (2, 4), (3, 5)]);
+        assert_eq!(r.iter().collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 7, 8, 9]);
         let s = PageSet::from_sorted_iter([1, 1, 2, 4]);
         assert_eq!(s.iter().collect::<Vec<_>>(), vec![1, 2, 4]);
         assert_eq!(PageSet::decode(&s.encode()).unwrap(), s);
