@@ -3,8 +3,8 @@
 //!
 //! The next segment's name is known from the position (`<index>_<offset>` continuing the
 //! index, or the next index at offset 0), so an idle follower sends one GET per poll and
-//! lists the replica only every `state::LIST_EVERY` idle polls (a new generation, a hole that
-//! retention left, another compression). The whole transactions of a fetched segment are
+//! lists the replica only at start, at an index change, and after `-follow-list-interval`
+//! (default 10 minutes) of idleness (a new generation's name only a listing finds). The whole transactions of a fetched segment are
 //! applied as one SQLite write transaction on the output (`apply`; `BATCH_BYTES` of distinct
 //! pages at most; a batch that cannot end whole is applied again one transaction at a time), and the position file beside it
 //! (`<out>-litestream-follow`, `state::Record`) is written before each commit with digests of
@@ -66,6 +66,9 @@ pub struct Settings {
     pub opts: Options,
     /// The poll interval (`-follow-interval`).
     pub interval: Duration,
+    /// Idle time after which the replica is listed for a new generation
+    /// (`-follow-list-interval`); zero: never.
+    pub list_interval: Duration,
     /// The mode of files we create beside the output.
     pub mode: u32,
     /// Where the position and lag go when metrics are served (`addr`).
@@ -177,6 +180,8 @@ impl Follower {
         // The last poll that found nothing new: how far behind the replica the output may be.
         let mut last_caught_up = Instant::now();
         let mut strikes: u32 = 0;
+        // Idle listings are timed from the last one or from the last data.
+        let mut last_listing = Instant::now();
         let mut errors = Backoff::new(
             self.settings.interval.max(Duration::from_millis(100)),
             Duration::from_secs(30),
@@ -195,7 +200,12 @@ impl Follower {
             }
         }
         while !stop() {
-            let probe = next_probe(&self.point, misses);
+            let list_due = !self.settings.list_interval.is_zero()
+                && last_listing.elapsed() >= self.settings.list_interval;
+            let probe = next_probe(&self.point, misses, list_due);
+            if probe == Probe::Listing {
+                last_listing = Instant::now();
+            }
             let outcome = match &probe {
                 Probe::Segment(index, offset) => self.segment(*index, *offset, stop),
                 Probe::Listing => self.check_listing().map(|()| Outcome::Missing),
@@ -206,6 +216,7 @@ impl Follower {
                     strikes = 0;
                     misses = 0;
                     caught_up = false;
+                    last_listing = Instant::now();
                     self.publish();
                     if let Some(m) = &self.settings.metrics {
                         m.applied(txns);
@@ -232,7 +243,7 @@ impl Follower {
                     // Caught up once both names that could come next were missed (polls
                     // alternate between them), or the one name when an index is empty.
                     let both_missed = matches!(probe, Probe::Segment(..))
-                        && (misses % state::LIST_EVERY >= 1 || self.point.offset == 0);
+                        && (misses >= 1 || self.point.offset == 0);
                     if let Some(m) = &self.settings.metrics {
                         // A listing's rebuild moves the position too.
                         self.publish();
