@@ -7,6 +7,7 @@
 //! Flags and environment: see [`USAGE`] (`bench --help`).
 
 mod app;
+mod follow;
 mod harness;
 mod lag;
 mod memory;
@@ -41,6 +42,9 @@ usage: litestream-bench [--quick] [--only N,M,...] [--help]
                   10  paced writer 1000 tx/s beside readers: commit p99, longest, BUSY, peak WAL
                   11  daemon CPU per GiB (one 64 KiB row per tx) and per 1,000 small commits
                   12  lag: p50 of sparse commits, p99 under the heavy writer
+                 follow mode (restore -f):
+                  13  lag commit -> visible (file, S3), requests per idle minute (S3),
+                      apply rate from a backlog
 
 environment:
   LITESTREAM_BIN      binary under test (default ../target/release/litestream)
@@ -293,7 +297,7 @@ fn main() {
 
     let started = Instant::now();
     type Section = fn(&mut Ctx);
-    let sections: [(u32, &str, Section); 11] = [
+    let sections: [(u32, &str, Section); 12] = [
         (8, "static binary", snapshot::static_binary),
         (1, "lag", lag::run),
         (2, "application overhead", app::overhead),
@@ -309,6 +313,7 @@ fn main() {
         ),
         (11, "daemon CPU side by side", versus::cpu),
         (12, "lag side by side", versus::lag),
+        (13, "follow mode (restore -f)", follow::run),
     ];
     for (n, name, f) in sections {
         let n_want = if n == 5 { want(5) || want(6) } else { want(n) };

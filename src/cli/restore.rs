@@ -73,6 +73,11 @@ Arguments:
 	    Polling interval for follow mode.
 	    Defaults to 1s.
 
+	-follow-list-interval DURATION
+	    How long follow mode stays idle before it lists the replica to look
+	    for a new generation (whose name only a listing can find); 0 never.
+	    Defaults to 10m.
+
 Examples:
 
 	# Restore latest replica for database to original location.
@@ -106,6 +111,8 @@ struct Flags {
     /// `-f`: follow the replica after the restore, every `follow_interval`.
     follow: bool,
     follow_interval: std::time::Duration,
+    /// `-follow-list-interval`: idle time between listings; zero: never.
+    follow_list_interval: std::time::Duration,
     /// The database path or replica URL.
     target: String,
 }
@@ -296,6 +303,7 @@ fn restore_and_follow(
         },
         opts,
         interval: flags.follow_interval,
+        list_interval: flags.follow_list_interval,
         mode: mode.unwrap_or(0o600),
         metrics,
     };
@@ -350,6 +358,7 @@ fn follow_resumed(
             parallelism: flags.parallelism,
         },
         interval: flags.follow_interval,
+        list_interval: flags.follow_list_interval,
         mode: mode.unwrap_or(0o600) & 0o7777,
         metrics,
     };
@@ -445,6 +454,10 @@ fn parse_flags(mut args: Arguments) -> Result<Flags> {
     let timestamp = opt_value(&mut args, ["-timestamp", "--timestamp"])?;
     let follow = flag(&mut args, ["-f", "--f"]);
     let follow_interval = opt_value(&mut args, ["-follow-interval", "--follow-interval"])?;
+    let follow_list_interval = opt_value(
+        &mut args,
+        ["-follow-list-interval", "--follow-list-interval"],
+    )?;
     let rest = positionals(args, "restore")?;
 
     let arg = match rest.as_slice() {
@@ -485,6 +498,18 @@ fn parse_flags(mut args: Arguments) -> Result<Flags> {
     if follow && timestamp.is_some() {
         bail!("restore: -f follows the replica's latest state and cannot be used with -timestamp; drop one of them");
     }
+    if follow_list_interval.is_some() && !follow {
+        bail!("restore: -follow-list-interval needs -f");
+    }
+    let follow_list_interval = match follow_list_interval {
+        None => std::time::Duration::from_secs(600),
+        Some(s) => match crate::config::parse_duration(&s) {
+            Ok(d) => d,
+            _ => bail!(
+                "restore: -follow-list-interval {s:?} must be a duration (e.g. 10m, or 0 for never)"
+            ),
+        },
+    };
     if follow_interval.is_some() && !follow {
         bail!("restore: -follow-interval needs -f");
     }
@@ -518,6 +543,7 @@ fn parse_flags(mut args: Arguments) -> Result<Flags> {
         timestamp,
         follow,
         follow_interval,
+        follow_list_interval,
         target: arg.to_string(),
     })
 }

@@ -1,7 +1,9 @@
-//! Follow mode's writes into the output, through SQLite: each replicated transaction becomes
-//! one write transaction on the output (`BEGIN IMMEDIATE`, page images into the
-//! `sqlite_dbpage` virtual table, the size of the commit frame, `COMMIT`), so the output's own
-//! WAL carries it and its readers see it whole or not at all and keep their snapshots.
+//! Follow mode's writes into the output, through SQLite: one or more whole replicated
+//! transactions become one write transaction on the output (`BEGIN IMMEDIATE`, page images
+//! into the `sqlite_dbpage` virtual table, the size of the last commit frame, `COMMIT`), so the
+//! output's own WAL carries them and its readers see a prefix of whole transactions and keep
+//! their snapshots. (The caller batches a segment's transactions: `Txn` keeps the last image's
+//! hash of each page written, so the batch's digest is the same as one by one.)
 //!
 //! `sqlite_dbpage` needs SQLite built with `SQLITE_ENABLE_DBPAGE_VTAB`: `.cargo/config.toml`
 //! sets `LIBSQLITE3_FLAGS` for rusqlite's bundled build. Page 1 is written last in each
@@ -37,6 +39,22 @@ pub fn check_sqlite() -> Result<()> {
         })
 }
 
+/// SQLite's lock byte: the page holding it (for databases past 1 GiB) is never used, and
+/// `sqlite_dbpage` reports it as zeros and refuses to write it (SQLITE_CORRUPT).
+const PENDING_BYTE: u64 = 0x4000_0000;
+
+/// The page that holds `PENDING_BYTE` at `page_size`.
+pub fn pending_byte_page(page_size: u32) -> u32 {
+    (PENDING_BYTE / u64::from(page_size.max(1))) as u32 + 1
+}
+
+/// The pages a rebuild copies into a database of `pages` pages: all but the pending-byte
+/// page, ascending.
+pub fn copied_pages(pages: u32, page_size: u32) -> impl Iterator<Item = u32> {
+    let skip = pending_byte_page(page_size);
+    (1..=pages).filter(move |&p| p != skip)
+}
+
 /// The followed database, open for our writes.
 pub struct Output {
     conn: Connection,
@@ -44,6 +62,8 @@ pub struct Output {
     /// `PRAGMA data_version` as of our last transaction; `None` before the first.
     data_version: Option<i64>,
     page_size: u32,
+    /// `pending_byte_page(page_size)`: never written, left out of digests.
+    pending: u32,
     /// Whether a transaction of ours is open.
     in_txn: bool,
 }
@@ -86,8 +106,18 @@ impl Output {
             path: path.to_path_buf(),
             data_version: None,
             page_size,
+            pending: pending_byte_page(page_size),
             in_txn: false,
         })
+    }
+
+    /// `page_hash`, with the pending-byte page (which `sqlite_dbpage` reads as zeros)
+    /// counted as absent, so a database that grows past it keeps the same digest.
+    fn hash(&self, pgno: u32, data: Option<&[u8]>) -> [u8; 32] {
+        if pgno == self.pending {
+            return [0u8; 32];
+        }
+        page_hash(pgno, data)
     }
 
     /// The database's page size.
@@ -98,6 +128,17 @@ impl Output {
     /// Begins our write transaction; refuses to go on when someone else committed to the
     /// output since our last transaction.
     pub fn begin(&mut self) -> Result<Txn> {
+        self.begin_as(false)
+    }
+
+    /// `begin` for a transaction that writes pages in ascending order, each once (a
+    /// rebuild's copy): its digest is kept as it goes, so its memory does not grow with the
+    /// number of pages.
+    pub fn begin_sequential(&mut self) -> Result<Txn> {
+        self.begin_as(true)
+    }
+
+    fn begin_as(&mut self, sequential: bool) -> Result<Txn> {
         self.rollback();
         self.conn
             .execute_batch("BEGIN IMMEDIATE")
@@ -119,6 +160,10 @@ impl Output {
         match checked {
             Ok(base_pages) => Ok(Txn {
                 written: BTreeMap::new(),
+                sequential,
+                seq_post: [0u8; 32],
+                seq_top: 0,
+                seq_ranges: Vec::new(),
                 pre: [0u8; 32],
                 page1: None,
                 base_pages,
@@ -166,7 +211,7 @@ impl Output {
             while let Some(row) = rows.next()? {
                 let pgno: u32 = row.get(0)?;
                 let data = row.get_ref(1)?.as_blob()?;
-                xor(&mut raw, &page_hash(pgno, Some(data)));
+                xor(&mut raw, &self.hash(pgno, Some(data)));
             }
             Ok(Digest {
                 raw,
@@ -186,8 +231,33 @@ impl Output {
                 self.page_size
             );
         }
-        let hash = page_hash(pgno, Some(data));
-        if txn.written.insert(pgno, hash).is_none() {
+        if pgno == self.pending {
+            bail!(
+                "a replicated page {pgno}, the pending-byte page that SQLite never writes at {}-byte pages",
+                self.page_size
+            );
+        }
+        let hash = self.hash(pgno, Some(data));
+        if txn.sequential {
+            if pgno <= txn.seq_top {
+                bail!(
+                    "page {pgno} after page {} in a sequential copy",
+                    txn.seq_top
+                );
+            }
+            let before = if pgno <= txn.base_pages {
+                self.read_page(pgno)?
+            } else {
+                None
+            };
+            xor(&mut txn.pre, &self.hash(pgno, before.as_deref()));
+            xor(&mut txn.seq_post, &hash);
+            txn.seq_top = pgno;
+            match txn.seq_ranges.last_mut() {
+                Some((_, hi)) if *hi + 1 == pgno => *hi = pgno,
+                _ => txn.seq_ranges.push((pgno, pgno)),
+            }
+        } else if txn.written.insert(pgno, hash).is_none() {
             // Past the old end it was absent (and `sqlite_dbpage` bounds its reads by the
             // size the transaction began with, so it could not say otherwise).
             let before = if pgno <= txn.base_pages {
@@ -195,7 +265,7 @@ impl Output {
             } else {
                 None
             };
-            xor(&mut txn.pre, &page_hash(pgno, before.as_deref()));
+            xor(&mut txn.pre, &self.hash(pgno, before.as_deref()));
         }
         if pgno == 1 {
             txn.page1 = Some(data.to_vec());
@@ -241,31 +311,37 @@ impl Output {
         // `sqlite_dbpage` truncates only below the size the transaction began with (it asks
         // the b-tree, which our page writes do not grow), so a transaction that wrote past
         // its own final size above that cannot be applied: refused before the commit.
-        let top = txn.written.keys().next_back().copied().unwrap_or(0);
-        if db_pages >= txn.base_pages && top > db_pages {
+        if txn.refuses(db_pages) {
+            let top = txn.top();
             bail!(
                 "a replicated transaction writes page {top} but ends the database at {db_pages} pages, which follow mode cannot apply through SQLite; restore the database anew"
             );
         }
-        // Pages the truncation removes leave the digest too.
-        for p in db_pages.saturating_add(1)..=txn.base_pages {
+        // Pages the truncation removes leave the digest too (a page past the end hashes to
+        // zero, so they add nothing after it). Sequential pages all lie at or below the end
+        // (`refuses`).
+        let mut ranges: Vec<(u32, u32)> = std::mem::take(&mut txn.seq_ranges);
+        let cut_from = db_pages.saturating_add(1);
+        for p in cut_from..=txn.base_pages {
             if !txn.written.contains_key(&p) {
                 let old = self.read_page(p)?;
-                xor(&mut txn.pre, &page_hash(p, old.as_deref()));
-                txn.written.insert(p, page_hash(p, None));
+                xor(&mut txn.pre, &self.hash(p, old.as_deref()));
             }
+        }
+        if cut_from <= txn.base_pages {
+            ranges.push((cut_from, txn.base_pages));
         }
         if db_pages < self.page_count()? {
             self.put(db_pages + 1, None)?;
         }
         // From the images written, not read back: inside the transaction `sqlite_dbpage`
         // does not read past the size it began with.
-        let mut post = [0u8; 32];
+        let mut post = txn.seq_post;
         for (&p, hash) in &txn.written {
             if p <= db_pages {
                 xor(&mut post, hash);
             } else {
-                xor(&mut post, &page_hash(p, None));
+                xor(&mut post, &self.hash(p, None));
             }
         }
         let mut raw = before.raw;
@@ -276,7 +352,12 @@ impl Output {
             pages: db_pages,
         };
         let change = Change {
-            pages: PageSet::from_sorted_iter(txn.written.keys().copied()),
+            pages: PageSet::from_ranges(
+                ranges
+                    .into_iter()
+                    .chain(txn.written.keys().map(|&p| (p, p)))
+                    .collect(),
+            ),
             pre: before.finish(),
             post: after.finish(),
         };
@@ -314,12 +395,39 @@ impl Digest {
 /// One replicated transaction being applied: what it touched so far. It holds no
 /// connection; `Output` applies it.
 pub struct Txn {
-    /// Each page written, with the hash of its last image.
+    /// Each page written, with the hash of its last image (not in a sequential one).
     written: BTreeMap<u32, [u8; 32]>,
+    /// Pages come in ascending order, each once: `seq_*` instead of `written`.
+    sequential: bool,
+    /// XOR of the sequential pages' new hashes.
+    seq_post: [u8; 32],
+    /// The last sequential page written.
+    seq_top: u32,
+    /// The sequential pages, as runs.
+    seq_ranges: Vec<(u32, u32)>,
     /// XOR of the touched pages' hashes before the transaction.
     pre: [u8; 32],
     page1: Option<Vec<u8>>,
     base_pages: u32,
+}
+
+impl Txn {
+    /// Distinct pages written so far.
+    pub fn pages(&self) -> usize {
+        self.written.len()
+    }
+
+    fn top(&self) -> u32 {
+        let written = self.written.keys().next_back().copied().unwrap_or(0);
+        written.max(self.seq_top)
+    }
+
+    /// Whether `commit` at `db_pages` would refuse it: a page written past that end, which
+    /// `sqlite_dbpage` cannot cut unless the end is below the size it began with.
+    pub fn refuses(&self, db_pages: u32) -> bool {
+        let top = self.top();
+        (db_pages >= self.base_pages || self.sequential) && top > db_pages
+    }
 }
 
 /// What a transaction changes, as the position file records it before the commit.
@@ -387,6 +495,52 @@ mod tests {
     fn pages_of(path: &Path) -> Vec<Vec<u8>> {
         let bytes = std::fs::read(path).unwrap();
         bytes.chunks(4096).map(|c| c.to_vec()).collect()
+    }
+
+    #[test]
+    fn a_rebuild_skips_the_pending_byte_page() {
+        // 0x40000000 / 4096 + 1: a copy of a database past 1 GiB must not write it.
+        assert_eq!(pending_byte_page(4096), 262_145);
+        assert_eq!(pending_byte_page(65_536), 16_385);
+        assert_eq!(pending_byte_page(512), 2_097_153);
+        let copied: Vec<u32> = copied_pages(262_147, 4096).collect();
+        assert_eq!(copied.len(), 262_146);
+        assert!(!copied.contains(&262_145));
+        assert_eq!(copied[262_143..], [262_144, 262_146, 262_147]);
+        assert_eq!(copied_pages(3, 4096).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_sequential_copy_keeps_no_per_page_state_and_the_same_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+        db_with_rows(&a, 30);
+        db_with_rows(&b, 12);
+        let small = pages_of(&b);
+        let mut out = Output::open(&a).unwrap();
+        let start = out.full_digest().unwrap();
+        let mut txn = out.begin_sequential().unwrap();
+        for (k, page) in small.iter().enumerate() {
+            out.write(&mut txn, k as u32 + 1, page).unwrap();
+        }
+        // A rebuild of a large database holds nothing per page (review MED 8).
+        assert_eq!(txn.pages(), 0);
+        let mut change = None;
+        let after = out
+            .commit(txn, small.len() as u32, &start, |c| {
+                change = Some(c.pages.iter().count());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(change, Some(start.pages as usize), "written and cut pages");
+        drop(out);
+        let mut again = Output::open(&a).unwrap();
+        assert_eq!(again.full_digest().unwrap(), after);
+        let ok: String = Connection::open(&a)
+            .unwrap()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
     }
 
     #[test]

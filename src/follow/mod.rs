@@ -3,9 +3,10 @@
 //!
 //! The next segment's name is known from the position (`<index>_<offset>` continuing the
 //! index, or the next index at offset 0), so an idle follower sends one GET per poll and
-//! lists the replica only every `state::LIST_EVERY` idle polls (a new generation, a hole that
-//! retention left, another compression). Each replicated transaction is applied as one SQLite
-//! write transaction on the output (`apply`), and the position file beside it
+//! lists the replica only at start, at an index change, and after `-follow-list-interval`
+//! (default 10 minutes) of idleness (a new generation's name only a listing finds). The whole transactions of a fetched segment are
+//! applied as one SQLite write transaction on the output (`apply`; `BATCH_BYTES` of distinct
+//! pages at most; a batch that cannot end whole is applied again one transaction at a time), and the position file beside it
 //! (`<out>-litestream-follow`, `state::Record`) is written before each commit with digests of
 //! the state before and after, so a follower killed at any point resumes exactly where the
 //! output is. When the replica moved to another generation, or no longer holds what comes
@@ -33,7 +34,7 @@ use crate::logging;
 use crate::restore::{self, Options, Plan, Restored, Source};
 use crate::wal::{self, FrameVerifier, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
 
-use apply::{Change, Digest, Output};
+use apply::{Change, Digest, Output, Txn};
 use state::{next_probe, PageSet, Point, Probe, Record};
 
 /// The position file beside `out`.
@@ -53,6 +54,11 @@ const MAX_POSITION_FILE: u64 = 64 << 20;
 /// stops: without a listed size, a download cut short decodes like a damaged object.
 const CORRUPT_STRIKES: u32 = 3;
 
+/// The whole transactions of one segment are applied as one SQLite transaction (one
+/// position-file write, one commit: a few fsyncs for all of them), closed early once it has
+/// written this many bytes of distinct pages, which bounds its memory and the output's WAL.
+const BATCH_BYTES: usize = 16 << 20;
+
 /// What the follower needs besides its output.
 pub struct Settings {
     /// The replica followed.
@@ -61,6 +67,9 @@ pub struct Settings {
     pub opts: Options,
     /// The poll interval (`-follow-interval`).
     pub interval: Duration,
+    /// Idle time after which the replica is listed for a new generation
+    /// (`-follow-list-interval`); zero: never.
+    pub list_interval: Duration,
     /// The mode of files we create beside the output.
     pub mode: u32,
     /// Where the position and lag go when metrics are served (`addr`).
@@ -172,6 +181,8 @@ impl Follower {
         // The last poll that found nothing new: how far behind the replica the output may be.
         let mut last_caught_up = Instant::now();
         let mut strikes: u32 = 0;
+        // Idle listings are timed from the last one or from the last data.
+        let mut last_listing = Instant::now();
         let mut errors = Backoff::new(
             self.settings.interval.max(Duration::from_millis(100)),
             Duration::from_secs(30),
@@ -180,15 +191,22 @@ impl Follower {
         if std::mem::take(&mut self.list_first) {
             match self.check_listing() {
                 Err(FollowError::Fatal(e)) => return Err(e),
-                Err(FollowError::Store(e) | FollowError::Corrupt(e)) => logging::warn(
-                    "cannot list the replica, polling on",
-                    &[("error", &format!("{e:#}"))],
-                ),
+                Err(FollowError::Store(e) | FollowError::Corrupt(e) | FollowError::Unbatch(e)) => {
+                    logging::warn(
+                        "cannot list the replica, polling on",
+                        &[("error", &format!("{e:#}"))],
+                    )
+                }
                 Ok(()) => {}
             }
         }
         while !stop() {
-            let probe = next_probe(&self.point, misses);
+            let list_due = !self.settings.list_interval.is_zero()
+                && last_listing.elapsed() >= self.settings.list_interval;
+            let probe = next_probe(&self.point, misses, list_due);
+            if probe == Probe::Listing {
+                last_listing = Instant::now();
+            }
             let outcome = match &probe {
                 Probe::Segment(index, offset) => self.segment(*index, *offset, stop),
                 Probe::Listing => self.check_listing().map(|()| Outcome::Missing),
@@ -199,6 +217,7 @@ impl Follower {
                     strikes = 0;
                     misses = 0;
                     caught_up = false;
+                    last_listing = Instant::now();
                     self.publish();
                     if let Some(m) = &self.settings.metrics {
                         m.applied(txns);
@@ -225,7 +244,7 @@ impl Follower {
                     // Caught up once both names that could come next were missed (polls
                     // alternate between them), or the one name when an index is empty.
                     let both_missed = matches!(probe, Probe::Segment(..))
-                        && (misses % state::LIST_EVERY >= 1 || self.point.offset == 0);
+                        && (misses >= 1 || self.point.offset == 0);
                     if let Some(m) = &self.settings.metrics {
                         // A listing's rebuild moves the position too.
                         self.publish();
@@ -251,7 +270,7 @@ impl Follower {
                     pause(self.settings.interval, stop);
                 }
                 Err(FollowError::Fatal(e)) => return Err(e),
-                Err(FollowError::Corrupt(e)) => {
+                Err(FollowError::Corrupt(e) | FollowError::Unbatch(e)) => {
                     strikes += 1;
                     if strikes >= CORRUPT_STRIKES {
                         return Err(e.context(format!(
@@ -307,7 +326,15 @@ impl Follower {
         offset: u64,
         stop: &dyn Fn() -> bool,
     ) -> Result<Outcome, FollowError> {
-        let result = self.segment_inner(index, offset, stop);
+        let mut result = self.segment_inner(index, offset, stop, true);
+        if let Err(FollowError::Unbatch(e)) = &result {
+            self.output.rollback();
+            logging::info(
+                "applying the segment one transaction at a time",
+                &[("reason", &format!("{e:#}"))],
+            );
+            result = self.segment_inner(index, offset, stop, false);
+        }
         if result.is_err() {
             self.output.rollback();
         }
@@ -319,6 +346,7 @@ impl Follower {
         index: u32,
         offset: u64,
         stop: &dyn Fn() -> bool,
+        batch: bool,
     ) -> Result<Outcome, FollowError> {
         let Some(raw) = self.open(index, offset)? else {
             return Ok(Outcome::Missing);
@@ -342,7 +370,7 @@ impl Follower {
                 let Some(tail) = self.open(i, s)? else {
                     return Ok(Outcome::Missing);
                 };
-                return self.apply_stream(i, s, tail, stop);
+                return self.apply_stream(i, s, tail, stop, batch);
             }
             if ours.is_empty() || ours.iter().any(|g| g.offset > s) {
                 drop(raw);
@@ -354,7 +382,7 @@ impl Follower {
                     .map(|()| Outcome::Applied { txns: 0 });
             }
         }
-        self.apply_stream(index, offset, raw, stop)
+        self.apply_stream(index, offset, raw, stop, batch)
     }
 
     /// Rebuilds from what the replica holds now (see `rebuild`).
@@ -400,6 +428,23 @@ impl Follower {
         offset: u64,
         raw: Box<dyn Read + Send>,
         stop: &dyn Fn() -> bool,
+        batch: bool,
+    ) -> Result<Outcome, FollowError> {
+        match self.apply_inner(index, offset, raw, stop, batch) {
+            // A batch that cannot end whole is rolled back (`segment`) and applied again
+            // transaction by transaction, which commits every whole one before the damage.
+            Err(FollowError::Corrupt(e)) if batch => Err(FollowError::Unbatch(e)),
+            r => r,
+        }
+    }
+
+    fn apply_inner(
+        &mut self,
+        index: u32,
+        offset: u64,
+        raw: Box<dyn Read + Send>,
+        stop: &dyn Fn() -> bool,
+        batch: bool,
     ) -> Result<Outcome, FollowError> {
         let generation = self.point.generation.clone();
         let compression = self.point.compression;
@@ -482,7 +527,13 @@ impl Follower {
         let mut frame = vec![0u8; frame_size];
         let mut txns = 0u64;
         let mut pending = 0u64;
-        let mut txn = None;
+        // The SQLite transaction open on the output, the state it began at, and how many
+        // replicated transactions it holds whole (their commit frames read).
+        let mut txn: Option<Txn> = None;
+        let mut base = cur.clone();
+        let mut held = 0u64;
+        let mut db_size = 0u32;
+        let page_size = self.output.page_size() as usize;
         loop {
             let n = read(&mut r, &mut frame)?;
             if n == 0 {
@@ -502,6 +553,7 @@ impl Follower {
             }
             if txn.is_none() {
                 txn = Some(self.output.begin().map_err(FollowError::Fatal)?);
+                base = cur.clone();
             }
             let Some(t) = txn.as_mut() else {
                 return Err(FollowError::Fatal(anyhow!("no transaction")));
@@ -511,35 +563,42 @@ impl Follower {
                 .map_err(FollowError::Fatal)?;
             pending += 1;
             if fh.is_commit() {
-                let next = Point {
+                if batch && held > 0 && t.refuses(fh.db_size) {
+                    // Pages written by the batch's earlier transactions lie past this one's
+                    // end, which only a commit between them can truncate.
+                    return Err(FollowError::Unbatch(anyhow!(
+                        "WAL segment {key}: a transaction at offset {at} shrinks the database below pages its batch wrote"
+                    )));
+                }
+                cur = Point {
                     offset: at + frame_size as u64,
                     chain: verifier.chain(),
                     ..cur.clone()
                 };
-                let Some(t) = txn.take() else {
-                    return Err(FollowError::Fatal(anyhow!("no transaction")));
-                };
-                let (out, pos, mode) = (&self.out, &self.pos, self.settings.mode);
-                self.full = self
-                    .output
-                    .commit(t, fh.db_size, &self.full, |change| {
-                        write_record(out, pos, &cur, &next, change, mode)
-                    })
-                    .map_err(FollowError::Fatal)?;
-                cur = next;
-                self.point = cur.clone();
                 pending = 0;
-                txns += 1;
-                if stop() {
-                    return Ok(Outcome::Applied { txns });
+                held += 1;
+                db_size = fh.db_size;
+                let stopping = stop();
+                if !batch || stopping || t.pages() * page_size >= BATCH_BYTES {
+                    self.commit_batch(txn.take(), db_size, &base, &cur)?;
+                    txns += std::mem::take(&mut held);
+                    if stopping {
+                        return Ok(Outcome::Applied { txns });
+                    }
                 }
             }
         }
-        if txn.is_some() || pending > 0 {
+        if pending > 0 {
+            // In a batch, the transactions before this point are rolled back with it and
+            // applied again one by one (`segment`), so the output ends at the last whole one.
             return Err(corrupt(format!(
                 "it ends at offset {} inside a transaction (no commit frame)",
                 cur.offset + pending * frame_size as u64
             )));
+        }
+        if txn.is_some() {
+            self.commit_batch(txn.take(), db_size, &base, &cur)?;
+            txns += held;
         }
         if cur.offset == offset {
             // Nothing past its start: taking it as progress would fetch it again at once.
@@ -549,6 +608,29 @@ impl Follower {
         cur.segment = cur.offset;
         self.point = cur;
         Ok(Outcome::Applied { txns })
+    }
+
+    /// Commits the replicated transactions `txn` holds, from `base` to `next` (the last
+    /// one's end, at `db_size` pages): one position-file write, one SQLite commit.
+    fn commit_batch(
+        &mut self,
+        txn: Option<Txn>,
+        db_size: u32,
+        base: &Point,
+        next: &Point,
+    ) -> Result<(), FollowError> {
+        let Some(t) = txn else {
+            return Err(FollowError::Fatal(anyhow!("no transaction")));
+        };
+        let (out, pos, mode) = (&self.out, &self.pos, self.settings.mode);
+        self.full = self
+            .output
+            .commit(t, db_size, &self.full, |change| {
+                write_record(out, pos, base, next, change, mode)
+            })
+            .map_err(FollowError::Fatal)?;
+        self.point = next.clone();
+        Ok(())
     }
 
     /// Lists the replica: follows a new generation (or a hole in this one) with a rebuild,
@@ -643,9 +725,12 @@ impl Follower {
             .map_err(|_| anyhow!("{}: too many pages", staging.display()))?;
         let next = point_of(&restored, plan.snapshot.compression);
         let mut buf = vec![0u8; page_size as usize];
-        let mut txn = self.output.begin()?;
+        // Pages in ascending order, each once: the transaction keeps no per-page state.
+        let mut txn = self.output.begin_sequential()?;
         let copied = (|| -> Result<Digest> {
-            for p in 1..=pages {
+            // The pending-byte page (past 1 GiB) is skipped: SQLite never uses it and
+            // `sqlite_dbpage` refuses to write it.
+            for p in apply::copied_pages(pages, self.output.page_size()) {
                 let n = files::read_at_most(&file, u64::from(p - 1) * page_size, &mut buf)
                     .with_context(|| format!("{}: cannot read", staging.display()))?;
                 if n != buf.len() {
@@ -688,6 +773,9 @@ enum FollowError {
     Corrupt(anyhow::Error),
     /// Nothing to retry: stop.
     Fatal(anyhow::Error),
+    /// A batch of transactions could not be applied as one: roll it back and apply the
+    /// segment again one transaction at a time (which reports the error, if it is one).
+    Unbatch(anyhow::Error),
 }
 
 /// Where a restore left the database, as a follow position.

@@ -123,6 +123,19 @@ impl PageSet {
         PageSet { ranges }
     }
 
+    /// The set of pages in inclusive `ranges` (any order, overlaps allowed).
+    pub fn from_ranges(mut ranges: Vec<(u32, u32)>) -> PageSet {
+        ranges.sort_unstable();
+        let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match out.last_mut() {
+                Some((_, top)) if lo <= top.saturating_add(1) => *top = (*top).max(hi),
+                _ => out.push((lo, hi)),
+            }
+        }
+        PageSet { ranges: out }
+    }
+
     /// Every page number in the set, ascending.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         self.ranges.iter().flat_map(|&(lo, hi)| lo..=hi)
@@ -265,17 +278,13 @@ pub enum Probe {
     Listing,
 }
 
-/// Idle polls between two listings of the replica: a new generation or a hole left by
-/// retention is noticed within this many follow intervals, and an idle follower lists once
-/// per this many requests.
-pub const LIST_EVERY: u32 = 60;
-
 /// The request for idle poll number `misses` (0 right after data): the segment that would
 /// continue the current index, or, on every other poll once the index holds frames, the
-/// first segment of the next index (the primary's WAL restarted); every `LIST_EVERY`th poll a
-/// listing instead. One request per poll, never a listing while data keeps coming.
-pub fn next_probe(at: &Point, misses: u32) -> Probe {
-    if misses > 0 && misses.is_multiple_of(LIST_EVERY) {
+/// first segment of the next index (the primary's WAL restarted); a listing when one is due
+/// (`list_due`: idle for `-follow-list-interval`). One request per poll, never a listing while
+/// data keeps coming.
+pub fn next_probe(at: &Point, misses: u32, list_due: bool) -> Probe {
+    if misses > 0 && list_due {
         return Probe::Listing;
     }
     if at.offset > 0 && misses % 2 == 1 {
@@ -380,23 +389,27 @@ mod tests {
     }
 
     #[test]
-    fn probes_alternate_with_the_next_index_and_list_rarely() {
+    fn probes_alternate_with_the_next_index_and_list_only_when_due() {
         let at = point(4152);
-        assert_eq!(next_probe(&at, 0), Probe::Segment(7, 2076));
-        assert_eq!(next_probe(&at, 1), Probe::Segment(8, 0));
-        assert_eq!(next_probe(&at, 2), Probe::Segment(7, 2076));
-        assert_eq!(next_probe(&at, LIST_EVERY), Probe::Listing);
-        let lists = (0..10 * LIST_EVERY)
-            .filter(|&m| next_probe(&at, m) == Probe::Listing)
+        assert_eq!(next_probe(&at, 0, false), Probe::Segment(7, 2076));
+        assert_eq!(next_probe(&at, 1, false), Probe::Segment(8, 0));
+        assert_eq!(next_probe(&at, 2, false), Probe::Segment(7, 2076));
+        // No listing by count of idle polls (the old code listed every 60th).
+        let lists = (0..100_000)
+            .filter(|&m| next_probe(&at, m, false) == Probe::Listing)
             .count();
-        assert_eq!(lists, 9);
+        assert_eq!(lists, 0);
+        assert_eq!(next_probe(&at, 5, true), Probe::Listing);
+        assert_eq!(next_probe(&at, 0, true), Probe::Segment(7, 2076));
         // An index with nothing yet: only its first segment can come next.
         let empty = point(0);
-        assert_eq!(next_probe(&empty, 1), Probe::Segment(7, 0));
+        assert_eq!(next_probe(&empty, 1, false), Probe::Segment(7, 0));
     }
 
     #[test]
     fn page_sets_merge_runs() {
+        let r = PageSet::from_ranges(vec![(7, 9), (1, 1), (2, 4), (3, 5)]);
+        assert_eq!(r.iter().collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 7, 8, 9]);
         let s = PageSet::from_sorted_iter([1, 1, 2, 4]);
         assert_eq!(s.iter().collect::<Vec<_>>(), vec![1, 2, 4]);
         assert_eq!(PageSet::decode(&s.encode()).unwrap(), s);
