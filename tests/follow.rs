@@ -738,3 +738,69 @@ fn s3_follower_idles_at_one_get_per_poll_without_listing() {
     follower.stop_ok();
     assert_eq!(table_digest(&out, "t"), digest_conn(&app, "t"));
 }
+
+/// An age-encrypted replica (#27) is followed as a plain one is: the follower decrypts each
+/// segment with the config's identity, its output equals the primary at each step, and the
+/// store holds only ciphertext.
+#[test]
+fn an_encrypted_replica_is_followed_with_its_identity() {
+    use age::secrecy::ExposeSecret;
+    let env = Env::new("follow-age");
+    let cfg = env.write_config(&Cfg::default());
+    let id = age::x25519::Identity::generate();
+    let (identity, recipient) = (
+        id.to_string().expose_secret().to_string(),
+        id.to_public().to_string(),
+    );
+    let mut f = std::fs::OpenOptions::new().append(true).open(&cfg).unwrap();
+    write!(
+        f,
+        "        age:\n          recipients:\n            - {recipient}\n          identities:\n            - \"{identity}\"\n"
+    )
+    .unwrap();
+    drop(f);
+    let app = create_app_db(&env.db, 4096);
+    // (Not `replicating`: it checks by restoring the replica's URL, which has no identity.)
+    let mut primary = env.start("daemon-1");
+    wait_for_a_snapshot(&env, &mut primary);
+    insert_ids(&app, 1, 20);
+    let out = env.root.join("follower.db");
+    let mut follower = env.spawn_daemon(
+        "follower",
+        vec![
+            "restore".into(),
+            "-f".into(),
+            "-follow-interval".into(),
+            "100ms".into(),
+            "-config".into(),
+            cfg.clone().into(),
+            "-o".into(),
+            out.clone().into(),
+            env.db.clone().into(),
+        ],
+    );
+    wait_follower(&mut follower, &out, &app, 20);
+    insert_ids(&app, 21, 60);
+    wait_follower(&mut follower, &out, &app, 60);
+    assert_integrity_ok(&out);
+
+    let mut objects = 0;
+    for name in list_tree(&env.replica).into_keys() {
+        if name.ends_with(".gz") || name.ends_with(".lz4") {
+            let mut head = [0u8; 21];
+            std::fs::File::open(env.replica.join(&name))
+                .unwrap()
+                .read_exact(&mut head)
+                .unwrap();
+            assert_eq!(
+                &head, b"age-encryption.org/v1",
+                "{name} is not age ciphertext"
+            );
+            objects += 1;
+        }
+    }
+    assert!(objects >= 2, "{objects} objects in the replica");
+    let log = follower.stop_ok().log;
+    assert!(!log.contains(&identity), "the follower logged its identity");
+    primary.stop_ok();
+}
