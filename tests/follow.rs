@@ -743,6 +743,8 @@ fn s3_follower_idles_at_one_get_per_poll_without_listing() {
 /// segment with the config's identity, its output equals the primary at each step, and the
 /// store holds only ciphertext.
 #[test]
+// X25519, the only kind Litestream v0.3.13 reads, is deprecated in age 0.13.
+#[allow(deprecated)]
 fn an_encrypted_replica_is_followed_with_its_identity() {
     use age::secrecy::ExposeSecret;
     let env = Env::new("follow-age");
