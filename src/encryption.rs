@@ -27,6 +27,37 @@ use crate::codec::read_full;
 use crate::config::{AgeConfig, AgeIdentity};
 use crate::sync::lock;
 
+/// The longest age header read: real ones (a few recipient stanzas) are well under 1 KiB.
+pub const MAX_HEADER: u64 = 64 * 1024;
+
+/// The age header at the start of `r`, up to and including its final `--- ` MAC line, read a
+/// line at a time and never more than [`MAX_HEADER`] bytes. A header cut short by the end of
+/// the object is returned as it is, for age to reject.
+fn read_header<R: io::BufRead>(r: &mut R, name: &str) -> Result<Vec<u8>> {
+    use io::BufRead;
+    let mut header = Vec::new();
+    loop {
+        let start = header.len();
+        let left = MAX_HEADER.saturating_sub(start as u64);
+        let n = r
+            .take(left)
+            .read_until(b'\n', &mut header)
+            .map_err(|e| anyhow!("{name}: cannot read: {e}"))?;
+        let line = &header[start..];
+        let complete = line.ends_with(b"\n");
+        if complete && line.starts_with(b"--- ") {
+            return Ok(header);
+        }
+        if header.len() as u64 >= MAX_HEADER {
+            bail!("{name}: age header longer than 64 KiB; the replica is corrupt");
+        }
+        if !complete || n == 0 {
+            // The object ended inside its header.
+            return Ok(header);
+        }
+    }
+}
+
 /// Every age file starts with this line (the v1 header's version line, without its newline).
 pub const AGE_MAGIC: &[u8] = b"age-encryption.org/v1";
 
@@ -274,6 +305,11 @@ impl Objects {
                 keys.recipients_text()
             );
         }
+        // The header is read here, bounded: age's own reader would buffer a hostile header
+        // line without end (and re-parse it for every read).
+        let mut rest = BufReader::with_capacity(CHUNK, whole);
+        let header = read_header(&mut rest, name)?;
+        let whole = io::Cursor::new(header).chain(rest);
         let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(CHUNK, whole))
             .map_err(|e| anyhow!("{name}: not a valid age file ({e}); the replica is corrupt"))?;
         match decryptor.decrypt(keys.identities.iter().map(|i| i as &dyn age::Identity)) {
@@ -341,6 +377,52 @@ mod tests {
             }),
         )
         .unwrap()
+    }
+
+    /// Counts the bytes read through it.
+    struct Counting<R> {
+        inner: R,
+        read: Arc<Mutex<u64>>,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            *lock(&self.read) += n as u64;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_hostile_header_line_is_read_bounded() {
+        let id = age::x25519::Identity::generate();
+        let objects = Objects::new(Arc::new(keys_for(&[&id], true)));
+        let mut obj = b"age-encryption.org/v1\n-> X25519 ".to_vec();
+        obj.resize(obj.len() + 10 * 1024 * 1024, b'A');
+        let read = Arc::new(Mutex::new(0));
+        let raw = Counting {
+            inner: &obj[..],
+            read: read.clone(),
+        };
+        let err = format!("{:#}", objects.open("evil.lz4", raw).err().unwrap());
+        assert!(
+            err.contains("evil.lz4") && err.contains("age header longer than 64 KiB"),
+            "{err}"
+        );
+        let n = *lock(&read);
+        assert!(n <= MAX_HEADER + 2 * CHUNK as u64, "read {n} bytes");
+    }
+
+    #[test]
+    fn many_header_lines_are_read_bounded_too() {
+        let id = age::x25519::Identity::generate();
+        let objects = Objects::new(Arc::new(keys_for(&[&id], true)));
+        let mut obj = b"age-encryption.org/v1\n".to_vec();
+        while obj.len() < 1024 * 1024 {
+            obj.extend_from_slice(b"-> X25519 AAAA\nAAAA\n");
+        }
+        let err = format!("{:#}", objects.open("evil", &obj[..]).err().unwrap());
+        assert!(err.contains("age header longer than 64 KiB"), "{err}");
     }
 
     fn round_trip(data: &[u8], read_size: usize) -> Vec<u8> {

@@ -356,10 +356,21 @@ impl Replica {
                 let raw = self.client.open_wal_segment(seg)?;
                 let raw = self.continue_or_not(generation, &stem, raw, true)?;
                 let objects = encryption::Objects::new(self.keys.clone());
-                let raw = objects.open(&stem, raw)?;
-                let mut r = codec::decoder(seg.compression, raw)?;
-                let len = io::copy(&mut r, &mut io::sink())
-                    .with_context(|| format!("cannot read wal segment {stem}"))?;
+                let read = objects.open(&stem, raw).and_then(|raw| {
+                    let mut r = codec::decoder(seg.compression, raw)?;
+                    io::copy(&mut r, &mut io::sink())
+                        .with_context(|| format!("cannot read wal segment {stem}"))
+                });
+                let len = match read {
+                    Ok(len) => len,
+                    // An age segment this host cannot read (the key was rotated, or the
+                    // object is truncated or garbage) has no length to continue after: a new
+                    // generation, never a stall on it.
+                    Err(e) if self.keys.encrypts() => {
+                        return Err(self.not_continued(generation, &stem, &e));
+                    }
+                    Err(e) => return Err(e),
+                };
                 Some(Position::new(
                     generation.clone(),
                     seg.index,
@@ -370,7 +381,15 @@ impl Replica {
                 if let Some(info) = snapshots.iter().find(|i| i.index == s) {
                     let name = layout::snapshot_key(generation, s, info.compression);
                     let raw = self.client.open_snapshot(info)?;
-                    self.continue_or_not(generation, &name, raw, false)?;
+                    let raw = self.continue_or_not(generation, &name, raw, false)?;
+                    // Continuing after a snapshot these identities cannot open would leave a
+                    // generation no single key set restores: start a new one.
+                    if self.keys.encrypts() && self.keys.decrypts() {
+                        let objects = encryption::Objects::new(self.keys.clone());
+                        if let Err(e) = objects.open(&name, raw) {
+                            return Err(self.not_continued(generation, &name, &e));
+                        }
+                    }
                 }
                 Some(Position::new(generation.clone(), s, 0))
             }
@@ -454,6 +473,27 @@ impl Replica {
             );
         }
         Ok(Box::new(io::Cursor::new(head[..n].to_vec()).chain(raw)))
+    }
+
+    /// `name`, the generation's newest object, cannot be read with this replica's identities
+    /// (`e` says why; it never holds a key): logs it, requests a new generation and returns
+    /// the error for this sync.
+    fn not_continued(&mut self, generation: &str, name: &str, e: &anyhow::Error) -> anyhow::Error {
+        let why = format!("{e:#}");
+        logging::info(
+            "replica cannot read its generation's newest object: starting a new generation",
+            &[
+                ("db", &self.db_label()),
+                ("replica", &self.cfg.name),
+                ("object", &name),
+                ("reason", &why),
+            ],
+        );
+        self.db.request_new_generation();
+        anyhow!(
+            "replica {}: generation {generation} is not continued ({why}); a new generation follows",
+            self.cfg.name
+        )
     }
 
     /// Takes a snapshot of the db at the shadow's current index. The WAL of that index up to

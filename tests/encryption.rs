@@ -521,6 +521,46 @@ fn a_primary_with_recipients_only_keeps_replicating_across_restarts() {
     assert_all_encrypted(&env.replica);
 }
 
+#[test]
+fn a_primary_whose_key_was_rotated_starts_a_new_generation() {
+    let env = Env::new("age-rotate");
+    let (id_a, rcpt_a) = keypair();
+    let (id_b, rcpt_b) = keypair();
+    let cfg_a = config(
+        &env,
+        "a.yml",
+        &file_replica(&env, &age_yaml(&[&rcpt_a], &[&id_a])),
+    );
+    let cfg_b = config(
+        &env,
+        "b.yml",
+        &file_replica(&env, &age_yaml(&[&rcpt_b], &[&id_b])),
+    );
+    let want = write_rows(&env.db, 1, 60);
+    let d = start(&env, &cfg_a, "key-a");
+    wait_rows(&env, &cfg_a, &[], &want);
+    d.stop_ok();
+    let generations = |root: &Path| -> usize {
+        fs::read_dir(root.join("generations"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(generations(&env.replica), 1);
+    // Nothing changes while it is stopped (that alone would start a new generation): key B
+    // cannot read key A's last segment, and the daemon must not stall on it but start a new
+    // generation, which key B restores whole.
+    let d = start(&env, &cfg_b, "key-b");
+    let want = write_rows(&env.db, 61, 60);
+    wait_rows(&env, &cfg_b, &[], &want);
+    let want = write_rows(&env.db, 121, 60);
+    wait_rows(&env, &cfg_b, &[], &want);
+    let log = d.stop_ok();
+    no_secret(&log.log, &id_a, "rotated key A");
+    no_secret(&log.log, &id_b, "rotated key B");
+    assert_eq!(generations(&env.replica), 2);
+    assert_all_encrypted(&env.replica);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Interoperability with Litestream v0.3.13 itself
 // ---------------------------------------------------------------------------------------------
