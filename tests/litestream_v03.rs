@@ -89,6 +89,66 @@ fn restores_a_litestream_v0313_replica_exactly() {
     }
 }
 
+/// Issue 27: an age-encrypted replica written by v0.3.13 itself (`testdata/litestream-v0.3.13-age`,
+/// with its test-only identity) restores exactly with the identity in the config, in every run
+/// (the live interop tests need the v0.3.13 binary and SKIP without it); without the identity
+/// the restore is refused, saying the replica is encrypted, and nothing is written.
+#[test]
+fn restores_a_litestream_v0313_encrypted_replica_exactly() {
+    let env = Env::new("v03-age-restore");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/litestream-v0.3.13-age");
+    let identity = std::fs::read_to_string(dir.join("test-identity.txt")).unwrap();
+    let config = |age: &str| {
+        let path = env.root.join("litestream.yml");
+        std::fs::write(
+            &path,
+            format!(
+                "dbs:\n  - path: \"{}\"\n    replicas:\n      - type: file\n        path: \"{}\"\n{age}",
+                env.db.display(),
+                dir.join("replica").display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let restore = |cfg: &Path| {
+        let out = env.fresh("v03-age");
+        let o = env.run(&[
+            "restore",
+            "-config",
+            cfg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            env.db.to_str().unwrap(),
+        ]);
+        (o, out)
+    };
+
+    let cfg = config(&format!(
+        "        age:\n          identities:\n            - \"{}\"\n",
+        identity.trim()
+    ));
+    let (o, out) = restore(&cfg);
+    o.assert_ok("restore of the encrypted v0.3.13 replica");
+    assert_integrity_ok(&out);
+    assert_eq!(
+        fixture_summary(&out),
+        (
+            300,
+            32624,
+            300,
+            "73cb79e0a9564a58991266a0c38ef0d2bf0eb809763d3c68cc797554981373fb".to_string()
+        )
+    );
+    assert!(!o.stderr.contains(identity.trim()), "{}", o.stderr);
+
+    let cfg = config("");
+    let (o, out) = restore(&cfg);
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    assert!(o.stderr.contains("encrypted with age"), "{}", o.stderr);
+    assert!(!out.exists(), "a refused restore wrote {}", out.display());
+}
+
 #[test]
 fn lists_a_litestream_v0313_replica() {
     let env = Env::new("v03-list");
