@@ -76,6 +76,21 @@ fn wait_follower(follower: &mut Daemon, out: &Path, app: &Connection, n: i64) {
     );
 }
 
+/// A primary replicating ids 1..=`rows` of a fresh app db and a follower (`label`) of its
+/// replica caught up with them: (app, primary, output, follower).
+fn primary_and_follower(
+    env: &Env,
+    rows: i64,
+    label: &str,
+) -> (Connection, Daemon, PathBuf, Daemon) {
+    let app = create_app_db(&env.db, 4096);
+    let primary = replicating(env, &app, rows);
+    let out = env.root.join("follower.db");
+    let mut follower = start_follower(env, &out, label);
+    wait_follower(&mut follower, &out, &app, rows);
+    (app, primary, out, follower)
+}
+
 /// A reader thread holding read transactions on `out`: each sees ids 1..=n with n a whole
 /// number of transactions, and the same answer twice within one transaction.
 struct Reader {
@@ -133,11 +148,7 @@ impl Reader {
 fn follower_equals_primary_and_readers_see_whole_transactions() {
     let env = Env::new("follow-basic");
     env.write_config(&Cfg::default());
-    let app = create_app_db(&env.db, 4096);
-    let primary = replicating(&env, &app, 20);
-    let out = env.root.join("follower.db");
-    let mut follower = start_follower(&env, &out, "follower");
-    wait_follower(&mut follower, &out, &app, 20);
+    let (app, primary, out, mut follower) = primary_and_follower(&env, 20, "follower");
 
     let reader = Reader::start(out.clone(), 400);
     for step in 1..=4 {
@@ -165,11 +176,7 @@ fn follower_equals_primary_and_readers_see_whole_transactions() {
 fn kill_9_mid_apply_then_resume_neither_repeats_nor_skips() {
     let env = Env::new("follow-kill");
     env.write_config(&Cfg::default());
-    let app = create_app_db(&env.db, 4096);
-    let primary = replicating(&env, &app, 10);
-    let out = env.root.join("follower.db");
-    let mut follower = start_follower(&env, &out, "follower-0");
-    wait_follower(&mut follower, &out, &app, 10);
+    let (app, primary, out, mut follower) = primary_and_follower(&env, 10, "follower-0");
 
     let mut n = 10;
     let mut rng = Rng::new(7);
@@ -204,11 +211,7 @@ fn kill_9_mid_apply_then_resume_neither_repeats_nor_skips() {
 fn sigterm_mid_burst_finishes_the_transaction_and_exits_0() {
     let env = Env::new("follow-sigterm");
     env.write_config(&Cfg::default());
-    let app = create_app_db(&env.db, 4096);
-    let primary = replicating(&env, &app, 10);
-    let out = env.root.join("follower.db");
-    let mut follower = start_follower(&env, &out, "follower-1");
-    wait_follower(&mut follower, &out, &app, 10);
+    let (app, primary, out, follower) = primary_and_follower(&env, 10, "follower-1");
     insert_ids(&app, 11, 600);
     // Stop it as soon as it is applying the burst.
     let busy = wait_until(DEADLINE, || {
@@ -266,11 +269,7 @@ fn an_index_whose_rest_is_uploaded_with_the_next_one_is_not_cut_short() {
         sync_interval: "1s",
         ..Cfg::default()
     });
-    let app = create_app_db(&env.db, 4096);
-    let primary = replicating(&env, &app, 20);
-    let out = env.root.join("follower.db");
-    let mut follower = start_follower(&env, &out, "follower");
-    wait_follower(&mut follower, &out, &app, 20);
+    let (app, primary, out, mut follower) = primary_and_follower(&env, 20, "follower");
     let gen = generations(&env.replica).pop().unwrap();
     let mut n = 20;
     for _ in 0..8 {
@@ -333,11 +332,7 @@ fn retention_removing_what_a_stopped_follower_needs_rebuilds_it() {
         sync_interval: "100ms\n        snapshot-interval: 1s\n        retention: 1s\n        retention-check-interval: 1s",
         ..Cfg::default()
     });
-    let app = create_app_db(&env.db, 4096);
-    let primary = replicating(&env, &app, 20);
-    let out = env.root.join("follower.db");
-    let mut follower = start_follower(&env, &out, "follower-1");
-    wait_follower(&mut follower, &out, &app, 20);
+    let (app, primary, out, follower) = primary_and_follower(&env, 20, "follower-1");
     follower.stop_ok();
     let pos = std::fs::read_to_string(env.root.join("follower.db-litestream-follow")).unwrap();
     let next: Vec<&str> = pos
@@ -450,11 +445,7 @@ fn gunzip_all(path: &Path) -> Vec<u8> {
 fn a_corrupt_segment_stops_the_follower_at_its_last_whole_transaction() {
     let env = Env::new("follow-corrupt");
     env.write_config(&Cfg::default());
-    let app = create_app_db(&env.db, 4096);
-    let primary = replicating(&env, &app, 20);
-    let out = env.root.join("follower.db");
-    let mut follower = start_follower(&env, &out, "follower-1");
-    wait_follower(&mut follower, &out, &app, 20);
+    let (app, primary, out, follower) = primary_and_follower(&env, 20, "follower-1");
     follower.stop_ok();
     let gen = generations(&env.replica).pop().unwrap();
     let before: Vec<(u32, u64)> = wal_segments(&env.replica, &gen)
@@ -494,11 +485,7 @@ fn a_segment_damaged_in_its_last_transaction_applies_every_whole_one_before_it()
     // cannot end whole must not take the whole transactions before the damage down with it.
     let env = Env::new("follow-corrupt-tail");
     env.write_config(&Cfg::default());
-    let app = create_app_db(&env.db, 4096);
-    let primary = replicating(&env, &app, 20);
-    let out = env.root.join("follower.db");
-    let mut follower = start_follower(&env, &out, "follower-1");
-    wait_follower(&mut follower, &out, &app, 20);
+    let (app, primary, out, follower) = primary_and_follower(&env, 20, "follower-1");
     follower.stop_ok();
     let gen = generations(&env.replica).pop().unwrap();
     let before: Vec<(u32, u64)> = wal_segments(&env.replica, &gen)
@@ -550,11 +537,7 @@ fn a_segment_damaged_in_its_last_transaction_applies_every_whole_one_before_it()
 fn an_empty_segment_at_the_next_name_stops_the_follower_instead_of_spinning() {
     let env = Env::new("follow-empty-segment");
     env.write_config(&Cfg::default());
-    let app = create_app_db(&env.db, 4096);
-    let primary = replicating(&env, &app, 20);
-    let out = env.root.join("follower.db");
-    let mut follower = start_follower(&env, &out, "follower-1");
-    wait_follower(&mut follower, &out, &app, 20);
+    let (_app, primary, out, follower) = primary_and_follower(&env, 20, "follower-1");
     follower.stop_ok();
     primary.stop_ok();
     let pos = std::fs::read_to_string(env.root.join("follower.db-litestream-follow")).unwrap();
@@ -582,11 +565,7 @@ fn an_empty_segment_at_the_next_name_stops_the_follower_instead_of_spinning() {
 fn an_application_writing_to_the_output_stops_the_follower() {
     let env = Env::new("follow-foreign-write");
     env.write_config(&Cfg::default());
-    let app = create_app_db(&env.db, 4096);
-    let primary = replicating(&env, &app, 10);
-    let out = env.root.join("follower.db");
-    let mut follower = start_follower(&env, &out, "follower");
-    wait_follower(&mut follower, &out, &app, 10);
+    let (app, primary, out, follower) = primary_and_follower(&env, 10, "follower");
 
     let other = open_existing(&out);
     other
@@ -610,11 +589,7 @@ fn an_application_writing_to_the_output_stops_the_follower() {
 fn a_write_to_the_output_while_the_follower_was_stopped_is_refused_at_resume() {
     let env = Env::new("follow-write-while-down");
     env.write_config(&Cfg::default());
-    let app = create_app_db(&env.db, 4096);
-    let primary = replicating(&env, &app, 300);
-    let out = env.root.join("follower.db");
-    let mut follower = start_follower(&env, &out, "follower-1");
-    wait_follower(&mut follower, &out, &app, 300);
+    let (_app, primary, out, follower) = primary_and_follower(&env, 300, "follower-1");
     follower.stop_ok();
     // A change far from the last replicated transaction's pages: the first row's blob.
     let other = open_existing(&out);
