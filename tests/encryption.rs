@@ -69,6 +69,22 @@ fn file_replica(env: &Env, extra: &str) -> String {
     )
 }
 
+/// The two configs of a keyless primary: `primary.yml` with the recipient alone (what the
+/// daemon runs with) and `full.yml` with the identity too (what restores).
+fn keyless_and_full(env: &Env, rcpt: &str, id: &str) -> (PathBuf, PathBuf) {
+    let primary = config(
+        env,
+        "primary.yml",
+        &file_replica(env, &age_yaml(&[rcpt], &[])),
+    );
+    let full = config(
+        env,
+        "full.yml",
+        &file_replica(env, &age_yaml(&[rcpt], &[id])),
+    );
+    (primary, full)
+}
+
 fn start(env: &Env, cfg: &Path, label: &str) -> Daemon {
     env.spawn_daemon(
         label,
@@ -232,16 +248,7 @@ fn restore_without_or_with_a_wrong_identity_fails_before_writing() {
     let (id, rcpt) = keypair();
     let (wrong_id, wrong_rcpt) = keypair();
     // The primary replicates with the recipient alone: it holds no secret.
-    let primary = config(
-        &env,
-        "primary.yml",
-        &file_replica(&env, &age_yaml(&[&rcpt], &[])),
-    );
-    let full = config(
-        &env,
-        "full.yml",
-        &file_replica(&env, &age_yaml(&[&rcpt], &[&id])),
-    );
+    let (primary, full) = keyless_and_full(&env, &rcpt, &id);
     let want = write_rows(&env.db, 1, 100);
     let d = start(&env, &primary, "primary");
     wait_rows(&env, &full, &[], &want);
@@ -496,16 +503,7 @@ fn config_errors_name_the_key_and_line_and_never_the_identity() {
 fn a_primary_with_recipients_only_keeps_replicating_across_restarts() {
     let env = Env::new("age-restart");
     let (id, rcpt) = keypair();
-    let primary = config(
-        &env,
-        "primary.yml",
-        &file_replica(&env, &age_yaml(&[&rcpt], &[])),
-    );
-    let full = config(
-        &env,
-        "full.yml",
-        &file_replica(&env, &age_yaml(&[&rcpt], &[&id])),
-    );
+    let (primary, full) = keyless_and_full(&env, &rcpt, &id);
     let want = write_rows(&env.db, 1, 60);
     let d = start(&env, &primary, "first");
     wait_rows(&env, &full, &[], &want);
