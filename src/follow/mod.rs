@@ -710,7 +710,9 @@ impl Follower {
             .with_context(|| format!("{}: cannot open", staging.display()))?;
         let page_size = u64::from(self.output.page_size());
         let mut head = [0u8; 100];
-        files::read_at(staging, 0, &mut head)?;
+        // Through the descriptor the pages are copied from, not by name a second time.
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)
+            .with_context(|| format!("{}: cannot read its header", staging.display()))?;
         if wal::db_page_size(&head).map(u64::from) != Some(page_size) {
             bail!(
                 "the new generation's database has another page size than {} ({page_size}); remove the output and its position file and restore it anew",
